@@ -1,0 +1,275 @@
+"""``flywheel``: one subcommand per stage, plus ``seed``, ``run`` (the whole loop) and ``config``.
+
+Every subcommand reads files and writes files; ``dvc.yaml`` calls them. Bad input
+(a malformed file, a missing field, an unknown config key) prints one line and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from flywheel.errors import InputError
+
+EXAMPLES = """\
+examples:
+  flywheel run                                  the default loop (seed must exist: make seed)
+  flywheel run -c configs/default.yaml -s loop.rounds=5 -s curate.min_vote_share=0.8
+  flywheel seed -c configs/default.yaml         train the seed committee (labels, short problems)
+  flywheel generate --round 1 --prompts data/rounds/1/prompts.parquet \\
+      --model data/rounds/0/champion --out data/rounds/1/samples.parquet
+  flywheel config                               every config key with its default and help
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=None,
+                        help="YAML config (default: built-in defaults = configs/default.yaml)")
+    parser.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, repeatable: -s train.steps=200 -s gate.alpha=0.01")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flywheel", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Self-improving data flywheel: each round the champion answers unlabeled prompts K times, "
+                    "votes, keeps what it trusts, is fine-tuned on it, and the candidate replaces it only if "
+                    "it wins the gate.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p)
+        return p
+
+    p = add("run", "Run the whole loop: seed scores, then loop.rounds rounds; print the table, write the report.")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+    add("seed", "Train the seed committee on labeled short problems (writes seed.path).").add_argument(
+        "--out", type=Path, default=None, help="output directory (default: seed.path)")
+
+    p = add("prepare", "Write the eval set and round 0: the seed as champion, its scores, an empty pool.")
+    p.add_argument("--root", type=Path, required=True, help="the loop's data directory")
+
+    p = add("prompts", "Write a round's unlabeled prompts (and its audit file of hidden answers).")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--out-dir", type=Path, required=True, help="the round's directory")
+
+    p = add("generate", "Sample K completions per prompt from every champion member.")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--prompts", type=Path, required=True, help="prompts (Parquet or JSONL): id, prompt")
+    p.add_argument("--model", type=Path, required=True, help="champion directory")
+    p.add_argument("--out", type=Path, required=True, help="samples.parquet to write")
+
+    p = add("vote", "Majority vote per prompt: votes.parquet, agreement.parquet, vote.json.")
+    p.add_argument("--samples", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--audit", type=Path, default=None, help="hidden answers, for pseudo-label precision only")
+
+    p = add("curate", "Filter voted samples into the training set, counting every drop by reason.")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--round-dir", type=Path, required=True, help="holds prompts, samples, votes")
+    p.add_argument("--eval", type=Path, required=True, help="eval set, for decontamination")
+    p.add_argument("--previous-pool", type=Path, default=None, help="earlier rounds' pool.parquet")
+    p.add_argument("--audit", type=Path, default=None)
+
+    p = add("train", "Fine-tune every champion member on train.parquet with TRL SFTTrainer.")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--data", type=Path, required=True, help="train.parquet: prompt, completion")
+    p.add_argument("--init", type=Path, required=True, help="model to start from (champion or base)")
+    p.add_argument("--out", type=Path, required=True, help="candidate directory")
+
+    p = add("evaluate", "Score candidate and champion on the eval set, overall and per bucket.")
+    p.add_argument("--eval", type=Path, required=True)
+    p.add_argument("--candidate", type=Path, required=True)
+    p.add_argument("--champion", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+
+    p = add("gate", "Promote the candidate only on a significant, non-regressing win: decision.json.")
+    p.add_argument("--eval-dir", type=Path, required=True)
+    p.add_argument("--candidate", type=Path, required=True)
+    p.add_argument("--champion", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="decision.json")
+    p.add_argument("--next-champion", type=Path, required=True, help="directory that becomes the next champion")
+
+    p = add("track", "Log a round's files to MLflow (nested run, dataset digest, model version, alias).")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--root", type=Path, required=True, help="the loop's data directory (holds rounds/)")
+    p.add_argument("--out", type=Path, required=True, help="tracking.json to write")
+
+    p = add("report", "Build report.json and report.html from a loop's directory.")
+    p.add_argument("--root", type=Path, required=True)
+
+    add("config", "Print every config key with its value and help (after -c/-s).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except InputError as error:
+        print(f"flywheel: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flywheel: interrupted; outputs are written atomically, re-run the command", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from flywheel.config import describe, load_config, to_dict
+
+    config = load_config(args.config, args.overrides)
+    if args.command == "config":
+        values = to_dict(config)
+        for key, _, help in describe():
+            node = values
+            for part in key.split("."):
+                node = node[part]
+            print(f"{key} = {json.dumps(node)}\n    {help}")
+        return 0
+
+    import torch
+
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
+    from flywheel.tasks import load_task
+
+    task = load_task(config.task)
+    device, progress = config.loop.device, config.loop.progress and sys.stderr.isatty()
+    config.loop.progress = progress  # no progress bars in logs (dvc repro, CI, pipes)
+    _check_device(device)
+    _quiet_libraries()
+
+    if args.command == "run":
+        return _run(config, track=not args.no_track)
+    if args.command == "seed":
+        from flywheel.seed import train_seed
+
+        result = train_seed(config, task=task, out_dir=args.out, device=device, progress=progress)
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.command == "prepare":
+        from flywheel.loop import prepare
+
+        prepare(config, args.root, task=task)
+        return 0
+    if args.command == "prompts":
+        from flywheel.pool import run_prompts
+
+        result = run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round)
+    elif args.command == "generate":
+        from flywheel.stages.generate import run_generate
+
+        result = run_generate(args.prompts, args.model, args.out, config.generate, task=task, round_index=args.round,
+                              device=device, progress=progress)
+    elif args.command == "vote":
+        from flywheel.stages.vote import run_vote
+
+        result = run_vote(args.samples, args.out_dir, task=task, audit_path=args.audit)
+    elif args.command == "curate":
+        from flywheel.stages.curate import run_curate
+
+        result = run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
+                            previous_pool=args.previous_pool, audit_path=args.audit)
+    elif args.command == "train":
+        from flywheel.stages.train import run_train
+
+        result = run_train(args.data, args.init, args.out, config.train, round_index=args.round, device=device,
+                           progress=progress)
+    elif args.command == "evaluate":
+        from flywheel.stages.evaluate import run_evaluate
+
+        result = run_evaluate(args.eval, args.candidate, args.champion, args.out_dir, config.evaluate, task=task,
+                              device=device, progress=progress)
+        result = {k: {"accuracy": v["accuracy"], "frontier": v["frontier"], "reach": v["reach"]}
+                  for k, v in result.items()}
+    elif args.command == "gate":
+        from flywheel.stages.gate import run_gate
+        from flywheel.stages.train import link_or_copy_tree
+
+        result = run_gate(args.eval_dir, args.out, config.gate)
+        link_or_copy_tree(args.candidate if result["promote"] else args.champion, args.next_champion)
+        result = {k: result[k] for k in ("promote", "reason", "delta", "p_value")}
+    elif args.command == "track":
+        result = _track(config, args.root, args.round, args.out)
+    elif args.command == "report":
+        from flywheel.report import build_report, table, write_report
+
+        report = build_report(args.root, config)
+        write_report(args.root, report)
+        print(table(report))
+        return 0
+    else:  # pragma: no cover - argparse rejects unknown commands
+        raise AssertionError(args.command)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the output to our own progress bars and tables."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("config", "CUDA is not available on this machine", field="loop.device")
+
+
+def _run(config, *, track: bool) -> int:
+    from flywheel.loop import run_loop
+    from flywheel.report import table
+
+    tracker = None
+    if track and config.tracking.enabled:
+        from flywheel.tracking import Tracker
+
+        tracker = Tracker(config.tracking)
+
+    def on_round(round_index: int, report: dict) -> None:
+        print(table(report).splitlines()[-1], flush=True)
+
+    print(table({"rounds": []}), flush=True)
+    report = run_loop(config, tracker=tracker, on_round=on_round)
+    print()
+    print(table(report))
+    print(f"\nreport: {Path(config.loop.out_dir) / 'report.json'}  {Path(config.loop.out_dir) / 'report.html'}")
+    if tracker is not None:
+        print(f"mlflow: {config.tracking.uri} experiment '{config.tracking.experiment}', "
+              f"model '{config.tracking.registered_model}' (alias 'champion')")
+    return 0
+
+
+def _track(config, root: Path, round_index: int, out: Path) -> dict:
+    """``dvc repro``'s tracking stage: one parent run per data directory, a nested run per round."""
+    from flywheel import io
+    from flywheel.loop import round_dir
+    from flywheel.tracking import Tracker
+    from flywheel.versioning import digest
+
+    if not config.tracking.enabled:
+        io.write_json(out, {"tracking": "disabled"})
+        return {"tracking": "disabled"}
+    tracker = Tracker(config.tracking)
+    parent = tracker.start_loop(config, loop_key=f"dvc:{Path(root).resolve()}")
+    if round_index == 1:
+        tracker.register_seed(parent, round_dir(root, 0) / "champion")
+    result = tracker.log_round(parent, round_index, round_dir(root, round_index), config,
+                               digest(round_dir(root, round_index)))
+    result["parent_run_id"] = parent
+    io.write_json(out, result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Models on disk: the embedded default's tokenizer and architecture, and loading any HF model.
+
+A *model directory* is either a plain Hugging Face directory (config, safetensors,
+tokenizer) or a *committee*: ``member-0/``, ``member-1/``, ... each a Hugging Face
+directory, plus ``flywheel-model.json``. A committee votes across independently
+seeded members (Lee et al., 2025) because one model's samples share its errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flywheel.errors import ConfigError, InputError
+
+MODEL_META = "flywheel-model.json"
+PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
+DEFAULT_ALPHABET = "0123456789+="
+
+
+@dataclass
+class TinyModelConfig:
+    """The embedded default's architecture: a Llama-style decoder without positional encoding."""
+
+    hidden_size: int = field(default=128, metadata={"help": "Width of the residual stream."})
+    num_layers: int = field(default=4, metadata={"help": "Decoder layers."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads (also key/value heads)."})
+    intermediate_size: int = field(default=512, metadata={"help": "MLP width."})
+    max_positions: int = field(default=512, metadata={"help": "Longest sequence in tokens (prompt + answer)."})
+    alphabet: str = field(default=DEFAULT_ALPHABET, metadata={"help": "Characters the tokenizer knows."})
+    nope: bool = field(default=True, metadata={"help": "No positional encoding in any layer (NoPE)."})
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("model.hidden_size", "must be divisible by model.num_heads")
+        if len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet:
+            raise ConfigError("model.alphabet", "must be non-empty with no repeated characters")
+
+
+def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET):
+    """A one-token-per-character tokenizer, built with ``tokenizers``, saved in HF format by the caller."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, BOS: 1, EOS: 2}
+    for char in alphabet:
+        vocab[char] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()  # join characters back without spaces
+    # A BOS token at position 0 gives NoPE attention a fixed anchor to count positions from.
+    core.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, bos_token=BOS,
+                                   padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def build_tiny_model(config: TinyModelConfig, seed: int):
+    """A freshly initialised SmolLM3 decoder; ``no_rope_layers=[0]*L`` makes every layer NoPE.
+
+    SmolLM3 is a stock architecture that transformers and vLLM both load, so the
+    embedded default needs no patched model code.
+    """
+    import torch
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    tokenizer = build_char_tokenizer(config.alphabet)
+    model_config = SmolLM3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        max_position_embeddings=config.max_positions,
+        no_rope_layers=[0 if config.nope else 1] * config.num_layers,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = SmolLM3ForCausalLM(model_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def member_dirs(model_dir: str | os.PathLike) -> list[Path]:
+    """The Hugging Face directories a model directory holds (one for a plain model)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(model_dir, "model directory not found")
+    if (model_dir / "config.json").is_file():
+        return [model_dir]
+    meta_path = model_dir / MODEL_META
+    if not meta_path.is_file():
+        raise InputError(model_dir, f"not a model directory (no config.json and no {MODEL_META})")
+    try:
+        members = json.loads(meta_path.read_text())["members"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(meta_path, "malformed model metadata", field="members") from None
+    paths = [model_dir / name for name in members]
+    for path in paths:
+        if not (path / "config.json").is_file():
+            raise InputError(path, "committee member has no config.json")
+    return paths
+
+
+def read_model_meta(model_dir: str | os.PathLike) -> dict:
+    path = Path(model_dir) / MODEL_META
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_model_meta(model_dir: Path, meta: dict) -> None:
+    (model_dir / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_member(path: str | os.PathLike, *, device: str = "cpu"):
+    """Load one Hugging Face model and its tokenizer from a local directory, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(path, "not a Hugging Face model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

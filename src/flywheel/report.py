@@ -1,0 +1,172 @@
+"""The loop's report: a per-round table (stdout), report.json, and report.html with an accuracy plot."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+import json
+from pathlib import Path
+
+from flywheel import io
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build_report(root: Path, config) -> dict:
+    """Collect every round's files under ``root`` into one dict (what report.json holds)."""
+    root = Path(root)
+    rounds = []
+    index = 0
+    while (root / "rounds" / str(index)).exists():
+        here = root / "rounds" / str(index)
+        metrics = _read(here / "eval" / "metrics.json") or {}
+        decision = _read(here / "decision.json")
+        if index > 0 and decision is None:
+            break  # a round still running or interrupted
+        vote = _read(here / "vote.json") or {}
+        curation = _read(here / "curation.json") or {}
+        champion_after = (metrics.get("candidate") if decision and decision["promote"] else metrics.get("champion"))
+        rounds.append({
+            "round": index,
+            "bucket": config.prompts.bucket(index) if index else None,
+            "champion": metrics.get("champion"),
+            "candidate": metrics.get("candidate"),
+            "champion_after": champion_after,
+            "vote": vote,
+            "curation": curation,
+            "decision": decision,
+            "timings": _read(here / "timings.json"),
+        })
+        index += 1
+    seed_scores = rounds[0]["champion"] if rounds else None
+    final = rounds[-1]["champion_after"] if rounds else None
+    summary = {"rounds": len(rounds) - 1}
+    if seed_scores and final:
+        summary.update({
+            "seed_accuracy": seed_scores["accuracy"], "final_accuracy": final["accuracy"],
+            "seed_frontier": seed_scores["frontier"], "final_frontier": final["frontier"],
+            "seed_reach": seed_scores["reach"], "final_reach": final["reach"],
+            "promotions": sum(1 for r in rounds[1:] if r["decision"]["promote"]),
+        })
+        lifted = [b for b, acc in final["buckets"].items() if seed_scores["buckets"].get(b, 0) < 0.10 and acc >= 0.80]
+        summary["buckets_lifted_from_below_10_to_80"] = sorted(lifted, key=int)
+    return {"name": config.name, "summary": summary, "rounds": rounds}
+
+
+def table(report: dict) -> str:
+    """The per-round table printed by ``flywheel run``."""
+    head = (f"{'round':>5} {'bucket':>6} {'PL prec':>7} {'yield':>6} {'kept':>6} {'train':>6} "
+            f"{'champ':>6} {'cand':>6} {'p':>8} {'gate':>8} {'front':>5} {'reach':>5}  accuracy by digits (after gate)")
+    lines = [head]
+    for r in report["rounds"]:
+        after = r["champion_after"] or {}
+        buckets = " ".join(f"{b}:{acc * 100:.0f}" for b, acc in (after.get("buckets") or {}).items())
+        if r["round"] == 0:
+            lines.append(f"{0:>5} {'seed':>6} {'':>7} {'':>6} {'':>6} {'':>6} {after.get('accuracy', 0):>6.3f} "
+                         f"{'':>6} {'':>8} {'':>8} {after.get('frontier', 0):>5} {after.get('reach', 0):>5}  {buckets}")
+            continue
+        d, v, c = r["decision"], r["vote"], r["curation"]
+        prec = v.get("pseudo_label_precision")
+        yield_ = c.get("prompts_kept", 0) / c["prompts_in"] if c.get("prompts_in") else 0.0
+        lines.append(
+            f"{r['round']:>5} {r['bucket']:>6} {'-' if prec is None else f'{prec:.3f}':>7} {yield_:>6.2f} "
+            f"{c.get('samples_kept', 0):>6} {c.get('train_rows', 0):>6} {d['champion_accuracy']:>6.3f} "
+            f"{d['candidate_accuracy']:>6.3f} {d['p_value']:>8.2g} {'promote' if d['promote'] else 'decline':>8} "
+            f"{after.get('frontier', 0):>5} {after.get('reach', 0):>5}  {buckets}")
+    return "\n".join(lines)
+
+
+def plot_png(report: dict) -> bytes:
+    """Accuracy per digit length, one line per round's champion (after its gate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for r in report["rounds"]:
+        after = r["champion_after"]
+        if not after:
+            continue
+        xs = sorted(after["buckets"], key=int)
+        label = "seed" if r["round"] == 0 else f"round {r['round']} ({'promoted' if r['decision']['promote'] else 'kept'})"
+        ax.plot([int(x) for x in xs], [after["buckets"][x] * 100 for x in xs], marker="o", label=label)
+    ax.set_xlabel("digits per operand")
+    ax.set_ylabel("champion accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{report['name']}: accuracy per digit length per round")
+    buffer = _io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def html_report(report: dict) -> str:
+    png = base64.b64encode(plot_png(report)).decode()
+    rows = []
+    for r in report["rounds"][1:]:
+        c = r["curation"]
+        funnel = ", ".join(f"{html.escape(k)}: {v}" for k, v in c.get("drops", {}).items())
+        thresholds = " ".join(
+            f"{t['threshold']:.1f}→{t['yield']:.2f}/{'-' if t['precision'] is None else format(t['precision'], '.3f')}"
+            for t in c.get("thresholds", []))
+        rows.append(f"<tr><td>{r['round']}</td><td>{r['bucket']}</td>"
+                    f"<td>{r['vote'].get('pseudo_label_precision', 0) or 0:.3f}</td>"
+                    f"<td>{c.get('samples_kept', 0)} / {c.get('samples_in', 0)}</td><td>{funnel}</td>"
+                    f"<td>{thresholds}</td><td>{html.escape(r['decision']['reason'])}</td></tr>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>flywheel: {html.escape(report['name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}pre{{background:#f6f6f6;padding:1em}}</style></head>
+<body><h1>flywheel: {html.escape(report['name'])}</h1>
+<img alt="accuracy per digit length per round" src="data:image/png;base64,{png}">
+<h2>Rounds</h2><pre>{html.escape(table(report))}</pre>
+<h2>Curation and gate</h2>
+<table><tr><th>round</th><th>bucket</th><th>pseudo-label precision</th><th>samples kept</th><th>drops by reason</th>
+<th>vote-share threshold → yield / precision</th><th>gate</th></tr>{''.join(rows)}</table>
+<h2>Summary</h2><pre>{html.escape(json.dumps(report['summary'], indent=2))}</pre></body></html>
+"""
+
+
+def plot_tables(report: dict) -> dict[str, list[dict]]:
+    """The CSVs behind `dvc plots show`: accuracy per digits (a column per round) and per-round figures."""
+    by_digits: dict[int, dict] = {}
+    per_round = []
+    for r in report["rounds"]:
+        after = r["champion_after"] or {}
+        column = "seed" if r["round"] == 0 else f"round_{r['round']}"
+        for bucket, acc in (after.get("buckets") or {}).items():
+            by_digits.setdefault(int(bucket), {"digits": int(bucket)})[column] = round(acc * 100, 2)
+        if r["round"] > 0:
+            c = r["curation"]
+            per_round.append({
+                "round": r["round"],
+                "pseudo_label_precision": r["vote"].get("pseudo_label_precision"),
+                "champion_accuracy": r["decision"]["champion_accuracy"],
+                "candidate_accuracy": r["decision"]["candidate_accuracy"],
+                "yield": c.get("prompts_kept", 0) / c["prompts_in"] if c.get("prompts_in") else 0.0,
+                "promoted": int(r["decision"]["promote"]),
+            })
+    return {"accuracy_by_digits": [by_digits[k] for k in sorted(by_digits)], "rounds": per_round}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with io.atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_report(root: Path, report: dict) -> None:
+    io.write_json(Path(root) / "report.json", report)
+    for name, rows in plot_tables(report).items():
+        _write_csv(Path(root) / "plots" / f"{name}.csv", rows)
+    with io.atomic_path(Path(root) / "report.html") as tmp:
+        tmp.write_text(html_report(report))

@@ -1,0 +1,100 @@
+"""The data contracts between stages (DESIGN.md, "Data contracts").
+
+A ``Schema`` is a list of typed columns. Stages write with ``io.write_rows`` and
+read with ``io.read_rows``, which checks each row and names the first bad field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from flywheel.errors import InputError
+
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: type
+    required: bool = True
+    nonempty: bool = False  # for strings: "" is an error (an empty prompt is never useful)
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def arrow(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, _ARROW[c.type], nullable=not c.required) for c in self.columns])
+
+    def check(self, record: dict, *, source, row: int | None = None) -> None:
+        """Raise ``InputError`` for the first missing, null, mistyped or empty field of ``record``."""
+        for column in self.columns:
+            value = record.get(column.name)
+            if value is None:
+                if column.required:
+                    what = "missing" if column.name not in record else "null"
+                    raise InputError(source, f"required {self.name} field is {what}", row=row, field=column.name)
+                continue
+            if not _is_type(value, column.type):
+                raise InputError(source, f"expected {column.type.__name__}, got {type(value).__name__} {value!r:.40}",
+                                 row=row, field=column.name)
+            if column.nonempty and isinstance(value, str) and not value.strip():
+                raise InputError(source, "must not be empty", row=row, field=column.name)
+
+
+def _is_type(value, expected: type) -> bool:
+    if isinstance(value, bool):
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+PROMPTS = Schema("prompt", (
+    Column("id", str, nonempty=True),
+    Column("prompt", str, nonempty=True),
+    Column("bucket", str, required=False),  # what evaluate groups by (digit length for addition)
+    Column("meta", str, required=False),  # JSON object, task-specific
+    Column("answer", str, required=False),  # hidden truth: eval and audit sets only, never trained on
+))
+
+SAMPLES = Schema("sample", (
+    Column("prompt_id", str),
+    Column("sample_idx", int),
+    Column("voter", int),  # which member of the champion produced it (0 for a single model)
+    Column("completion", str),
+    Column("answer", str, required=False),  # null when no answer could be extracted
+    Column("n_tokens", int),
+    Column("logprob", float),  # sum of token log-probabilities under the sampling distribution
+))
+
+VOTES = Schema("vote", (
+    Column("prompt_id", str),
+    Column("majority_answer", str, required=False),  # null when no sample had an answer
+    Column("vote_share", float),
+    Column("entropy", float),  # nats, over answer classes (no-answer counts as its own class)
+    Column("n_samples", int),
+    Column("n_answers", int),  # distinct answers
+))
+
+AGREEMENT = Schema("agreement", (
+    Column("prompt_id", str),
+    Column("sample_idx", int),
+    Column("voter", int),
+    Column("agrees", bool),
+))
+
+CURATED = Schema("curated", (
+    Column("prompt", str, nonempty=True),
+    Column("completion", str, nonempty=True),
+    Column("prompt_id", str, required=False),
+    Column("round", int, required=False),
+))

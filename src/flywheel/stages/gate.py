@@ -1,0 +1,112 @@
+"""Gate: promote the candidate only if it wins measurably, and say why.
+
+Paired comparison on the same eval items (each item: was the champion right,
+was the candidate right):
+  * ``mcnemar``: exact one-sided McNemar test on the discordant pairs,
+    p = P(X >= c | X ~ Binomial(b + c, 1/2)), b = only champion right, c = only candidate right;
+  * ``bootstrap``: paired bootstrap of the accuracy difference, p = share of resamples with difference <= 0.
+Promotion needs all of: gain >= ``min_gain``, p <= ``alpha``, and no bucket losing more than ``max_bucket_drop``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from flywheel import io
+from flywheel.config import GateConfig
+
+
+def mcnemar_p(only_champion: int, only_candidate: int) -> float:
+    """One-sided exact McNemar p-value that the candidate is better."""
+    n = only_champion + only_candidate
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(only_candidate, n + 1)) / 2**n
+
+
+def bootstrap_p(champion: list[bool], candidate: list[bool], *, samples: int, seed: int) -> float:
+    """Share of paired resamples in which the candidate's accuracy is not above the champion's."""
+    n = len(champion)
+    if n == 0:
+        return 1.0
+    diffs = [int(c) - int(h) for h, c in zip(champion, candidate)]
+    rng = random.Random(seed)
+    not_better = 0
+    for _ in range(samples):
+        total = sum(diffs[rng.randrange(n)] for _ in range(n))
+        not_better += total <= 0
+    return not_better / samples
+
+
+def decide(items: list[dict], config: GateConfig) -> dict:
+    """``items``: one per eval prompt with ``bucket``, ``champion_correct``, ``candidate_correct``.
+
+    Returns the decision: ``promote``, ``reason``, overall and per-bucket accuracies and deltas, the test.
+    """
+    champion = [bool(i["champion_correct"]) for i in items]
+    candidate = [bool(i["candidate_correct"]) for i in items]
+    n = len(items)
+    champion_acc = sum(champion) / n if n else 0.0
+    candidate_acc = sum(candidate) / n if n else 0.0
+    only_champion = sum(h and not c for h, c in zip(champion, candidate))
+    only_candidate = sum(c and not h for h, c in zip(champion, candidate))
+    if config.test == "mcnemar":
+        p_value = mcnemar_p(only_champion, only_candidate)
+    else:
+        p_value = bootstrap_p(champion, candidate, samples=config.bootstrap_samples, seed=config.seed)
+    buckets: dict[str, dict] = {}
+    for item in items:
+        entry = buckets.setdefault(str(item["bucket"]), {"n": 0, "champion": 0, "candidate": 0})
+        entry["n"] += 1
+        entry["champion"] += bool(item["champion_correct"])
+        entry["candidate"] += bool(item["candidate_correct"])
+    bucket_deltas = {}
+    for name, entry in buckets.items():
+        bucket_deltas[name] = {
+            "champion": entry["champion"] / entry["n"],
+            "candidate": entry["candidate"] / entry["n"],
+            "delta": (entry["candidate"] - entry["champion"]) / entry["n"],
+            "n": entry["n"],
+        }
+    gain = candidate_acc - champion_acc
+    worst_name, worst = min(bucket_deltas.items(), key=lambda kv: (kv[1]["delta"], _bucket_key(kv[0])),
+                            default=(None, {"delta": 0.0}))
+    if gain < config.min_gain:
+        promote, reason = False, f"gain {gain:+.4f} below the required {config.min_gain:.4f}"
+    elif p_value > config.alpha:
+        promote, reason = False, f"not significant: {config.test} p={p_value:.4g} > alpha={config.alpha}"
+    elif worst["delta"] < -config.max_bucket_drop:
+        promote, reason = False, (f"bucket {worst_name} regressed by {-worst['delta']:.4f} "
+                                  f"(tolerance {config.max_bucket_drop:.4f})")
+    else:
+        promote, reason = True, (f"candidate wins by {gain:+.4f} ({config.test} p={p_value:.4g}); "
+                                 f"no bucket dropped more than {config.max_bucket_drop:.4f}")
+    return {
+        "promote": promote,
+        "reason": reason,
+        "champion_accuracy": champion_acc,
+        "candidate_accuracy": candidate_acc,
+        "delta": gain,
+        "test": config.test,
+        "p_value": p_value,
+        "only_champion_correct": only_champion,
+        "only_candidate_correct": only_candidate,
+        "n": n,
+        "buckets": dict(sorted(bucket_deltas.items(), key=lambda kv: _bucket_key(kv[0]))),
+    }
+
+
+def _bucket_key(name: str):
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def run_gate(eval_dir: Path, out_path: Path, config: GateConfig) -> dict:
+    """Shell: eval/predictions.parquet -> decision.json."""
+    from flywheel.stages.evaluate import PREDICTIONS, read_predictions
+
+    items = read_predictions(Path(eval_dir) / PREDICTIONS)
+    decision = decide(items, config)
+    io.write_json(out_path, decision)
+    return decision

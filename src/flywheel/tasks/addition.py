@@ -1,0 +1,59 @@
+"""Reversed-digit addition: the embedded default task (Lee et al., 2025).
+
+A prompt of bucket ``n`` adds two ``n``-digit numbers, every number written least
+significant digit first: 17 + 25 = 42 is the prompt ``"71+52="`` and the answer ``"24"``.
+Reversal lets a left-to-right model emit each sum digit once it has seen the
+carry, which is what makes length generalisation by self-training possible.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+
+class ReversedAddition:
+    name = "addition"
+
+    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str) -> list[dict]:
+        if bucket < 1:
+            raise ValueError(f"digit length must be >= 1, got {bucket}")
+        rng = random.Random(f"addition:{seed}:{bucket}")
+        rows = []
+        for index in range(count):
+            a, b = (_random_number(rng, bucket) for _ in range(2))
+            rows.append({
+                "id": f"{id_prefix}d{bucket}-{index}",
+                "prompt": f"{_rev(a)}+{_rev(b)}=",
+                "bucket": str(bucket),
+                "meta": json.dumps({"digits": bucket}),
+                "answer": _rev(a + b),
+            })
+        return rows
+
+    def extract_answer(self, completion: str) -> str | None:
+        answer = completion.strip()
+        return answer if answer.isdigit() else None
+
+    def format_issue(self, prompt: dict, answer: str) -> str | None:
+        # The sum of two n-digit numbers has n or n+1 digits. Models extrapolating
+        # past their training lengths mostly fail by stopping early, which this catches
+        # without looking at the truth (Lee et al.'s length filter).
+        digits = len(prompt["prompt"].split("+", 1)[0])
+        if len(answer) not in (digits, digits + 1):
+            return "format:length"
+        if len(answer) > 1 and answer.endswith("0"):
+            return "format:leading_zero"  # reversed, so a trailing "0" is a leading zero
+        return None
+
+    def is_correct(self, answer: str | None, truth: str) -> bool:
+        return answer is not None and answer == truth
+
+
+def _random_number(rng: random.Random, digits: int) -> int:
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.randint(low, 10**digits - 1)
+
+
+def _rev(number: int) -> str:
+    return str(number)[::-1]

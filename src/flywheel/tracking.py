@@ -1,0 +1,156 @@
+"""MLflow: a parent run per loop, a nested run per round, every candidate a registered model version.
+
+The stages know nothing of MLflow. After each round, ``log_round`` reads what the
+round wrote (vote.json, curation.json, eval/metrics.json, decision.json, timings)
+and logs it, so ``flywheel run`` and ``dvc repro`` (its ``track`` stage) log the same
+things. The registered model's alias ``champion`` moves only when the gate promotes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from flywheel.config import FlywheelConfig, TrackingConfig
+
+CHAMPION_ALIAS = "champion"
+LOOP_TAG = "flywheel.loop"
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    elif isinstance(value, bool):
+        out[prefix] = float(value)
+    elif isinstance(value, (int, float)) and value is not None:
+        out[prefix] = float(value)
+    return out
+
+
+def _mlflow_key(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+class Tracker:
+    """Thin wrapper over the MLflow client; one instance per loop."""
+
+    def __init__(self, config: TrackingConfig):
+        import mlflow
+
+        self.config = config
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(config.uri)
+        mlflow.set_registry_uri(config.uri)
+        self.client = mlflow.MlflowClient(config.uri, config.uri)
+        experiment = self.client.get_experiment_by_name(config.experiment)
+        self.experiment_id = (experiment.experiment_id if experiment
+                              else self.client.create_experiment(config.experiment))
+
+    def start_loop(self, config: FlywheelConfig, loop_key: str) -> str:
+        """The parent run for ``loop_key`` (created once, found again on re-runs)."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{LOOP_TAG}` = '{loop_key}'",
+                                       max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"{config.name}", tags={LOOP_TAG: loop_key})
+        params = {}
+        for section, values in asdict(config).items():
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    params[f"{section}.{key}"] = str(value)[:500]
+            else:
+                params[section] = str(values)
+        for key, value in sorted(params.items()):
+            self.client.log_param(run.info.run_id, key, value)
+        return run.info.run_id
+
+    def end_loop(self, run_id: str, summary: dict) -> None:
+        for key, value in _flatten("", summary, {}).items():
+            self.client.log_metric(run_id, _mlflow_key(key), value)
+        self.client.set_terminated(run_id)
+
+    def _ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.config.registered_model)
+        except MlflowException:
+            self.client.create_registered_model(self.config.registered_model,
+                                                description="Candidates of the flywheel; alias 'champion' = current best.")
+
+    def register_seed(self, parent_run_id: str, seed_dir: Path) -> str:
+        """Register the seed as a version; it becomes the champion only if there is none yet."""
+        from mlflow.exceptions import MlflowException
+
+        self._ensure_registered_model()
+        self.client.log_artifacts(parent_run_id, os.fspath(seed_dir), "seed")
+        source = f"{self.client.get_run(parent_run_id).info.artifact_uri}/seed"
+        version = self.client.create_model_version(self.config.registered_model, source, parent_run_id,
+                                                   tags={"role": "seed"})
+        try:
+            self.client.get_model_version_by_alias(self.config.registered_model, CHAMPION_ALIAS)
+        except MlflowException:
+            self.client.set_registered_model_alias(self.config.registered_model, CHAMPION_ALIAS, version.version)
+        return version.version
+
+    def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
+                  data_digest: str) -> dict:
+        """Nested run for a round: params per stage, metrics, the data digest, the candidate version."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        run = self.client.create_run(self.experiment_id, run_name=f"round-{round_index}",
+                                     tags={"mlflow.parentRunId": parent_run_id, "flywheel.round": str(round_index)})
+        run_id = run.info.run_id
+        for section in ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate"):
+            for key, value in asdict(getattr(config, section)).items():
+                self.client.log_param(run_id, f"{section}.{key}", str(value)[:500])
+        metrics = round_metrics(round_dir)
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, _mlflow_key(key), value, step=round_index)
+            self.client.log_metric(parent_run_id, _mlflow_key(key), value, step=round_index)
+        with warnings.catch_warnings():  # mlflow warns that a local path matches two equivalent source types
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(os.fspath(round_dir.resolve()))
+        # The digest is DVC's md5 of the round directory: the same value dvc.lock records.
+        dataset = MetaDataset(source, name=f"round-{round_index}", digest=data_digest)
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                              tags=[InputTag("mlflow.data.context", "training")])])
+        for name in ("vote.json", "curation.json", "decision.json", "eval/metrics.json"):
+            if (round_dir / name).exists():
+                self.client.log_artifact(run_id, os.fspath(round_dir / name), os.path.dirname(name) or None)
+        self._ensure_registered_model()
+        self.client.log_artifacts(run_id, os.fspath(round_dir / "candidate"), "candidate")
+        decision = json.loads((round_dir / "decision.json").read_text())
+        version = self.client.create_model_version(
+            self.config.registered_model, f"{run.info.artifact_uri}/candidate", run_id,
+            tags={"round": str(round_index), "promoted": str(decision["promote"]).lower(),
+                  "data_digest": data_digest},
+            description=decision["reason"])
+        if decision["promote"]:
+            self.client.set_registered_model_alias(self.config.registered_model, CHAMPION_ALIAS, version.version)
+        self.client.set_tag(run_id, "flywheel.decision", "promote" if decision["promote"] else "decline")
+        self.client.set_terminated(run_id)
+        return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"]}
+
+
+def round_metrics(round_dir: Path) -> dict[str, float]:
+    """Every number a round wrote, flattened to ``stage.key`` (e.g. ``curate.drops.vote:low_share``)."""
+    out: dict[str, float] = {}
+    for stage, name in (("vote", "vote.json"), ("curate", "curation.json"), ("evaluate", "eval/metrics.json"),
+                        ("gate", "decision.json"), ("time", "timings.json")):
+        path = round_dir / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            if stage == "curate":
+                data = {k: v for k, v in data.items() if k != "thresholds"}
+                for row in json.loads(path.read_text()).get("thresholds", []):
+                    data[f"threshold_{row['threshold']}"] = {"yield": row["yield"], "precision": row["precision"]}
+            _flatten(stage, data, out)
+    return out

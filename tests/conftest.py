@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny seed committee trained once per session (seconds, CPU)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_seed(tmp_path_factory) -> Path:
+    """The smoke config's seed (2 members, ~20k parameters each), trained with labels on 1-2 digits."""
+    from flywheel.config import load_config
+    from flywheel.seed import train_seed
+    from flywheel.tasks import load_task
+
+    out = tmp_path_factory.mktemp("seed") / "seed"
+    config = load_config(SMOKE, [f"seed.path={out}"])
+    train_seed(config, task=load_task("addition"))
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_seed) -> Path:
+    """A fresh working directory holding a copy of the repo's configs and the tiny seed."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(tiny_seed, tmp_path / "runs" / "smoke" / "seed")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

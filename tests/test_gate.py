@@ -1,0 +1,48 @@
+import pytest
+
+from flywheel.config import GateConfig
+from flywheel.stages.gate import bootstrap_p, decide, mcnemar_p
+
+
+def items(pairs, bucket="1"):
+    return [{"bucket": bucket, "champion_correct": h, "candidate_correct": c} for h, c in pairs]
+
+
+def test_mcnemar_exact_by_hand():
+    # b=1 (only champion right), c=5 (only candidate right): P(X>=5 | Bin(6, .5)) = (6 + 1) / 64
+    assert mcnemar_p(1, 5) == pytest.approx(7 / 64)
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(0, 10) == pytest.approx(1 / 1024)
+
+
+def test_promotes_a_significant_win():
+    data = items([(False, True)] * 10 + [(True, True)] * 10)
+    d = decide(data, GateConfig())
+    assert d["promote"] and d["only_candidate_correct"] == 10
+    assert d["delta"] == pytest.approx(0.5) and d["p_value"] == pytest.approx(1 / 1024)
+
+
+def test_declines_below_margin_and_when_not_significant():
+    tie = items([(True, True)] * 20)
+    assert not decide(tie, GateConfig()).get("promote")
+    assert "below the required" in decide(tie, GateConfig())["reason"]
+    small = items([(False, True)] * 2 + [(True, True)] * 18)
+    d = decide(small, GateConfig(min_gain=0.0))
+    assert not d["promote"] and "not significant" in d["reason"] and d["p_value"] == pytest.approx(0.25)
+
+
+def test_declines_when_a_bucket_regresses():
+    data = items([(False, True)] * 30, bucket="2") + items([(True, False)] * 3 + [(True, True)] * 7, bucket="1")
+    d = decide(data, GateConfig(max_bucket_drop=0.05))
+    assert not d["promote"] and "bucket 1 regressed by 0.3000" in d["reason"]
+    assert d["buckets"]["1"]["delta"] == pytest.approx(-0.3)
+    assert decide(data, GateConfig(max_bucket_drop=0.5))["promote"]
+
+
+def test_bootstrap_agrees_on_clear_cases():
+    champion = [False] * 50 + [True] * 50
+    better = [True] * 100
+    assert bootstrap_p(champion, better, samples=500, seed=0) == 0.0
+    assert bootstrap_p(better, champion, samples=500, seed=0) == 1.0
+    d = decide(items(list(zip(champion, better))), GateConfig(test="bootstrap", bootstrap_samples=200))
+    assert d["promote"] and d["test"] == "bootstrap"

@@ -1,0 +1,90 @@
+"""The whole loop on a tiny model: two rounds, real MLflow (sqlite), report files."""
+
+import json
+
+import pytest
+
+from flywheel import io, schemas
+from flywheel.config import load_config
+from flywheel.loop import run_loop
+from flywheel.tracking import CHAMPION_ALIAS, Tracker
+
+
+@pytest.fixture(scope="module")
+def loop_result(tmp_path_factory, tiny_seed):
+    root = tmp_path_factory.mktemp("loop")
+    config = load_config("configs/smoke.yaml" if False else _smoke(), [
+        f"seed.path={tiny_seed}", f"loop.out_dir={root / 'out'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        "loop.progress=false"])
+    tracker = Tracker(config.tracking)
+    report = run_loop(config, tracker=tracker)
+    return config, root / "out", report, tracker
+
+
+def _smoke():
+    from tests.conftest import SMOKE
+
+    return SMOKE
+
+
+def test_every_round_writes_its_contracts(loop_result):
+    config, out, report, _ = loop_result
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    for r in (1, 2):
+        here = out / "rounds" / str(r)
+        prompts = io.read_rows(here / "prompts.parquet", schemas.PROMPTS)
+        assert all(p["answer"] is None for p in prompts)  # no truth next to the prompts
+        samples = io.read_rows(here / "samples.parquet", schemas.SAMPLES)
+        members = 2
+        assert len(samples) == len(prompts) * config.generate.samples_per_prompt * members
+        votes = io.read_rows(here / "votes.parquet", schemas.VOTES)
+        assert len(votes) == len(prompts)
+        curation = json.loads((here / "curation.json").read_text())
+        assert curation["samples_kept"] + sum(curation["drops"].values()) == len(samples)
+        assert [t["threshold"] for t in curation["thresholds"]] == sorted(config.curate.audit_thresholds)
+        decision = json.loads((here / "decision.json").read_text())
+        assert {"promote", "reason", "p_value", "delta", "buckets"} <= set(decision)
+        assert (here / "champion" / "flywheel-model.json").exists()
+        vote = json.loads((here / "vote.json").read_text())
+        assert 0.0 <= vote["pseudo_label_precision"] <= 1.0
+
+
+def test_training_data_never_holds_truth(loop_result):
+    _, out, _, _ = loop_result
+    for r in (1, 2):
+        for name in ("curated.parquet", "train.parquet", "pool.parquet"):
+            rows = io.read_rows(out / "rounds" / str(r) / name, schemas.CURATED)
+            assert all(set(row) <= {"prompt", "completion", "prompt_id", "round"} for row in rows)
+
+
+def test_report_files(loop_result):
+    _, out, report, _ = loop_result
+    assert json.loads((out / "report.json").read_text())["summary"]["rounds"] == 2
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Curation and gate" in html
+    assert (out / "plots" / "accuracy_by_digits.csv").read_text().startswith("digits,seed,round_1,round_2")
+
+
+def test_mlflow_has_parent_nested_runs_versions_and_alias(loop_result):
+    config, out, report, tracker = loop_result
+    client = tracker.client
+    parent = report["mlflow"]["parent_run_id"]
+    children = client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == ["round-1", "round-2"]
+    child = next(r for r in children if r.info.run_name == "round-1")
+    assert child.data.params["train.steps"] == str(config.train.steps)
+    assert "evaluate.candidate.accuracy" in child.data.metrics
+    assert "curate.drops.vote:disagrees" in child.data.metrics or child.data.metrics
+    digest = child.inputs.dataset_inputs[0].dataset.digest
+    from flywheel.versioning import digest as dvc_digest
+
+    assert digest == dvc_digest(out / "rounds" / "1")
+    versions = client.search_model_versions(f"name = '{config.tracking.registered_model}'")
+    assert len(versions) == 3  # the seed and one candidate per round
+    champion = client.get_model_version_by_alias(config.tracking.registered_model, CHAMPION_ALIAS)
+    promoted = [r["decision"]["promote"] for r in report["rounds"][1:]]
+    expected = {v.version for v in versions if v.tags.get("role") == "seed"}
+    for index, was_promoted in enumerate(promoted, start=1):
+        if was_promoted:
+            expected = {report["mlflow"]["rounds"][index]["model_version"]}
+    assert champion.version in expected
