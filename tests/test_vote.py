@@ -64,3 +64,9 @@ def test_summary():
     summary = vote_summary(votes)
     assert summary["majority_ratio"] == 0.75 and summary["no_answer_rate"] == 0.5
     assert summary["unanimous_rate"] == 0.5
+
+
+def test_min_answer_share_withholds_the_label():
+    samples = [s("p", 0, "7"), s("p", 1, None), s("p", 2, None)]
+    assert vote(samples, min_answer_share=0.5)[0][0]["majority_answer"] is None
+    assert vote(samples, min_answer_share=0.3)[0][0]["majority_answer"] == "7"

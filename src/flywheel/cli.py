@@ -169,7 +169,7 @@ def _dispatch(args) -> int:
     elif args.command == "vote":
         from flywheel.stages.vote import run_vote
 
-        result = run_vote(args.samples, args.out_dir, task=task, audit_path=args.audit)
+        result = run_vote(args.samples, args.out_dir, config.vote, task=task, audit_path=args.audit)
     elif args.command == "curate":
         from flywheel.stages.curate import run_curate
 
@@ -191,7 +191,7 @@ def _dispatch(args) -> int:
         from flywheel.stages.gate import run_gate
         from flywheel.stages.train import link_or_copy_tree
 
-        result = run_gate(args.eval_dir, args.out, config.gate)
+        result = run_gate(args.eval_dir, args.out, config.gate, candidate_dir=args.candidate)
         link_or_copy_tree(args.candidate if result["promote"] else args.champion, args.next_champion)
         result = {k: result[k] for k in ("promote", "reason", "delta", "p_value")}
     elif args.command == "track":
@@ -211,9 +211,13 @@ def _dispatch(args) -> int:
 
 def _quiet_libraries() -> None:
     """Keep the output to our own progress bars and tables."""
+    import logging
+
     import datasets
     import transformers
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -227,9 +231,10 @@ def _check_device(device: str) -> None:
 
 
 def _run(config, *, track: bool) -> int:
-    from flywheel.loop import run_loop
+    from flywheel.loop import check_seed, run_loop
     from flywheel.report import table
 
+    check_seed(config)  # before MLflow creates anything
     tracker = None
     if track and config.tracking.enabled:
         from flywheel.tracking import Tracker

@@ -51,14 +51,20 @@ def round_dir(root: Path, round_index: int) -> Path:
     return Path(root) / "rounds" / str(round_index)
 
 
-def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
-    """Write the eval set and round 0 (the seed as champion, its scores, an empty pool). Returns the eval path."""
-    root = Path(root)
+def check_seed(config: FlywheelConfig) -> Path:
+    """The seed directory, or a one-line error saying how to make it."""
     seed_dir = Path(config.seed.path)
     if not seed_dir.exists():
         raise InputError(seed_dir, "seed model not found; run `make seed` (or `flywheel seed`) first",
                          field="seed.path")
-    member_dirs(seed_dir)  # a clear error now rather than deep inside round 1
+    member_dirs(seed_dir)  # a malformed model directory fails here, not deep inside round 1
+    return seed_dir
+
+
+def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
+    """Write the eval set and round 0 (the seed as champion, its scores, an empty pool). Returns the eval path."""
+    root = Path(root)
+    seed_dir = check_seed(config)
     eval_path = root / "eval.parquet"
     io.write_rows(eval_path, make_eval_set(task, config.evaluate), schemas.PROMPTS)
     zero = round_dir(root, 0)
@@ -82,7 +88,7 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
         run_generate(here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
                      round_index=round_index, device=device, progress=progress)
     with timer.stage("vote"):
-        run_vote(here / "samples.parquet", here, task=task, audit_path=here / "audit.parquet")
+        run_vote(here / "samples.parquet", here, config.vote, task=task, audit_path=here / "audit.parquet")
     with timer.stage("curate"):
         run_curate(here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
                    previous_pool=previous / "pool.parquet", audit_path=here / "audit.parquet")
@@ -94,7 +100,7 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
         run_evaluate(eval_path, here / "candidate", champion, here / "eval", config.evaluate, task=task,
                      device=device, progress=progress)
     with timer.stage("gate"):
-        decision = run_gate(here / "eval", here / "decision.json", config.gate)
+        decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=here / "candidate")
         link_or_copy_tree(here / "candidate" if decision["promote"] else champion, here / "champion")
     io.write_json(here / "timings.json", timer.seconds)
     return decision

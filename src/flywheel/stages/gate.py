@@ -102,11 +102,15 @@ def _bucket_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def run_gate(eval_dir: Path, out_path: Path, config: GateConfig) -> dict:
-    """Shell: eval/predictions.parquet -> decision.json."""
+def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_dir: Path | None = None) -> dict:
+    """Shell: eval/predictions.parquet (+ the candidate's metadata) -> decision.json."""
+    from flywheel.modeling import read_model_meta
     from flywheel.stages.evaluate import PREDICTIONS, read_predictions
 
     items = read_predictions(Path(eval_dir) / PREDICTIONS)
     decision = decide(items, config)
+    if candidate_dir is not None and read_model_meta(candidate_dir).get("trained") is False:
+        decision.update(promote=False, reason="no curated data survived this round; the candidate is the "
+                                              "champion unchanged (see curation.json)")
     io.write_json(out_path, decision)
     return decision

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import TrainConfig
-from flywheel.errors import InputError
 from flywheel.modeling import load_member, member_dirs, write_model_meta
 from flywheel.seeding import derive_seed
 
@@ -66,9 +67,18 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
               device: str = "cpu", progress: bool = False) -> dict:
     """Shell: train.parquet + the init model (champion or base) -> candidate directory (a committee)."""
     rows = io.read_rows(train_path, schemas.CURATED)
-    if not rows:
-        raise InputError(train_path, "no curated rows to train on (every sample was dropped; see curation.json)")
     members = member_dirs(init_dir)
+    if not rows:
+        # Nothing survived curation (e.g. a strict vote threshold on a hard bucket). The candidate is the
+        # init model unchanged, marked untrained, and the gate declines it with that reason.
+        print(f"flywheel: warning: {train_path}: no curated rows; the candidate is {init_dir} unchanged",
+              file=sys.stderr)
+        with io.atomic_dir(out_dir) as tmp:
+            for index, member in enumerate(members):
+                shutil.copytree(member, tmp / f"member-{index}")
+            write_model_meta(tmp, {"members": [f"member-{i}" for i in range(len(members))], "round": round_index,
+                                   "init": str(init_dir), "format": "full", "trained": False})
+        return {"train_loss": None, "train_seconds": 0.0, "train_rows": 0, "members": len(members)}
     per_member = []
     with io.atomic_dir(out_dir) as tmp:
         for index, member in enumerate(members):
@@ -87,6 +97,7 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
             "round": round_index,
             "init": str(init_dir),
             "format": "full",  # merged full weights, not an adapter
+            "trained": True,
             "train": json.loads(json.dumps(config.__dict__)),
         })
     return {
@@ -99,7 +110,6 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
 
 def link_or_copy_tree(source: Path, target: Path) -> None:
     """Copy a model directory, hard-linking files where the filesystem allows (models are large)."""
-    import shutil
 
     def _link(src, dst):
         try:

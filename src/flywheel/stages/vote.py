@@ -13,15 +13,17 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from flywheel import io, schemas
+from flywheel.config import VoteConfig
 
 NO_ANSWER = None
 
 
-def vote(samples: list[dict]) -> tuple[list[dict], list[dict]]:
+def vote(samples: list[dict], *, min_answer_share: float = 0.0) -> tuple[list[dict], list[dict]]:
     """Majority vote per prompt. Returns (votes, agreement), both sorted by prompt id.
 
     Ties between answers go to the lexicographically smallest answer, so the
-    result does not depend on sample order.
+    result does not depend on sample order. A prompt where fewer than
+    ``min_answer_share`` of the samples have an answer gets no majority.
     """
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for sample in samples:
@@ -31,8 +33,10 @@ def vote(samples: list[dict]) -> tuple[list[dict], list[dict]]:
         group = by_prompt[prompt_id]
         counts = Counter(s["answer"] for s in group)
         answered = {a: c for a, c in counts.items() if a is not NO_ANSWER}
-        majority = min(answered, key=lambda a: (-answered[a], a)) if answered else None
         n = len(group)
+        majority = min(answered, key=lambda a: (-answered[a], a)) if answered else None
+        if sum(answered.values()) < min_answer_share * n:
+            majority = None
         votes.append({
             "prompt_id": prompt_id,
             "majority_answer": majority,
@@ -90,10 +94,10 @@ def pseudo_label_precision(votes: list[dict], truth: dict[str, str], is_correct)
     return sum(is_correct(v["majority_answer"], truth[v["prompt_id"]]) for v in labeled) / len(labeled)
 
 
-def run_vote(samples_path: Path, out_dir: Path, *, task, audit_path: Path | None = None) -> dict:
+def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, audit_path: Path | None = None) -> dict:
     """Shell: samples.parquet -> votes.parquet, agreement.parquet, vote.json."""
     samples = io.read_rows(samples_path, schemas.SAMPLES)
-    votes, agreement = vote(samples)
+    votes, agreement = vote(samples, min_answer_share=config.min_answer_share)
     summary = vote_summary(votes)
     if audit_path is not None and Path(audit_path).exists():
         truth = {row["id"]: row["answer"] for row in io.read_rows(audit_path, schemas.PROMPTS)}

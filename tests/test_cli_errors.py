@@ -1,0 +1,80 @@
+"""Bad input: one line naming file, row and field; exit code 2; no traceback; nothing written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def flywheel(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "flywheel.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_clean_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def prompts_dir(workdir):
+    (workdir / "good.jsonl").write_text(json.dumps({"id": "a", "prompt": "12+34="}) + "\n")
+    return workdir
+
+
+@pytest.mark.parametrize("content, needles", [
+    ('{"id": "a", "prompt": "1+1="}\n{"id": "b", "prompt": "2+\n', ["bad.jsonl", "row 2", "malformed JSON"]),
+    ('{"id": "a"}\n', ["bad.jsonl", "row 1", "field 'prompt'", "missing"]),
+    ('{"id": "a", "prompt": ""}\n', ["bad.jsonl", "row 1", "field 'prompt'", "must not be empty"]),
+    ('{"id": "a", "prompt": 5}\n', ["bad.jsonl", "row 1", "field 'prompt'", "expected str"]),
+])
+def test_generate_rejects_bad_prompts(prompts_dir, content, needles):
+    (prompts_dir / "bad.jsonl").write_text(content)
+    result = flywheel("generate", "-c", "configs/smoke.yaml", "--round", "1", "--prompts", "bad.jsonl",
+                      "--model", "runs/smoke/seed", "--out", "samples.parquet", cwd=prompts_dir)
+    assert_clean_error(result, *needles)
+    assert not (prompts_dir / "samples.parquet").exists()
+
+
+def test_malformed_parquet(prompts_dir):
+    (prompts_dir / "bad.parquet").write_bytes(b"PAR1 but not really")
+    result = flywheel("vote", "-c", "configs/smoke.yaml", "--samples", "bad.parquet", "--out-dir", "out",
+                      cwd=prompts_dir)
+    assert_clean_error(result, "bad.parquet", "not a readable Parquet file")
+    assert not (prompts_dir / "out").exists()
+
+
+def test_nonexistent_model_path(prompts_dir):
+    result = flywheel("generate", "-c", "configs/smoke.yaml", "--round", "1", "--prompts", "good.jsonl",
+                      "--model", "no/such/model", "--out", "samples.parquet", cwd=prompts_dir)
+    assert_clean_error(result, "no/such/model", "model directory not found")
+    assert not (prompts_dir / "samples.parquet").exists()
+
+
+def test_unknown_config_key_and_wrong_type(prompts_dir):
+    assert_clean_error(flywheel("run", "-c", "configs/smoke.yaml", "-s", "train.epochs=3", cwd=prompts_dir),
+                       "configs/smoke.yaml", "field 'train.epochs'", "unknown config key")
+    assert_clean_error(flywheel("run", "-c", "configs/smoke.yaml", "-s", "generate.temperature=hot", cwd=prompts_dir),
+                       "field 'generate.temperature'", "expected float")
+    (prompts_dir / "typo.yaml").write_text("curate:\n  min_vote_shar: 0.5\n")
+    assert_clean_error(flywheel("run", "-c", "typo.yaml", cwd=prompts_dir), "typo.yaml",
+                       "field 'curate.min_vote_shar'")
+
+
+def test_missing_seed_is_explained(prompts_dir):
+    result = flywheel("run", "-c", "configs/smoke.yaml", "-s", "seed.path=nowhere", cwd=prompts_dir)
+    assert_clean_error(result, "nowhere", "make seed")
+    assert not (prompts_dir / "runs" / "smoke" / "loop").exists()
+
+
+def test_help_lists_every_stage(workdir):
+    result = flywheel("--help", cwd=workdir)
+    assert result.returncode == 0
+    for command in ("run", "seed", "prepare", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate",
+                    "track", "report", "config"):
+        assert command in result.stdout

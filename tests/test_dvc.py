@@ -1,0 +1,104 @@
+"""`dvc repro` runs the same rounds through dvc.yaml; metrics, plots, push to a local remote, experiments."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SMOKE
+
+BIN = Path(sys.executable).parent
+
+
+def sh(*args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory, tiny_seed):
+    repo = tmp_path_factory.mktemp("dvcrepo")
+    # The shipped dvc.yaml, cut to its first two rounds to keep CI fast (the stages are untouched).
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    rounds = pipeline["vars"][0]["rounds"]
+    pipeline["vars"][0]["rounds"] = {"r1": rounds["r1"], "r2": rounds["r2"]}
+    pipeline["stages"]["report"]["deps"] = [d for d in pipeline["stages"]["report"]["deps"] if "/3/" not in d
+                                            and "/4/" not in d]
+    pipeline["plots"][0]["data/plots/accuracy_by_digits.csv"]["y"] = ["seed", "round_1", "round_2"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    params = yaml.safe_load(SMOKE.read_text())
+    params["seed"]["path"] = "seed/tiny"
+    params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
+    params["loop"]["out_dir"] = "data"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(tiny_seed, repo / "seed" / "tiny")
+    remote = tmp_path_factory.mktemp("remote")
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "remote", "add", "-d", "local", str(remote), cwd=repo)
+    (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n")
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "init", cwd=repo)
+    sh("dvc", "repro", cwd=repo)
+    return repo, remote
+
+
+def test_repro_writes_every_round_under_data_rounds(dvc_repo):
+    repo, _ = dvc_repo
+    for r in (1, 2):
+        here = repo / "data" / "rounds" / str(r)
+        for name in ("prompts.parquet", "samples.parquet", "votes.parquet", "curated.parquet", "train.parquet",
+                     "decision.json", "curation.json", "vote.json"):
+            assert (here / name).exists(), here / name
+        assert (here / "champion").is_dir() and (here / "candidate").is_dir()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert "generate@r1" in lock["stages"] and "gate@r2" in lock["stages"]
+    report = json.loads((repo / "data" / "report.json").read_text())
+    assert report["summary"]["rounds"] == 2
+    status = sh("dvc", "status", cwd=repo).stdout
+    assert "up to date" in status.lower() or status.strip() == ""
+
+
+def test_metrics_and_plots_show(dvc_repo):
+    repo, _ = dvc_repo
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
+    files = next(iter(metrics.values()))["data"]
+    assert "data/rounds/1/decision.json" in files and "data/rounds/2/eval/metrics.json" in files
+    out = sh("dvc", "plots", "show", "--json", cwd=repo).stdout
+    assert "data/plots/accuracy_by_digits.csv" in out
+
+
+def test_push_to_local_remote_and_same_digest_in_mlflow(dvc_repo):
+    repo, remote = dvc_repo
+    sh("dvc", "push", cwd=repo)
+    assert any(remote.rglob("*")), "nothing pushed"
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("flywheel-smoke")
+    runs = client.search_runs([experiment.experiment_id], "tags.`flywheel.round` = '2'")
+    assert len(runs) == 1
+    from flywheel.versioning import digest
+
+    assert runs[0].inputs.dataset_inputs[0].dataset.digest == digest(repo / "data" / "rounds" / "2")
+    versions = client.search_model_versions("name = 'flywheel-smoke'")
+    assert len(versions) == 3  # seed + 2 candidates
+
+
+@pytest.mark.slow
+def test_exp_run_with_a_param_override(dvc_repo):
+    repo, _ = dvc_repo
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "repro", cwd=repo)
+    sh("dvc", "exp", "run", "-S", "train.steps=3", cwd=repo)
+    shown = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
+    assert '"train.steps": 3' in shown.replace(" ", " ") or "train.steps" in shown
