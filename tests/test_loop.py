@@ -88,3 +88,20 @@ def test_mlflow_has_parent_nested_runs_versions_and_alias(loop_result):
         if was_promoted:
             expected = {report["mlflow"]["rounds"][index]["model_version"]}
     assert champion.version in expected
+
+
+def test_a_round_with_nothing_curated_declines_and_keeps_the_champion(tmp_path, tiny_seed):
+    from flywheel.tasks import load_task
+    from flywheel.loop import prepare, run_round
+
+    config = load_config(_smoke(), [f"seed.path={tiny_seed}", f"loop.out_dir={tmp_path}", "loop.progress=false",
+                                    "curate.min_vote_share=1.0", "curate.format_filter=true"])
+    task = load_task("addition")
+    eval_path = prepare(config, tmp_path, task=task)
+    decision = run_round(config, tmp_path, 1, task=task, eval_path=eval_path)
+    curation = json.loads((tmp_path / "rounds" / "1" / "curation.json").read_text())
+    assert curation["samples_kept"] == 0
+    assert not decision["promote"] and "no curated data" in decision["reason"]
+    champion = tmp_path / "rounds" / "1" / "champion" / "member-0" / "model.safetensors"
+    seed = tmp_path / "rounds" / "0" / "champion" / "member-0" / "model.safetensors"
+    assert champion.read_bytes() == seed.read_bytes()

@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"flywheel: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `flywheel config | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("flywheel: interrupted; outputs are written atomically, re-run the command", file=sys.stderr)
         return 130

@@ -35,6 +35,7 @@ class SeedConfig:
     members: int = _f(3, "Independently seeded models in the committee; they vote together.")
     min_bucket: int = _f(1, "Shortest labeled problem (digits).")
     max_bucket: int = _f(5, "Longest labeled problem (digits).")
+    mixed: bool = _f(True, "Vary problem shape within a bucket (addition: operand lengths drawn independently).")
     examples: int = _f(200_000, "Labeled examples drawn for seed training.")
     steps: int = _f(8000, "Optimizer steps per member.")
     batch_size: int = _f(64, "Sequences per step.")
@@ -54,6 +55,8 @@ class PromptsConfig:
     per_round: int = _f(1000, "New prompts of the round's bucket.")
     replay_per_round: int = _f(0, "Prompts of easier buckets (1 .. round's bucket - 1), self-labeled like the "
                                "rest, so the candidate keeps what it knew without seeing any label.")
+    mixed: bool = _f(True, "Vary problem shape within the bucket (addition: one operand of the bucket's length, "
+                     "the other 1..bucket digits).")
     seed: int = _f(1, "Seed of the prompt generator (differs from the eval set's).")
 
     def __post_init__(self):

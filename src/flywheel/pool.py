@@ -17,14 +17,14 @@ def round_prompts(task, config: PromptsConfig, round_index: int) -> list[dict]:
     """Prompt rows with their hidden ``answer`` (split off by ``run_prompts``)."""
     bucket = config.bucket(round_index)
     rows = task.make_prompts(bucket=bucket, count=config.per_round, seed=config.seed * 1000 + round_index,
-                             id_prefix=f"r{round_index}-")
+                             id_prefix=f"r{round_index}-", mixed=config.mixed)
     easier = list(range(1, bucket))
     if config.replay_per_round and easier:
         for offset, easy in enumerate(easier):
             count = config.replay_per_round // len(easier) + (offset < config.replay_per_round % len(easier))
             if count:
                 rows += task.make_prompts(bucket=easy, count=count, seed=config.seed * 1000 + round_index,
-                                          id_prefix=f"r{round_index}-replay-")
+                                          id_prefix=f"r{round_index}-replay-", mixed=config.mixed)
     return rows
 
 

@@ -24,7 +24,7 @@ def labeled_rows(task, config: FlywheelConfig) -> list[dict]:
     for bucket in buckets:
         count = seed.examples // len(buckets)
         for row in task.make_prompts(bucket=bucket, count=count, seed=derive_seed("seed-data", bucket) % 10**6,
-                                     id_prefix="seed-"):
+                                     id_prefix="seed-", mixed=seed.mixed):
             rows.append({"prompt": row["prompt"], "completion": row["answer"]})
     random.Random(0).shuffle(rows)
     return rows

@@ -4,6 +4,11 @@ A prompt of bucket ``n`` adds two ``n``-digit numbers, every number written leas
 significant digit first: 17 + 25 = 42 is the prompt ``"71+52="`` and the answer ``"24"``.
 Reversal lets a left-to-right model emit each sum digit once it has seen the
 carry, which is what makes length generalisation by self-training possible.
+
+With ``mixed=True`` the two operands of bucket ``n`` have independent lengths, one
+of them ``n`` and the other 1..n (Lee et al.'s training data draws both lengths
+independently): a model cannot then find digit i by the prompt's total length and
+has to align digits by counting, which is what carries over to longer problems.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import random
 class ReversedAddition:
     name = "addition"
 
-    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str) -> list[dict]:
+    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         if bucket < 1:
             raise ValueError(f"digit length must be >= 1, got {bucket}")
-        rng = random.Random(f"addition:{seed}:{bucket}")
+        rng = random.Random(f"addition:{seed}:{bucket}:{'mixed' if mixed else 'equal'}")
         rows = []
         for index in range(count):
-            a, b = (_random_number(rng, bucket) for _ in range(2))
+            lengths = [bucket, rng.randint(1, bucket) if mixed else bucket]
+            rng.shuffle(lengths)
+            a, b = (_random_number(rng, n) for n in lengths)
             rows.append({
                 "id": f"{id_prefix}d{bucket}-{index}",
                 "prompt": f"{_rev(a)}+{_rev(b)}=",
@@ -36,10 +43,10 @@ class ReversedAddition:
         return answer if answer.isdigit() else None
 
     def format_issue(self, prompt: dict, answer: str) -> str | None:
-        # The sum of two n-digit numbers has n or n+1 digits. Models extrapolating
+        # The sum of numbers of at most n digits (one of them n) has n or n+1 digits. Models extrapolating
         # past their training lengths mostly fail by stopping early, which this catches
         # without looking at the truth (Lee et al.'s length filter).
-        digits = len(prompt["prompt"].split("+", 1)[0])
+        digits = max(len(operand) for operand in prompt["prompt"].rstrip("=").split("+"))
         if len(answer) not in (digits, digits + 1):
             return "format:length"
         if len(answer) > 1 and answer.endswith("0"):

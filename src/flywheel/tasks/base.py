@@ -8,8 +8,10 @@ from typing import Protocol
 class Task(Protocol):
     name: str
 
-    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str) -> list[dict]:
+    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         """``count`` prompt rows (``schemas.PROMPTS``) of difficulty ``bucket``; deterministic in ``seed``.
+
+        ``mixed``: vary the problem's shape within the bucket (for addition: operand lengths).
 
         Rows carry the hidden ``answer`` so the same call makes eval and audit sets;
         the generate stage never shows it to the model and curate never keeps it.
