@@ -29,8 +29,10 @@ def test_params_yaml_is_the_default_config():
 
 
 def test_dotted_overrides_are_typed():
-    config = load_config(None, ["train.steps=7", "curate.min_vote_share=1", "loop.progress=false"])
+    config = load_config(None, ["train.steps=7", "curate.min_vote_share=1", "loop.progress=false",
+                                "train.learning_rate=1e-3"])
     assert config.train.steps == 7 and config.curate.min_vote_share == 1.0 and config.loop.progress is False
+    assert config.train.learning_rate == 0.001
 
 
 @pytest.mark.parametrize("override, message", [

@@ -215,7 +215,9 @@ def _dispatch(args) -> int:
 def _quiet_libraries() -> None:
     """Keep the output to our own progress bars and tables."""
     import logging
+    import warnings
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside TRL/transformers
     import datasets
     import transformers
 

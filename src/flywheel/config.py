@@ -288,6 +288,11 @@ def _build(cls, raw: Any, source: str, prefix: str):
 def _coerce(value: Any, kind, source: str, key: str):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        except ValueError:
+            pass
     base = typing.get_origin(kind) or kind
     if base in (typing.Union, types.UnionType):
         allowed = typing.get_args(kind)
