@@ -15,7 +15,7 @@ Directory layout under ``loop.out_dir`` (``dvc.yaml`` uses the same under ``data
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +113,10 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None) -> dict:
 
     task = load_task(config.task)
     root = Path(config.loop.out_dir)
+    check_seed(config)
+    # A new loop: rounds left by an earlier run into the same directory must not mix into this report.
+    for stale in ("rounds", "tracking"):
+        shutil.rmtree(root / stale, ignore_errors=True)
     eval_path = prepare(config, root, task=task)
     parent = None
     if tracker is not None:
