@@ -39,7 +39,7 @@ def test_every_drop_has_its_reason_by_hand():
         sample("none", 0, "x"), sample("none", 1, ""),
     ]
     kept, drops = run(prompts, samples, eval_prompts={"21+21="}, min_vote_share=0.6, max_per_prompt=1)
-    assert kept == [{"prompt": "12+34=", "completion": "46", "prompt_id": "keep", "round": 1}]
+    assert kept == [{"prompt": "12+34=", "completion": "46", "prompt_id": "keep", "round": 1, "bucket": None}]
     assert drops == Counter({"vote:low_share": 4, "vote:disagrees": 1, "dedup:exact": 2, "format:length": 2,
                              "decontaminate:eval": 2, "vote:no_answer": 2})
     assert sum(drops.values()) + len(kept) == len(samples)

@@ -49,12 +49,21 @@ def test_every_round_writes_its_contracts(loop_result):
         assert 0.0 <= vote["pseudo_label_precision"] <= 1.0
 
 
+def test_curriculum_follows_the_champion(loop_result):
+    config, out, report, _ = loop_result
+    expected = config.seed.max_bucket + 1  # the seed was trained up to max_bucket
+    for r in report["rounds"][1:]:
+        assert r["bucket"] == expected
+        if r["decision"]["promote"]:
+            expected += 1  # a promoted candidate learned this bucket; a declined one did not
+
+
 def test_training_data_never_holds_truth(loop_result):
     _, out, _, _ = loop_result
     for r in (1, 2):
         for name in ("curated.parquet", "train.parquet", "pool.parquet"):
             rows = io.read_rows(out / "rounds" / str(r) / name, schemas.CURATED)
-            assert all(set(row) <= {"prompt", "completion", "prompt_id", "round"} for row in rows)
+            assert all(set(row) <= {"prompt", "completion", "prompt_id", "round", "bucket"} for row in rows)
 
 
 def test_report_files(loop_result):

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("prompts", "Write a round's unlabeled prompts (and its audit file of hidden answers).")
     p.add_argument("--round", type=int, required=True)
+    p.add_argument("--champion", type=Path, required=True, help="the round's champion: its curriculum bucket + 1")
     p.add_argument("--out-dir", type=Path, required=True, help="the round's directory")
 
     p = add("generate", "Sample K completions per prompt from every champion member.")
@@ -163,7 +164,8 @@ def _dispatch(args) -> int:
     if args.command == "prompts":
         from flywheel.pool import run_prompts
 
-        result = run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round)
+        result = run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round,
+                             champion_dir=args.champion)
     elif args.command == "generate":
         from flywheel.stages.generate import run_generate
 
@@ -219,6 +221,7 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside TRL/transformers
     import datasets
+    import mlflow  # noqa: F401  (imported first: it sets up its own loggers on import)
     import transformers
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."

@@ -49,9 +49,14 @@ class SeedConfig:
 
 @dataclass
 class PromptsConfig:
-    """The unlabeled prompt pool of each round: a curriculum one bucket harder per round."""
+    """The unlabeled prompt pool of each round: a curriculum one bucket past what the champion learned.
 
-    start_bucket: int = _f(6, "Bucket (digit length) offered in round 1; round r offers start_bucket + r - 1.")
+    The champion records the hardest bucket it was trained on (``curriculum_bucket`` in
+    flywheel-model.json); a round offers the next one. A declined round leaves the champion,
+    so the next round offers the same bucket again with fresh prompts.
+    """
+
+    start_bucket: int = _f(6, "Bucket offered when the champion records none (e.g. a plain Hugging Face model).")
     per_round: int = _f(1000, "New prompts of the round's bucket.")
     replay_per_round: int = _f(0, "Prompts of easier buckets (1 .. round's bucket - 1), self-labeled like the "
                                "rest, so the candidate keeps what it knew without seeing any label.")
@@ -64,8 +69,8 @@ class PromptsConfig:
         _positive(self, "per_round")
         _check(self.replay_per_round >= 0, "prompts.replay_per_round", "must be >= 0")
 
-    def bucket(self, round_index: int) -> int:
-        return self.start_bucket + round_index - 1
+    def bucket_after(self, champion_bucket: int | None) -> int:
+        return self.start_bucket if champion_bucket is None else champion_bucket + 1
 
 
 @dataclass

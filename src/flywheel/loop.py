@@ -5,7 +5,7 @@ Directory layout under ``loop.out_dir`` (``dvc.yaml`` uses the same under ``data
   eval.parquet                     held-out labeled eval set
   rounds/0/champion/               the seed (hard links)
   rounds/0/eval/metrics.json       the seed's scores
-  rounds/<r>/prompts.parquet       unlabeled prompts      audit.parquet  hidden truth (audit only)
+  rounds/<r>/prompts.parquet       unlabeled prompts      audit.parquet  hidden truth (audit only), prompts.json
   rounds/<r>/samples.parquet       generate               votes.parquet, agreement.parquet, vote.json
   rounds/<r>/curated.parquet       curate (this round)    pool.parquet (all rounds), train.parquet (the mix)
   rounds/<r>/candidate/            train                  eval/  evaluate    decision.json  gate
@@ -83,7 +83,7 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
     device, progress = config.loop.device, config.loop.progress
     timer = Timer()
     with timer.stage("prompts"):
-        run_prompts(here, config.prompts, task=task, round_index=round_index)
+        run_prompts(here, config.prompts, task=task, round_index=round_index, champion_dir=champion)
     with timer.stage("generate"):
         run_generate(here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
                      round_index=round_index, device=device, progress=progress)

@@ -1,8 +1,9 @@
 """The prompt pool of a round: unlabeled prompts, plus the hidden truth kept apart for audits.
 
-Round r offers ``prompts.per_round`` prompts of bucket ``start_bucket + r - 1`` and,
-optionally, ``replay_per_round`` prompts spread over the easier buckets. The truth
-goes to ``audit.parquet`` so no training input ever carries it.
+A round offers ``prompts.per_round`` prompts of the bucket after the one the champion
+was last trained on (``curriculum_bucket`` in its flywheel-model.json) and, optionally,
+``replay_per_round`` prompts spread over the easier buckets. The truth goes to
+``audit.parquet`` so no training input ever carries it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import PromptsConfig
+from flywheel.modeling import read_model_meta
 
 
-def round_prompts(task, config: PromptsConfig, round_index: int) -> list[dict]:
+def round_prompts(task, config: PromptsConfig, round_index: int, bucket: int) -> list[dict]:
     """Prompt rows with their hidden ``answer`` (split off by ``run_prompts``)."""
-    bucket = config.bucket(round_index)
     rows = task.make_prompts(bucket=bucket, count=config.per_round, seed=config.seed * 1000 + round_index,
                              id_prefix=f"r{round_index}-", mixed=config.mixed)
     easier = list(range(1, bucket))
@@ -28,9 +29,12 @@ def round_prompts(task, config: PromptsConfig, round_index: int) -> list[dict]:
     return rows
 
 
-def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: int) -> dict:
-    """Shell: -> prompts.parquet (no answers) and audit.parquet (id, prompt, answer)."""
-    rows = round_prompts(task, config, round_index)
+def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: int, champion_dir: Path) -> dict:
+    """Shell: champion's curriculum bucket -> prompts.parquet (no answers), audit.parquet, prompts.json."""
+    bucket = config.bucket_after(read_model_meta(champion_dir).get("curriculum_bucket"))
+    rows = round_prompts(task, config, round_index, bucket)
     io.write_rows(round_dir / "prompts.parquet", [{**r, "answer": None} for r in rows], schemas.PROMPTS)
     io.write_rows(round_dir / "audit.parquet", rows, schemas.PROMPTS)
-    return {"prompts": len(rows), "bucket": config.bucket(round_index)}
+    summary = {"prompts": len(rows), "bucket": bucket}
+    io.write_json(round_dir / "prompts.json", summary)
+    return summary

@@ -31,7 +31,7 @@ def build_report(root: Path, config) -> dict:
         champion_after = (metrics.get("candidate") if decision and decision["promote"] else metrics.get("champion"))
         rounds.append({
             "round": index,
-            "bucket": config.prompts.bucket(index) if index else None,
+            "bucket": (_read(here / "prompts.json") or {}).get("bucket"),
             "champion": metrics.get("champion"),
             "candidate": metrics.get("candidate"),
             "champion_after": champion_after,
@@ -63,7 +63,7 @@ def table(report: dict) -> str:
     lines = [head]
     for r in report["rounds"]:
         after = r["champion_after"] or {}
-        buckets = " ".join(f"{b}:{acc * 100:.0f}" for b, acc in (after.get("buckets") or {}).items())
+        buckets = " ".join(f"{b}:{acc * 100:.0f}" for b, acc in _by_bucket(after.get("buckets") or {}))
         if r["round"] == 0:
             lines.append(f"{0:>5} {'seed':>6} {'':>7} {'':>6} {'':>6} {'':>6} {after.get('accuracy', 0):>6.3f} "
                          f"{'':>6} {'':>8} {'':>8} {after.get('frontier', 0):>5} {after.get('reach', 0):>5}  {buckets}")
@@ -77,6 +77,11 @@ def table(report: dict) -> str:
             f"{d['candidate_accuracy']:>6.3f} {d['p_value']:>8.2g} {'promote' if d['promote'] else 'decline':>8} "
             f"{after.get('frontier', 0):>5} {after.get('reach', 0):>5}  {buckets}")
     return "\n".join(lines)
+
+
+def _by_bucket(buckets: dict) -> list[tuple[str, float]]:
+    """Buckets in numeric order (JSON round-trips sort "10" before "2")."""
+    return sorted(buckets.items(), key=lambda kv: (0, int(kv[0])) if kv[0].isdigit() else (1, kv[0]))
 
 
 def plot_png(report: dict) -> bytes:

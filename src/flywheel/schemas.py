@@ -97,4 +97,5 @@ CURATED = Schema("curated", (
     Column("completion", str, nonempty=True),
     Column("prompt_id", str, required=False),
     Column("round", int, required=False),
+    Column("bucket", str, required=False),
 ))

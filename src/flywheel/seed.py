@@ -52,6 +52,8 @@ def train_seed(config: FlywheelConfig, *, task, out_dir: Path | None = None, dev
             "format": "full",
             "parameters_per_member": count_parameters(model),
             "labeled_buckets": [config.seed.min_bucket, config.seed.max_bucket],
+            "mixed_lengths": config.seed.mixed,
+            "curriculum_bucket": config.seed.max_bucket,
             "train": {"steps": config.seed.steps, "batch_size": config.seed.batch_size,
                       "learning_rate": config.seed.learning_rate, "examples": len(rows)},
         })

@@ -143,7 +143,7 @@ class Tracker:
 def round_metrics(round_dir: Path) -> dict[str, float]:
     """Every number a round wrote, flattened to ``stage.key`` (e.g. ``curate.drops.vote:low_share``)."""
     out: dict[str, float] = {}
-    for stage, name in (("vote", "vote.json"), ("curate", "curation.json"), ("evaluate", "eval/metrics.json"),
+    for stage, name in (("prompts", "prompts.json"), ("vote", "vote.json"), ("curate", "curation.json"), ("evaluate", "eval/metrics.json"),
                         ("gate", "decision.json"), ("time", "timings.json")):
         path = round_dir / name
         if path.exists():

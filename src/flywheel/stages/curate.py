@@ -54,7 +54,7 @@ def curate(prompts: list[dict], samples: list[dict], votes: list[dict], config: 
         seen.add(key)
         per_prompt[prompt["id"]] += 1
         kept.append({"prompt": prompt["prompt"], "completion": sample["completion"], "prompt_id": prompt["id"],
-                     "round": round_index})
+                     "round": round_index, "bucket": prompt.get("bucket")})
     return kept, drops
 
 

@@ -98,6 +98,8 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
             "init": str(init_dir),
             "format": "full",  # merged full weights, not an adapter
             "trained": True,
+            # The hardest bucket among this round's rows: the next round offers the one after it.
+            "curriculum_bucket": _hardest_bucket(rows, round_index),
             "train": json.loads(json.dumps(config.__dict__)),
         })
     return {
@@ -106,6 +108,11 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
         "train_rows": len(rows),
         "members": len(members),
     }
+
+
+def _hardest_bucket(rows: list[dict], round_index: int) -> int | None:
+    buckets = [int(r["bucket"]) for r in rows if r.get("round") == round_index and str(r.get("bucket")).isdigit()]
+    return max(buckets, default=None)
 
 
 def link_or_copy_tree(source: Path, target: Path) -> None:
