@@ -100,5 +100,10 @@ def test_exp_run_with_a_param_override(dvc_repo):
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "repro", cwd=repo)
     sh("dvc", "exp", "run", "-S", "train.steps=3", cwd=repo)
-    shown = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
-    assert '"train.steps": 3' in shown.replace(" ", " ") or "train.steps" in shown
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo).stdout)
+    experiments = [exp for row in shown for group in (row.get("experiments") or [])
+                   for exp in group.get("revs", [])]
+    steps = [exp["data"]["params"]["params.yaml"]["data"]["train"]["steps"] for exp in experiments]
+    assert 3 in steps, steps
+    workspace = shown[0]["data"]["params"]["params.yaml"]["data"]["train"]["steps"]
+    assert workspace == 3  # dvc exp run applies -S to the workspace and runs the pipeline with it
