@@ -148,9 +148,8 @@ def round_metrics(round_dir: Path) -> dict[str, float]:
         path = round_dir / name
         if path.exists():
             data = json.loads(path.read_text())
-            if stage == "curate":
-                data = {k: v for k, v in data.items() if k != "thresholds"}
-                for row in json.loads(path.read_text()).get("thresholds", []):
+            if stage == "curate":  # the per-threshold audit table becomes one metric pair per threshold
+                for row in data.pop("thresholds", []):
                     data[f"threshold_{row['threshold']}"] = {"yield": row["yield"], "precision": row["precision"]}
             _flatten(stage, data, out)
     return out

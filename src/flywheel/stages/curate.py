@@ -98,7 +98,7 @@ def training_mix(new: list[dict], pool: list[dict], config: CurateConfig, *, see
 def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path, round_index: int,
                previous_pool: Path | None, audit_path: Path | None = None) -> dict:
     """Shell: prompts, samples, votes of ``round_dir`` -> curated.parquet, pool.parquet, train.parquet, curation.json."""
-    from flywheel.stages.vote import audit
+    from flywheel.stages.vote import audit, read_truth
 
     prompts = io.read_rows(round_dir / "prompts.parquet", schemas.PROMPTS)
     samples = io.read_rows(round_dir / "samples.parquet", schemas.SAMPLES)
@@ -119,7 +119,7 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path, 
         "train_rows_earlier": len(mix) - len(kept),
     }
     if audit_path is not None and Path(audit_path).exists():
-        truth = {row["id"]: row["answer"] for row in io.read_rows(audit_path, schemas.PROMPTS)}
+        truth = read_truth(audit_path)
         report["thresholds"] = audit(votes, truth, task.is_correct, config.audit_thresholds)
         report["kept_label_precision"] = (
             sum(task.is_correct(task.extract_answer(r["completion"]), truth[r["prompt_id"]]) for r in kept) / len(kept)

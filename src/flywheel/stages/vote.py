@@ -94,13 +94,18 @@ def pseudo_label_precision(votes: list[dict], truth: dict[str, str], is_correct)
     return sum(is_correct(v["majority_answer"], truth[v["prompt_id"]]) for v in labeled) / len(labeled)
 
 
+def read_truth(audit_path: Path) -> dict[str, str]:
+    """Hidden answers by prompt id, from a round's audit file (audits only, never training)."""
+    return {row["id"]: row["answer"] for row in io.read_rows(audit_path, schemas.PROMPTS)}
+
+
 def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, audit_path: Path | None = None) -> dict:
     """Shell: samples.parquet -> votes.parquet, agreement.parquet, vote.json."""
     samples = io.read_rows(samples_path, schemas.SAMPLES)
     votes, agreement = vote(samples, min_answer_share=config.min_answer_share)
     summary = vote_summary(votes)
     if audit_path is not None and Path(audit_path).exists():
-        truth = {row["id"]: row["answer"] for row in io.read_rows(audit_path, schemas.PROMPTS)}
+        truth = read_truth(audit_path)
         summary["pseudo_label_precision"] = pseudo_label_precision(votes, truth, task.is_correct)
     io.write_rows(out_dir / "votes.parquet", votes, schemas.VOTES)
     io.write_rows(out_dir / "agreement.parquet", agreement, schemas.AGREEMENT)
