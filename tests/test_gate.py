@@ -46,3 +46,13 @@ def test_bootstrap_agrees_on_clear_cases():
     assert bootstrap_p(better, champion, samples=500, seed=0) == 1.0
     d = decide(items(list(zip(champion, better))), GateConfig(test="bootstrap", bootstrap_samples=200))
     assert d["promote"] and d["test"] == "bootstrap"
+
+
+def test_buckets_sort_numerically_and_frontier_ignores_named_buckets():
+    from flywheel.schemas import bucket_key
+    from flywheel.stages.evaluate import length_frontier
+
+    assert sorted(["10", "2", "all", "1"], key=bucket_key) == ["1", "2", "10", "all"]
+    assert length_frontier({"1": 1.0, "2": 0.995, "3": 0.6, "10": 0.5, "all": 0.9}) == {"frontier": 2, "reach": 10}
+    d = decide(items([(True, True)] * 3, bucket="10") + items([(True, True)] * 3, bucket="2"), GateConfig())
+    assert list(d["buckets"]) == ["2", "10"]

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from flywheel import io
+from flywheel.schemas import bucket_key
 
 
 def _read(path: Path):
@@ -81,7 +82,7 @@ def table(report: dict) -> str:
 
 def _by_bucket(buckets: dict) -> list[tuple[str, float]]:
     """Buckets in numeric order (JSON round-trips sort "10" before "2")."""
-    return sorted(buckets.items(), key=lambda kv: (0, int(kv[0])) if kv[0].isdigit() else (1, kv[0]))
+    return sorted(buckets.items(), key=lambda kv: bucket_key(kv[0]))
 
 
 def plot_png(report: dict) -> bytes:

@@ -58,6 +58,11 @@ def _is_type(value, expected: type) -> bool:
         return isinstance(value, (int, float))
     return isinstance(value, expected)
 
+def bucket_key(name: str) -> tuple:
+    """Sort key for ``bucket`` values: numeric ones in numeric order ("2" before "10"), then the rest by name."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
 PROMPTS = Schema("prompt", (
     Column("id", str, nonempty=True),
     Column("prompt", str, nonempty=True),

@@ -143,8 +143,8 @@ class Tracker:
 def round_metrics(round_dir: Path) -> dict[str, float]:
     """Every number a round wrote, flattened to ``stage.key`` (e.g. ``curate.drops.vote:low_share``)."""
     out: dict[str, float] = {}
-    for stage, name in (("prompts", "prompts.json"), ("vote", "vote.json"), ("curate", "curation.json"), ("evaluate", "eval/metrics.json"),
-                        ("gate", "decision.json"), ("time", "timings.json")):
+    for stage, name in (("prompts", "prompts.json"), ("vote", "vote.json"), ("curate", "curation.json"),
+                        ("evaluate", "eval/metrics.json"), ("gate", "decision.json"), ("time", "timings.json")):
         path = round_dir / name
         if path.exists():
             data = json.loads(path.read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import EvaluateConfig, GenerateConfig
-from flywheel.schemas import Column, Schema
+from flywheel.schemas import Column, Schema, bucket_key
 from flywheel.stages.generate import generate, load_backends
 from flywheel.stages.vote import vote
 
@@ -46,7 +46,7 @@ def score(eval_rows: list[dict], samples: list[dict], *, task) -> tuple[dict, di
     correct = [c for flags in buckets.values() for c in flags]
     metrics = {
         "accuracy": sum(correct) / len(correct) if correct else 0.0,
-        "buckets": {b: sum(flags) / len(flags) for b, flags in sorted(buckets.items(), key=lambda kv: int(kv[0]))},
+        "buckets": {b: sum(flags) / len(flags) for b, flags in sorted(buckets.items(), key=lambda kv: bucket_key(kv[0]))},
         "majority_ratio": sum(v["vote_share"] for v in votes) / len(votes) if votes else 0.0,
         "answer_entropy": sum(v["entropy"] for v in votes) / len(votes) if votes else 0.0,
         "mean_completion_tokens": sum(s["n_tokens"] for s in samples) / len(samples) if samples else 0.0,
@@ -57,6 +57,7 @@ def score(eval_rows: list[dict], samples: list[dict], *, task) -> tuple[dict, di
 
 def length_frontier(bucket_accuracy: dict[str, float], *, solid: float = 0.99, reach: float = 0.5) -> dict:
     """Frontier: longest L with accuracy >= ``solid`` at every bucket up to L; reach: longest with >= ``reach``."""
+    bucket_accuracy = {b: acc for b, acc in bucket_accuracy.items() if b.isdigit()}  # lengths only, not "all"
     frontier = 0
     for bucket in sorted(bucket_accuracy, key=int):
         if bucket_accuracy[bucket] >= solid and int(bucket) == frontier + 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from flywheel import io
 from flywheel.config import GateConfig
+from flywheel.schemas import bucket_key
 
 
 def mcnemar_p(only_champion: int, only_candidate: int) -> float:
@@ -71,7 +72,7 @@ def decide(items: list[dict], config: GateConfig) -> dict:
             "n": entry["n"],
         }
     gain = candidate_acc - champion_acc
-    worst_name, worst = min(bucket_deltas.items(), key=lambda kv: (kv[1]["delta"], _bucket_key(kv[0])),
+    worst_name, worst = min(bucket_deltas.items(), key=lambda kv: (kv[1]["delta"], bucket_key(kv[0])),
                             default=(None, {"delta": 0.0}))
     if gain < config.min_gain:
         promote, reason = False, f"gain {gain:+.4f} below the required {config.min_gain:.4f}"
@@ -94,12 +95,8 @@ def decide(items: list[dict], config: GateConfig) -> dict:
         "only_champion_correct": only_champion,
         "only_candidate_correct": only_candidate,
         "n": n,
-        "buckets": dict(sorted(bucket_deltas.items(), key=lambda kv: _bucket_key(kv[0]))),
+        "buckets": dict(sorted(bucket_deltas.items(), key=lambda kv: bucket_key(kv[0]))),
     }
-
-
-def _bucket_key(name: str):
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
 def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_dir: Path | None = None) -> dict:

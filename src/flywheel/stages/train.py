@@ -75,7 +75,7 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
               file=sys.stderr)
         with io.atomic_dir(out_dir) as tmp:
             for index, member in enumerate(members):
-                shutil.copytree(member, tmp / f"member-{index}")
+                shutil.copytree(member, tmp / f"member-{index}", copy_function=_link_or_copy)
             write_model_meta(tmp, {"members": [f"member-{i}" for i in range(len(members))], "round": round_index,
                                    "init": str(init_dir), "format": "full", "trained": False})
         return {"train_loss": None, "train_seconds": 0.0, "train_rows": 0, "members": len(members)}
@@ -115,14 +115,15 @@ def _hardest_bucket(rows: list[dict], round_index: int) -> int | None:
     return max(buckets, default=None)
 
 
+def _link_or_copy(src, dst) -> None:
+    """Hard-link a model file where the filesystem allows (models are large), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def link_or_copy_tree(source: Path, target: Path) -> None:
-    """Copy a model directory, hard-linking files where the filesystem allows (models are large)."""
-
-    def _link(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
+    """Copy a model directory atomically, file by file with ``_link_or_copy``."""
     with io.atomic_dir(target) as tmp:
-        shutil.copytree(source, tmp, copy_function=_link, dirs_exist_ok=True)
+        shutil.copytree(source, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
