@@ -97,7 +97,7 @@ def plot_png(report: dict) -> bytes:
         after = r["champion_after"]
         if not after:
             continue
-        xs = sorted(after["buckets"], key=int)
+        xs = sorted((b for b in after["buckets"] if b.isdigit()), key=int)  # lengths on the x axis
         label = "seed" if r["round"] == 0 else f"round {r['round']} ({'promoted' if r['decision']['promote'] else 'kept'})"
         ax.plot([int(x) for x in xs], [after["buckets"][x] * 100 for x in xs], marker="o", label=label)
     ax.set_xlabel("digits per operand")
@@ -146,6 +146,8 @@ def plot_tables(report: dict) -> dict[str, list[dict]]:
         after = r["champion_after"] or {}
         column = "seed" if r["round"] == 0 else f"round_{r['round']}"
         for bucket, acc in (after.get("buckets") or {}).items():
+            if not bucket.isdigit():
+                continue  # the plot's x axis is a length; a named bucket ("all") has none
             by_digits.setdefault(int(bucket), {"digits": int(bucket)})[column] = round(acc * 100, 2)
         if r["round"] > 0:
             c = r["curation"]
