@@ -106,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True)
 
     add("config", "Print every config key with its value and help (after -c/-s).")
+
+    # DVC in the cluster: `push` runs in a pipeline pod (no git), `commit` where the data repo is checked out.
+    data = sub.add_parser("data", help="Version a round's data with DVC: push (no git), commit + tag (data repo).",
+                          description="Version a round's data with DVC. See docs/kubeflow-infra.md.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("push", help="Upload a round directory to a DVC remote without git; write its .dvc file.",
+                            description="Upload a round directory straight to a DVC remote (s3://bucket/prefix or a "
+                                        "local path) from a scratch no-SCM DVC repo, and write the .dvc file that "
+                                        "points at it. S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL.")
+    p.add_argument("--round-dir", type=Path, required=True, help="the round's data directory (e.g. rounds/3)")
+    p.add_argument("--remote", required=True, help="DVC remote URL: s3://bucket/prefix or a directory")
+    p.add_argument("--dvc-file", type=Path, required=True, help=".dvc file to write (atomically)")
+    p = data_sub.add_parser("commit", help="Commit a round's .dvc file to the data repository and tag it round-K.",
+                            description="Copy a .dvc file (from `flywheel data push`) into a git + DVC data "
+                                        "repository as rounds/K.dvc, commit it and tag round-K.")
+    p.add_argument("--repo", type=Path, required=True, help="the data repository (git + DVC)")
+    p.add_argument("--dvc-file", type=Path, required=True, help="the round's .dvc file")
+    p.add_argument("--round", type=int, required=True, help="round index K (tag round-K)")
+    p.add_argument("--message", default=None, help="commit message (default: 'round K: data <md5>')")
     return parser
 
 
@@ -125,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command == "data":
+        return _data(args)
     from flywheel.config import describe, load_config, to_dict
 
     config = load_config(args.config, args.overrides)
@@ -260,6 +281,18 @@ def _run(config, *, track: bool) -> int:
     if tracker is not None:
         print(f"mlflow: {config.tracking.uri} experiment '{config.tracking.experiment}', "
               f"model '{config.tracking.registered_model}' (alias 'champion')")
+    return 0
+
+
+def _data(args) -> int:
+    """``flywheel data push|commit``: no config, no torch; DVC and git only."""
+    from flywheel import versioning
+
+    if args.data_command == "push":
+        result = versioning.push_round(args.round_dir, args.remote, args.dvc_file)
+    else:
+        result = versioning.commit_round(args.repo, args.dvc_file, args.round, args.message)
+    print(json.dumps(result, indent=2))
     return 0
 
 
