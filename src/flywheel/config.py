@@ -133,9 +133,14 @@ class TrainConfig:
     warmup_ratio: float = _f(0.05, "Share of steps for linear warm-up.")
     scheduler: str = _f("cosine", "Learning-rate schedule (a transformers scheduler name).")
     seed: int = _f(0, "Base seed; member i of round r trains with a seed derived from (seed, r, i).")
+    num_nodes: int = _f(1, "GPU nodes for fine-tuning on Kubernetes. 1: the pipeline's train step trains in its "
+                        "own pod. >1: it submits a Kubeflow Trainer TrainJob of this many nodes (torch-distributed "
+                        "runtime; flywheel.infra.trainjob, docs/kubeflow-infra.md). `flywheel run` and "
+                        "`dvc repro` always train on this machine.")
 
     def __post_init__(self):
         _check(self.init in ("champion", "base"), "train.init", "must be 'champion' or 'base'")
+        _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
         _positive(self, "steps", "batch_size", "learning_rate")
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
 
