@@ -1,0 +1,337 @@
+"""infra/: every manifest parses and is named, core objects validate field by field against the Kubernetes API
+models (an unknown or misspelt field fails), kustomizations point at files that exist, both overlays render
+with `kubectl kustomize` (when kubectl is installed), images are pinned, and every GPU pod tolerates the GPU
+pool's taint. The remote bases (KFP, Trainer) cannot be fetched here: their pins are checked instead."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from flywheel import infra
+from tests.conftest import ROOT
+
+INFRA = ROOT / "infra"
+KUSTOMIZATIONS = sorted(INFRA.rglob("kustomization.yaml"))
+OVERLAYS = ["local", "gpu"]
+
+# kind -> (apiVersion, model class in kubernetes.client.models)
+CORE = {
+    "Namespace": ("v1", "V1Namespace"), "Service": ("v1", "V1Service"), "Secret": ("v1", "V1Secret"),
+    "ConfigMap": ("v1", "V1ConfigMap"), "ServiceAccount": ("v1", "V1ServiceAccount"),
+    "PersistentVolumeClaim": ("v1", "V1PersistentVolumeClaim"), "LimitRange": ("v1", "V1LimitRange"),
+    "ResourceQuota": ("v1", "V1ResourceQuota"), "Deployment": ("apps/v1", "V1Deployment"),
+    "StatefulSet": ("apps/v1", "V1StatefulSet"), "Job": ("batch/v1", "V1Job"),
+    "Role": ("rbac.authorization.k8s.io/v1", "V1Role"), "RoleBinding": ("rbac.authorization.k8s.io/v1", "V1RoleBinding"),
+    "PriorityClass": ("scheduling.k8s.io/v1", "V1PriorityClass"),
+}
+# Custom resources we ship, with the CRD's API version (their pod templates are validated as core models).
+CUSTOM = {"ClusterTrainingRuntime": "trainer.kubeflow.org/v1alpha1", "TrainJob": "trainer.kubeflow.org/v1alpha1"}
+PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "datetime": str, "date": str}
+
+
+def strict_errors(data, type_name: str, path: str = "") -> list[str]:
+    """Every mismatch between ``data`` (parsed YAML) and the API model ``type_name``: unknown fields, wrong types.
+
+    The client's own deserializer silently drops unknown keys, so this walks ``openapi_types``/``attribute_map``.
+    """
+    if type_name == "object":  # IntOrString, free-form
+        return []
+    if type_name.startswith("list["):
+        if not isinstance(data, list):
+            return [f"{path}: expected a list"]
+        return [e for i, item in enumerate(data) for e in strict_errors(item, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith("dict("):
+        if not isinstance(data, dict):
+            return [f"{path}: expected a mapping"]
+        value_type = re.match(r"dict\(([^,]*), (.*)\)", type_name).group(2)
+        return [e for k, v in data.items() for e in strict_errors(v, value_type, f"{path}.{k}")]
+    if type_name in PRIMITIVES:
+        kind = PRIMITIVES[type_name]
+        ok = isinstance(data, kind) and not (type_name in ("int", "float") and isinstance(data, bool))
+        return [] if ok else [f"{path}: expected {type_name}, got {type(data).__name__} {data!r}"]
+    model = getattr(client.models, type_name)
+    if not isinstance(data, dict):
+        return [f"{path}: expected a {type_name} mapping"]
+    fields = {json_name: model.openapi_types[attr] for attr, json_name in model.attribute_map.items()}
+    errors = [f"{path}.{key}: unknown field of {type_name}" for key in data if key not in fields]
+    for key, value in data.items():
+        if key in fields and value is not None:
+            errors += strict_errors(value, fields[key], f"{path}.{key}")
+    return errors
+
+
+class _Response:
+    def __init__(self, obj):
+        self.data = json.dumps(obj)
+
+
+def validate(obj: dict, where: str) -> None:
+    """A core object: the right apiVersion, no unknown or mistyped field, and the model's required fields."""
+    api_version, model = CORE[obj["kind"]]
+    assert obj["apiVersion"] == api_version, f"{where}: {obj['kind']} is {api_version}, not {obj['apiVersion']}"
+    errors = strict_errors(obj, model, obj["kind"])
+    assert not errors, f"{where}: " + "; ".join(errors)
+    # The generated constructors check required fields (client-side validation), e.g. a container's name.
+    client.ApiClient().deserialize(_Response(obj), model)
+
+
+def validate_custom(obj: dict, where: str) -> None:
+    assert obj["apiVersion"] == CUSTOM[obj["kind"]], where
+    if obj["kind"] == "ClusterTrainingRuntime":
+        assert set(obj["spec"]) <= {"mlPolicy", "podGroupPolicy", "template"}, where
+        for job in obj["spec"]["template"]["spec"]["replicatedJobs"]:
+            assert set(job) <= {"name", "replicas", "template", "dependsOn"}, where
+            errors = strict_errors(job["template"], "V1JobTemplateSpec", f"replicatedJobs[{job['name']}]")
+            assert not errors, f"{where}: " + "; ".join(errors)
+    else:  # TrainJob: the fields of trainjob_types.go that flywheel uses
+        assert set(obj["spec"]) <= {"runtimeRef", "initializer", "trainer", "suspend", "managedBy"}, where
+        trainer = obj["spec"]["trainer"]
+        assert set(trainer) <= {"image", "command", "args", "env", "numNodes", "resourcesPerNode",
+                                "numProcPerNode"}, where
+        errors = strict_errors(trainer["resourcesPerNode"], "V1ResourceRequirements", "resourcesPerNode")
+        errors += strict_errors(trainer.get("env", []), "list[V1EnvVar]", "env")
+        assert not errors, f"{where}: " + "; ".join(errors)
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def local_entries(kustomization: Path, key: str) -> list[Path]:
+    entries = yaml.safe_load(kustomization.read_text()).get(key) or []
+    entries = [e["path"] if isinstance(e, dict) else e for e in entries]
+    return [kustomization.parent / e for e in entries if e and "://" not in e and not e.startswith("github.com")]
+
+
+def resource_files() -> list[Path]:
+    """Manifest files that kustomize takes whole (resources:), as opposed to partial patches."""
+    files = []
+    for kustomization in KUSTOMIZATIONS:
+        for entry in local_entries(kustomization, "resources"):
+            if entry.is_file():
+                files.append(entry)
+    return sorted(set(files))
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the overlays' files are still checked one by one")
+    result = subprocess.run([kubectl, "kustomize", str(INFRA / "overlays" / overlay)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def pod_specs(obj: dict) -> list[dict]:
+    kind, spec = obj["kind"], obj.get("spec") or {}
+    if kind in ("Deployment", "StatefulSet", "Job"):
+        return [spec["template"]["spec"]]
+    if kind == "ClusterTrainingRuntime":
+        return [job["template"]["spec"]["template"]["spec"] for job in spec["template"]["spec"]["replicatedJobs"]]
+    return []
+
+
+def images_of(obj: dict) -> list[str]:
+    return [c["image"] for pod in pod_specs(obj) for c in pod.get("containers", []) + pod.get("initContainers", [])]
+
+
+def tolerates(pod: dict, taint: dict) -> bool:
+    for toleration in pod.get("tolerations") or []:
+        if toleration.get("key") != taint["key"]:
+            continue
+        if toleration.get("effect") not in (None, taint["effect"]):
+            continue
+        if toleration.get("operator", "Equal") == "Exists" or toleration.get("value") == taint["value"]:
+            return True
+    return False
+
+
+def wants_gpu(obj: dict, pod: dict) -> bool:
+    if obj["kind"] == "ClusterTrainingRuntime":  # its TrainJobs ask for GPUs per node
+        return True
+    return any(infra.GPU_RESOURCE in ((c.get("resources") or {}).get(part) or {})
+               for c in pod.get("containers", []) for part in ("requests", "limits"))
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+def test_every_yaml_file_parses_and_every_object_is_named():
+    files = sorted(INFRA.rglob("*.yaml"))
+    assert len(files) >= 20
+    for path in files:
+        for doc in documents(path):
+            assert isinstance(doc, dict), path
+            if path.name == "kustomization.yaml":
+                assert doc["kind"] == "Kustomization" and doc["apiVersion"].startswith("kustomize.config.k8s.io/")
+                continue
+            assert doc.get("apiVersion") and doc.get("kind"), f"{path}: object without apiVersion/kind"
+            assert (doc.get("metadata") or {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
+
+
+def test_every_kustomization_entry_exists_and_remote_bases_are_pinned():
+    for kustomization in KUSTOMIZATIONS:
+        data = yaml.safe_load(kustomization.read_text())
+        for key in ("resources", "patches", "components"):
+            for entry in local_entries(kustomization, key):
+                assert entry.exists(), f"{kustomization}: {key} entry {entry} does not exist"
+                if entry.is_dir():
+                    assert (entry / "kustomization.yaml").is_file(), f"{entry} is a directory without kustomization"
+        for entry in data.get("resources") or []:
+            if "://" in entry or entry.startswith("github.com"):
+                assert re.search(r"\?ref=v?\d+\.\d+\.\d+$", entry), f"{kustomization}: {entry} is not pinned to a tag"
+
+
+def test_kfp_is_pinned_to_the_release_of_the_installed_sdk():
+    import kfp
+
+    refs = [entry for path in (INFRA / "kfp").rglob("kustomization.yaml")
+            for entry in yaml.safe_load(path.read_text())["resources"] if "kubeflow/pipelines" in entry]
+    assert len(refs) == 2  # cluster-scoped resources, then the platform-agnostic environment
+    assert all(ref.endswith(f"?ref={kfp.__version__}") for ref in refs), refs
+    assert any("env/platform-agnostic" in ref for ref in refs)  # env/dev repoints images to :master
+    trainer = yaml.safe_load((INFRA / "trainer" / "kustomization.yaml").read_text())["resources"]
+    assert len(trainer) == 1 and "kubeflow/trainer" in trainer[0]
+
+
+def test_core_objects_in_every_manifest_validate_strictly():
+    seen = set()
+    for path in resource_files():
+        for obj in documents(path):
+            if obj["kind"] in CORE:
+                validate(obj, str(path.relative_to(ROOT)))
+            else:
+                assert obj["kind"] in CUSTOM, f"{path}: {obj['kind']} is neither a core kind nor a known CRD"
+                validate_custom(obj, str(path.relative_to(ROOT)))
+            seen.add(obj["kind"])
+    assert seen >= {"Deployment", "StatefulSet", "Service", "PersistentVolumeClaim", "Job", "ServiceAccount", "Role",
+                    "RoleBinding", "Namespace", "ConfigMap", "ClusterTrainingRuntime"}
+
+
+def test_the_validator_rejects_typos_wrong_types_and_missing_required_fields():
+    deployment = documents(INFRA / "base" / "services" / "mlflow.yaml")[1]
+    validate(deployment, "mlflow.yaml")
+
+    typo = json.loads(json.dumps(deployment))
+    typo["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(AssertionError, match=r"containers\[0\]\.imagePullPolicyy: unknown field of V1Container"):
+        validate(typo, "typo")
+    typo = json.loads(json.dumps(deployment))
+    typo["spec"]["replica"] = 1
+    with pytest.raises(AssertionError, match="spec.replica: unknown field of V1DeploymentSpec"):
+        validate(typo, "typo")
+    wrong_type = json.loads(json.dumps(deployment))
+    wrong_type["spec"]["replicas"] = "one"
+    with pytest.raises(AssertionError, match="spec.replicas: expected int"):
+        validate(wrong_type, "type")
+    unquoted = json.loads(json.dumps(deployment))
+    unquoted["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 2
+    with pytest.raises(AssertionError, match="limits.cpu: expected str"):
+        validate(unquoted, "quantity")
+    nameless = json.loads(json.dumps(deployment))
+    del nameless["spec"]["template"]["spec"]["containers"][0]["name"]
+    with pytest.raises(ValueError, match="name"):
+        validate(nameless, "required")
+
+
+# --- rendered overlays -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_every_object_validates(overlay):
+    objects = render(overlay)
+    for obj in objects:
+        if obj["kind"] in CORE:
+            validate(obj, f"overlays/{overlay}")
+        else:
+            validate_custom(obj, f"overlays/{overlay}")
+        if obj["kind"] not in ("Namespace", "PriorityClass", "ClusterTrainingRuntime"):
+            assert obj["metadata"].get("namespace") in ("flywheel", "kubeflow"), (obj["kind"], obj["metadata"])
+    kinds = {o["kind"] for o in objects}
+    assert ("ClusterTrainingRuntime" in kinds) == (overlay == "gpu")  # no GPU and no Trainer on a laptop
+    models = next(o for o in objects if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "flywheel-models")
+    assert models["metadata"]["namespace"] == infra.RUN_NAMESPACE
+    assert models["spec"]["accessModes"] == (["ReadWriteMany"] if overlay == "gpu" else ["ReadWriteOnce"])
+
+
+def test_local_overlay_defines_every_secret_its_pods_read():
+    objects = render("local")
+    secrets = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects if o["kind"] == "Secret"}
+    for obj in objects:
+        for pod in pod_specs(obj):
+            namespace = obj["metadata"]["namespace"]
+            for container in pod["containers"]:
+                refs = [(s["secretRef"]["name"], None) for s in container.get("envFrom", []) if "secretRef" in s]
+                refs += [(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                         for e in container.get("env", []) if "secretKeyRef" in (e.get("valueFrom") or {})]
+                for name, key in refs:
+                    assert (namespace, name) in secrets, f"{obj['metadata']['name']} reads missing Secret {name}"
+                    if key:
+                        assert key in secrets[(namespace, name)]["data"]
+    # The pipeline pods' copy of the object-store keys, and the ConfigMap naming the endpoint push_round reads.
+    assert ("kubeflow", "flywheel-s3") in secrets
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "flywheel-cluster")
+    from flywheel.versioning import S3_ENDPOINT_ENV
+
+    assert config["data"][S3_ENDPOINT_ENV].startswith("http://minio.flywheel.svc")
+    assert config["data"]["FLYWHEEL_DVC_REMOTE"].startswith("s3://flywheel-dvc/")
+    job = next(o for o in objects if o["kind"] == "Job")
+    assert "store/flywheel-dvc" in job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+
+
+def test_every_image_is_pinned():
+    objects = [o for path in resource_files() for o in documents(path)]
+    objects += [o for overlay in OVERLAYS if shutil.which("kubectl") for o in render(overlay)]
+    images = [image for obj in objects for image in images_of(obj)]
+    assert len(images) >= 5
+    for image in images:
+        name = image.rsplit("/", 1)[-1]
+        assert (":" in name or "@sha256:" in image) and not image.endswith(":latest"), f"unpinned image {image}"
+
+
+def test_every_gpu_workload_tolerates_the_gpu_taint_and_selects_the_pool():
+    objects = [o for path in resource_files() for o in documents(path)]
+    objects += render("gpu") if shutil.which("kubectl") else []
+    gpu_pods = [(obj, pod) for obj in objects for pod in pod_specs(obj) if wants_gpu(obj, pod)]
+    assert gpu_pods, "no GPU workload found"
+    for obj, pod in gpu_pods:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert tolerates(pod, infra.GPU_TAINT), f"{name} does not tolerate {infra.GPU_TAINT}"
+        assert pod.get("nodeSelector") == infra.GPU_NODE_SELECTOR, name
+        assert pod.get("priorityClassName") == infra.GPU_PRIORITY_CLASS, name
+    # The checker itself: a toleration for another key or effect does not count.
+    assert not tolerates({"tolerations": [{"key": "gpu", "operator": "Exists"}]}, infra.GPU_TAINT)
+    assert not tolerates({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}]},
+                         infra.GPU_TAINT)
+    assert tolerates({"tolerations": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+                     infra.GPU_TAINT)
+    # No CPU-only service is pinned to (or tolerates) the GPU pool.
+    for obj in objects:
+        for pod in pod_specs(obj):
+            if not wants_gpu(obj, pod):
+                assert not tolerates(pod, infra.GPU_TAINT), obj["metadata"]["name"]
+
+
+def test_gpu_pool_objects_match_the_python_contract():
+    gpu = {o["kind"]: o for o in documents(INFRA / "gpu" / "priorityclass.yaml") + documents(INFRA / "gpu" / "quota.yaml")
+           + documents(INFRA / "gpu" / "training-runtime.yaml")}
+    assert gpu["PriorityClass"]["metadata"]["name"] == infra.GPU_PRIORITY_CLASS
+    assert gpu["ResourceQuota"]["spec"]["scopeSelector"]["matchExpressions"][0]["values"] == [infra.GPU_PRIORITY_CLASS]
+    assert f"requests.{infra.GPU_RESOURCE}" in gpu["ResourceQuota"]["spec"]["hard"]
+    runtime = gpu["ClusterTrainingRuntime"]
+    assert runtime["metadata"]["name"] == infra.TRAINING_RUNTIME
+    assert "torch" in runtime["spec"]["mlPolicy"]
+    pod = pod_specs(runtime)[0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "flywheel-models"
+    assert {"name": "models", "mountPath": infra.MODELS_MOUNT} in pod["containers"][0]["volumeMounts"]
+    assert pod["containers"][0]["name"] == "node"  # the container Trainer fills from TrainJob.spec.trainer
+    taint_doc = (INFRA / "gpu" / "kustomization.yaml").read_text()
+    t = infra.GPU_TAINT
+    assert f"{t['key']}={t['value']}:{t['effect']}" in taint_doc
+    assert "flywheel/pool=gpu" in taint_doc

@@ -1,0 +1,81 @@
+"""train.num_nodes and the Kubeflow Trainer TrainJob of a multi-node round (flywheel.infra.trainjob)."""
+
+import pytest
+import yaml
+
+from flywheel import infra
+from flywheel.config import load_config
+from flywheel.errors import InputError
+from tests.conftest import ROOT, SMOKE
+from tests.test_infra import documents, pod_specs, tolerates, validate_custom
+
+PATHS = dict(config_file="/models/r/config.yaml", train_data="/models/r/rounds/2/train.parquet",
+             init_dir="/models/r/rounds/1/champion", out_dir="/models/r/rounds/2/candidate")
+
+
+def test_num_nodes_defaults_to_one_and_must_be_at_least_one():
+    assert load_config(SMOKE).train.num_nodes == 1
+    assert load_config(SMOKE, ["train.num_nodes=4"]).train.num_nodes == 4
+    with pytest.raises(InputError, match=r"field 'train.num_nodes': must be >= 1"):
+        load_config(SMOKE, ["train.num_nodes=0"])
+    with pytest.raises(InputError, match=r"field 'train.num_nodes': expected int"):
+        load_config(SMOKE, ["train.num_nodes=two"])
+
+
+def test_trainjob_shape_nodes_resources_and_command():
+    config = load_config(SMOKE, ["train.num_nodes=3"])
+    job = infra.trainjob(config, "registry.example.com/flywheel/flywheel-cuda:0.1.0", round_index=2,
+                         gpus_per_node=4, cpu="16", memory="128Gi", name="flywheel-run7-r2", **PATHS)
+    validate_custom(job, "trainjob")
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert job["metadata"]["name"] == "flywheel-run7-r2" and job["metadata"]["namespace"] == "kubeflow"
+    assert job["metadata"]["labels"]["flywheel/round"] == "2"
+    assert job["spec"]["runtimeRef"] == {"name": "flywheel-torch-distributed", "apiGroup": "trainer.kubeflow.org",
+                                         "kind": "ClusterTrainingRuntime"}
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 3
+    assert trainer["image"] == "registry.example.com/flywheel/flywheel-cuda:0.1.0"
+    assert trainer["resourcesPerNode"] == {"requests": {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": "4"},
+                                           "limits": {"memory": "128Gi", "nvidia.com/gpu": "4"}}
+    assert trainer["command"] == ["torchrun", "--module", "flywheel.cli", "train", "-c", "/models/r/config.yaml",
+                                  "--round", "2", "--data", "/models/r/rounds/2/train.parquet",
+                                  "--init", "/models/r/rounds/1/champion", "--out", "/models/r/rounds/2/candidate"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in trainer["env"]
+    # The command is a real `flywheel train` invocation.
+    from flywheel.cli import build_parser
+
+    args = build_parser().parse_args(trainer["command"][3:])
+    assert (args.command, args.round, str(args.out)) == ("train", 2, "/models/r/rounds/2/candidate")
+
+
+def test_the_runtime_it_uses_puts_its_pods_on_the_gpu_pool():
+    job = infra.trainjob(load_config(SMOKE, ["train.num_nodes=2"]), "flywheel-cuda:0.1.0", round_index=1, **PATHS)
+    runtimes = {o["metadata"]["name"]: o for o in documents(ROOT / "infra" / "gpu" / "training-runtime.yaml")}
+    runtime = runtimes[job["spec"]["runtimeRef"]["name"]]
+    assert runtime["kind"] == job["spec"]["runtimeRef"]["kind"]
+    pod = pod_specs(runtime)[0]
+    assert tolerates(pod, infra.GPU_TAINT)
+    assert pod["nodeSelector"] == infra.GPU_NODE_SELECTOR
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert infra.MODELS_MOUNT in mounts
+    assert all(p.startswith(infra.MODELS_MOUNT + "/") for p in PATHS.values())  # every node sees the files
+
+
+@pytest.mark.parametrize("overrides, kwargs, message", [
+    (["train.num_nodes=1"], {}, "field 'train.num_nodes'"),
+    (["train.num_nodes=2"], {"name": "Flywheel_R1"}, "is not a DNS label"),
+    (["train.num_nodes=2"], {"name": "x" * 64}, "is not a DNS label"),
+    (["train.num_nodes=2"], {"gpus_per_node": 0}, "field 'gpus_per_node'"),
+    (["train.num_nodes=2"], {"image": "flywheel-cuda:latest"}, "must be pinned"),
+    (["train.num_nodes=2"], {"image": "registry:5000/flywheel-cuda"}, "must be pinned"),
+])
+def test_trainjob_refuses(overrides, kwargs, message):
+    kwargs = {"image": "flywheel-cuda:0.1.0", **kwargs}
+    with pytest.raises(InputError, match=message):
+        infra.trainjob(load_config(SMOKE, overrides), round_index=1, **PATHS, **kwargs)
+
+
+def test_the_shipped_example_is_what_trainjob_renders():
+    shipped = yaml.safe_load((ROOT / "infra" / "trainer" / "trainjob-example.yaml").read_text())
+    assert shipped == infra.example_trainjob()
+    assert shipped["spec"]["trainer"]["numNodes"] == 2
