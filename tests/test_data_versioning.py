@@ -199,3 +199,15 @@ def test_push_to_s3_and_pull_from_a_clone(tmp_path, round_dir, s3_server):
     sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
     sh("dvc", "pull", cwd=clone)
     assert tree(clone / "rounds" / "3") == tree(round_dir)
+
+
+def test_push_to_an_unreachable_s3_endpoint_is_one_line(tmp_path, round_dir, monkeypatch):
+    pytest.importorskip("dvc_s3", reason="the S3 remote needs dvc-s3 (pip install '.[cluster]')")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # fail fast instead of botocore's retries
+    dvc_file = tmp_path / "round.dvc"
+    with pytest.raises(InputError, match=r"s3://flywheel-dvc/rounds: DVC push failed \(EndpointConnectionError"):
+        push_round(round_dir, "s3://flywheel-dvc/rounds", dvc_file)
+    assert not dvc_file.exists()

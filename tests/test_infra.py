@@ -335,3 +335,28 @@ def test_gpu_pool_objects_match_the_python_contract():
     t = infra.GPU_TAINT
     assert f"{t['key']}={t['value']}:{t['effect']}" in taint_doc
     assert "flywheel/pool=gpu" in taint_doc
+
+
+def test_kfp_patches_apply_to_objects_of_those_names(tmp_path):
+    """The remote base cannot be fetched, so the patches go onto stand-ins of the upstream objects they name:
+    this catches a patch that kustomize cannot apply (wrong kind, name or namespace), not upstream drift."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    kfp = yaml.safe_load((INFRA / "kfp" / "kustomization.yaml").read_text())
+    stand_ins = []
+    for entry in kfp["patches"]:
+        patch = yaml.safe_load((INFRA / "kfp" / entry["path"]).read_text())
+        shutil.copy(INFRA / "kfp" / entry["path"], tmp_path / Path(entry["path"]).name)
+        stand_ins.append({"apiVersion": patch["apiVersion"], "kind": patch["kind"],
+                          "metadata": {"name": patch["metadata"]["name"], "namespace": "kubeflow"},
+                          "data": {"upstream": "kept"}})
+    (tmp_path / "upstream.yaml").write_text(yaml.safe_dump_all(stand_ins))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "namespace": kfp["namespace"], "resources": ["upstream.yaml"],
+        "patches": [{"path": Path(e["path"]).name} for e in kfp["patches"]]}))
+    result = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rendered = {o["metadata"]["name"]: o for o in yaml.safe_load_all(result.stdout)}
+    assert rendered["workflow-controller-configmap"]["data"] == {"upstream": "kept", "parallelism": "4"}
+    assert rendered["pipeline-install-config"]["data"]["defaultSecurityContextRunAsUser"] == "1000"
+    assert len(rendered) == len(stand_ins)  # a patch that matched nothing would fail the render or add an object

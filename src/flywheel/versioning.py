@@ -110,10 +110,10 @@ def push_round(round_dir: Path, remote: str, dvc_file_out: Path) -> dict:
                 staging, meta, tree = build(HashFileDB(MemoryFileSystem(), "/flywheel-push"), os.fspath(round_dir),
                                             LocalFileSystem(), "md5")
                 result = transfer(staging, destination, {tree.hash_info}, hardlink=False, shallow=False)
-        except DvcException as error:
+        except DvcException as error:  # bad URL, missing dvc-s3
             raise InputError(remote, f"DVC push failed ({_one_line(error)})") from None
-        except OSError as error:  # unreachable endpoint, refused credentials, unwritable directory
-            raise InputError(remote, f"DVC push failed ({_one_line(error)})") from None
+        except Exception as error:  # noqa: BLE001 - unreachable endpoint, refused keys, missing bucket (botocore, OSError)
+            raise InputError(remote, f"DVC push failed ({type(error).__name__}: {_one_line(error)})") from None
     if result.failed:
         raise InputError(remote, f"DVC push failed: {len(result.failed)} objects were not uploaded")
     entry = {"md5": tree.hash_info.value, "size": meta.size, "nfiles": meta.nfiles, "hash": "md5",
