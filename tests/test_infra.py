@@ -321,7 +321,7 @@ def test_gpu_pool_objects_match_the_python_contract():
     gpu = {o["kind"]: o for o in documents(INFRA / "gpu" / "priorityclass.yaml") + documents(INFRA / "gpu" / "quota.yaml")
            + documents(INFRA / "gpu" / "training-runtime.yaml")}
     assert gpu["PriorityClass"]["metadata"]["name"] == infra.GPU_PRIORITY_CLASS
-    assert gpu["ResourceQuota"]["spec"]["scopeSelector"]["matchExpressions"][0]["values"] == [infra.GPU_PRIORITY_CLASS]
+    assert gpu["ResourceQuota"]["metadata"]["namespace"] == infra.RUN_NAMESPACE
     assert f"requests.{infra.GPU_RESOURCE}" in gpu["ResourceQuota"]["spec"]["hard"]
     runtime = gpu["ClusterTrainingRuntime"]
     assert runtime["metadata"]["name"] == infra.TRAINING_RUNTIME

@@ -1,8 +1,8 @@
 """Kubernetes: the GPU node pool's contract and the Kubeflow Trainer TrainJob of a multi-node round.
 
 The manifests under ``infra/`` and the KFP components share these values: every pod that asks for a
-GPU selects ``GPU_NODE_SELECTOR``, tolerates ``GPU_TAINT`` (``GPU_TOLERATION``) and runs at
-``GPU_PRIORITY_CLASS``. ``trainjob`` renders the TrainJob that the pipeline's train step submits
+GPU selects ``GPU_NODE_SELECTOR`` and tolerates ``GPU_TAINT`` (``GPU_TOLERATION``, for kfp-kubernetes'
+``add_toleration``); TrainJob pods also run at ``GPU_PRIORITY_CLASS``. ``trainjob`` renders the TrainJob that the pipeline's train step submits
 when ``train.num_nodes > 1``; the scheduling (selector, toleration, priority, the shared model
 volume) lives in the ClusterTrainingRuntime ``infra/gpu/training-runtime.yaml``, so the TrainJob
 uses only the ``trainer`` fields that are stable across Trainer releases.
