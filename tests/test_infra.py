@@ -360,3 +360,28 @@ def test_kfp_patches_apply_to_objects_of_those_names(tmp_path):
     assert rendered["workflow-controller-configmap"]["data"] == {"upstream": "kept", "parallelism": "4"}
     assert rendered["pipeline-install-config"]["data"]["defaultSecurityContextRunAsUser"] == "1000"
     assert len(rendered) == len(stand_ins)  # a patch that matched nothing would fail the render or add an object
+
+
+def test_the_gpu_contract_fits_kfp_kubernetes(tmp_path):
+    """KFP steps get the GPU pool's toleration and selector from flywheel.infra through kfp-kubernetes."""
+    from kfp import compiler, dsl
+    from kfp import kubernetes as kfp_k8s
+
+    @dsl.container_component
+    def gpu_step():
+        return dsl.ContainerSpec(image="flywheel-cuda:0.1.0", command=["flywheel", "--help"])
+
+    @dsl.pipeline(name="gpu-contract")
+    def pipeline():
+        task = gpu_step().set_accelerator_type(infra.GPU_RESOURCE).set_accelerator_limit(1)
+        kfp_k8s.add_toleration(task, **infra.GPU_TOLERATION)
+        (label, value), = infra.GPU_NODE_SELECTOR.items()
+        kfp_k8s.add_node_selector(task, label_key=label, label_value=value)
+
+    compiler.Compiler().compile(pipeline, str(tmp_path / "p.yaml"))
+    docs = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
+    executor = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-gpu-step"]
+    assert executor["tolerations"] == [infra.GPU_TOLERATION]
+    assert executor["nodeSelector"]["labels"] == infra.GPU_NODE_SELECTOR
+    pod = {"tolerations": executor["tolerations"]}
+    assert tolerates(pod, infra.GPU_TAINT)
