@@ -3,6 +3,7 @@ models (an unknown or misspelt field fails), kustomizations point at files that 
 with `kubectl kustomize` (when kubectl is installed), images are pinned, and every GPU pod tolerates the GPU
 pool's taint. The remote bases (KFP, Trainer) cannot be fetched here: their pins are checked instead."""
 
+import functools
 import json
 import re
 import shutil
@@ -120,13 +121,18 @@ def resource_files() -> list[Path]:
 
 
 def render(overlay: str) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
+    if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed: the overlays' files are still checked one by one")
+    return json.loads(_render(overlay))  # a fresh copy each time: tests may not share mutations
+
+
+@functools.cache
+def _render(overlay: str) -> str:
+    kubectl = shutil.which("kubectl")
     result = subprocess.run([kubectl, "kustomize", str(INFRA / "overlays" / overlay)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return json.dumps([d for d in yaml.safe_load_all(result.stdout) if d])
 
 
 def pod_specs(obj: dict) -> list[dict]:
