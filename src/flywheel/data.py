@@ -65,7 +65,10 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
     """Raw records -> ``schemas.PROMPTS`` rows (``answer`` kept for eval and audit)."""
     mapping = {**DEFAULT_COLUMNS, **columns}
     present = set().union(*(record.keys() for record in records))
-    required = {"prompt"} | ({"answer"} if labeled and mapping["tests"] not in present else set()) | set(columns)
+    # Mapped keys must exist, except reference answers in an unlabeled file (the same mapping serves both files).
+    required = {"prompt"} | (set(columns) if labeled else set(columns) - {"answer"})
+    if labeled and mapping["tests"] not in present:
+        required.add("answer")
     for key in sorted(required):
         if mapping[key] not in present:
             raise InputError(source, f"column '{mapping[key]}' not found (data.columns.{key}); "
