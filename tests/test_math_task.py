@@ -77,3 +77,12 @@ def test_vote_groups_equivalent_forms():
     assert votes[0]["majority_answer"] == "1/2"
     assert votes[0]["vote_share"] == pytest.approx(3 / 5)
     assert votes[0]["n_answers"] == 2
+
+
+def test_works_outside_the_main_thread():
+    # math-verify's SIGALRM timeout raises in threads; the task must still read answers there.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(math.extract_answer, "\\boxed{\\dfrac12}").result() == "1/2"
+        assert pool.submit(math.is_correct, "1/2", "0.5").result() is True

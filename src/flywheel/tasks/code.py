@@ -35,6 +35,8 @@ class CodeTask:
 
     def __init__(self, limits: Limits = Limits()):
         self.limits = limits
+        # Sampled programs repeat (low temperature, K samples, evaluate re-reads curated rows): run each once.
+        self._outputs: dict[tuple[str, str], list[str]] = {}
 
     def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         raise InputError("config", "the code task has no prompt generator; set data.prompts and data.eval",
@@ -48,7 +50,12 @@ class CodeTask:
         tests = _test_inputs(prompt)
         if program is None or not tests:
             return None
-        outputs = run_tests(program, tests, self.limits)
+        key = (program, json.dumps(tests))
+        if key not in self._outputs:
+            if len(self._outputs) >= 50_000:
+                self._outputs.clear()
+            self._outputs[key] = run_tests(program, tests, self.limits)
+        outputs = self._outputs[key]
         if all(output.startswith("error:") for output in outputs):
             return None
         return json.dumps(outputs)

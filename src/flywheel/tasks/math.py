@@ -15,6 +15,8 @@ None (no answer), never a hand-made guess.
 
 from __future__ import annotations
 
+import threading
+
 import sympy
 
 from flywheel.errors import InputError
@@ -48,7 +50,7 @@ class MathTask:
 
         gold = _parse(answer_span(truth) or truth)
         predicted = _parse(answer)
-        return bool(gold and predicted and verify(gold, predicted))
+        return bool(gold and predicted and verify(gold, predicted, timeout_seconds=_timeout()))
 
 
 def answer_span(text: str) -> str | None:
@@ -80,12 +82,18 @@ def _parse(span: str) -> list:
 
     for text in (f"${span}$", span):
         try:
-            parsed = parse(text, parsing_timeout=5)
+            parsed = parse(text, parsing_timeout=_timeout())
         except Exception:  # math-verify raises on pathological input; that is "no answer"
             parsed = []
         if parsed and _usable(parsed[0]):
             return parsed
     return []
+
+
+def _timeout() -> int | None:
+    """math-verify's time limit uses SIGALRM, which only the main thread may set; elsewhere it would
+    raise on every call (and every answer would silently read as none), so threads run without one."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
 
 
 def _usable(value) -> bool:
