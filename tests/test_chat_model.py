@@ -31,6 +31,9 @@ def test_render_prompt_follows_the_task_and_the_tokenizer(tiny_chat_model):
     row = sft_row(math, "What is 2+2?", "\\boxed{4}", tokenizer)
     assert row["prompt"] == [{"role": "user", "content": math.user_message("What is 2+2?")}]
     assert row["completion"] == [{"role": "assistant", "content": "\\boxed{4}"}]
+    # Training (TRL renders the conversational row) and generation see the same prompt tokens.
+    trained = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert tokenizer(rendered)["input_ids"] == trained
 
 
 def test_conversational_sft_trains_on_completions(tiny_chat_model):
@@ -82,3 +85,18 @@ def test_cli_names_an_uncached_hub_model_in_one_line(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "hf download tiny-org/absent" in err
     assert not (tmp_path / "samples.parquet").exists()
+
+
+def test_train_stage_passes_the_task_to_sft(tiny_chat_model, tmp_path):
+    from flywheel import io, schemas
+    from flywheel.config import TrainConfig
+    from flywheel.stages.train import run_train
+
+    rows = [{"prompt": "What is 3+4?", "completion": "\\boxed{7}", "prompt_id": "a", "round": 1, "bucket": "all"}]
+    io.write_rows(tmp_path / "train.parquet", rows, schemas.CURATED)
+    result = run_train(tmp_path / "train.parquet", tiny_chat_model, tmp_path / "candidate",
+                       TrainConfig(steps=1, batch_size=1), round_index=1, task=load_task("math"))
+    assert result["train_rows"] == 1 and result["train_loss"] > 0
+    (member,) = member_dirs(tmp_path / "candidate")
+    _, tokenizer = load_member(member)
+    assert tokenizer.chat_template  # the candidate keeps the template its prompts were rendered with
