@@ -123,3 +123,16 @@ def test_cli_data_error_exit_code_of_the_process(tmp_path):
     assert result.returncode == 2, result.stderr
     assert_one_line(result.stderr, ERRORS[2][1])
     assert not (tmp_path / "round").exists()
+
+
+def test_run_rejects_a_bad_prompt_file_before_writing_anything(tiny_chat_model, tmp_path, monkeypatch, capsys):
+    from flywheel.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text('{"question": "a?"}\n{"question": ""}\n')
+    code = main(["run", "--no-track", "-c", str(ROOT / "configs" / "math.yaml"), "-s", "loop.device=cpu",
+                 "-s", f"seed.path={tiny_chat_model}", "-s", "data.prompts=p.jsonl",
+                 "-s", f"data.eval={ROOT / 'examples' / 'math' / 'eval.jsonl'}", "-s", "loop.out_dir=loop"])
+    assert code == 2
+    assert_one_line(capsys.readouterr().err, ["p.jsonl", "row 2", "field 'question'", "empty"])
+    assert not (tmp_path / "loop" / "eval.parquet").exists() and not (tmp_path / "loop" / "rounds").exists()

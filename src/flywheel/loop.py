@@ -67,6 +67,10 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     root = Path(root)
     seed_dir = check_seed(config)
     eval_path = root / "eval.parquet"
+    if config.data.prompts:
+        from flywheel.data import load_prompts
+
+        load_prompts(config.data, task)  # a bad prompt file fails now, not after the seed's evaluation
     if config.data.eval:
         from flywheel.data import load_eval
 
