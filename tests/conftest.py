@@ -34,3 +34,11 @@ def workdir(tmp_path, monkeypatch, tiny_seed) -> Path:
     shutil.copytree(tiny_seed, tmp_path / "runs" / "smoke" / "seed")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory) -> Path:
+    """A ~60k-parameter chat model (char tokenizer with a chat template) as a plain HF directory; untrained."""
+    from flywheel.modeling import build_tiny_chat_model
+
+    return build_tiny_chat_model(tmp_path_factory.mktemp("chat") / "tiny-chat", seed=0)

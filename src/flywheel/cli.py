@@ -186,7 +186,7 @@ def _dispatch(args) -> int:
         from flywheel.pool import run_prompts
 
         result = run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round,
-                             champion_dir=args.champion)
+                             champion_dir=args.champion, data=config.data)
     elif args.command == "generate":
         from flywheel.stages.generate import run_generate
 
@@ -205,7 +205,7 @@ def _dispatch(args) -> int:
         from flywheel.stages.train import run_train
 
         result = run_train(args.data, args.init, args.out, config.train, round_index=args.round, device=device,
-                           progress=progress)
+                           progress=progress, task=task)
     elif args.command == "evaluate":
         from flywheel.stages.evaluate import run_evaluate
 

@@ -31,7 +31,8 @@ class SeedConfig:
     """The round-0 champion, taught with labels on short problems (the only labeled training)."""
 
     path: str = _f("seed/default", "Directory of the seed model (a committee or one HF model). "
-                   "`flywheel seed` writes it; a real model is any local HF directory.")
+                   "`flywheel seed` writes it; a real model is any local HF directory or a hub name "
+                   "(Qwen/Qwen2.5-0.5B-Instruct) already in the local HF cache (never downloaded).")
     members: int = _f(3, "Independently seeded models in the committee; they vote together.")
     min_bucket: int = _f(1, "Shortest labeled problem (digits).")
     max_bucket: int = _f(5, "Longest labeled problem (digits).")
@@ -71,6 +72,37 @@ class PromptsConfig:
 
     def bucket_after(self, champion_bucket: int | None) -> int:
         return self.start_bucket if champion_bucket is None else champion_bucket + 1
+
+
+@dataclass
+class DataConfig:
+    """Your own prompts and eval set (JSONL, Parquet or a `datasets.save_to_disk` directory); see flywheel/data.py.
+
+    Empty paths mean the task generates them (addition). The math and code tasks need both.
+    """
+
+    prompts: str = _f("", "Unlabeled prompt file; each round takes data.per_round of its rows. "
+                      "Empty: the task generates prompts (prompts.* settings).")
+    eval: str = _f("", "Labeled eval file (needs the answer column, or tests for the code task). "
+                   "Empty: the task generates the eval set (evaluate.* settings).")
+    columns: dict = _f({}, "Column names in your files, by key: {id, prompt, answer, bucket, tests}; "
+                       "an unmapped key reads the column of its own name, a missing id becomes the row index.")
+    per_round: int = _f(0, "Prompts per round from data.prompts (0: all of them every round).")
+    order: str = _f("slice", "'slice': round r takes the r-th successive slice (wrapping around); "
+                    "'sample': a seeded random sample each round.")
+    seed: int = _f(0, "Seed of order='sample'.")
+    eval_limit: int = _f(0, "Use only the first N rows of data.eval (0: all).")
+
+    def __post_init__(self):
+        _check(self.per_round >= 0, "data.per_round", "must be >= 0")
+        _check(self.eval_limit >= 0, "data.eval_limit", "must be >= 0")
+        _check(self.order in ("slice", "sample"), "data.order", "must be 'slice' or 'sample'")
+        from flywheel.data import DEFAULT_COLUMNS
+
+        unknown = sorted(set(self.columns) - set(DEFAULT_COLUMNS))
+        _check(not unknown, "data.columns", f"unknown key(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_COLUMNS)}")
+        _check(all(isinstance(v, str) and v for v in self.columns.values()), "data.columns",
+               "values must be column names")
 
 
 @dataclass
@@ -203,10 +235,12 @@ class LoopConfig:
 @dataclass
 class FlywheelConfig:
     name: str = _f("default", "Name of this recipe (used for run names).")
-    task: str = _f("addition", "Task: 'addition' (reversed-digit addition).")
+    task: str = _f("addition", "Task: 'addition' (reversed-digit addition), 'math' (boxed/#### answers, "
+                   "math-verify) or 'code' (Python programs run against tests in a sandbox).")
     model: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "Embedded default architecture."})
     seed: SeedConfig = field(default_factory=SeedConfig, metadata={"help": SeedConfig.__doc__})
     prompts: PromptsConfig = field(default_factory=PromptsConfig, metadata={"help": PromptsConfig.__doc__})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": DataConfig.__doc__})
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": GenerateConfig.__doc__})
     vote: VoteConfig = field(default_factory=VoteConfig, metadata={"help": VoteConfig.__doc__})
     curate: CurateConfig = field(default_factory=CurateConfig, metadata={"help": CurateConfig.__doc__})
@@ -217,9 +251,12 @@ class FlywheelConfig:
     loop: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The whole loop (`flywheel run`)."})
 
     def __post_init__(self):
-        from flywheel.tasks import TASKS
+        from flywheel.tasks import DATA_TASKS, TASKS
 
         _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}")
+        if self.task in DATA_TASKS:
+            _check(bool(self.data.prompts), "data.prompts", f"task '{self.task}' has no prompt generator; set it")
+            _check(bool(self.data.eval), "data.eval", f"task '{self.task}' has no eval generator; set it")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -233,7 +270,7 @@ def _positive(section, *names: str) -> None:
         _check(getattr(section, name) > 0, f"{prefix}.{name}", "must be > 0")
 
 
-_SECTIONS = {"seed": SeedConfig, "prompts": PromptsConfig, "generate": GenerateConfig, "vote": VoteConfig,
+_SECTIONS = {"seed": SeedConfig, "prompts": PromptsConfig, "data": DataConfig, "generate": GenerateConfig, "vote": VoteConfig,
              "curate": CurateConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "gate": GateConfig,
              "tracking": TrackingConfig, "loop": LoopConfig, "model": TinyModelConfig}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
-from flywheel.modeling import member_dirs
+from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model
 from flywheel.pool import run_prompts
 from flywheel.stages.curate import run_curate
 from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
@@ -54,9 +54,10 @@ def round_dir(root: Path, round_index: int) -> Path:
 def check_seed(config: FlywheelConfig) -> Path:
     """The seed directory, or a one-line error saying how to make it."""
     seed_dir = Path(config.seed.path)
-    if not seed_dir.exists():
+    if not seed_dir.exists() and not looks_like_hub_name(config.seed.path):
         raise InputError(seed_dir, "seed model not found; run `make seed` (or `flywheel seed`) first",
                          field="seed.path")
+    seed_dir = resolve_model(config.seed.path)  # a hub name: its snapshot in the local cache
     member_dirs(seed_dir)  # a malformed model directory fails here, not deep inside round 1
     return seed_dir
 
@@ -66,7 +67,17 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     root = Path(root)
     seed_dir = check_seed(config)
     eval_path = root / "eval.parquet"
-    io.write_rows(eval_path, make_eval_set(task, config.evaluate), schemas.PROMPTS)
+    if config.data.prompts:
+        from flywheel.data import load_prompts
+
+        load_prompts(config.data, task)  # a bad prompt file fails now, not after the seed's evaluation
+    if config.data.eval:
+        from flywheel.data import load_eval
+
+        eval_rows = load_eval(config.data, task)
+    else:
+        eval_rows = make_eval_set(task, config.evaluate)
+    io.write_rows(eval_path, eval_rows, schemas.PROMPTS)
     zero = round_dir(root, 0)
     link_or_copy_tree(seed_dir, zero / "champion")
     io.write_rows(zero / "pool.parquet", [], schemas.CURATED)
@@ -83,7 +94,8 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
     device, progress = config.loop.device, config.loop.progress
     timer = Timer()
     with timer.stage("prompts"):
-        run_prompts(here, config.prompts, task=task, round_index=round_index, champion_dir=champion)
+        run_prompts(here, config.prompts, task=task, round_index=round_index, champion_dir=champion,
+                    data=config.data)
     with timer.stage("generate"):
         run_generate(here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
                      round_index=round_index, device=device, progress=progress)
@@ -95,7 +107,7 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
     with timer.stage("train"):
         init = champion if config.train.init == "champion" else round_dir(root, 0) / "champion"
         run_train(here / "train.parquet", init, here / "candidate", config.train, round_index=round_index,
-                  device=device, progress=progress)
+                  device=device, progress=progress, task=task)
     with timer.stage("evaluate"):
         run_evaluate(eval_path, here / "candidate", champion, here / "eval", config.evaluate, task=task,
                      device=device, progress=progress)

@@ -88,10 +88,11 @@ def build_tiny_model(config: TinyModelConfig, seed: int):
 
 
 def member_dirs(model_dir: str | os.PathLike) -> list[Path]:
-    """The Hugging Face directories a model directory holds (one for a plain model)."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise InputError(model_dir, "model directory not found")
+    """The Hugging Face directories a model directory holds (one for a plain model).
+
+    ``model_dir`` may also be a hub name (``Qwen/Qwen2.5-0.5B-Instruct``) already in the local cache.
+    """
+    model_dir = resolve_model(model_dir)
     if (model_dir / "config.json").is_file():
         return [model_dir]
     meta_path = model_dir / MODEL_META
@@ -118,10 +119,10 @@ def write_model_meta(model_dir: Path, meta: dict) -> None:
 
 
 def load_member(path: str | os.PathLike, *, device: str = "cpu"):
-    """Load one Hugging Face model and its tokenizer from a local directory, in eval mode."""
+    """Load one Hugging Face model and its tokenizer from a local directory or cached hub name, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
+    path = resolve_model(path)
     if not (path / "config.json").is_file():
         raise InputError(path, "not a Hugging Face model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -135,3 +136,84 @@ def load_member(path: str | os.PathLike, *, device: str = "cpu"):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def looks_like_hub_name(name: str) -> bool:
+    """``owner/name`` with no other path parts: what the Hugging Face hub calls a repo id."""
+    parts = str(name).split("/")
+    return len(parts) == 2 and all(parts) and not str(name).startswith((".", "~")) and "\\" not in str(name)
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A local model directory: the path itself if it exists, else a hub name's snapshot in the local cache.
+
+    Never downloads (``local_files_only``): the flywheel runs offline on cluster nodes, and
+    a missing model should fail in a second with a line saying how to fetch it, not
+    half an hour into a round. ``HF_HUB_CACHE`` (or ``HF_HOME``) selects the cache, as for every HF library.
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(path, "model path is not a directory")
+        return path
+    if not looks_like_hub_name(str(name_or_path)):
+        raise InputError(path, "model directory not found")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=str(name_or_path), local_files_only=True,
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise InputError(path, "model directory not found, and not in the local Hugging Face cache "
+                         f"(fetch it first: hf download {name_or_path})") from None
+
+
+CHAT_ALPHABET = "".join(chr(code) for code in range(32, 127)) + "\n"
+# A short template in the common shape (role header, content, end-of-turn token). It writes
+# BOS itself, as Llama/SmolLM templates do; the tokenizer adds none on encoding.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def build_tiny_chat_model(out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 48, num_layers: int = 2,
+                          num_heads: int = 4, intermediate_size: int = 128, max_positions: int = 2048) -> Path:
+    """A ~60k-parameter chat model saved as a plain HF directory: for tests and smoke runs of chat tasks.
+
+    Character-level tokenizer over printable ASCII and newline with a chat template,
+    a SmolLM3 decoder with RoPE. It answers nonsense; it exists so every code path a
+    real instruct model takes (chat template, conversational SFT) runs in seconds.
+    """
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, SmolLM3Config, SmolLM3ForCausalLM
+
+    vocab = {PAD: 0, BOS: 1, EOS: 2}
+    for char in CHAT_ALPHABET:
+        vocab[char] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")  # newline too
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, bos_token=BOS,
+                                        padding_side="left", clean_up_tokenization_spaces=False)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    config = SmolLM3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions, no_rope_layers=[1] * num_layers, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = SmolLM3ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    out_dir = Path(out_dir)
+    from flywheel import io
+
+    with io.atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out_dir

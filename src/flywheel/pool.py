@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flywheel import io, schemas
-from flywheel.config import PromptsConfig
+from flywheel.config import DataConfig, PromptsConfig
 from flywheel.modeling import read_model_meta
 
 
@@ -29,12 +29,20 @@ def round_prompts(task, config: PromptsConfig, round_index: int, bucket: int) ->
     return rows
 
 
-def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: int, champion_dir: Path) -> dict:
-    """Shell: champion's curriculum bucket -> prompts.parquet (no answers), audit.parquet, prompts.json."""
-    bucket = config.bucket_after(read_model_meta(champion_dir).get("curriculum_bucket"))
-    rows = round_prompts(task, config, round_index, bucket)
+def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: int, champion_dir: Path,
+                data: DataConfig | None = None) -> dict:
+    """Shell: champion's curriculum bucket (or ``data.prompts``' slice) -> prompts.parquet (no answers),
+    audit.parquet (the rows that carry an answer), prompts.json."""
+    if data is not None and data.prompts:
+        from flywheel.data import load_prompts, round_rows
+
+        bucket = "data"  # the user's data has no curriculum: the report's bucket column says where prompts came from
+        rows = round_rows(load_prompts(data, task), data, round_index)
+    else:
+        bucket = config.bucket_after(read_model_meta(champion_dir).get("curriculum_bucket"))
+        rows = round_prompts(task, config, round_index, bucket)
     io.write_rows(round_dir / "prompts.parquet", [{**r, "answer": None} for r in rows], schemas.PROMPTS)
-    io.write_rows(round_dir / "audit.parquet", rows, schemas.PROMPTS)
+    io.write_rows(round_dir / "audit.parquet", [r for r in rows if r.get("answer") is not None], schemas.PROMPTS)
     summary = {"prompts": len(rows), "bucket": bucket}
     io.write_json(round_dir / "prompts.json", summary)
     return summary

@@ -53,7 +53,7 @@ def build_report(root: Path, config) -> dict:
             "promotions": sum(1 for r in rounds[1:] if r["decision"]["promote"]),
         })
         lifted = [b for b, acc in final["buckets"].items() if seed_scores["buckets"].get(b, 0) < 0.10 and acc >= 0.80]
-        summary["buckets_lifted_from_below_10_to_80"] = sorted(lifted, key=int)
+        summary["buckets_lifted_from_below_10_to_80"] = sorted(lifted, key=bucket_key)  # named buckets too
     return {"name": config.name, "summary": summary, "rounds": rounds}
 
 

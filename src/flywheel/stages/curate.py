@@ -120,10 +120,13 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path, 
     }
     if audit_path is not None and Path(audit_path).exists():
         truth = read_truth(audit_path)
+        by_id = {p["id"]: p for p in prompts}  # code answers are read by running the prompt's tests
         report["thresholds"] = audit(votes, truth, task.is_correct, config.audit_thresholds)
+        audited = [r for r in kept if r["prompt_id"] in truth]  # user data may label only some prompts
         report["kept_label_precision"] = (
-            sum(task.is_correct(task.extract_answer(r["completion"]), truth[r["prompt_id"]]) for r in kept) / len(kept)
-            if kept else None)
+            sum(task.is_correct(task.extract_answer(r["completion"], by_id[r["prompt_id"]]), truth[r["prompt_id"]])
+                for r in audited) / len(audited)
+            if audited else None)
     io.write_rows(round_dir / "curated.parquet", kept, schemas.CURATED)
     io.write_rows(round_dir / "pool.parquet", pool + kept, schemas.CURATED)
     io.write_rows(round_dir / "train.parquet", mix, schemas.CURATED)

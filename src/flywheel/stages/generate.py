@@ -14,14 +14,16 @@ from flywheel.config import GenerateConfig
 from flywheel.generation import GenerationBackend, HFBackend
 from flywheel.modeling import load_member, member_dirs
 from flywheel.seeding import derive_seed
+from flywheel.tasks.base import render_prompt
 
 
 def generate(prompts: list[dict], backends: list[GenerationBackend], config: GenerateConfig, *, task,
              round_index: int) -> list[dict]:
     """Sample ``config.samples_per_prompt`` completions per prompt from each backend (one per member)."""
-    texts = [p["prompt"] for p in prompts]
     rows = []
     for voter, backend in enumerate(backends):
+        # The task decides how its question is shown to this member's tokenizer (chat template or raw).
+        texts = [render_prompt(task, p["prompt"], getattr(backend, "tokenizer", None)) for p in prompts]
         seeds = [[derive_seed(round_index, p["id"], voter, j) for j in range(config.samples_per_prompt)]
                  for p in prompts]
         completions = backend.generate(texts, seeds, temperature=config.temperature,
@@ -33,7 +35,7 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
                     "sample_idx": j,
                     "voter": voter,
                     "completion": completion.text,
-                    "answer": task.extract_answer(completion.text),
+                    "answer": task.extract_answer(completion.text, prompt),
                     "n_tokens": completion.n_tokens,
                     "logprob": completion.logprob,
                 })

@@ -21,16 +21,25 @@ from flywheel import io, schemas
 from flywheel.config import TrainConfig
 from flywheel.modeling import load_member, member_dirs, write_model_meta
 from flywheel.seeding import derive_seed
+from flywheel.tasks.base import sft_row
 
 
 def sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
-        warmup_ratio: float, scheduler: str, seed: int, progress: bool) -> dict:
-    """Run SFTTrainer in place on ``model``; returns the final training metrics."""
+        warmup_ratio: float, scheduler: str, seed: int, progress: bool, task=None) -> dict:
+    """Run SFTTrainer in place on ``model``; returns the final training metrics.
+
+    With ``task``, rows are shown as generation showed them (``tasks.base.sft_row``: conversational
+    rows for a chat task on a model with a chat template, which TRL renders itself).
+    """
     import datasets
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # the map() bars of tokenisation drown the training bar
-    dataset = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    if task is None:
+        examples = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    else:
+        examples = [sft_row(task, r["prompt"], r["completion"], tokenizer) for r in rows]
+    dataset = datasets.Dataset.from_list(examples)
     with tempfile.TemporaryDirectory(prefix="flywheel-sft-") as scratch:
         args = SFTConfig(
             output_dir=scratch,
@@ -64,7 +73,7 @@ def sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, lear
 
 
 def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConfig, *, round_index: int,
-              device: str = "cpu", progress: bool = False) -> dict:
+              device: str = "cpu", progress: bool = False, task=None) -> dict:
     """Shell: train.parquet + the init model (champion or base) -> candidate directory (a committee)."""
     rows = io.read_rows(train_path, schemas.CURATED)
     members = member_dirs(init_dir)
@@ -87,7 +96,7 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
             metrics = sft(model, tokenizer, rows, steps=config.steps, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
                           scheduler=config.scheduler, seed=derive_seed(config.seed, round_index, index) % 2**31,
-                          progress=progress)
+                          progress=progress, task=task)
             target = tmp / f"member-{index}"
             model.save_pretrained(target)
             tokenizer.save_pretrained(target)

@@ -19,6 +19,7 @@ import random
 
 class ReversedAddition:
     name = "addition"
+    chat = False  # the char-level model reads "71+52=" as is
 
     def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         if bucket < 1:
@@ -38,7 +39,10 @@ class ReversedAddition:
             })
         return rows
 
-    def extract_answer(self, completion: str) -> str | None:
+    def user_message(self, question: str) -> str:
+        return question
+
+    def extract_answer(self, completion: str, prompt: dict | None = None) -> str | None:
         answer = completion.strip()
         return answer if answer.isdigit() else None
 
@@ -53,7 +57,7 @@ class ReversedAddition:
             return "format:leading_zero"  # reversed, so a trailing "0" is a leading zero
         return None
 
-    def is_correct(self, answer: str | None, truth: str) -> bool:
+    def is_correct(self, answer: str | None, truth: str | None) -> bool:
         return answer is not None and answer == truth
 
 

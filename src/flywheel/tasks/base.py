@@ -1,4 +1,10 @@
-"""The interface every task implements. Stages only talk to a task through it."""
+"""The interface every task implements. Stages only talk to a task through it.
+
+A prompt row (``schemas.PROMPTS``) holds the bare question in ``prompt``; how the
+model sees it is decided at generation and training time, per tokenizer, by
+``render_prompt`` and ``sft_row`` below, so the same data serves a char-level model
+and an instruct model with a chat template.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Protocol
 
 class Task(Protocol):
     name: str
+    chat: bool  # wrap prompts in the model's chat template when it has one (addition: False, raw text)
 
     def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         """``count`` prompt rows (``schemas.PROMPTS``) of difficulty ``bucket``; deterministic in ``seed``.
@@ -15,11 +22,20 @@ class Task(Protocol):
 
         Rows carry the hidden ``answer`` so the same call makes eval and audit sets;
         the generate stage never shows it to the model and curate never keeps it.
+        Tasks without a generator (math, code) raise ``InputError``: their prompts come
+        from the user's data (``data.prompts``, ``data.eval``; see ``flywheel.data``).
         """
         ...
 
-    def extract_answer(self, completion: str) -> str | None:
-        """The answer in a completion, normalised so equal answers compare equal; None if there is none."""
+    def user_message(self, question: str) -> str:
+        """The text the model is asked: the question plus the task's answer-format instruction."""
+        ...
+
+    def extract_answer(self, completion: str, prompt: dict | None = None) -> str | None:
+        """The answer in a completion in canonical form, so equivalent answers are equal strings; None if none.
+
+        The vote groups samples by this string. ``prompt`` is the prompt row (code needs its tests).
+        """
         ...
 
     def format_issue(self, prompt: dict, answer: str) -> str | None:
@@ -29,6 +45,45 @@ class Task(Protocol):
         """
         ...
 
-    def is_correct(self, answer: str | None, truth: str) -> bool:
+    def is_correct(self, answer: str | None, truth: str | None) -> bool:
         """Whether ``answer`` is equivalent to the reference ``truth`` (for evaluation and audits only)."""
         ...
+
+
+def uses_chat_template(task, tokenizer) -> bool:
+    """A chat task on a model whose tokenizer carries a chat template (instruct models)."""
+    return bool(getattr(task, "chat", False) and tokenizer is not None and getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(task, question: str, tokenizer) -> str:
+    """The exact text generation feeds the tokenizer for ``question``.
+
+    Non-chat tasks (addition) get the question unchanged. Chat tasks get the chat
+    template with the generation prompt when the tokenizer has one, else the plain
+    user message. The template usually writes the BOS token itself; a tokenizer that
+    also adds BOS on encoding (Llama 3) would then see two, so it is removed from the
+    text here -- TRL tokenizes templates with ``add_special_tokens=False`` for the same reason.
+    """
+    if not getattr(task, "chat", False):
+        return question
+    message = task.user_message(question)
+    if not uses_chat_template(task, tokenizer):
+        return message
+    text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                         add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
+
+
+def sft_row(task, question: str, completion: str, tokenizer) -> dict:
+    """One SFTTrainer prompt-completion row matching what ``render_prompt`` showed at generation.
+
+    With a chat template the row is conversational and TRL applies the template itself
+    (the loss still covers the completion only); otherwise prompt and completion are text.
+    """
+    if uses_chat_template(task, tokenizer):
+        return {"prompt": [{"role": "user", "content": task.user_message(question)}],
+                "completion": [{"role": "assistant", "content": completion}]}
+    return {"prompt": render_prompt(task, question, tokenizer), "completion": completion}
