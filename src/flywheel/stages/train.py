@@ -161,8 +161,12 @@ def train_grpo(model, tokenizer, rows: list[dict], *, config: TrainConfig, task,
     from trl import GRPOConfig, GRPOTrainer
 
     datasets.disable_progress_bars()
-    dataset = datasets.Dataset.from_list([{"prompt": r["prompt"], "prompt_id": r.get("prompt_id") or r["prompt"]}
-                                          for r in rows])
+    examples = [{"prompt": r["prompt"], "prompt_id": r.get("prompt_id") or r["prompt"]} for r in rows]
+    # A step takes batch_size / num_generations distinct prompts and TRL's sampler drops an incomplete
+    # step, so fewer prompts than one step needs would train nothing: repeat them to fill one step.
+    per_step = config.batch_size // config.grpo.num_generations
+    examples = (examples * -(-per_step // len(examples)))[:max(per_step, len(examples))]
+    dataset = datasets.Dataset.from_list(examples)
     with tempfile.TemporaryDirectory(prefix="flywheel-grpo-") as scratch:
         args = GRPOConfig(num_generations=config.grpo.num_generations, temperature=config.grpo.temperature,
                           max_completion_length=config.grpo.max_completion_tokens, beta=config.grpo.beta,
@@ -280,6 +284,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
             # The hardest bucket among this round's rows: the next round offers the one after it.
             "curriculum_bucket": _hardest_bucket(rows, round_index),
             "train": json.loads(json.dumps(config.__dict__, default=lambda o: o.__dict__)),
+            "train_metrics": per_member,
         }
         if formats[0] == "adapter":
             meta["base"] = [str(Path(m).resolve()) for m in members]
