@@ -151,6 +151,10 @@ def _dispatch(args) -> int:
     device, progress = config.loop.device, config.loop.progress and sys.stderr.isatty()
     config.loop.progress = progress  # no progress bars in logs (dvc repro, CI, pipes)
     _check_device(device)
+    if args.command in ("run", "generate"):
+        from flywheel.generation import choose_backend
+
+        choose_backend(config.generate.backend)  # generate.backend=vllm without CUDA + vllm: fail before any work
     _quiet_libraries()
 
     if args.command == "run":
