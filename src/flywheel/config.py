@@ -197,8 +197,13 @@ class GrpoSettings:
     temperature: float = _f(1.0, "Sampling temperature of the group.")
     max_completion_tokens: int = _f(32, "Longest completion in tokens.")
     beta: float = _f(0.0, "KL penalty towards the init model (0: none, and no reference model is held).")
+    use_vllm: bool = _f(False, "Generate the groups with vLLM inside the trainer (TRL's colocate mode; CUDA and "
+                        "the [gpu] extra). False: transformers generate.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "With use_vllm: GPU memory share of the colocated vLLM engine "
+                                            "(the rest trains).")
 
     def __post_init__(self):
+        _check(0 < self.vllm_gpu_memory_utilization <= 1, "train.grpo.vllm_gpu_memory_utilization", "must be in (0, 1]")
         _check(self.num_generations >= 2, "train.grpo.num_generations", "must be >= 2 (a group votes)")
         _check(self.temperature > 0, "train.grpo.temperature", "must be > 0")
         _check(self.max_completion_tokens > 0, "train.grpo.max_completion_tokens", "must be > 0")

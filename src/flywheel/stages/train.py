@@ -167,9 +167,18 @@ def train_grpo(model, tokenizer, rows: list[dict], *, config: TrainConfig, task,
     per_step = config.batch_size // config.grpo.num_generations
     examples = (examples * -(-per_step // len(examples)))[:max(per_step, len(examples))]
     dataset = datasets.Dataset.from_list(examples)
+    vllm = {}
+    if config.grpo.use_vllm:
+        from flywheel.generation import vllm_available
+
+        usable, why = vllm_available()
+        if not usable:
+            raise io.InputError("config", f"train.grpo.use_vllm=true but {why}", field="train.grpo.use_vllm")
+        vllm = dict(use_vllm=True, vllm_mode="colocate",
+                    vllm_gpu_memory_utilization=config.grpo.vllm_gpu_memory_utilization)
     with tempfile.TemporaryDirectory(prefix="flywheel-grpo-") as scratch:
         args = GRPOConfig(num_generations=config.grpo.num_generations, temperature=config.grpo.temperature,
-                          max_completion_length=config.grpo.max_completion_tokens, beta=config.grpo.beta,
+                          max_completion_length=config.grpo.max_completion_tokens, beta=config.grpo.beta, **vllm,
                           **_trainer_args(config.steps, config.batch_size, config.learning_rate, config.warmup_ratio,
                                           config.scheduler, seed, progress, model.device.type, scratch))
         trainer = GRPOTrainer(model=model, reward_funcs=majority_vote_reward(task), args=args, train_dataset=dataset,
