@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from flywheel.config import TrainConfig, load_config
+from flywheel.config import TrainConfig
 from flywheel.modeling import is_adapter, load_member, member_dirs
 from flywheel.stages.train import majority_rewards, majority_vote_reward, save_member, train_member
 from flywheel.tasks import ReversedAddition
