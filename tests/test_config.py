@@ -64,3 +64,31 @@ def test_bad_yaml_file_names_file_and_line(tmp_path):
 def test_every_field_has_help():
     for key, _, help in describe():
         assert help.strip(), key
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.method=ppo"], "field 'train.method': must be one of sft, dpo, grpo"),
+    (["vote.method=oracle"], "field 'vote.method': must be one of majority, weighted, self_judge, reference"),
+    (["generate.backend=tpu"], "field 'generate.backend': must be 'hf', 'vllm' or 'auto'"),
+    (["curate.ngram_unit=byte"], "field 'curate.ngram_unit': must be 'word' or 'char'"),
+    (["curate.near_dedup_threshold=0"], "field 'curate.near_dedup_threshold': must be in (0, 1]"),
+    (["curate.rl_min_vote_share=0.9", "curate.rl_max_vote_share=0.5"], "field 'curate.rl_max_vote_share'"),
+    (["train.lora.r=0"], "field 'train.lora.r': must be > 0"),
+    (["train.lora.target_modules=[]"], "field 'train.lora.target_modules': must be a non-empty list"),
+    (["train.lora.rank=8"], "field 'train.lora.rank': unknown config key"),
+    (["train.dpo.beta=0"], "field 'train.dpo.beta': must be > 0"),
+    (["train.grpo.num_generations=1"], "field 'train.grpo.num_generations': must be >= 2"),
+    (["train.method=grpo", "train.batch_size=10"], "field 'train.batch_size': must be a multiple of"),
+])
+def test_method_fields_are_validated(overrides, message):
+    with pytest.raises(InputError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_method_fields_load_from_yaml_and_overrides():
+    config = load_config(ROOT / "configs" / "sft-lora.yaml", ["train.lora.merge=true", "vote.method=weighted"])
+    assert config.train.lora.enabled and config.train.lora.merge and config.train.lora.r == 16
+    assert config.vote.method == "weighted"
+    assert load_config(ROOT / "configs" / "grpo.yaml").train.grpo.num_generations == 8
+    assert load_config(None).train.method == "sft" and not load_config(None).train.lora.enabled

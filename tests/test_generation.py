@@ -56,3 +56,115 @@ def test_saved_model_loads_by_path(tmp_path):
     loaded, loaded_tok = load_member(tmp_path / "m")
     assert loaded_tok.padding_side == "left"
     assert count_parameters(loaded) == count_parameters(model)
+
+
+# --- backend selection (CPU) and the vLLM backend (GPU only) ---------------------------------------------------
+
+def test_backend_selection(monkeypatch):
+    import pytest
+
+    from flywheel import generation
+    from flywheel.errors import InputError
+
+    assert generation.choose_backend("hf") == "hf"
+    monkeypatch.setattr(generation, "vllm_available", lambda: (False, "CUDA is not available"))
+    assert generation.choose_backend("auto") == "hf"
+    with pytest.raises(InputError) as error:
+        generation.choose_backend("vllm")
+    assert str(error.value) == "config: field 'generate.backend': generate.backend=vllm but CUDA is not available"
+    monkeypatch.setattr(generation, "vllm_available", lambda: (True, ""))
+    assert generation.choose_backend("auto") == "vllm" and generation.choose_backend("vllm") == "vllm"
+    assert generation.choose_backend("hf") == "hf"  # an explicit 'hf' is never overridden
+
+
+def test_vllm_availability_is_reported_honestly():
+    from flywheel.generation import vllm_available
+
+    usable, why = vllm_available()
+    if not torch.cuda.is_available():
+        assert not usable and why == "CUDA is not available"
+    else:
+        try:
+            import vllm  # noqa: F401
+            assert usable
+        except ImportError:
+            assert not usable and "vllm does not import" in why
+
+
+def test_load_backends_follows_the_choice(tmp_path, monkeypatch):
+    from flywheel import generation
+    from flywheel.config import GenerateConfig
+    from flywheel.stages import generate as stage
+
+    model, tokenizer = build_tiny_model(CONFIG, seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    auto = GenerateConfig(backend="auto")
+    monkeypatch.setattr(generation, "vllm_available", lambda: (False, "CUDA is not available"))
+    assert [type(b).__name__ for b in stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False,
+                                                          config=auto)] == ["HFBackend"]
+    monkeypatch.setattr(generation, "vllm_available", lambda: (True, ""))
+    (chosen,) = stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, config=auto)
+    assert isinstance(chosen, generation.VLLMBackend) and chosen.model_path == str(tmp_path / "m")
+
+
+def test_cli_rejects_vllm_without_cuda_in_one_line(tmp_path, capsys):
+    from flywheel.cli import main
+    from flywheel.generation import vllm_available
+
+    if vllm_available()[0]:
+        import pytest
+
+        pytest.skip("vLLM is usable here")
+    code = main(["generate", "-s", "generate.backend=vllm", "--round", "1", "--prompts", str(tmp_path / "p.parquet"),
+                 "--model", str(tmp_path), "--out", str(tmp_path / "s.parquet")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "generate.backend=vllm but" in err
+
+
+def _vllm_usable():
+    from flywheel.generation import vllm_available
+
+    return vllm_available()[0]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _vllm_usable(), reason="needs CUDA and vllm (the [gpu] extra)")
+def test_vllm_and_hf_write_the_same_sample_schema(tmp_path):
+    from flywheel.generation import VLLMBackend
+
+    model, tokenizer = build_tiny_model(CONFIG, seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    prompts, seeds = ["12+34=", "5+5="], [[1, 2, 3], [4, 5, 6]]
+    hf = HFBackend(model.eval(), tokenizer).generate(prompts, seeds, temperature=1.0, max_new_tokens=6)
+    vllm = VLLMBackend(tmp_path / "m", gpu_memory_utilization=0.3).generate(prompts, seeds, temperature=1.0,
+                                                                            max_new_tokens=6)
+    again = VLLMBackend(tmp_path / "m", gpu_memory_utilization=0.3).generate(prompts, seeds, temperature=1.0,
+                                                                             max_new_tokens=6)
+    assert vllm == again  # seeded per request
+    assert [len(row) for row in vllm] == [len(row) for row in hf] == [3, 3]
+    for row in vllm:
+        for c in row:
+            assert isinstance(c.text, str) and 1 <= c.n_tokens <= 6 and c.logprob <= 0
+    greedy_hf = HFBackend(model.eval(), tokenizer).generate(prompts, [[0], [0]], temperature=0.0, max_new_tokens=6)
+    greedy_vllm = VLLMBackend(tmp_path / "m", gpu_memory_utilization=0.3).generate(prompts, [[0], [0]],
+                                                                                  temperature=0.0, max_new_tokens=6)
+    assert [[c.text for c in r] for r in greedy_vllm] == [[c.text for c in r] for r in greedy_hf]
+
+
+def test_vllm_bench_exits_cleanly_without_a_gpu(capsys, monkeypatch):
+    import runpy
+    import sys
+
+    from tests.conftest import ROOT
+
+    if _vllm_usable():
+        pytest.skip("a GPU machine runs the real benchmark")
+    monkeypatch.setattr(sys, "argv", ["vllm_throughput.py"])
+    module = runpy.run_path(str(ROOT / "bench" / "vllm_throughput.py"))
+    assert module["main"]() == 0
+    assert "skipped:" in capsys.readouterr().out

@@ -70,3 +70,94 @@ def test_min_answer_share_withholds_the_label():
     samples = [s("p", 0, "7"), s("p", 1, None), s("p", 2, None)]
     assert vote(samples, min_answer_share=0.5)[0][0]["majority_answer"] is None
     assert vote(samples, min_answer_share=0.3)[0][0]["majority_answer"] == "7"
+
+
+# --- vote.method: weighted, self_judge, reference -------------------------------------------------------------
+
+def lp(prompt_id, idx, answer, logprob, n_tokens, voter=0):
+    return {**s(prompt_id, idx, answer, voter), "logprob": logprob, "n_tokens": n_tokens}
+
+
+def test_weighted_vote_hand_sums():
+    from flywheel.stages.vote import sample_weights
+
+    samples = [lp("p", 0, "12", 2 * math.log(0.9), 2), lp("p", 1, "12", 3 * math.log(0.9), 3),
+               lp("p", 2, "13", 2 * math.log(0.5), 2), lp("p", 3, "13", 2 * math.log(0.5), 2),
+               lp("p", 4, "13", 2 * math.log(0.5), 2), lp("p", 5, None, 2 * math.log(0.2), 2)]
+    (v,), agreement = vote(samples, weights=sample_weights(samples))
+    # "12": 0.9 + 0.9 = 1.8; "13": 3 x 0.5 = 1.5; no answer: 0.2; total 3.5. Unweighted, "13" would win 3 to 2.
+    assert v["majority_answer"] == "12"
+    assert v["vote_share"] == pytest.approx(1.8 / 3.5)
+    assert [a["agrees"] for a in agreement] == [True, True, False, False, False, False]
+    assert vote(samples)[0][0]["majority_answer"] == "13"
+    # entropy still counts samples, not weights
+    assert v["entropy"] == pytest.approx(-(2 / 6 * math.log(2 / 6) + 3 / 6 * math.log(3 / 6) + 1 / 6 * math.log(1 / 6)))
+
+
+def test_weighted_ties_go_to_smallest_answer():
+    samples = [lp("p", 0, "9", math.log(0.5), 1), lp("p", 1, "10", math.log(0.5), 1)]
+    from flywheel.stages.vote import sample_weights
+
+    assert vote(samples, weights=sample_weights(samples))[0][0]["majority_answer"] == "10"
+
+
+def test_judge_weights_score_each_candidate_answer_once():
+    from flywheel.stages.vote import judge_weights
+
+    samples = [s("p", 0, "5"), s("p", 1, "5"), s("p", 2, "6"), s("p", 3, None)]
+    samples[0]["completion"], samples[1]["completion"] = "5", "5 "  # same answer, different text
+    samples[3]["completion"] = "x"
+    asked = []
+
+    def score(pairs):
+        asked.extend(pairs)
+        return [{"5": 0.2, "6": 0.9, "x": 0.1}[completion] for _, completion in pairs]
+
+    weights = judge_weights(samples, {"p": "2+3="}, score)
+    assert sorted(asked) == [("2+3=", "5"), ("2+3=", "6"), ("2+3=", "x")]  # "5 " is not scored: "5" represents it
+    assert weights == [0.2, 0.2, 0.9, 0.1]
+    (v,), _ = vote(samples, weights=weights)
+    assert v["majority_answer"] == "6" and v["vote_share"] == pytest.approx(0.9 / 1.4)
+
+
+def test_reference_vote_uses_the_label_by_hand():
+    from flywheel.stages.vote import reference_vote
+
+    samples = [s("p", 0, "12"), s("p", 1, "12"), s("p", 2, "13"), s("p", 3, None), s("q", 0, "7"), s("r", 0, "1")]
+    votes, agreement = reference_vote(samples, {"p": "13", "q": "8"}, ReversedAddition().is_correct)
+    p, q, r = votes
+    assert p["majority_answer"] == "13" and p["vote_share"] == 0.25  # the minority answer is the right one
+    assert q["majority_answer"] == "8" and q["vote_share"] == 0.0  # nobody right: the label itself
+    assert r["majority_answer"] is None and r["vote_share"] == 0.0  # no label, no pseudo-label
+    assert [a["agrees"] for a in agreement] == [False, False, True, False, False, False]
+
+
+def test_run_vote_modes_and_the_loud_reference_flag(tmp_path, tiny_seed):
+    from flywheel import io, schemas
+    from flywheel.config import VoteConfig
+    from flywheel.errors import InputError
+    from flywheel.stages.vote import run_vote
+
+    task = ReversedAddition()
+    prompts = [{"id": "a", "prompt": "1+1="}, {"id": "b", "prompt": "2+2="}]
+    samples = [lp("a", 0, "2", -0.1, 2), lp("a", 1, "3", -0.2, 2), lp("b", 0, "4", -0.3, 2), lp("b", 1, "5", -3.0, 2)]
+    io.write_rows(tmp_path / "prompts.parquet", prompts, schemas.PROMPTS)
+    io.write_rows(tmp_path / "audit.parquet", [{**p, "answer": a} for p, a in zip(prompts, ("2", "4"))], schemas.PROMPTS)
+    io.write_rows(tmp_path / "samples.parquet", samples, schemas.SAMPLES)
+    summary = run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="reference"), task=task,
+                       audit_path=tmp_path / "audit.parquet")
+    assert summary["supervised"] is True and "REFERENCE LABELS" in summary["label_source"]
+    assert summary["pseudo_label_precision"] == 1.0
+    with pytest.raises(InputError, match="needs the audit file"):
+        run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="reference"), task=task)
+    with pytest.raises(InputError, match="needs the prompts and the champion"):
+        run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="self_judge"), task=task)
+    # self_judge with the real tiny champion: weights are probabilities, so shares stay in (0, 1]
+    summary = run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="self_judge"), task=task,
+                       prompts_path=tmp_path / "prompts.parquet", model_dir=tiny_seed)
+    assert summary["supervised"] is False and summary["method"] == "self_judge"
+    votes = io.read_rows(tmp_path / "votes.parquet", schemas.VOTES)
+    assert all(0 < v["vote_share"] < 1 for v in votes)
+    weighted = run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="weighted"), task=task)
+    assert weighted["majority_ratio"] == pytest.approx(
+        (math.exp(-0.05) / (math.exp(-0.05) + math.exp(-0.1)) + math.exp(-0.15) / (math.exp(-0.15) + math.exp(-1.5))) / 2)

@@ -69,18 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("vote", "Majority vote per prompt: votes.parquet, agreement.parquet, vote.json.")
     p.add_argument("--samples", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--audit", type=Path, default=None, help="hidden answers, for pseudo-label precision only")
+    p.add_argument("--audit", type=Path, default=None, help="hidden answers, for pseudo-label precision only "
+                   "(and the labels themselves with vote.method=reference)")
+    p.add_argument("--prompts", type=Path, default=None, help="the round's prompts (vote.method=self_judge)")
+    p.add_argument("--model", type=Path, default=None, help="the champion that judges (vote.method=self_judge)")
 
     p = add("curate", "Filter voted samples into the training set, counting every drop by reason.")
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--round-dir", type=Path, required=True, help="holds prompts, samples, votes")
-    p.add_argument("--eval", type=Path, required=True, help="eval set, for decontamination")
+    p.add_argument("--eval", type=Path, required=True, nargs="+", help="eval set(s), for decontamination")
     p.add_argument("--previous-pool", type=Path, default=None, help="earlier rounds' pool.parquet")
     p.add_argument("--audit", type=Path, default=None)
 
-    p = add("train", "Fine-tune every champion member on train.parquet with TRL SFTTrainer.")
+    p = add("train", "Fine-tune every champion member with TRL (train.method: sft, dpo or grpo).")
     p.add_argument("--round", type=int, required=True)
-    p.add_argument("--data", type=Path, required=True, help="train.parquet: prompt, completion")
+    p.add_argument("--data", type=Path, required=True,
+                   help="the method's file (train.parquet, pairs.parquet or rl_prompts.parquet) or the round "
+                        "directory holding it")
     p.add_argument("--init", type=Path, required=True, help="model to start from (champion or base)")
     p.add_argument("--out", type=Path, required=True, help="candidate directory")
 
@@ -167,6 +172,10 @@ def _dispatch(args) -> int:
     device, progress = config.loop.device, config.loop.progress and sys.stderr.isatty()
     config.loop.progress = progress  # no progress bars in logs (dvc repro, CI, pipes)
     _check_device(device)
+    if args.command in ("run", "generate"):
+        from flywheel.generation import choose_backend
+
+        choose_backend(config.generate.backend)  # generate.backend=vllm without CUDA + vllm: fail before any work
     _quiet_libraries()
 
     if args.command == "run":
@@ -195,16 +204,18 @@ def _dispatch(args) -> int:
     elif args.command == "vote":
         from flywheel.stages.vote import run_vote
 
-        result = run_vote(args.samples, args.out_dir, config.vote, task=task, audit_path=args.audit)
+        result = run_vote(args.samples, args.out_dir, config.vote, task=task, audit_path=args.audit,
+                          prompts_path=args.prompts, model_dir=args.model, device=device)
     elif args.command == "curate":
         from flywheel.stages.curate import run_curate
 
         result = run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
                             previous_pool=args.previous_pool, audit_path=args.audit)
     elif args.command == "train":
-        from flywheel.stages.train import run_train
+        from flywheel.stages.train import METHOD_DATA, run_train
 
-        result = run_train(args.data, args.init, args.out, config.train, round_index=args.round, device=device,
+        data = args.data / METHOD_DATA[config.train.method][0] if args.data.is_dir() else args.data
+        result = run_train(data, args.init, args.out, config.train, round_index=args.round, device=device,
                            progress=progress, task=task)
     elif args.command == "evaluate":
         from flywheel.stages.evaluate import run_evaluate

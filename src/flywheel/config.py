@@ -113,12 +113,22 @@ class GenerateConfig:
     temperature: float = _f(0.7, "Sampling temperature; 0 means greedy (then K should be 1).")
     max_new_tokens: int = _f(32, "Longest completion in tokens.")
     batch_size: int = _f(512, "Sequences per generate() call.")
-    backend: str = _f("hf", "Generation backend: 'hf' (transformers).")
+    backend: str = _f("hf", "Generation backend: 'hf' (transformers), 'vllm' (needs CUDA and the [gpu] extra) or "
+                      "'auto' (vLLM when CUDA is available and vllm imports, else transformers).")
+    vllm_gpu_memory_utilization: float = _f(0.85, "vLLM: share of GPU memory the engine may take (one member at "
+                                            "a time; the engine is released before the next member loads).")
+    vllm_max_model_len: int | None = _f(None, "vLLM: longest prompt + completion in tokens (None: the model's).")
 
     def __post_init__(self):
         _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size")
         _check(self.temperature >= 0, "generate.temperature", "must be >= 0")
-        _check(self.backend in ("hf",), "generate.backend", "must be 'hf'")
+        _check(self.backend in ("hf", "vllm", "auto"), "generate.backend", "must be 'hf', 'vllm' or 'auto'")
+        _check(0 < self.vllm_gpu_memory_utilization <= 1, "generate.vllm_gpu_memory_utilization", "must be in (0, 1]")
+        _check(self.vllm_max_model_len is None or self.vllm_max_model_len > 0, "generate.vllm_max_model_len",
+               "must be > 0 or null")
+
+
+VOTE_METHODS = ("majority", "weighted", "self_judge", "reference")
 
 
 @dataclass
@@ -127,9 +137,16 @@ class VoteConfig:
 
     min_answer_share: float = _f(0.0, "Samples without an extractable answer are votes too; a prompt whose "
                                  "answered share is below this gets no pseudo-label.")
+    method: str = _f("majority", "'majority' (one sample, one vote), 'weighted' (a sample's vote is its "
+                     "per-token probability, exp(logprob / n_tokens)), 'self_judge' (the champion scores each "
+                     "candidate answer; the score weights its votes) or 'reference' (SUPERVISED: the hidden "
+                     "label is the pseudo-label; reads the audit file).")
+    judge_batch_size: int = _f(256, "self_judge: sequences per scoring forward pass.")
 
     def __post_init__(self):
         _check(0 <= self.min_answer_share <= 1, "vote.min_answer_share", "must be in [0, 1]")
+        _check(self.method in VOTE_METHODS, "vote.method", f"must be one of {', '.join(VOTE_METHODS)}")
+        _check(self.judge_batch_size > 0, "vote.judge_batch_size", "must be > 0")
 
 
 @dataclass
@@ -146,17 +163,91 @@ class CurateConfig:
     new_fraction: float = _f(0.5, "With accumulate: share of the mix from this round (Lee et al.: half).")
     audit_thresholds: list = _f([0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
                                 "Vote-share thresholds at which yield and pseudo-label precision are reported.")
+    near_dedup: bool = _f(False, "Drop near-duplicates (MinHash LSH over character shingles of prompt + "
+                          "completion; for pairs prompt + chosen; for GRPO prompts the prompt).")
+    near_dedup_threshold: float = _f(0.8, "Estimated Jaccard similarity at or above which a text is a near-duplicate.")
+    near_dedup_shingle: int = _f(5, "Characters per shingle for near-dedup.")
+    near_dedup_num_perm: int = _f(128, "MinHash permutations (more: closer Jaccard estimates, slower).")
+    ngram_decontaminate: bool = _f(False, "Drop prompts sharing any n-gram with any eval prompt.")
+    ngram_n: int = _f(13, "n of the decontamination n-grams (a text shorter than n is one n-gram).")
+    ngram_unit: str = _f("word", "Decontamination n-grams of 'word's (whitespace) or 'char'acters.")
+    max_pairs_per_prompt: int = _f(1, "DPO: at most this many (chosen, rejected) pairs per prompt.")
+    rl_min_vote_share: float = _f(0.0, "GRPO: keep a prompt only if its vote share is >= this (ReST-RL).")
+    rl_max_vote_share: float = _f(1.0, "GRPO: ... and < this; a unanimous prompt (share 1.0) gives every "
+                                  "completion the same reward, so no gradient.")
 
     def __post_init__(self):
         _check(0 <= self.min_vote_share <= 1, "curate.min_vote_share", "must be in [0, 1]")
         _check(0 < self.new_fraction <= 1, "curate.new_fraction", "must be in (0, 1]")
-        _positive(self, "max_per_prompt", "max_completion_tokens")
+        _positive(self, "max_per_prompt", "max_completion_tokens", "near_dedup_shingle", "near_dedup_num_perm",
+                  "ngram_n", "max_pairs_per_prompt")
         _check(all(0 <= t <= 1 for t in self.audit_thresholds), "curate.audit_thresholds", "must be in [0, 1]")
+        _check(0 < self.near_dedup_threshold <= 1, "curate.near_dedup_threshold", "must be in (0, 1]")
+        _check(self.ngram_unit in ("word", "char"), "curate.ngram_unit", "must be 'word' or 'char'")
+        _check(0 <= self.rl_min_vote_share < self.rl_max_vote_share <= 1, "curate.rl_max_vote_share",
+               "must satisfy 0 <= curate.rl_min_vote_share < curate.rl_max_vote_share <= 1")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters through peft, for any training method."""
+
+    enabled: bool = _f(False, "Train LoRA adapters instead of every weight.")
+    r: int = _f(8, "Adapter rank.")
+    alpha: int = _f(16, "Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = _f(0.0, "Dropout on the adapter input.")
+    target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"],
+                              "Module names that get adapters (Llama-style names by default).")
+    merge: bool = _f(True, "Save merged full weights (format 'full'); false: save the adapter and a reference "
+                     "to its base (format 'adapter'), loaded through peft.")
+
+    def __post_init__(self):
+        _check(self.r > 0, "train.lora.r", "must be > 0")
+        _check(self.alpha > 0, "train.lora.alpha", "must be > 0")
+        _check(0 <= self.dropout < 1, "train.lora.dropout", "must be in [0, 1)")
+        _check(bool(self.target_modules) and all(isinstance(m, str) and m for m in self.target_modules),
+               "train.lora.target_modules", "must be a non-empty list of module names")
+
+
+@dataclass
+class DpoSettings:
+    """DPO on self-judged pairs: chosen agrees with the majority, rejected does not."""
+
+    beta: float = _f(0.1, "Strength of the pull towards the reference (the init model).")
+    loss_type: str = _f("sigmoid", "TRL DPO loss: 'sigmoid' (DPO), 'ipo' or 'hinge'.")
+
+    def __post_init__(self):
+        _check(self.beta > 0, "train.dpo.beta", "must be > 0")
+        _check(self.loss_type in ("sigmoid", "ipo", "hinge"), "train.dpo.loss_type", "must be 'sigmoid', 'ipo' or 'hinge'")
+
+
+@dataclass
+class GrpoSettings:
+    """GRPO with the majority vote of each prompt's own group as the reward (TTRL / MM-UPT), no labels."""
+
+    num_generations: int = _f(4, "Completions per prompt per step (the group that votes).")
+    temperature: float = _f(1.0, "Sampling temperature of the group.")
+    max_completion_tokens: int = _f(32, "Longest completion in tokens.")
+    beta: float = _f(0.0, "KL penalty towards the init model (0: none, and no reference model is held).")
+    use_vllm: bool = _f(False, "Generate the groups with vLLM inside the trainer (TRL's colocate mode; CUDA and "
+                        "the [gpu] extra). False: transformers generate.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "With use_vllm: GPU memory share of the colocated vLLM engine "
+                                            "(the rest trains).")
+
+    def __post_init__(self):
+        _check(0 < self.vllm_gpu_memory_utilization <= 1, "train.grpo.vllm_gpu_memory_utilization", "must be in (0, 1]")
+        _check(self.num_generations >= 2, "train.grpo.num_generations", "must be >= 2 (a group votes)")
+        _check(self.temperature > 0, "train.grpo.temperature", "must be > 0")
+        _check(self.max_completion_tokens > 0, "train.grpo.max_completion_tokens", "must be > 0")
+        _check(self.beta >= 0, "train.grpo.beta", "must be >= 0")
+
+
+TRAIN_METHODS = ("sft", "dpo", "grpo")
 
 
 @dataclass
 class TrainConfig:
-    """Supervised fine-tuning with TRL's SFTTrainer on the curated set, loss on completions only."""
+    """Fine-tuning with TRL: SFT on the curated set (ReST-EM), DPO on vote pairs, or GRPO with a vote reward."""
 
     init: str = _f("champion", "Start from 'champion' (continue training, Lee et al.) or 'base' (the seed).")
     steps: int = _f(1500, "Optimizer steps per member.")
@@ -169,10 +260,20 @@ class TrainConfig:
                         "own pod. >1: it submits a Kubeflow Trainer TrainJob of this many nodes (torch-distributed "
                         "runtime; flywheel.infra.trainjob, docs/kubeflow-infra.md). `flywheel run` and "
                         "`dvc repro` always train on this machine.")
+    method: str = _f("sft", "'sft' (SFTTrainer on vote-accepted samples: ReST-EM), 'dpo' (DPOTrainer on "
+                     "majority-vs-minority pairs) or 'grpo' (GRPOTrainer, reward = agreement with the group's "
+                     "majority: TTRL).")
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": LoraSettings.__doc__})
+    dpo: DpoSettings = field(default_factory=DpoSettings, metadata={"help": DpoSettings.__doc__})
+    grpo: GrpoSettings = field(default_factory=GrpoSettings, metadata={"help": GrpoSettings.__doc__})
 
     def __post_init__(self):
+        _check(self.method in TRAIN_METHODS, "train.method", f"must be one of {', '.join(TRAIN_METHODS)}")
         _check(self.init in ("champion", "base"), "train.init", "must be 'champion' or 'base'")
         _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
+        if self.method == "grpo":
+            _check(self.batch_size % self.grpo.num_generations == 0, "train.batch_size",
+                   "must be a multiple of train.grpo.num_generations (whole groups per step)")
         _positive(self, "steps", "batch_size", "learning_rate")
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
 

@@ -1,7 +1,9 @@
 """Generation backends: turn prompts into K sampled completions each.
 
-``HFBackend`` runs transformers ``generate`` on CPU or GPU. A vLLM backend will
-implement the same ``GenerationBackend`` interface and write the same sample schema.
+``HFBackend`` runs transformers ``generate`` on CPU or GPU. ``VLLMBackend`` runs vLLM
+on CUDA (the ``[gpu]`` extra; imported only inside it) and returns the same
+``Completion`` records, so the sample schema does not depend on the backend.
+``choose_backend`` resolves ``generate.backend`` ('auto' | 'hf' | 'vllm').
 
 Sampling is seeded per (round, prompt, sample) by the caller: every sequence
 gets its own ``torch.Generator`` and is sampled with the Gumbel-max trick
@@ -99,6 +101,157 @@ class HFBackend:
             text = tok.decode(row_tokens[:length], skip_special_tokens=True)
             completions.append(Completion(text=text, n_tokens=length, logprob=float(row_logprobs[:length].sum())))
         return completions
+
+
+class VLLMBackend:
+    """vLLM generation of one model directory (one committee member).
+
+    Determinism differs from ``HFBackend``: vLLM draws the K samples of a prompt from
+    one request (``SamplingParams(n=K, seed=...)``), seeded with the prompt's first
+    per-sample seed, so the samples are reproducible per (prompt, K, seed) on the same
+    GPU, vLLM version and settings, but sample j no longer depends on its own seed only
+    (changing K changes every sample), and the draws differ from HF's Gumbel draws.
+    Batched GPU kernels may also change logits in the last bits between batch shapes.
+    ``logprob`` is the sum over sampled tokens under the temperature-scaled distribution
+    (``logprobs_mode='processed_logprobs'``), as in ``HFBackend``.
+    The engine is built on the first ``generate`` call and released after it, so the
+    members of a committee take the GPU one after the other.
+    """
+
+    def __init__(self, model_path: str, *, seed: int = 0, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None):
+        self.model_path = str(model_path)
+        self.seed = seed
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.max_model_len = max_model_len
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The member's HF tokenizer: the task renders chat prompts with it (``tasks.base.render_prompt``)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        return self._tokenizer
+
+    def engine(self, model_path: str):
+        from vllm import LLM
+
+        return LLM(model=model_path, seed=self.seed, gpu_memory_utilization=self.gpu_memory_utilization,
+                   max_model_len=self.max_model_len, logprobs_mode="processed_logprobs")
+
+    def generate(self, prompts: list[str], seeds: list[list[int]], *, temperature: float,
+                 max_new_tokens: int) -> list[list[Completion]]:
+        import tempfile
+
+        from flywheel.modeling import is_adapter, load_member
+
+        with tempfile.TemporaryDirectory(prefix="flywheel-vllm-") as scratch:
+            path = self.model_path
+            if is_adapter(path):  # vLLM loads full weights: merge the adapter chain into a scratch copy
+                model, tokenizer = load_member(path)
+                model.save_pretrained(scratch)
+                tokenizer.save_pretrained(scratch)
+                path = scratch
+            return self._generate(path, prompts, seeds, temperature=temperature, max_new_tokens=max_new_tokens)
+
+    def _generate(self, model_path: str, prompts: list[str], seeds: list[list[int]], *, temperature: float,
+                  max_new_tokens: int) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        llm = self.engine(model_path)
+        try:
+            params = [SamplingParams(n=len(row), temperature=temperature, max_tokens=max_new_tokens,
+                                     seed=row[0] % 2**32 if row else None, logprobs=0) for row in seeds]
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+            return [[Completion(text=o.text, n_tokens=len(o.token_ids),
+                                logprob=float(o.cumulative_logprob or 0.0)) for o in out.outputs]
+                    for out in outputs]
+        finally:
+            del llm
+            free_gpu_memory()
+
+
+def free_gpu_memory() -> None:
+    """Let a dropped vLLM engine's GPU memory go before the next one is built."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def vllm_available() -> tuple[bool, str]:
+    """(usable, why not): vLLM needs CUDA and the ``vllm`` package (the ``[gpu]`` extra)."""
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        return False, f"vllm does not import ({exc}); install the [gpu] extra"
+    return True, ""
+
+
+def choose_backend(requested: str) -> str:
+    """'hf' or 'vllm' for ``generate.backend``; 'vllm' without CUDA and vllm is a one-line config error."""
+    from flywheel.errors import InputError
+
+    if requested == "hf":
+        return "hf"
+    usable, why = vllm_available()
+    if requested == "vllm" and not usable:
+        raise InputError("config", f"generate.backend=vllm but {why}", field="generate.backend")
+    return "vllm" if usable else "hf"
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 256) -> list[tuple[float, int]]:
+    """(sum of log p(completion tokens + end-of-sequence | prompt), token count) at temperature 1, per pair.
+
+    The prompt is tokenised as generation tokenises it (special tokens included); the
+    completion without special tokens, then the end-of-sequence token.
+    """
+    results = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        rows = []
+        for prompt, completion in batch:
+            prompt_ids = tokenizer(prompt)["input_ids"]
+            answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append((prompt_ids, answer_ids))
+        width = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (p, a) in enumerate(rows):  # right padding: positions count from the prompt's first token
+            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, :len(p) + len(a)] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
+        for i, (p, a) in enumerate(rows):
+            targets = torch.tensor(a, device=logprobs.device)
+            picked = logprobs[i, len(p) - 1:len(p) - 1 + len(a)].gather(-1, targets[:, None]).squeeze(-1)
+            results.append((float(picked.sum()), len(a)))
+    return results
+
+
+def member_judge(model_dir, *, batch_size: int, device: str):
+    """A scorer for ``self_judge`` voting: pairs -> mean over members of exp(mean token log-prob)."""
+    import math
+
+    from flywheel.modeling import load_member, member_dirs
+
+    members = [load_member(path, device=device) for path in member_dirs(model_dir)]
+
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        totals = [0.0] * len(pairs)
+        for model, tokenizer in members:
+            for index, (logprob, count) in enumerate(completion_logprobs(model, tokenizer, pairs,
+                                                                         batch_size=batch_size)):
+                totals[index] += math.exp(logprob / count)
+        return [t / len(members) for t in totals]
+
+    return score
 
 
 def _generated_length(tokens: list[int], eos_id: int, pad_id: int) -> int:

@@ -7,7 +7,8 @@ Directory layout under ``loop.out_dir`` (``dvc.yaml`` uses the same under ``data
   rounds/0/eval/metrics.json       the seed's scores
   rounds/<r>/prompts.parquet       unlabeled prompts      audit.parquet  hidden truth (audit only), prompts.json
   rounds/<r>/samples.parquet       generate               votes.parquet, agreement.parquet, vote.json
-  rounds/<r>/curated.parquet       curate (this round)    pool.parquet (all rounds), train.parquet (the mix)
+  rounds/<r>/curated.parquet       curate (this round)    pool.parquet (all rounds), train.parquet (the mix),
+                                                          pairs.parquet (DPO), rl_prompts.parquet (GRPO)
   rounds/<r>/candidate/            train                  eval/  evaluate    decision.json  gate
   rounds/<r>/champion/             the winner, round r+1's champion
   tracking/round-<r>.json          MLflow run id and model version of round r
@@ -29,7 +30,7 @@ from flywheel.stages.curate import run_curate
 from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
 from flywheel.stages.gate import run_gate
 from flywheel.stages.generate import run_generate
-from flywheel.stages.train import link_or_copy_tree, run_train
+from flywheel.stages.train import METHOD_DATA, link_or_copy_tree, run_train
 from flywheel.stages.vote import run_vote
 from flywheel.tasks import load_task
 
@@ -100,14 +101,15 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
         run_generate(here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
                      round_index=round_index, device=device, progress=progress)
     with timer.stage("vote"):
-        run_vote(here / "samples.parquet", here, config.vote, task=task, audit_path=here / "audit.parquet")
+        run_vote(here / "samples.parquet", here, config.vote, task=task, audit_path=here / "audit.parquet",
+                 prompts_path=here / "prompts.parquet", model_dir=champion, device=device)
     with timer.stage("curate"):
         run_curate(here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
                    previous_pool=previous / "pool.parquet", audit_path=here / "audit.parquet")
     with timer.stage("train"):
         init = champion if config.train.init == "champion" else round_dir(root, 0) / "champion"
-        run_train(here / "train.parquet", init, here / "candidate", config.train, round_index=round_index,
-                  device=device, progress=progress, task=task)
+        run_train(here / METHOD_DATA[config.train.method][0], init, here / "candidate", config.train,
+                  round_index=round_index, device=device, progress=progress, task=task)
     with timer.stage("evaluate"):
         run_evaluate(eval_path, here / "candidate", champion, here / "eval", config.evaluate, task=task,
                      device=device, progress=progress)

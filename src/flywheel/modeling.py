@@ -1,7 +1,8 @@
 """Models on disk: the embedded default's tokenizer and architecture, and loading any HF model.
 
 A *model directory* is either a plain Hugging Face directory (config, safetensors,
-tokenizer) or a *committee*: ``member-0/``, ``member-1/``, ... each a Hugging Face
+tokenizer), a LoRA *adapter* directory (peft's adapter files, the tokenizer and a
+``flywheel-model.json`` with ``format: adapter`` and the ``base`` it applies to), or a *committee*: ``member-0/``, ``member-1/``, ... each a Hugging Face
 directory, plus ``flywheel-model.json``. A committee votes across independently
 seeded members (Lee et al., 2025) because one model's samples share its errors.
 """
@@ -104,9 +105,35 @@ def member_dirs(model_dir: str | os.PathLike) -> list[Path]:
         raise InputError(meta_path, "malformed model metadata", field="members") from None
     paths = [model_dir / name for name in members]
     for path in paths:
-        if not (path / "config.json").is_file():
-            raise InputError(path, "committee member has no config.json")
+        if not (path / "config.json").is_file() and not is_adapter(path):
+            raise InputError(path, "committee member has no config.json (and is not a LoRA adapter)")
     return paths
+
+
+def is_adapter(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a LoRA adapter (format 'adapter') rather than full weights."""
+    path = Path(path)
+    return (path / "adapter_config.json").is_file() and read_model_meta(path).get("format") == "adapter"
+
+
+def adapter_base(path: str | os.PathLike) -> Path:
+    """The model an adapter applies to: ``base_relative`` (survives moving the whole tree), else ``base``."""
+    path = Path(path)
+    meta = read_model_meta(path)
+    relative, absolute = meta.get("base_relative"), meta.get("base")
+    if relative and (path / relative).is_dir():
+        return path / relative
+    if absolute and Path(absolute).is_dir():
+        return Path(absolute)
+    raise InputError(path / MODEL_META, f"the adapter's base model is not found (base: {meta.get('base')})",
+                     field="base")
+
+
+def write_adapter_meta(adapter_dir: Path, base: Path, final_dir: Path) -> None:
+    """Record the base of an adapter saved in ``adapter_dir`` that will live at ``final_dir``."""
+    base = Path(base).resolve()
+    write_model_meta(adapter_dir, {"format": "adapter", "base": str(base),
+                                   "base_relative": os.path.relpath(base, Path(final_dir).resolve())})
 
 
 def read_model_meta(model_dir: str | os.PathLike) -> dict:
@@ -119,10 +146,25 @@ def write_model_meta(model_dir: Path, meta: dict) -> None:
 
 
 def load_member(path: str | os.PathLike, *, device: str = "cpu"):
-    """Load one Hugging Face model and its tokenizer from a local directory or cached hub name, in eval mode."""
+    """Load one Hugging Face model and its tokenizer from a local directory or cached hub name, in eval mode.
+
+    An adapter directory loads its base (recursively: a base may be an adapter too),
+    applies the adapter with peft and merges it, so callers always get a plain model.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(path)
+    if is_adapter(path):
+        from peft import PeftModel
+
+        base, _ = load_member(adapter_base(path), device=device)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
     if not (path / "config.json").is_file():
         raise InputError(path, "not a Hugging Face model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

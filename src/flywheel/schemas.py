@@ -104,3 +104,20 @@ CURATED = Schema("curated", (
     Column("round", int, required=False),
     Column("bucket", str, required=False),
 ))
+
+CURATED_PAIRS = Schema("curated pair", (  # DPO: chosen agrees with the prompt's majority, rejected does not
+    Column("prompt", str, nonempty=True),
+    Column("chosen", str, nonempty=True),
+    Column("rejected", str),  # may be empty: an empty completion is a legitimate "no answer" to reject
+    Column("prompt_id", str, required=False),
+    Column("round", int, required=False),
+    Column("bucket", str, required=False),
+))
+
+RL_PROMPTS = Schema("rl prompt", (  # GRPO: prompts whose vote shows disagreement; no answers, no labels
+    Column("prompt", str, nonempty=True),
+    Column("prompt_id", str, required=False),
+    Column("vote_share", float, required=False),
+    Column("round", int, required=False),
+    Column("bucket", str, required=False),
+))

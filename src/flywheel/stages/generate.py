@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import GenerateConfig
-from flywheel.generation import GenerationBackend, HFBackend
+from flywheel.generation import GenerationBackend, HFBackend, VLLMBackend, choose_backend
 from flywheel.modeling import load_member, member_dirs
 from flywheel.seeding import derive_seed
 from flywheel.tasks.base import render_prompt
@@ -42,7 +42,14 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
     return rows
 
 
-def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool) -> list[HFBackend]:
+def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool,
+                  config: GenerateConfig | None = None) -> list[GenerationBackend]:
+    """One backend per member; ``config.backend`` picks transformers or vLLM (evaluate passes no config: HF)."""
+    kind = choose_backend(config.backend) if config is not None else "hf"
+    if kind == "vllm":
+        return [VLLMBackend(path, seed=index, gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                            max_model_len=config.vllm_max_model_len)
+                for index, path in enumerate(member_dirs(model_dir))]
     backends = []
     for index, path in enumerate(member_dirs(model_dir)):
         model, tokenizer = load_member(path, device=device)
@@ -55,11 +62,12 @@ def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: Ge
                  round_index: int, device: str = "cpu", progress: bool = False) -> dict:
     """Shell: prompts.parquet + champion -> samples.parquet."""
     prompts = io.read_rows(prompts_path, schemas.PROMPTS)
-    backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress)
+    backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress, config=config)
     rows = generate(prompts, backends, config, task=task, round_index=round_index)
     io.write_rows(out_path, rows, schemas.SAMPLES)
     n = len(rows)
     return {
+        "backend": type(backends[0]).__name__ if backends else None,
         "samples": n,
         "members": len(backends),
         "answer_rate": sum(r["answer"] is not None for r in rows) / n if n else 0.0,

@@ -1,6 +1,17 @@
-"""Train: fine-tune every champion member on the curated set with TRL's SFTTrainer.
+"""Train: fine-tune every champion member on what curate kept, with TRL.
 
-Prompt-completion rows, so SFTTrainer computes the loss on completion tokens only.
+``train.method``:
+  sft   SFTTrainer on vote-accepted (prompt, completion) rows, loss on completion tokens
+        only (ReST-EM / STaR with the vote as the verifier). Reads train.parquet.
+  dpo   DPOTrainer on (prompt, chosen, rejected) pairs: chosen agrees with the prompt's
+        majority, rejected does not (self-rewarding without a judge model); the reference
+        model is the init model. Reads pairs.parquet.
+  grpo  GRPOTrainer on the prompts whose vote showed disagreement; the reward of a
+        completion is 1 if its answer is the majority of its own group of
+        ``num_generations`` completions, else 0 (TTRL / MM-UPT: no labels). Reads rl_prompts.parquet.
+Each method can train LoRA adapters (``train.lora``): saved merged (format 'full') or as
+the adapter plus a reference to its base (format 'adapter', see ``modeling.load_member``).
+
 Member i of round r trains with seed ``derive_seed(train.seed, r, i)``: the members
 see the data in different orders and stay independent voters. ``init='champion'``
 continues from the champion (Lee et al.); ``'base'`` restarts from the seed model
@@ -9,24 +20,65 @@ each round (ReST-EM).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import TrainConfig
-from flywheel.modeling import load_member, member_dirs, write_model_meta
+from flywheel.modeling import is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
 from flywheel.seeding import derive_seed
 from flywheel.tasks.base import sft_row
 
+# What each method trains on: the file curate writes for it and its schema.
+METHOD_DATA = {"sft": ("train.parquet", schemas.CURATED), "dpo": ("pairs.parquet", schemas.CURATED_PAIRS),
+               "grpo": ("rl_prompts.parquet", schemas.RL_PROMPTS)}
 
-def sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
-        warmup_ratio: float, scheduler: str, seed: int, progress: bool, task=None) -> dict:
-    """Run SFTTrainer in place on ``model``; returns the final training metrics.
+
+def _trainer_args(steps: int, batch_size: int, learning_rate: float, warmup_ratio: float, scheduler: str, seed: int,
+                  progress: bool, device_type: str, scratch: str) -> dict:
+    """The ``transformers.TrainingArguments`` every method shares."""
+    return dict(
+        output_dir=scratch,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=int(warmup_ratio * steps),
+        weight_decay=0.0,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(1, steps // 10),
+        disable_tqdm=not progress,
+        use_cpu=device_type == "cpu",
+        dataloader_num_workers=0,
+    )
+
+
+def _fit(trainer, *, steps: int, rows: int, progress: bool) -> dict:
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    start = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return {"train_loss": float(output.training_loss), "final_loss": float(losses[-1]) if losses else None,
+            "train_seconds": seconds, "steps": steps, "rows": rows}
+
+
+def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
+              warmup_ratio: float, scheduler: str, seed: int, progress: bool, peft_config=None, task=None) -> tuple:
+    """SFTTrainer on prompt-completion rows (loss on completions). Returns (trained model, metrics).
 
     With ``task``, rows are shown as generation showed them (``tasks.base.sft_row``: conversational
     rows for a chat task on a model with a chat template, which TRL renders itself).
@@ -41,46 +93,197 @@ def sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, lear
         examples = [sft_row(task, r["prompt"], r["completion"], tokenizer) for r in rows]
     dataset = datasets.Dataset.from_list(examples)
     with tempfile.TemporaryDirectory(prefix="flywheel-sft-") as scratch:
-        args = SFTConfig(
-            output_dir=scratch,
-            max_steps=steps,
-            per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate,
-            lr_scheduler_type=scheduler,
-            warmup_steps=int(warmup_ratio * steps),
-            weight_decay=0.0,
-            seed=seed,
-            data_seed=seed,
-            completion_only_loss=True,
-            save_strategy="no",
-            report_to=[],
-            logging_steps=max(1, steps // 10),
-            disable_tqdm=not progress,
-            use_cpu=model.device.type == "cpu",
-            dataloader_num_workers=0,
-        )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        if not progress:
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
-        start = time.perf_counter()
-        output = trainer.train()
-        seconds = time.perf_counter() - start
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return {"train_loss": float(output.training_loss), "final_loss": float(losses[-1]) if losses else None,
-            "train_seconds": seconds, "steps": steps, "rows": len(rows)}
+        args = SFTConfig(completion_only_loss=True, **_trainer_args(
+            steps, batch_size, learning_rate, warmup_ratio, scheduler, seed, progress, model.device.type, scratch))
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
+        metrics = _fit(trainer, steps=steps, rows=len(rows), progress=progress)
+    return trainer.accelerator.unwrap_model(trainer.model), metrics
 
 
-def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConfig, *, round_index: int,
+def sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
+        warmup_ratio: float, scheduler: str, seed: int, progress: bool, task=None) -> dict:
+    """Run SFTTrainer in place on ``model`` (full weights); returns the final training metrics."""
+    return train_sft(model, tokenizer, rows, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                     warmup_ratio=warmup_ratio, scheduler=scheduler, seed=seed, progress=progress, task=task)[1]
+
+
+def _preference_row(task, row: dict, tokenizer) -> dict:
+    """A DPO row shown as generation showed the prompt (conversational for chat tasks, like ``sft_row``)."""
+    if task is None:
+        return {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
+    chosen, rejected = (sft_row(task, row["prompt"], row[k], tokenizer) for k in ("chosen", "rejected"))
+    return {"prompt": chosen["prompt"], "chosen": chosen["completion"], "rejected": rejected["completion"]}
+
+
+def train_dpo(model, ref_model, tokenizer, rows: list[dict], *, config: TrainConfig, seed: int, progress: bool,
+              peft_config=None, task=None) -> tuple:
+    """DPOTrainer on (prompt, chosen, rejected) rows against ``ref_model`` (None with LoRA: adapters off)."""
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    datasets.disable_progress_bars()
+    dataset = datasets.Dataset.from_list([_preference_row(task, r, tokenizer) for r in rows])
+    with tempfile.TemporaryDirectory(prefix="flywheel-dpo-") as scratch:
+        args = DPOConfig(beta=config.dpo.beta, loss_type=[config.dpo.loss_type], **_trainer_args(
+            config.steps, config.batch_size, config.learning_rate, config.warmup_ratio, config.scheduler, seed,
+            progress, model.device.type, scratch))
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=peft_config)
+        metrics = _fit(trainer, steps=config.steps, rows=len(rows), progress=progress)
+    return trainer.accelerator.unwrap_model(trainer.model), metrics
+
+
+def majority_rewards(answers: list[str | None], groups: list) -> list[float]:
+    """1.0 for an answer that is its group's majority, else 0.0 (TTRL's label-free reward).
+
+    ``groups[i]`` names sample i's group (its prompt). The majority is decided as in
+    ``stages.vote.vote``: most votes, ties to the lexicographically smallest answer, and
+    no-answer (None) is never the majority, so it always earns 0.0.
+    """
+    members: dict = defaultdict(list)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    rewards = [0.0] * len(answers)
+    for indices in members.values():
+        counts = Counter(answers[i] for i in indices if answers[i] is not None)
+        if not counts:
+            continue
+        majority = min(counts, key=lambda a: (-counts[a], a))
+        for i in indices:
+            rewards[i] = 1.0 if answers[i] == majority else 0.0
+    return rewards
+
+
+def majority_vote_reward(task):
+    """A TRL reward function: completions grouped by ``prompt_id`` (one group = one prompt's generations).
+
+    TRL calls it once per generation batch of each process; with one process a batch
+    holds whole groups. Across several processes a group may be split, and each part
+    then votes on its own (a known departure from TTRL's global vote).
+    """
+
+    def majority_vote(prompts, completions, prompt_id=None, **kwargs) -> list[float]:
+        groups = prompt_id if prompt_id is not None else [str(p) for p in prompts]
+        # Conversational rows (chat tasks) come back as [{"role": "assistant", "content": ...}].
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return majority_rewards([task.extract_answer(t) for t in texts], groups)
+
+    return majority_vote
+
+
+def train_grpo(model, tokenizer, rows: list[dict], *, config: TrainConfig, task, seed: int, progress: bool,
+               peft_config=None) -> tuple:
+    """GRPOTrainer on prompts with the majority-vote reward; the reward never sees a label."""
+    import datasets
+    from trl import GRPOConfig, GRPOTrainer
+
+    datasets.disable_progress_bars()
+    examples = [{"prompt": sft_row(task, r["prompt"], "", tokenizer)["prompt"],
+                 "prompt_id": r.get("prompt_id") or r["prompt"]} for r in rows]
+    # A step takes batch_size / num_generations distinct prompts and TRL's sampler drops an incomplete
+    # step, so fewer prompts than one step needs would train nothing: repeat them to fill one step.
+    per_step = config.batch_size // config.grpo.num_generations
+    examples = (examples * -(-per_step // len(examples)))[:max(per_step, len(examples))]
+    dataset = datasets.Dataset.from_list(examples)
+    vllm = {}
+    if config.grpo.use_vllm:
+        from flywheel.generation import vllm_available
+
+        usable, why = vllm_available()
+        if not usable:
+            raise io.InputError("config", f"train.grpo.use_vllm=true but {why}", field="train.grpo.use_vllm")
+        vllm = dict(use_vllm=True, vllm_mode="colocate",
+                    vllm_gpu_memory_utilization=config.grpo.vllm_gpu_memory_utilization)
+    with tempfile.TemporaryDirectory(prefix="flywheel-grpo-") as scratch:
+        args = GRPOConfig(num_generations=config.grpo.num_generations, temperature=config.grpo.temperature,
+                          max_completion_length=config.grpo.max_completion_tokens, beta=config.grpo.beta, **vllm,
+                          **_trainer_args(config.steps, config.batch_size, config.learning_rate, config.warmup_ratio,
+                                          config.scheduler, seed, progress, model.device.type, scratch))
+        trainer = GRPOTrainer(model=model, reward_funcs=majority_vote_reward(task), args=args, train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=peft_config)
+        metrics = _fit(trainer, steps=config.steps, rows=len(rows), progress=progress)
+        rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
+        metrics["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
+    return trainer.accelerator.unwrap_model(trainer.model), metrics
+
+
+def peft_lora_config(config: TrainConfig):
+    """peft's LoraConfig from ``train.lora``, or None when LoRA is off."""
+    if not config.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=config.lora.r, lora_alpha=config.lora.alpha,
+                      lora_dropout=config.lora.dropout, target_modules=list(config.lora.target_modules))
+
+
+@contextlib.contextmanager
+def full_weights(member: Path, device: str):
+    """A directory with ``member``'s full weights: itself, or an adapter merged into a scratch copy.
+
+    TRL builds reference models from ``model.config._name_or_path``; this makes it a full model.
+    """
+    if not is_adapter(member):
+        yield member
+        return
+    with tempfile.TemporaryDirectory(prefix="flywheel-merged-") as scratch:
+        model, tokenizer = load_member(member, device=device)
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        yield Path(scratch)
+
+
+def train_member(member: Path, rows: list[dict], config: TrainConfig, *, task, seed: int, device: str,
+                 progress: bool) -> tuple:
+    """Train one member with ``config.method``. Returns (trained model, maybe a PeftModel; tokenizer; metrics)."""
+    peft_config = peft_lora_config(config)
+    with full_weights(member, device) as path:
+        model, tokenizer = load_member(path, device=device)
+        model.train()
+        if config.method == "sft":
+            trained, metrics = train_sft(model, tokenizer, rows, steps=config.steps, batch_size=config.batch_size,
+                                         learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
+                                         scheduler=config.scheduler, seed=seed, progress=progress,
+                                         peft_config=peft_config, task=task)
+        elif config.method == "dpo":
+            # The reference is the init model; with LoRA, TRL disables the adapters instead of holding a copy.
+            reference = None if peft_config is not None else load_member(path, device=device)[0]
+            trained, metrics = train_dpo(model, reference, tokenizer, rows, config=config, seed=seed,
+                                         progress=progress, peft_config=peft_config, task=task)
+        else:
+            trained, metrics = train_grpo(model, tokenizer, rows, config=config, task=task, seed=seed,
+                                          progress=progress, peft_config=peft_config)
+    return trained, tokenizer, metrics
+
+
+def save_member(trained, tokenizer, target: Path, *, config: TrainConfig, base: Path, final_dir: Path) -> str:
+    """Write a trained member; returns its format ('full' or 'adapter')."""
+    if config.lora.enabled and not config.lora.merge:
+        trained.save_pretrained(target)  # adapter_config.json + adapter weights only
+        tokenizer.save_pretrained(target)
+        write_adapter_meta(target, base=base, final_dir=final_dir)
+        return "adapter"
+    if config.lora.enabled:
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return "full"
+
+
+def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfig, *, round_index: int,
               device: str = "cpu", progress: bool = False, task=None) -> dict:
-    """Shell: train.parquet + the init model (champion or base) -> candidate directory (a committee)."""
-    rows = io.read_rows(train_path, schemas.CURATED)
+    """Shell: the method's curated file + the init model (champion or base) -> candidate directory (a committee).
+
+    ``data_path`` is train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo);
+    grpo also needs the ``task`` (its reward extracts answers).
+    """
+    rows = io.read_rows(data_path, METHOD_DATA[config.method][1])
     members = member_dirs(init_dir)
     if not rows:
         # Nothing survived curation (e.g. a strict vote threshold on a hard bucket). The candidate is the
         # init model unchanged, marked untrained, and the gate declines it with that reason.
-        print(f"flywheel: warning: {train_path}: no curated rows; the candidate is {init_dir} unchanged",
+        print(f"flywheel: warning: {data_path}: no curated rows; the candidate is {init_dir} unchanged",
               file=sys.stderr)
         with io.atomic_dir(out_dir) as tmp:
             for index, member in enumerate(members):
@@ -88,35 +291,44 @@ def run_train(train_path: Path, init_dir: Path, out_dir: Path, config: TrainConf
             write_model_meta(tmp, {"members": [f"member-{i}" for i in range(len(members))], "round": round_index,
                                    "init": str(init_dir), "format": "full", "trained": False})
         return {"train_loss": None, "train_seconds": 0.0, "train_rows": 0, "members": len(members)}
-    per_member = []
+    if config.method == "grpo" and task is None:
+        raise ValueError("train.method=grpo needs the task (its reward extracts answers)")
+    per_member, formats = [], []
     with io.atomic_dir(out_dir) as tmp:
         for index, member in enumerate(members):
-            model, tokenizer = load_member(member, device=device)
-            model.train()
-            metrics = sft(model, tokenizer, rows, steps=config.steps, batch_size=config.batch_size,
-                          learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
-                          scheduler=config.scheduler, seed=derive_seed(config.seed, round_index, index) % 2**31,
-                          progress=progress, task=task)
-            target = tmp / f"member-{index}"
-            model.save_pretrained(target)
-            tokenizer.save_pretrained(target)
+            trained, tokenizer, metrics = train_member(
+                member, rows, config, task=task, seed=derive_seed(config.seed, round_index, index) % 2**31,
+                device=device, progress=progress)
+            formats.append(save_member(trained, tokenizer, tmp / f"member-{index}", config=config, base=member,
+                                       final_dir=Path(out_dir) / f"member-{index}"))
             per_member.append(metrics)
-        write_model_meta(tmp, {
+        meta = {
             "members": [f"member-{i}" for i in range(len(members))],
             "round": round_index,
             "init": str(init_dir),
-            "format": "full",  # merged full weights, not an adapter
+            "format": formats[0],  # 'full': merged full weights; 'adapter': LoRA adapters over `base`
+            "method": config.method,
             "trained": True,
             # The hardest bucket among this round's rows: the next round offers the one after it.
             "curriculum_bucket": _hardest_bucket(rows, round_index),
-            "train": json.loads(json.dumps(config.__dict__)),
-        })
-    return {
+            "train": json.loads(json.dumps(config.__dict__, default=lambda o: o.__dict__)),
+            "train_metrics": per_member,
+        }
+        if formats[0] == "adapter":
+            meta["base"] = [str(Path(m).resolve()) for m in members]
+        write_model_meta(tmp, meta)
+    result = {
         "train_loss": sum(m["train_loss"] for m in per_member) / len(per_member),
         "train_seconds": sum(m["train_seconds"] for m in per_member),
         "train_rows": len(rows),
         "members": len(members),
+        "method": config.method,
+        "format": formats[0],
     }
+    if config.method == "grpo":
+        rewards = [m["mean_reward"] for m in per_member if m.get("mean_reward") is not None]
+        result["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
+    return result
 
 
 def _hardest_bucket(rows: list[dict], round_index: int) -> int | None:

@@ -4,6 +4,19 @@ Input: samples (``schemas.SAMPLES``), all members' samples of a prompt together.
 Output per prompt: majority answer, vote share, entropy (nats), sample count; per
 sample: whether it agrees with its prompt's majority. A sample without an
 extractable answer still counts as a vote, for "no answer", which never wins.
+
+``vote.method`` chooses what a vote weighs (``vote_share`` is then the majority's share
+of the total weight; ``entropy`` always counts samples):
+  majority    1 per sample (the default; TTRL, ReST-EM without labels).
+  weighted    exp(logprob / n_tokens): the sample's per-token probability under the
+              distribution it was sampled from (geometric mean). Per token, not the sequence
+              probability, so a longer answer (e.g. one more digit) is not out-voted for its length.
+  self_judge  the champion scores each candidate answer: exp(mean token log-prob of the answer's
+              first completion, end-of-sequence included, given the prompt) at temperature 1,
+              averaged over members; every sample of that answer weighs that score.
+  reference   SUPERVISED (ReST-EM with labels, verifiable rewards): the hidden label from the audit
+              file is the pseudo-label; a sample agrees when ``task.is_correct``. The only mode that
+              reads the audit file for anything but the audit, and vote.json says so.
 """
 
 from __future__ import annotations
@@ -18,29 +31,36 @@ from flywheel.config import VoteConfig
 NO_ANSWER = None
 
 
-def vote(samples: list[dict], *, min_answer_share: float = 0.0) -> tuple[list[dict], list[dict]]:
+def vote(samples: list[dict], *, min_answer_share: float = 0.0,
+         weights: list[float] | None = None) -> tuple[list[dict], list[dict]]:
     """Majority vote per prompt. Returns (votes, agreement), both sorted by prompt id.
 
-    Ties between answers go to the lexicographically smallest answer, so the
-    result does not depend on sample order. A prompt where fewer than
-    ``min_answer_share`` of the samples have an answer gets no majority.
+    ``weights[i]`` (default 1) is what sample i's vote weighs. Ties between answers go
+    to the lexicographically smallest answer, so the result does not depend on sample
+    order. A prompt where fewer than ``min_answer_share`` of the samples (counted, not
+    weighed) have an answer gets no majority.
     """
-    by_prompt: dict[str, list[dict]] = defaultdict(list)
-    for sample in samples:
-        by_prompt[sample["prompt_id"]].append(sample)
+    by_prompt: dict[str, list[tuple[dict, float]]] = defaultdict(list)
+    for index, sample in enumerate(samples):
+        by_prompt[sample["prompt_id"]].append((sample, 1.0 if weights is None else float(weights[index])))
     votes, agreement = [], []
     for prompt_id in sorted(by_prompt):
-        group = by_prompt[prompt_id]
+        weighed = by_prompt[prompt_id]
+        group = [s for s, _ in weighed]
         counts = Counter(s["answer"] for s in group)
-        answered = {a: c for a, c in counts.items() if a is not NO_ANSWER}
+        mass: dict = defaultdict(float)
+        for s, w in sorted(weighed, key=lambda sw: (sw[0]["voter"], sw[0]["sample_idx"])):  # fixed summation order
+            mass[s["answer"]] += w
+        answered = {a: m for a, m in mass.items() if a is not NO_ANSWER}
         n = len(group)
+        total = sum(mass.values())
         majority = min(answered, key=lambda a: (-answered[a], a)) if answered else None
-        if sum(answered.values()) < min_answer_share * n:
+        if sum(c for a, c in counts.items() if a is not NO_ANSWER) < min_answer_share * n:
             majority = None
         votes.append({
             "prompt_id": prompt_id,
             "majority_answer": majority,
-            "vote_share": answered.get(majority, 0) / n,
+            "vote_share": answered.get(majority, 0.0) / total if total > 0 else 0.0,
             "entropy": -sum(c / n * math.log(c / n) for c in counts.values()),
             "n_samples": n,
             "n_answers": len(answered),
@@ -48,6 +68,61 @@ def vote(samples: list[dict], *, min_answer_share: float = 0.0) -> tuple[list[di
         for s in sorted(group, key=lambda s: (s["voter"], s["sample_idx"])):
             agreement.append({"prompt_id": prompt_id, "sample_idx": s["sample_idx"], "voter": s["voter"],
                               "agrees": majority is not None and s["answer"] == majority})
+    return votes, agreement
+
+
+def sample_weights(samples: list[dict]) -> list[float]:
+    """``weighted`` voting: exp(logprob / n_tokens) per sample, in (0, 1]."""
+    return [math.exp(s["logprob"] / max(1, s["n_tokens"])) for s in samples]
+
+
+def judge_weights(samples: list[dict], prompts: dict[str, str], score) -> list[float]:
+    """``self_judge`` voting: every sample weighs the judge's score of its answer.
+
+    An answer's candidate text is the completion of its first sample (by voter, sample
+    index); ``score(pairs)`` maps a list of (prompt, completion) to probabilities in (0, 1].
+    A sample without an answer is scored on its own completion.
+    """
+    candidates: dict[tuple, str] = {}
+    for s in sorted(samples, key=lambda s: (s["prompt_id"], s["voter"], s["sample_idx"])):
+        key = (s["prompt_id"], s["answer"]) if s["answer"] is not NO_ANSWER else (s["prompt_id"], None, s["completion"])
+        candidates.setdefault(key, s["completion"])
+    keys = sorted(candidates, key=lambda k: tuple("" if x is None else x for x in k))
+    scores = dict(zip(keys, score([(prompts[k[0]], candidates[k]) for k in keys])))
+    return [scores[(s["prompt_id"], s["answer"]) if s["answer"] is not NO_ANSWER
+                   else (s["prompt_id"], None, s["completion"])] for s in samples]
+
+
+def reference_vote(samples: list[dict], truth: dict[str, str], is_correct) -> tuple[list[dict], list[dict]]:
+    """``reference`` voting (SUPERVISED): the label is the pseudo-label. Same outputs as ``vote``.
+
+    ``majority_answer`` is the most frequent sample answer that ``is_correct`` accepts (so it
+    compares equal to samples' normalised answers), else the label itself; prompts without a
+    label get none. ``vote_share`` is the share of samples that are correct.
+    """
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
+    for sample in samples:
+        by_prompt[sample["prompt_id"]].append(sample)
+    votes, agreement = [], []
+    for prompt_id in sorted(by_prompt):
+        group = sorted(by_prompt[prompt_id], key=lambda s: (s["voter"], s["sample_idx"]))
+        label = truth.get(prompt_id)
+        correct = [label is not None and is_correct(s["answer"], label) for s in group]
+        counts = Counter(s["answer"] for s in group)
+        right = Counter(s["answer"] for s, ok in zip(group, correct) if ok)
+        majority = (min(right, key=lambda a: (-right[a], a)) if right else label)
+        n = len(group)
+        votes.append({
+            "prompt_id": prompt_id,
+            "majority_answer": majority,
+            "vote_share": sum(correct) / n,
+            "entropy": -sum(c / n * math.log(c / n) for c in counts.values()),
+            "n_samples": n,
+            "n_answers": len([a for a in counts if a is not NO_ANSWER]),
+        })
+        for s, ok in zip(group, correct):
+            agreement.append({"prompt_id": prompt_id, "sample_idx": s["sample_idx"], "voter": s["voter"],
+                              "agrees": ok})
     return votes, agreement
 
 
@@ -99,12 +174,44 @@ def read_truth(audit_path: Path) -> dict[str, str]:
     return {row["id"]: row["answer"] for row in io.read_rows(audit_path, schemas.PROMPTS)}
 
 
-def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, audit_path: Path | None = None) -> dict:
-    """Shell: samples.parquet -> votes.parquet, agreement.parquet, vote.json."""
+def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, audit_path: Path | None = None,
+             prompts_path: Path | None = None, model_dir: Path | None = None, device: str = "cpu") -> dict:
+    """Shell: samples.parquet -> votes.parquet, agreement.parquet, vote.json.
+
+    ``self_judge`` also needs the prompts and the champion (``model_dir``); ``reference`` the audit file.
+    """
     samples = io.read_rows(samples_path, schemas.SAMPLES)
-    votes, agreement = vote(samples, min_answer_share=config.min_answer_share)
+    has_audit = audit_path is not None and Path(audit_path).exists()
+    label_source = "majority vote of the samples (no labels)"
+    if config.method == "reference":
+        if not has_audit:
+            raise io.InputError(audit_path or "vote", "vote.method=reference needs the audit file of labels "
+                                "(--audit)", field="vote.method")
+        votes, agreement = reference_vote(samples, read_truth(audit_path), task.is_correct)
+        label_source = ("REFERENCE LABELS from the audit file: this round is SUPERVISED (ReST-EM with labels / "
+                        "verifiable rewards), not self-training")
+    else:
+        weights = None
+        if config.method == "weighted":
+            weights = sample_weights(samples)
+            label_source = "vote weighted by each sample's per-token probability, exp(logprob / n_tokens) (no labels)"
+        elif config.method == "self_judge":
+            if prompts_path is None or model_dir is None:
+                raise io.InputError("vote", "vote.method=self_judge needs the prompts and the champion "
+                                    "(--prompts, --model)", field="vote.method")
+            from flywheel.generation import member_judge
+
+            prompts = {p["id"]: p["prompt"] for p in io.read_rows(prompts_path, schemas.PROMPTS)}
+            weights = judge_weights(samples, prompts, member_judge(model_dir, batch_size=config.judge_batch_size,
+                                                                   device=device))
+            label_source = ("vote weighted by the champion's own score of each candidate answer, "
+                            "exp(mean token log-prob | prompt) (no labels)")
+        votes, agreement = vote(samples, min_answer_share=config.min_answer_share, weights=weights)
     summary = vote_summary(votes)
-    if audit_path is not None and Path(audit_path).exists():
+    summary["method"] = config.method
+    summary["label_source"] = label_source
+    summary["supervised"] = config.method == "reference"
+    if has_audit:
         truth = read_truth(audit_path)
         summary["pseudo_label_precision"] = pseudo_label_precision(votes, truth, task.is_correct)
     io.write_rows(out_dir / "votes.parquet", votes, schemas.VOTES)
