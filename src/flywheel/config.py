@@ -275,8 +275,9 @@ def load_config_text(text: str, source: str = "config") -> FlywheelConfig:
 
 
 def dump_config(config: FlywheelConfig) -> str:
-    """The resolved config as YAML text, every key explicit (``load_config_text`` reads it back)."""
-    return yaml.safe_dump(to_dict(config), sort_keys=True)
+    """The resolved config as one line of YAML (flow style), every key explicit; ``load_config_text`` reads it
+    back. One line because KFP copies parameter defaults into a comment header of the compiled pipeline."""
+    return yaml.safe_dump(to_dict(config), sort_keys=True, default_flow_style=True, width=float("inf")).strip()
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
