@@ -237,3 +237,44 @@ def test_pipeline_shows_metrics_vote_audit_and_round_report(pipeline_and_loop):
         assert f"| dropped `{reason}` | -{count} |" in report
     assert "| 3 | 16 |" in report  # bucket 3 of the per-bucket table: 16 eval prompts
     assert (workspace / "report.html").exists() and (workspace / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_round_pipeline_continues_from_the_mlflow_champion(tmp_path, tiny_seed):
+    """Two scheduled runs of ``flywheel_round`` on one workspace: the first registers the seed (no alias yet)
+    and runs round 1, the second runs round 2 from the champion the alias names."""
+    from kfp import local
+
+    from flywheel.kubeflow.pipelines import flywheel_round
+    from flywheel.tracking import CHAMPION_ALIAS, Tracker
+
+    config = load_config(_smoke(), [f"seed.path={tiny_seed}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    workspace = tmp_path / "scheduled"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+                   raise_on_error=True)
+        for _ in range(2):
+            flywheel_round(config_yaml=dump_config(config), workspace=str(workspace), shards=1, dvc_remote="")
+    finally:
+        os.chdir(cwd)
+    assert _rounds(workspace) == [0, 1, 2]
+    tracker = Tracker(config.tracking)
+    name = config.tracking.registered_model
+    versions = {v.version: v for v in tracker.client.search_model_versions(f"name = '{name}'")}
+    assert sorted(v.tags.get("role", v.tags.get("round")) for v in versions.values()) == ["1", "2", "seed"]
+    champion = tracker.client.get_model_version_by_alias(name, CHAMPION_ALIAS).version
+    for r in (1, 2):
+        tracked = io.read_json(workspace / "tracking" / f"round-{r}.json")
+        assert versions[tracked["model_version"]].tags["promoted"] == str(tracked["promoted"]).lower()
+    promoted = [io.read_json(workspace / "tracking" / f"round-{r}.json") for r in (1, 2)]
+    expected = next((t["model_version"] for t in reversed(promoted) if t["promoted"]),
+                    next(v for v, m in versions.items() if m.tags.get("role") == "seed"))
+    assert champion == expected
+    # Round 2's champion directory holds the weights the alias named when it started.
+    first = "rounds/1/champion/member-0/model.safetensors"
+    assert (workspace / first).read_bytes() == (workspace / "rounds/2/champion/member-0/model.safetensors").read_bytes() \
+        or promoted[1]["promoted"]
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.`flywheel.round` = '2'")
+    assert len(runs) == 1 and runs[0].data.tags["mlflow.parentRunId"] == promoted[0]["parent_run_id"]
