@@ -15,6 +15,7 @@ workspace on the shared volume, which a cached step would leave incomplete.
 """
 
 from pathlib import Path
+
 from kfp import compiler, dsl, kubernetes
 
 from flywheel.config import dump_config, load_config
