@@ -23,6 +23,9 @@ examples:
   flywheel generate --round 1 --prompts data/rounds/1/prompts.parquet \\
       --model data/rounds/0/champion --out data/rounds/1/samples.parquet
   flywheel config                               every config key with its default and help
+  flywheel pipeline compile                     Kubeflow pipelines -> pipelines/compiled/*.yaml
+  flywheel pipeline run --host http://localhost:8080 -c configs/default.yaml -s loop.device=cuda
+  flywheel pipeline schedule --host http://localhost:8080 --cron "0 3 * * *"
 """
 
 
@@ -130,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dvc-file", type=Path, required=True, help="the round's .dvc file")
     p.add_argument("--round", type=int, required=True, help="round index K (tag round-K)")
     p.add_argument("--message", default=None, help="commit message (default: 'round K: data <md5>')")
+    from flywheel.kubeflow.cli import add_parser as add_pipeline_parser
+
+    add_pipeline_parser(sub, _common)
     return parser
 
 
@@ -162,6 +168,10 @@ def _dispatch(args) -> int:
                 node = node[part]
             print(f"{key} = {json.dumps(node)}\n    {help}")
         return 0
+    if args.command == "pipeline":  # Kubeflow: compile/submit only, nothing runs here
+        from flywheel.kubeflow.cli import run as run_pipeline_command
+
+        return run_pipeline_command(args, config)
 
     import torch
 

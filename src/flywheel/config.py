@@ -328,6 +328,8 @@ class LoopConfig:
     out_dir: str = _f("runs/default", "Where `flywheel run` writes rounds, reports and models.")
     device: str = _f("cpu", "Torch device for generation and training ('cpu', 'cuda').")
     progress: bool = _f(True, "Show progress bars.")
+    stop_on_decline: bool = _f(False, "Stop after the first round whose gate declines (the Kubeflow `flywheel` "
+                               "pipeline always does); by default later rounds retry with fresh prompts.")
 
     def __post_init__(self):
         _positive(self, "rounds")
@@ -401,6 +403,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return _build(FlywheelConfig, raw, source, prefix="")
     except ConfigError as exc:
         raise InputError(source, exc.message, field=exc.key) from None
+
+
+def load_config_text(text: str, source: str = "config") -> FlywheelConfig:
+    """Build a config from YAML text (what ``dump_config`` wrote; a Kubeflow component's ``config_yaml``)."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(source, f"malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    try:
+        return _build(FlywheelConfig, raw, source, prefix="")
+    except ConfigError as exc:
+        raise InputError(source, exc.message, field=exc.key) from None
+
+
+def dump_config(config: FlywheelConfig) -> str:
+    """The resolved config as one line of YAML (flow style), every key explicit; ``load_config_text`` reads it
+    back. One line because KFP copies parameter defaults into a comment header of the compiled pipeline."""
+    return yaml.safe_dump(to_dict(config), sort_keys=True, default_flow_style=True, width=float("inf")).strip()
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:

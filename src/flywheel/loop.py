@@ -138,7 +138,7 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None) -> dict:
         tracker.register_seed(parent, round_dir(root, 0) / "champion")
     tracked = {}
     for round_index in range(1, config.loop.rounds + 1):
-        run_round(config, root, round_index, task=task, eval_path=eval_path)
+        decision = run_round(config, root, round_index, task=task, eval_path=eval_path)
         if tracker is not None:
             start = time.perf_counter()
             here = round_dir(root, round_index)
@@ -148,6 +148,8 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None) -> dict:
                           {**tracked[round_index], "seconds": time.perf_counter() - start})
         if on_round is not None:
             on_round(round_index, build_report(root, config))
+        if config.loop.stop_on_decline and not decision["promote"]:
+            break  # what the Kubeflow `flywheel` pipeline does: its next round runs only after a promotion
     report = build_report(root, config)
     write_report(root, report)
     if tracker is not None:

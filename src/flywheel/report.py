@@ -178,3 +178,65 @@ def write_report(root: Path, report: dict) -> None:
         _write_csv(Path(root) / "plots" / f"{name}.csv", rows)
     with io.atomic_path(Path(root) / "report.html") as tmp:
         tmp.write_text(html_report(report))
+
+
+def vote_confusion(votes: list[dict], truth: dict[str, str], is_correct, min_vote_share: float) -> dict:
+    """The vote as a detector of correct pseudo-labels, audited against hidden truth.
+
+    Rows: is the majority answer actually correct; columns: does the vote trust it (an answer
+    holding at least ``min_vote_share``, the share curation keeps). Audit only, never training.
+    Returns ``{"categories": [...], "matrix": [[...], [...]]}`` for Kubeflow's ClassificationMetrics.
+    """
+    categories = ["correct", "incorrect"]
+    matrix = [[0, 0], [0, 0]]
+    for v in votes:
+        if v["prompt_id"] not in truth:
+            continue
+        actual = 0 if is_correct(v["majority_answer"], truth[v["prompt_id"]]) else 1
+        trusted = 0 if v["majority_answer"] is not None and v["vote_share"] >= min_vote_share else 1
+        matrix[actual][trusted] += 1
+    return {"categories": categories, "matrix": matrix}
+
+
+def round_markdown(root: Path, round_index: int, name: str = "") -> str:
+    """One round as Markdown (Kubeflow's per-round report): curation funnel by drop reason, vote
+    statistics, candidate vs champion per bucket, and the gate's decision with its reason."""
+    here = Path(root) / "rounds" / str(round_index)
+    prompts = _read(here / "prompts.json") or {}
+    vote = _read(here / "vote.json") or {}
+    curation = _read(here / "curation.json") or {}
+    decision = _read(here / "decision.json") or {}
+    lines = [f"# {name + ': ' if name else ''}round {round_index}", ""]
+    if decision:
+        verdict = "**promoted**" if decision["promote"] else "**declined**"
+        lines += [f"Gate: {verdict}: {decision['reason']}.", "",
+                  f"Candidate {decision['candidate_accuracy']:.4f} vs champion {decision['champion_accuracy']:.4f} "
+                  f"(delta {decision['delta']:+.4f}; {decision['test']} p = {decision['p_value']:.4g}; "
+                  f"only champion right {decision['only_champion_correct']}, only candidate right "
+                  f"{decision['only_candidate_correct']}, n = {decision['n']}).", ""]
+    lines += ["## Prompts and vote", "", "| | |", "|---|---|",
+              f"| bucket offered | {prompts.get('bucket', '-')} |", f"| prompts | {prompts.get('prompts', '-')} |"]
+    for key in ("majority_ratio", "mean_entropy", "unanimous_rate", "no_answer_rate", "pseudo_label_precision"):
+        if key in vote:
+            lines.append(f"| {key.replace('_', ' ')} | {_fmt(vote[key])} |")
+    lines += ["", "## Curation funnel (samples)", "", "| step | samples |", "|---|---|",
+              f"| generated | {curation.get('samples_in', '-')} |"]
+    for reason, count in (curation.get("drops") or {}).items():
+        lines.append(f"| dropped `{reason}` | -{count} |")
+    lines += [f"| kept | {curation.get('samples_kept', '-')} |",
+              f"| prompts kept / offered | {curation.get('prompts_kept', '-')} / {curation.get('prompts_in', '-')} |",
+              f"| training rows (new + earlier rounds) | {curation.get('train_rows', '-')} "
+              f"({curation.get('train_rows_new', '-')} + {curation.get('train_rows_earlier', '-')}) |"]
+    if curation.get("kept_label_precision") is not None:
+        lines.append(f"| kept label precision (audit) | {curation['kept_label_precision']:.4f} |")
+    if decision.get("buckets"):
+        lines += ["", "## Candidate vs champion per bucket", "", "| bucket | n | champion | candidate | delta |",
+                  "|---|---|---|---|---|"]
+        for bucket, entry in _by_bucket(decision["buckets"]):
+            lines.append(f"| {bucket} | {entry['n']} | {entry['champion']:.3f} | {entry['candidate']:.3f} | "
+                         f"{entry['delta']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

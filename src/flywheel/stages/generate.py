@@ -58,10 +58,38 @@ def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bo
     return backends
 
 
-def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: GenerateConfig, *, task,
-                 round_index: int, device: str = "cpu", progress: bool = False) -> dict:
-    """Shell: prompts.parquet + champion -> samples.parquet."""
+def shard_rows(prompts: list[dict], shard: int, shards: int) -> list[dict]:
+    """Prompts ``shard``, ``shard + shards``, ... : shard ``shard`` of ``shards`` (strided, so every shard
+    gets a share of every bucket). Seeds are per (round, prompt, member, sample), so the union of the
+    shards' samples equals the unsharded samples."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not in [0, {shards})")
+    return prompts[shard::shards]
+
+
+def merge_samples(prompts: list[dict], shard_samples: list[list[dict]]) -> list[dict]:
+    """The shards' samples in the order an unsharded ``generate`` writes them: member, prompt, sample."""
+    position = {p["id"]: index for index, p in enumerate(prompts)}
+    rows = [row for shard in shard_samples for row in shard]
+    missing = set(position) - {row["prompt_id"] for row in rows}
+    if missing:
+        raise io.InputError("samples shards", f"{len(missing)} prompts have no samples (e.g. {min(missing)})")
+    return sorted(rows, key=lambda r: (r["voter"], position[r["prompt_id"]], r["sample_idx"]))
+
+
+def run_merge_samples(prompts_path: Path, shard_paths: list[Path], out_path: Path) -> dict:
+    """Shell: the shards' samples files -> one samples.parquet, identical to an unsharded run's."""
     prompts = io.read_rows(prompts_path, schemas.PROMPTS)
+    rows = merge_samples(prompts, [io.read_rows(path, schemas.SAMPLES) for path in shard_paths])
+    io.write_rows(out_path, rows, schemas.SAMPLES)
+    return {"samples": len(rows), "shards": len(shard_paths)}
+
+
+def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: GenerateConfig, *, task,
+                 round_index: int, device: str = "cpu", progress: bool = False, shard: int = 0,
+                 shards: int = 1) -> dict:
+    """Shell: prompts.parquet + champion -> samples.parquet (of one shard of the prompts with ``shards`` > 1)."""
+    prompts = shard_rows(io.read_rows(prompts_path, schemas.PROMPTS), shard, shards)
     backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress, config=config)
     rows = generate(prompts, backends, config, task=task, round_index=round_index)
     io.write_rows(out_path, rows, schemas.SAMPLES)

@@ -1,0 +1,57 @@
+"""What the Kubeflow components share: the config from its YAML parameter, the round directory
+in the workspace, and publishing files, model pointers and metrics as KFP artifacts.
+
+Imported inside component bodies (KFP copies only a component's function source into the
+pipeline), so it must stay importable without KFP's compiler and cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from flywheel.config import FlywheelConfig, load_config_text
+from flywheel.tracking import _flatten
+
+
+def load(config_yaml: str) -> FlywheelConfig:
+    """The run's config (the pipeline's ``config_yaml`` parameter); no progress bars in pod logs."""
+    config = load_config_text(config_yaml, source="pipeline parameter config_yaml")
+    config.loop.progress = False
+    return config
+
+
+def round_dir(workspace: str, round_index: int) -> Path:
+    return Path(workspace) / "rounds" / str(round_index)
+
+
+def publish_file(source: Path, artifact) -> None:
+    """Copy a small stage output (Parquet, JSON) into an output artifact, recording where it came from."""
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, artifact.path)
+    artifact.metadata["workspace_path"] = str(source)
+
+
+def publish_model(model_dir: Path, artifact, **metadata) -> None:
+    """A Model artifact that points at a model directory on the shared volume instead of copying it.
+
+    The artifact's file is the model's ``flywheel-model.json`` (members, round, curriculum bucket) so
+    the UI shows what it is; ``metadata['path']`` is where the weights are.
+    """
+    from flywheel.modeling import read_model_meta
+
+    meta = read_model_meta(model_dir)
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps({"path": str(Path(model_dir).resolve()), **meta}, indent=2) + "\n")
+    artifact.metadata.update({"path": str(Path(model_dir).resolve()), **metadata})
+
+
+def model_path(artifact) -> Path:
+    return Path(artifact.metadata["path"])
+
+
+def log_metrics(artifact, values: dict, prefix: str = "") -> None:
+    """Every number in ``values`` (nested dicts flattened to dotted keys) as a scalar metric."""
+    for key, value in _flatten(prefix, values, {}).items():
+        artifact.log_metric(key, value)

@@ -1,0 +1,291 @@
+"""One Kubeflow (KFP v2) component per step of a round, each a thin call into ``flywheel``.
+
+KFP copies only a component's function source into the compiled pipeline, so every body
+imports what it uses; the image (``IMAGE``, ``GPU_IMAGE``) has ``flywheel`` installed, hence
+``install_kfp_package=False``. (No ``from __future__ import annotations`` here:
+KFP reads the parameter annotations as types.) Every component takes the run's config as one YAML string
+(``config_yaml``, read with ``flywheel.config.load_config_text``) and passes its stage only that
+stage's section. ``workspace`` is the run's directory on the shared volume; a round's files go to
+``<workspace>/rounds/<round>/`` exactly as ``flywheel run`` writes them (see ``flywheel.loop``).
+"""
+
+import os
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+
+VERSION = "0.1.0"
+# The images of images/ (README there), under the registry that infra/overlays/gpu points at. Set
+# FLYWHEEL_REGISTRY when compiling for your own registry; the committed YAML uses the placeholder.
+REGISTRY = os.environ.get("FLYWHEEL_REGISTRY", "registry.example.com/flywheel")
+IMAGE = f"{REGISTRY}/flywheel-cpu:{VERSION}"  # images/cpu.Dockerfile
+GPU_IMAGE = f"{REGISTRY}/flywheel-cuda:{VERSION}"  # images/cuda.Dockerfile (CUDA + vLLM)
+
+
+def _component(image: str = IMAGE):
+    return dsl.component(base_image=image, install_kfp_package=False)
+
+
+@_component()
+def prepare(config_yaml: str, workspace_root: str, eval_set: Output[Dataset], champion: Output[Model],
+            seed_metrics: Output[Metrics], run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER) -> str:
+    """Round 0 of a new run in ``<workspace_root>/<run id>`` (``flywheel.loop.prepare``): the eval set,
+    the seed as champion, the seed's scores. Returns the run's workspace directory."""
+    from pathlib import Path
+
+    from flywheel import io
+    from flywheel.kubeflow import artifacts
+    from flywheel.loop import prepare as prepare_round_zero
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    workspace = Path(workspace_root) / run_id
+    eval_path = prepare_round_zero(config, workspace, task=load_task(config.task))
+    artifacts.publish_file(eval_path, eval_set)
+    zero = artifacts.round_dir(str(workspace), 0)
+    artifacts.publish_model(zero / "champion", champion, round=0, role="seed")
+    artifacts.log_metrics(seed_metrics, io.read_json(zero / "eval" / "metrics.json")["champion"], "seed")
+    return str(workspace)
+
+
+@_component()
+def plan_shards(shards: int) -> List[int]:
+    """Shard indices 0 .. shards-1 for the generate fan-out."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    return list(range(shards))
+
+
+@_component()
+def resolve_champion(config_yaml: str, workspace: str, eval_set: Output[Dataset], champion: Output[Model]) -> int:
+    """The next round of a long-lived workspace, with the champion read from MLflow's ``champion`` alias.
+
+    Returns the round index; see ``flywheel.kubeflow.registry.resolve_champion``.
+    """
+    from flywheel.kubeflow import artifacts
+    from flywheel.kubeflow.registry import resolve_champion as resolve
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    resolved = resolve(config, workspace, task=load_task(config.task))
+    artifacts.publish_file(resolved["eval_path"], eval_set)
+    artifacts.publish_model(resolved["champion_dir"], champion, round=resolved["round"] - 1,
+                            model_version=resolved["model_version"])
+    return resolved["round"]
+
+
+@_component()
+def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: Input[Model],
+                 prompts: Output[Dataset]):
+    """The round's unlabeled prompts (``flywheel.pool.run_prompts``); the truth stays in audit.parquet."""
+    from flywheel.kubeflow import artifacts
+    from flywheel.pool import run_prompts
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    here = artifacts.round_dir(workspace, round_index)
+    summary = run_prompts(here, config.prompts, task=load_task(config.task), round_index=round_index,
+                          champion_dir=artifacts.model_path(champion), data=config.data)
+    artifacts.publish_file(here / "prompts.parquet", prompts)
+    prompts.metadata.update(summary)
+
+
+@_component(GPU_IMAGE)
+def generate(config_yaml: str, round_index: int, shard: int, shards: int, prompts: Input[Dataset],
+             champion: Input[Model], samples: Output[Dataset]):
+    """K samples per prompt of one prompt shard (``flywheel.stages.generate.run_generate``)."""
+    from pathlib import Path
+
+    from flywheel.kubeflow import artifacts
+    from flywheel.stages.generate import run_generate
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    summary = run_generate(Path(prompts.path), artifacts.model_path(champion), Path(samples.path), config.generate,
+                           task=load_task(config.task), round_index=round_index, device=config.loop.device,
+                           shard=shard, shards=shards)
+    samples.metadata.update({"shard": shard, "shards": shards, **summary})
+
+
+@_component()
+def merge_samples(workspace: str, round_index: int, prompts: Input[Dataset], shards: Input[List[Dataset]],
+                  samples: Output[Dataset]):
+    """The shards' samples as one samples.parquet, identical to an unsharded run's."""
+    from pathlib import Path
+
+    from flywheel.kubeflow import artifacts
+    from flywheel.stages.generate import run_merge_samples
+
+    here = artifacts.round_dir(workspace, round_index)
+    summary = run_merge_samples(Path(prompts.path), [Path(s.path) for s in shards], here / "samples.parquet")
+    artifacts.publish_file(here / "samples.parquet", samples)
+    samples.metadata.update(summary)
+
+
+@_component()
+def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Dataset], samples: Input[Dataset],
+         champion: Input[Model], votes: Output[Dataset], vote_metrics: Output[Metrics]):
+    """Vote per prompt (``flywheel.stages.vote.run_vote``: ``vote.method``), audited against the hidden truth.
+
+    The champion is an input because ``vote.method: self_judge`` scores candidates with it.
+    """
+    from pathlib import Path
+
+    from flywheel.kubeflow import artifacts
+    from flywheel.stages.vote import run_vote
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    here = artifacts.round_dir(workspace, round_index)
+    summary = run_vote(Path(samples.path), here, config.vote, task=load_task(config.task),
+                       audit_path=here / "audit.parquet", prompts_path=Path(prompts.path),
+                       model_dir=artifacts.model_path(champion), device=config.loop.device)
+    artifacts.publish_file(here / "votes.parquet", votes)
+    artifacts.log_metrics(vote_metrics, summary, "vote")
+
+
+@_component()
+def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Dataset], eval_set: Input[Dataset],
+           train_set: Output[Dataset], curate_metrics: Output[Metrics], vote_audit: Output[ClassificationMetrics]):
+    """Keep what the vote trusts (``flywheel.stages.curate.run_curate``); count every drop by reason.
+
+    ``vote_audit``: the vote's verdict (trusted at ``curate.min_vote_share`` or not) against whether the
+    majority answer is truly correct, where the round has an audit set.
+    """
+    from pathlib import Path
+
+    from flywheel import io, schemas
+    from flywheel.kubeflow import artifacts
+    from flywheel.report import vote_confusion
+    from flywheel.stages.curate import run_curate
+    from flywheel.stages.train import METHOD_DATA
+    from flywheel.stages.vote import read_truth
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    task = load_task(config.task)
+    here = artifacts.round_dir(workspace, round_index)
+    audit_path = here / "audit.parquet"
+    report = run_curate(here, config.curate, task=task, eval_path=Path(eval_set.path), round_index=round_index,
+                        previous_pool=artifacts.round_dir(workspace, round_index - 1) / "pool.parquet",
+                        audit_path=audit_path)
+    # What train.method trains on: train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo).
+    artifacts.publish_file(here / METHOD_DATA[config.train.method][0], train_set)
+    report.pop("thresholds", None)
+    artifacts.log_metrics(curate_metrics, report, "curate")
+    if audit_path.exists():
+        confusion = vote_confusion(io.read_rows(Path(votes.path), schemas.VOTES), read_truth(audit_path),
+                                   task.is_correct, config.curate.min_vote_share)
+        vote_audit.log_confusion_matrix(confusion["categories"], confusion["matrix"])
+
+
+@_component(GPU_IMAGE)
+def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[Dataset], champion: Input[Model],
+          candidate: Output[Model]):
+    """Fine-tune every member on the curated set (``flywheel.stages.train.run_train``: TRL SFT, DPO or GRPO by
+    ``train.method``), starting from the champion or, with ``train.init: base``, from the seed (``seed.path``)."""
+    from pathlib import Path
+
+    from flywheel.kubeflow import artifacts
+    from flywheel.stages.train import run_train
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    here = artifacts.round_dir(workspace, round_index)
+    init = artifacts.model_path(champion) if config.train.init == "champion" else Path(config.seed.path)
+    summary = run_train(Path(train_set.path), init, here / "candidate", config.train, round_index=round_index,
+                        device=config.loop.device, task=load_task(config.task))
+    artifacts.publish_model(here / "candidate", candidate, round=round_index, role="candidate",
+                            train_rows=summary["train_rows"])
+
+
+@_component(GPU_IMAGE)
+def evaluate(config_yaml: str, workspace: str, round_index: int, eval_set: Input[Dataset], candidate: Input[Model],
+             champion: Input[Model], eval_metrics: Output[Metrics]):
+    """Candidate and champion on the held-out set (``flywheel.stages.evaluate.run_evaluate``)."""
+    from pathlib import Path
+
+    from flywheel.kubeflow import artifacts
+    from flywheel.stages.evaluate import run_evaluate
+    from flywheel.tasks import load_task
+
+    config = artifacts.load(config_yaml)
+    here = artifacts.round_dir(workspace, round_index)
+    metrics = run_evaluate(Path(eval_set.path), artifacts.model_path(candidate), artifacts.model_path(champion),
+                           here / "eval", config.evaluate, task=load_task(config.task), device=config.loop.device)
+    artifacts.log_metrics(eval_metrics, metrics)
+
+
+@_component()
+def gate(config_yaml: str, workspace: str, round_index: int, candidate: Input[Model], champion: Input[Model],
+         eval_metrics: Input[Metrics], next_champion: Output[Model], gate_metrics: Output[Metrics]) -> float:
+    """Promote only on a significant, non-regressing win (``flywheel.stages.gate.run_gate``).
+
+    Returns 1.0 on promotion, else 0.0 (a float: the pipeline's ``dsl.If`` compares it with ``1.0``).
+    The round's ``champion`` directory becomes the candidate or stays the old champion; the MLflow
+    alias moves in ``track``, through the same ``Tracker.log_round`` as ``flywheel run``.
+    """
+    from flywheel.kubeflow import artifacts
+    from flywheel.stages.gate import run_gate
+    from flywheel.stages.train import link_or_copy_tree
+
+    config = artifacts.load(config_yaml)
+    here = artifacts.round_dir(workspace, round_index)
+    decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=artifacts.model_path(candidate))
+    winner = artifacts.model_path(candidate) if decision["promote"] else artifacts.model_path(champion)
+    link_or_copy_tree(winner, here / "champion")
+    artifacts.publish_model(here / "champion", next_champion, round=round_index, promoted=decision["promote"])
+    artifacts.log_metrics(gate_metrics, {k: decision[k] for k in (
+        "promote", "delta", "p_value", "champion_accuracy", "candidate_accuracy", "only_champion_correct",
+        "only_candidate_correct", "n")}, "gate")
+    return 1.0 if decision["promote"] else 0.0
+
+
+@_component()
+def track(config_yaml: str, workspace: str, round_index: int, register_seed: bool, gate_metrics: Input[Metrics],
+          tracking: Output[Artifact]):
+    """Log the round to MLflow (``flywheel.tracking.Tracker.log_round``): a nested run under the workspace's
+    parent run, the data digest, the candidate as a model version, and the ``champion`` alias moved on
+    promotion only. ``register_seed``: also register the seed (round 1 of the ``flywheel`` pipeline)."""
+    from pathlib import Path
+
+    from flywheel import io
+    from flywheel.kubeflow import artifacts
+    from flywheel.kubeflow.registry import track_round
+
+    config = artifacts.load(config_yaml)
+    result = track_round(config, workspace, round_index, register_seed=register_seed)
+    io.write_json(Path(tracking.path), result)
+    tracking.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})
+
+
+@_component()
+def report(config_yaml: str, workspace: str, round_index: int, gate_metrics: Input[Metrics],
+           round_report: Output[Markdown]):
+    """The round's Markdown report for the UI, and the workspace's report.json / report.html so far."""
+    from pathlib import Path
+
+    from flywheel.kubeflow import artifacts
+    from flywheel.report import build_report, round_markdown, write_report
+
+    config = artifacts.load(config_yaml)
+    write_report(Path(workspace), build_report(Path(workspace), config))
+    Path(round_report.path).write_text(round_markdown(Path(workspace), round_index, config.name))
+
+
+@_component()
+def push_data(workspace: str, round_index: int, dvc_remote: str, gate_metrics: Input[Metrics],
+              dvc_file: Output[Artifact]):
+    """Version the round directory with DVC: push it to ``dvc_remote``, emit its ``.dvc`` file."""
+    from pathlib import Path
+
+    from flywheel.kubeflow import artifacts
+    from flywheel.versioning import push_round
+
+    result = push_round(artifacts.round_dir(workspace, round_index), dvc_remote, Path(dvc_file.path))
+    dvc_file.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})
+
+
+GPU_COMPONENTS = (generate, train, evaluate)

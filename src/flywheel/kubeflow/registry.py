@@ -1,0 +1,91 @@
+"""MLflow for the Kubeflow pipelines: the champion from the registered model's ``champion`` alias
+(scheduled rounds), and logging a round with the same ``Tracker`` calls as ``flywheel run``.
+
+A workspace (a directory on the shared volume) has one MLflow parent run, found again by its
+``flywheel.loop`` tag ``kfp:<workspace>``, so the rounds of a schedule nest under one run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from flywheel import io, schemas
+from flywheel.config import FlywheelConfig
+from flywheel.loop import check_seed, round_dir
+from flywheel.stages.evaluate import make_eval_set
+from flywheel.stages.train import link_or_copy_tree
+
+
+def loop_key(workspace: str | Path) -> str:
+    return f"kfp:{Path(workspace).resolve()}"
+
+
+def next_round(workspace: str | Path) -> int:
+    """1 + the last round of the workspace that reached its gate (1 for a new workspace)."""
+    done = [int(p.name) for p in (Path(workspace) / "rounds").glob("*")
+            if p.name.isdigit() and int(p.name) > 0 and (p / "decision.json").exists()]
+    return max(done, default=0) + 1
+
+
+def resolve_champion(config: FlywheelConfig, workspace: str | Path, *, task) -> dict:
+    """Prepare the workspace's next round: the eval set (once), and the champion of MLflow's ``champion``
+    alias placed at ``rounds/<round - 1>/champion`` (the seed is registered first if no alias exists yet).
+
+    Without tracking the champion is the workspace's own last one (the seed for a new workspace).
+    Returns ``{"round", "champion_dir", "eval_path", "model_version"}``.
+    """
+    root = Path(workspace)
+    index = next_round(root)
+    previous = round_dir(root, index - 1)
+    eval_path = root / "eval.parquet"
+    if not eval_path.exists():
+        io.write_rows(eval_path, make_eval_set(task, config.evaluate), schemas.PROMPTS)
+    if not (previous / "pool.parquet").exists():
+        io.write_rows(previous / "pool.parquet", [], schemas.CURATED)
+    version = None
+    if config.tracking.enabled:
+        version = _download_champion(config, root, previous / "champion")
+    elif not (previous / "champion").exists():
+        link_or_copy_tree(check_seed(config), previous / "champion")
+    return {"round": index, "champion_dir": previous / "champion", "eval_path": eval_path, "model_version": version}
+
+
+def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from flywheel.tracking import CHAMPION_ALIAS, Tracker
+
+    tracker = Tracker(config.tracking)
+    name = config.tracking.registered_model
+    try:
+        version = tracker.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:
+        parent = tracker.start_loop(config, loop_key=loop_key(root))
+        tracker.register_seed(parent, check_seed(config))
+        version = tracker.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    with tempfile.TemporaryDirectory(prefix="flywheel-champion-") as scratch:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=scratch,
+                                                    tracking_uri=config.tracking.uri)
+        link_or_copy_tree(Path(local), target)
+    return version.version
+
+
+def track_round(config: FlywheelConfig, workspace: str | Path, round_index: int, *, register_seed: bool) -> dict:
+    """``Tracker.log_round`` for a round of the workspace (the alias moves only on promotion)."""
+    from flywheel.tracking import Tracker
+    from flywheel.versioning import digest
+
+    root = Path(workspace)
+    if not config.tracking.enabled:
+        return {"tracking": "disabled"}
+    tracker = Tracker(config.tracking)
+    parent = tracker.start_loop(config, loop_key=loop_key(root))
+    if register_seed:
+        tracker.register_seed(parent, round_dir(root, 0) / "champion")
+    here = round_dir(root, round_index)
+    result = tracker.log_round(parent, round_index, here, config, digest(here))
+    result["parent_run_id"] = parent
+    io.write_json(root / "tracking" / f"round-{round_index}.json", result)
+    return result

@@ -1,0 +1,70 @@
+"""``flywheel pipeline``: compile reproduces the committed YAML; run/schedule fail in one line (exit 2)."""
+
+from pathlib import Path
+
+import pytest
+
+from flywheel.cli import main
+from flywheel.errors import InputError
+from flywheel.kubeflow.cli import check_cron
+
+COMPILED = Path(__file__).resolve().parents[1] / "pipelines" / "compiled"
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens
+
+
+def test_compile_reproduces_the_committed_yaml_byte_for_byte(tmp_path, capsys):
+    assert main(["pipeline", "compile", "--out-dir", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["flywheel.yaml", "flywheel_round.yaml"]
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (COMPILED / name).read_bytes(), (
+            f"pipelines/compiled/{name} is stale: run `flywheel pipeline compile`")
+    assert capsys.readouterr().out.split() == [str(tmp_path / "flywheel_round.yaml"), str(tmp_path / "flywheel.yaml")]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("flywheel: error: ")
+    return err
+
+
+@pytest.mark.parametrize("command", [["run"], ["schedule", "--cron", "0 3 * * *"]])
+def test_an_unreachable_host_is_one_line_exit_2(command, capsys):
+    assert main(["pipeline", *command, "--host", UNREACHABLE]) == 2
+    assert f"{UNREACHABLE}: cannot reach Kubeflow Pipelines" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("cron, message", [
+    ("0 3 * *", "expected 5 fields"),
+    ("0 24 * * *", "hour field '24': 24 is outside 0-23"),
+    ("0 3 * * FUNDAY", "day of week field 'FUNDAY'"),
+    ("*/0 3 * * *", "step must be >= 1"),
+    ("0 3 ? * *", None),  # '?' is allowed in the day fields only ...
+    ("? 3 * * *", "minute field '?' is not a cron field"),
+])
+def test_a_bad_cron_is_rejected_before_any_network_call(cron, message, capsys):
+    code = main(["pipeline", "schedule", "--host", UNREACHABLE, "--cron", cron])
+    err = _one_line_error(capsys)
+    if message is None:  # a valid expression goes on to the (unreachable) host
+        assert code == 2 and "cannot reach" in err
+    else:  # the cron error, not the connection error: the host was never contacted
+        assert code == 2 and f"--cron: " in err and message in err and "cannot reach" not in err
+
+
+def test_cron_becomes_kfp_six_field_form():
+    assert check_cron("0 3 * * *") == "0 0 3 * * *"
+    assert check_cron("*/15 8-18 1,15 JAN-MAR MON-FRI") == "0 */15 8-18 1,15 JAN-MAR MON-FRI"
+    with pytest.raises(InputError, match="month field '13'"):
+        check_cron("0 0 1 13 *")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--host", "localhost:8080"], "--host: 'localhost:8080' is not an http(s) URL"),
+    (["run", "--host", UNREACHABLE, "--rounds", "0"], "--rounds: must be >= 1, got 0"),
+    (["run", "--host", UNREACHABLE, "--shards", "0"], "--shards: must be >= 1, got 0"),
+    (["run", "--host", UNREACHABLE, "-s", "loop.rounds=0"], "field 'loop.rounds': must be > 0"),
+])
+def test_bad_arguments_are_one_line_exit_2(args, message, capsys):
+    assert main(["pipeline", *args]) == 2
+    assert message in _one_line_error(capsys)
