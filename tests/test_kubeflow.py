@@ -58,7 +58,7 @@ def _tasks(pipeline: dict):
 
 def test_every_gpu_task_has_its_accelerator_toleration_node_selector_and_shm():
     from flywheel.kubeflow.components import GPU_IMAGE
-    from flywheel.kubeflow.pipelines import ACCELERATOR, GPU_NODE_SELECTOR
+    from flywheel.kubeflow.pipelines import ACCELERATOR, GPU_NODE_SELECTOR, MOUNT_PATH
 
     for name in NAMES:
         pipeline, platform = _documents(COMPILED / f"{name}.yaml")
@@ -72,7 +72,7 @@ def test_every_gpu_task_has_its_accelerator_toleration_node_selector_and_shm():
             label = component["executorLabel"]
             container = executors[label]["container"]
             assert task.get("cachingOptions", {}).get("enableCache") is not True, f"{name}: {task_name} caches"
-            assert any(m["mountPath"] == "/mnt/flywheel" for m in k8s[label]["pvcMount"]), f"{task_name}: no volume"
+            assert any(m["mountPath"] == MOUNT_PATH for m in k8s[label]["pvcMount"]), f"{task_name}: no volume"
             if container["image"] != GPU_IMAGE:
                 assert "accelerator" not in container.get("resources", {}), f"{task_name} asks for a GPU"
                 continue

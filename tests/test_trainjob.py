@@ -79,3 +79,35 @@ def test_the_shipped_example_is_what_trainjob_renders():
     shipped = yaml.safe_load((ROOT / "infra" / "trainer" / "trainjob-example.yaml").read_text())
     assert shipped == infra.example_trainjob()
     assert shipped["spec"]["trainer"]["numNodes"] == 2
+
+
+def test_trainjob_state_reads_the_terminal_conditions():
+    from flywheel.infra import trainjob_state
+
+    assert trainjob_state({}) == "running"
+    assert trainjob_state({"status": {"conditions": [{"type": "Created", "status": "True"}]}}) == "running"
+    assert trainjob_state({"status": {"conditions": [{"type": "Complete", "status": "False"}]}}) == "running"
+    assert trainjob_state({"status": {"conditions": [{"type": "Created", "status": "True"},
+                                                     {"type": "Complete", "status": "True"}]}}) == "complete"
+    assert trainjob_state({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) == "failed"
+
+
+def test_dns_label_makes_a_valid_trainjob_name_that_keeps_the_round():
+    from flywheel.infra import _DNS_LABEL, dns_label
+
+    assert dns_label("flywheel-train-Run_42-r3") == "flywheel-train-run-42-r3"
+    long = dns_label("flywheel-train-" + "x" * 100 + "-r12")
+    assert len(long) <= 63 and long.endswith("-r12") and _DNS_LABEL.match(long)
+
+
+def test_only_rank_zero_writes_the_candidate_under_torchrun(tmp_path, monkeypatch):
+    from flywheel.stages.train import _candidate_dir
+
+    monkeypatch.setenv("RANK", "1")
+    with _candidate_dir(tmp_path / "candidate") as scratch:
+        (scratch / "weights").write_text("rank 1")
+    assert not (tmp_path / "candidate").exists()
+    monkeypatch.setenv("RANK", "0")
+    with _candidate_dir(tmp_path / "candidate") as target:
+        (target / "weights").write_text("rank 0")
+    assert (tmp_path / "candidate" / "weights").read_text() == "rank 0"

@@ -85,3 +85,53 @@ def example_trainjob() -> dict:
     return trainjob(config, "flywheel-cuda:0.1.0", round_index=3, config_file="/models/run/config.yaml",
                     train_data="/models/run/rounds/3/train.parquet", init_dir="/models/run/rounds/2/champion",
                     out_dir="/models/run/rounds/3/candidate", gpus_per_node=8)
+
+
+TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+
+
+def dns_label(text: str) -> str:
+    """``text`` as a Kubernetes name: lower case, a-z 0-9 '-', at most 63 characters, the end kept
+    (it holds the round number)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if len(label) > 63:
+        label = "f" + label[-62:].lstrip("-")
+    return label
+
+
+def trainjob_state(trainjob_object: dict) -> str:
+    """'complete', 'failed' or 'running' from a TrainJob's ``status.conditions`` (Trainer sets
+    ``Complete`` or ``Failed`` to ``"True"`` when its JobSet ends)."""
+    conditions = (trainjob_object.get("status") or {}).get("conditions") or []
+    for condition in conditions:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return condition["type"].lower()
+    return "running"
+
+
+def run_trainjob(manifest: dict, *, timeout_s: float = 24 * 3600, poll_s: float = 30.0) -> dict:
+    """Submit a TrainJob from inside the cluster (the pipeline pod's ServiceAccount may create TrainJobs,
+    infra/base/runs/rbac.yaml) and wait for it to end. Returns its final object; a failed or timed-out
+    job raises ``InputError`` naming the job, so the pipeline step fails with one line.
+
+    Not exercised in this repository's tests: they have no cluster. ``trainjob_state`` is tested.
+    """
+    import time
+
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    api = client.CustomObjectsApi()
+    group, version, plural = TRAINJOB_API
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    api.create_namespaced_custom_object(group, version, namespace, plural, manifest)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
+        state = trainjob_state(current)
+        if state == "complete":
+            return current
+        if state == "failed" or time.monotonic() > deadline:
+            raise InputError(f"trainjob/{namespace}/{name}", "failed" if state == "failed" else
+                             f"did not finish within {timeout_s:.0f} s", field="status")
+        time.sleep(poll_s)

@@ -45,11 +45,11 @@ def add_parser(sub, common) -> None:
         p.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
         p.add_argument("--experiment", default="flywheel", help="KFP experiment (created if missing)")
         p.add_argument("--workspace", default=None,
-                       help="directory on the shared volume (default: /mnt/flywheel/runs for run, "
-                            "/mnt/flywheel/scheduled for schedule)")
+                       help="directory on the shared volume (default: /models/runs for run, "
+                            "/models/scheduled for schedule)")
         p.add_argument("--shards", type=int, default=4, help="prompt shards generated in parallel (default 4)")
         p.add_argument("--dvc-remote", default="", help="DVC remote URL to push each round to (default: none)")
-        p.add_argument("--pvc", default=None, help="PVC holding the shared volume (default: flywheel-data)")
+        p.add_argument("--pvc", default=None, help="PVC holding the shared volume (default: flywheel-models)")
         if name == "run":
             p.add_argument("--rounds", type=int, default=None, help="rounds (default: loop.rounds of the config)")
             p.add_argument("--run-name", default=None)

@@ -195,8 +195,26 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
     config = artifacts.load(config_yaml)
     here = artifacts.round_dir(workspace, round_index)
     init = artifacts.model_path(champion) if config.train.init == "champion" else Path(config.seed.path)
-    summary = run_train(Path(train_set.path), init, here / "candidate", config.train, round_index=round_index,
-                        device=config.loop.device, task=load_task(config.task))
+    if config.train.num_nodes > 1:
+        # Several nodes: a Kubeflow Trainer TrainJob runs `torchrun -m flywheel.cli train` on every node
+        # over the shared volume (rank 0 writes the candidate); this step submits it and waits.
+        from flywheel import infra, io
+        from flywheel.config import dump_config
+        from flywheel.kubeflow.components import GPU_IMAGE
+        from flywheel.stages.train import METHOD_DATA
+
+        config_file = here / "train-config.yaml"
+        with io.atomic_path(config_file) as tmp:
+            tmp.write_text(dump_config(config))
+        manifest = infra.trainjob(config, GPU_IMAGE, round_index=round_index, config_file=str(config_file),
+                                  train_data=str(here / METHOD_DATA[config.train.method][0]), init_dir=str(init),
+                                  out_dir=str(here / "candidate"),
+                                  name=infra.dns_label(f"flywheel-train-{Path(workspace).name}-r{round_index}"))
+        infra.run_trainjob(manifest)
+        summary = {"train_rows": None, "num_nodes": config.train.num_nodes}
+    else:
+        summary = run_train(Path(train_set.path), init, here / "candidate", config.train, round_index=round_index,
+                            device=config.loop.device, task=load_task(config.task))
     artifacts.publish_model(here / "candidate", candidate, round=round_index, role="candidate",
                             train_rows=summary["train_rows"])
 

@@ -23,14 +23,16 @@ from flywheel.config import dump_config, load_config
 from flywheel.infra import GPU_RESOURCE
 from flywheel.kubeflow import components as c
 
-MOUNT_PATH = "/mnt/flywheel"  # the shared volume inside every pod
+MOUNT_PATH = infra.MODELS_MOUNT  # the shared volume, at the same path as in the TrainJob runtime's pods
 # The names infra/ creates (docs/kubeflow-infra.md): the RWX model volume, the object-store Secret and the
 # ConfigMap that says where MLflow, the object store and the DVC remote are.
 DEFAULT_PVC = "flywheel-models"
 SECRET = "flywheel-s3"  # object-store credentials, as environment variables (boto3, DVC, MLflow artifacts)
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 CONFIG_MAP = "flywheel-cluster"
-CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "FLYWHEEL_DVC_REMOTE", "HF_HUB_OFFLINE")
+# FLYWHEEL_REGISTRY: the train step names the CUDA image in the TrainJob it submits (train.num_nodes > 1).
+CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "FLYWHEEL_DVC_REMOTE", "HF_HUB_OFFLINE",
+                  "FLYWHEEL_REGISTRY")
 IN_CLUSTER_MLFLOW = "http://mlflow.flywheel.svc.cluster.local:5000"  # infra/base/services
 ACCELERATOR = GPU_RESOURCE
 GPU_TOLERATION = infra.GPU_TOLERATION

@@ -294,7 +294,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
     if config.method == "grpo" and task is None:
         raise ValueError("train.method=grpo needs the task (its reward extracts answers)")
     per_member, formats = [], []
-    with io.atomic_dir(out_dir) as tmp:
+    with _candidate_dir(out_dir) as tmp:
         for index, member in enumerate(members):
             trained, tokenizer, metrics = train_member(
                 member, rows, config, task=task, seed=derive_seed(config.seed, round_index, index) % 2**31,
@@ -329,6 +329,20 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
         rewards = [m["mean_reward"] for m in per_member if m.get("mean_reward") is not None]
         result["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
     return result
+
+
+@contextlib.contextmanager
+def _candidate_dir(out_dir: Path):
+    """Where this process writes the candidate: ``out_dir`` atomically, except on the non-zero ranks of a
+    multi-node ``torchrun`` (a Kubeflow Trainer TrainJob, ``train.num_nodes > 1``), which trained the same
+    weights with DDP and write to a scratch directory that is thrown away, so only rank 0 renames onto
+    the shared volume."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        with io.atomic_dir(out_dir) as tmp:
+            yield tmp
+    else:
+        with tempfile.TemporaryDirectory(prefix="flywheel-rank-") as scratch:
+            yield Path(scratch)
 
 
 def _hardest_bucket(rows: list[dict], round_index: int) -> int | None:
