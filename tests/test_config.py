@@ -38,7 +38,7 @@ def test_dotted_overrides_are_typed():
 @pytest.mark.parametrize("override, message", [
     ("train.stepz=1", "field 'train.stepz': unknown config key"),
     ("train.steps=many", "field 'train.steps': expected int, got str"),
-    ("gate.alpha=2", "field 'gate.alpha': must be in (0, 1)"),
+    ("gate.alpha=2", "field 'gate.alpha': must be in (0, 1]"),
     ("gate.test=ttest", "field 'gate.test': must be 'mcnemar' or 'bootstrap'"),
     ("model.hidden_size=30", "field 'model.hidden_size': must be divisible by model.num_heads"),
     ("train=3", "field 'train': expected a mapping"),

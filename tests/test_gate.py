@@ -56,3 +56,13 @@ def test_buckets_sort_numerically_and_frontier_ignores_named_buckets():
     assert length_frontier({"1": 1.0, "2": 0.995, "3": 0.6, "10": 0.5, "all": 0.9}) == {"frontier": 2, "reach": 10}
     d = decide(items([(True, True)] * 3, bucket="10") + items([(True, True)] * 3, bucket="2"), GateConfig())
     assert list(d["buckets"]) == ["2", "10"]
+
+
+def test_alpha_one_switches_the_test_off_but_not_min_gain():
+    from flywheel.config import GateConfig
+    from flywheel.stages.gate import decide
+
+    items = [{"bucket": "1", "champion_correct": c, "candidate_correct": c} for c in (True, False, True, False)]
+    assert decide(items, GateConfig(alpha=1.0, min_gain=0.0))["promote"]  # p = 1.0 <= alpha
+    assert not decide(items, GateConfig(alpha=0.999, min_gain=0.0))["promote"]
+    assert not decide(items, GateConfig(alpha=1.0, min_gain=0.01))["promote"]

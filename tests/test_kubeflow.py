@@ -133,8 +133,7 @@ def _assert_same_samples(merged: list[dict], whole: list[dict]) -> None:
 # --- the N-round pipeline under kfp.local against flywheel.loop.run_loop ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def pipeline_and_loop(tmp_path_factory, tiny_seed):
+def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str]):
     """Two rounds (stopping at the first decline) as a kfp.local pipeline and as ``run_loop``."""
     from kfp import local
 
@@ -142,8 +141,8 @@ def pipeline_and_loop(tmp_path_factory, tiny_seed):
     from flywheel.loop import run_loop
     from flywheel.tracking import Tracker
 
-    base = tmp_path_factory.mktemp("kubeflow")
-    overrides = [f"seed.path={tiny_seed}", "loop.progress=false", "loop.rounds=2", "loop.stop_on_decline=true"]
+    overrides = [f"seed.path={tiny_seed}", "loop.progress=false", "loop.rounds=2", "loop.stop_on_decline=true",
+                 *extra]
     loop_config = load_config(_smoke(), overrides + [f"loop.out_dir={base / 'loop'}",
                                                      f"tracking.uri=sqlite:///{base / 'loop.db'}"])
     pipeline_config = load_config(_smoke(), overrides + [f"tracking.uri=sqlite:///{base / 'pipeline.db'}"])
@@ -164,6 +163,13 @@ def pipeline_and_loop(tmp_path_factory, tiny_seed):
     assert not [m for m in records.messages if "Could not resolve" in m or "Condition evaluation failed" in m], (
         records.messages)
     return Path(task.output), base / "loop", report, pipeline_config, base
+
+
+@pytest.fixture(scope="module")
+def pipeline_and_loop(tmp_path_factory, tiny_seed):
+    """Both rounds run: ``gate.alpha=1.0`` (no significance test) and ``min_gain=-1`` promote the tiny
+    model's candidates, so round 2 runs inside round 1's nested ``dsl.If``."""
+    return _run_pipeline_and_loop(tmp_path_factory.mktemp("kubeflow"), tiny_seed, ["gate.alpha=1.0"])
 
 
 class _Records(logging.Handler):
@@ -198,14 +204,23 @@ def test_pipeline_gate_decisions_and_metrics_equal_flywheel_run(pipeline_and_loo
         loop_out / "rounds" / "0" / "eval" / "metrics.json")
 
 
-def test_pipeline_stops_at_the_first_declined_round_like_stop_on_decline(pipeline_and_loop):
-    workspace, _, report, config, _ = pipeline_and_loop
-    decisions = [io.read_json(workspace / "rounds" / str(r) / "decision.json")["promote"]
-                 for r in _rounds(workspace)[1:]]
-    # Round r+1 ran exactly when round r promoted; the last round ran is the first decline or round 2.
-    assert all(decisions[:-1])
-    assert len(decisions) == 2 or not decisions[-1]
-    assert len(report["rounds"]) - 1 == len(decisions)
+def test_both_rounds_ran_through_the_nested_condition(pipeline_and_loop):
+    workspace, _, report, _, _ = pipeline_and_loop
+    assert _rounds(workspace) == [0, 1, 2]
+    assert all(io.read_json(workspace / "rounds" / str(r) / "decision.json")["promote"] for r in (1, 2))
+    assert [r["decision"]["promote"] for r in report["rounds"][1:]] == [True, True]
+
+
+@pytest.mark.slow
+def test_pipeline_stops_at_the_first_declined_round_like_stop_on_decline(tmp_path, tiny_seed):
+    """The smoke gate (alpha 0.999) declines the tiny model's round 1: neither the pipeline nor the loop
+    runs round 2, and both decided the same."""
+    workspace, loop_out, report, _, _ = _run_pipeline_and_loop(tmp_path, tiny_seed, [])
+    decisions = [io.read_json(workspace / "rounds" / str(r) / "decision.json") for r in _rounds(workspace)[1:]]
+    assert [d["promote"] for d in decisions] == [False]
+    assert _rounds(workspace) == _rounds(loop_out) == [0, 1]
+    assert decisions[0] == io.read_json(loop_out / "rounds" / "1" / "decision.json")
+    assert len(report["rounds"]) == 2
 
 
 def test_pipeline_tracks_in_mlflow_and_moves_the_alias_only_on_promotion(pipeline_and_loop):
@@ -244,7 +259,9 @@ def test_pipeline_shows_metrics_vote_audit_and_round_report(pipeline_and_loop):
     eval_metrics = outputs["evaluate"]["artifacts"]["eval_metrics"]["artifacts"][0]["metadata"]
     metrics = io.read_json(workspace / "rounds" / "1" / "eval" / "metrics.json")
     assert eval_metrics["candidate.accuracy"] == metrics["candidate"]["accuracy"]
-    report = next((base / "kfp").rglob("round_report")).read_text()
+    reports = {path.read_text().splitlines()[0]: path.read_text() for path in (base / "kfp").rglob("round_report")}
+    assert set(reports) == {"# smoke: round 1", "# smoke: round 2"}
+    report = reports["# smoke: round 1"]
     decision = io.read_json(workspace / "rounds" / "1" / "decision.json")
     curation = io.read_json(workspace / "rounds" / "1" / "curation.json")
     assert report.startswith("# smoke: round 1")

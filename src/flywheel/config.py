@@ -299,7 +299,8 @@ class GateConfig:
     """Promote the candidate only on a significant, non-regressing win."""
 
     min_gain: float = _f(0.01, "Candidate accuracy must exceed the champion's by at least this (absolute).")
-    alpha: float = _f(0.05, "Significance level of the paired test (one-sided).")
+    alpha: float = _f(0.05, "Significance level of the paired test (one-sided); 1.0 switches the test off "
+                      "(promote on min_gain and the bucket tolerance alone, as plain ReST-EM iterates).")
     test: str = _f("mcnemar", "Paired test: 'mcnemar' (exact) or 'bootstrap' (paired bootstrap).")
     bootstrap_samples: int = _f(2000, "Resamples for the paired bootstrap.")
     max_bucket_drop: float = _f(0.05, "Decline if any bucket's accuracy drops by more than this.")
@@ -307,7 +308,7 @@ class GateConfig:
 
     def __post_init__(self):
         _check(self.test in ("mcnemar", "bootstrap"), "gate.test", "must be 'mcnemar' or 'bootstrap'")
-        _check(0 < self.alpha < 1, "gate.alpha", "must be in (0, 1)")
+        _check(0 < self.alpha <= 1, "gate.alpha", "must be in (0, 1]")
         _check(self.max_bucket_drop >= 0, "gate.max_bucket_drop", "must be >= 0")
         _positive(self, "bootstrap_samples")
 
