@@ -411,7 +411,8 @@ def _positive(section, *names: str) -> None:
 
 
 _SECTIONS = {"seed": SeedConfig, "prompts": PromptsConfig, "data": DataConfig, "code": CodeConfig,
-             "generate": GenerateConfig, "vote": VoteConfig, "curate": CurateConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "gate": GateConfig,
+             "generate": GenerateConfig, "vote": VoteConfig, "curate": CurateConfig, "train": TrainConfig,
+             "evaluate": EvaluateConfig, "gate": GateConfig,
              "tracking": TrackingConfig, "loop": LoopConfig, "model": TinyModelConfig}
 
 

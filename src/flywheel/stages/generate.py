@@ -67,6 +67,8 @@ def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend],
     from flywheel.tasks.code import extract_test_inputs, input_style, prompt_meta
 
     wanted = [p for p in prompts if code.generated_tests == "always" or not prompt_meta(p).get("tests")]
+    if not wanted:
+        return prompts
     found: dict[str, list[dict]] = {p["id"]: [] for p in wanted}
     for voter, backend in enumerate(backends):
         tokenizer = getattr(backend, "tokenizer", None)

@@ -103,7 +103,8 @@ class CodeTask:
         return self._outputs[key]
 
     def split_tests(self, tests, *, source, row: int, field: str) -> tuple[dict, str | None]:
-        """User tests -> (``meta``: unlabeled inputs and the style, hidden answer: JSON list of labeled tests or None)."""
+        """User tests -> (``meta``: unlabeled inputs and their style; hidden answer: JSON list of the
+        labeled tests, or None when there are none)."""
         if isinstance(tests, str):
             try:
                 tests = json.loads(tests)
