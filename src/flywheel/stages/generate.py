@@ -13,6 +13,7 @@ The model sees only the question, never a given test.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from flywheel import io, schemas
@@ -62,8 +63,6 @@ def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend],
     ``code.test_samples`` completions per prompt at ``generate.temperature``; inputs are pooled in
     (member, sample) order, de-duplicated and capped at ``code.max_tests``.
     """
-    import json
-
     from flywheel.tasks.code import extract_test_inputs, input_style, prompt_meta
 
     wanted = [p for p in prompts if code.generated_tests == "always" or not prompt_meta(p).get("tests")]
