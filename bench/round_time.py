@@ -40,7 +40,7 @@ def main() -> None:
         root = Path(scratch)
         config = load_config(args.config, [*args.overrides, f"loop.out_dir={root}", "loop.progress=false",
                                            f"tracking.uri=sqlite:///{root / 'mlflow.db'}"])
-        task = load_task(config.task)
+        task = load_task(config.task, config.code)
         start = time.perf_counter()
         eval_path = prepare(config, root, task=task)
         prepare_seconds = time.perf_counter() - start

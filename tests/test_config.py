@@ -24,7 +24,8 @@ def test_params_yaml_is_the_default_config():
     # apart from where the loop writes.
     params = load_config(ROOT / "params.yaml")
     default = load_config(ROOT / "configs" / "default.yaml")
-    for section in ("model", "seed", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate"):
+    for section in ("model", "seed", "prompts", "data", "code", "generate", "vote", "curate", "train", "evaluate",
+                    "gate"):
         assert getattr(params, section) == getattr(default, section), section
 
 

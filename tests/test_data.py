@@ -57,8 +57,9 @@ def test_code_tests_column_becomes_meta_and_answer():
     config = load_config(ROOT / "configs" / "code.yaml")
     config.data.prompts = str(ROOT / config.data.prompts)
     rows = load_prompts(config.data, load_task("code"))
-    assert json.loads(rows[0]["meta"])["tests"][0] == {"call": "add(1, 2)"}
-    assert json.loads(rows[0]["answer"]) == ["3", "0", "42"]
+    # Labeled tests are hidden grading: the prompt's meta keeps only their style, the answer holds them.
+    assert json.loads(rows[0]["meta"]) == {"tests": [], "style": "call"}
+    assert json.loads(rows[0]["answer"])[0] == {"call": "add(1, 2)", "expected": "3"}
 
 
 def test_rounds_take_successive_slices_or_seeded_samples():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flywheel.config import load_config, to_dict
 from tests.conftest import ROOT, SMOKE
 
 BIN = Path(sys.executable).parent
@@ -24,6 +25,20 @@ def sh(*args, cwd, check=True):
     return result
 
 
+def listed_params(pipeline: dict) -> set[str]:
+    return {param.split(".")[0] for stage in pipeline["stages"].values()
+            for param in stage.get("do", stage).get("params", [])}
+
+
+def test_params_yaml_has_every_section_dvc_yaml_lists():
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    listed = listed_params(pipeline)
+    assert {"data", "code"} <= listed  # prompts/prepare read data; every program-running stage reads code
+    assert listed <= set(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert "data" in pipeline["stages"]["prompts"]["do"]["params"]
+    assert "data" in pipeline["stages"]["prepare"]["params"]
+
+
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, tiny_seed):
     repo = tmp_path_factory.mktemp("dvcrepo")
@@ -35,7 +50,8 @@ def dvc_repo(tmp_path_factory, tiny_seed):
                                             and "/4/" not in d]
     pipeline["plots"][0]["data/plots/accuracy_by_digits.csv"]["y"] = ["seed", "round_1", "round_2"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    params = yaml.safe_load(SMOKE.read_text())
+    # Every section dvc.yaml lists must be in params.yaml (DVC fails on a missing one): write them all.
+    params = to_dict(load_config(SMOKE))
     params["seed"]["path"] = "seed/tiny"
     params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
     params["loop"]["out_dir"] = "data"

@@ -178,7 +178,7 @@ def _dispatch(args) -> int:
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
     from flywheel.tasks import load_task
 
-    task = load_task(config.task)
+    task = load_task(config.task, config.code)
     device, progress = config.loop.device, config.loop.progress and sys.stderr.isatty()
     config.loop.progress = progress  # no progress bars in logs (dvc repro, CI, pipes)
     _check_device(device)
@@ -210,7 +210,7 @@ def _dispatch(args) -> int:
         from flywheel.stages.generate import run_generate
 
         result = run_generate(args.prompts, args.model, args.out, config.generate, task=task, round_index=args.round,
-                              device=device, progress=progress)
+                              device=device, progress=progress, code=config.code)
     elif args.command == "vote":
         from flywheel.stages.vote import run_vote
 

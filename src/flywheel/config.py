@@ -128,6 +128,42 @@ class GenerateConfig:
                "must be > 0 or null")
 
 
+GENERATED_TESTS = ("off", "missing", "always")
+
+
+@dataclass
+class CodeConfig:
+    """The code task: sandbox limits of every program run, and self-generated test inputs (CodeT-style).
+
+    Read by every stage that runs programs (generate, vote, curate, evaluate, prepare).
+    """
+
+    timeout_s: float = _f(10.0, "Wall-clock seconds per sandbox run (the process group is killed after it).")
+    cpu_s: int = _f(5, "CPU seconds per sandbox run (RLIMIT_CPU).")
+    memory_mb: int = _f(1024, "Address space per sandbox run in MB (RLIMIT_AS).")
+    file_mb: int = _f(16, "Largest file a program may write, in MB (RLIMIT_FSIZE).")
+    generated_tests: str = _f("missing", "Test inputs written by the model itself, on which the programs vote: "
+                              "'missing' (only for problems with no unlabeled test inputs; tests with expected "
+                              "outputs or asserts are hidden grading and never vote), 'always' (in addition to "
+                              "the given inputs) or 'off'.")
+    max_tests: int = _f(10, "At most this many generated test inputs per problem (after de-duplication).")
+    test_samples: int = _f(1, "Test-writing completions per problem per champion member.")
+    test_max_new_tokens: int = _f(256, "Longest test-writing completion in tokens.")
+
+    def __post_init__(self):
+        _check(self.generated_tests in GENERATED_TESTS, "code.generated_tests",
+               f"must be one of {', '.join(GENERATED_TESTS)}")
+        _positive(self, "timeout_s", "cpu_s", "memory_mb", "file_mb", "max_tests", "test_samples",
+                  "test_max_new_tokens")
+        _check(self.memory_mb >= 64, "code.memory_mb", "must be >= 64 (the Python interpreter itself needs it)")
+
+    def limits(self):
+        from flywheel.sandbox import Limits
+
+        return Limits(wall_seconds=self.timeout_s, cpu_seconds=self.cpu_s, memory_mb=self.memory_mb,
+                      file_mb=self.file_mb)
+
+
 VOTE_METHODS = ("majority", "weighted", "self_judge", "reference")
 
 
@@ -139,7 +175,9 @@ class VoteConfig:
                                  "answered share is below this gets no pseudo-label.")
     method: str = _f("majority", "'majority' (one sample, one vote), 'weighted' (a sample's vote is its "
                      "per-token probability, exp(logprob / n_tokens)), 'self_judge' (the champion scores each "
-                     "candidate answer; the score weights its votes) or 'reference' (SUPERVISED: the hidden "
+                     "candidate answer and the score weights its votes: chat tasks on a chat model are asked a "
+                     "yes/no judge prompt, score P(yes)/(P(yes)+P(no)); otherwise exp(mean token log-prob)) or "
+                     "'reference' (SUPERVISED: the hidden "
                      "label is the pseudo-label; reads the audit file).")
     judge_batch_size: int = _f(256, "self_judge: sequences per scoring forward pass.")
 
@@ -345,6 +383,7 @@ class FlywheelConfig:
     seed: SeedConfig = field(default_factory=SeedConfig, metadata={"help": SeedConfig.__doc__})
     prompts: PromptsConfig = field(default_factory=PromptsConfig, metadata={"help": PromptsConfig.__doc__})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": DataConfig.__doc__})
+    code: CodeConfig = field(default_factory=CodeConfig, metadata={"help": CodeConfig.__doc__})
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": GenerateConfig.__doc__})
     vote: VoteConfig = field(default_factory=VoteConfig, metadata={"help": VoteConfig.__doc__})
     curate: CurateConfig = field(default_factory=CurateConfig, metadata={"help": CurateConfig.__doc__})
@@ -374,8 +413,9 @@ def _positive(section, *names: str) -> None:
         _check(getattr(section, name) > 0, f"{prefix}.{name}", "must be > 0")
 
 
-_SECTIONS = {"seed": SeedConfig, "prompts": PromptsConfig, "data": DataConfig, "generate": GenerateConfig, "vote": VoteConfig,
-             "curate": CurateConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "gate": GateConfig,
+_SECTIONS = {"seed": SeedConfig, "prompts": PromptsConfig, "data": DataConfig, "code": CodeConfig,
+             "generate": GenerateConfig, "vote": VoteConfig, "curate": CurateConfig, "train": TrainConfig,
+             "evaluate": EvaluateConfig, "gate": GateConfig,
              "tracking": TrackingConfig, "loop": LoopConfig, "model": TinyModelConfig}
 
 

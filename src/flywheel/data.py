@@ -95,8 +95,9 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
             if not hasattr(task, "split_tests"):
                 raise InputError(source, f"the {task.name} task takes no tests column", row=index,
                                  field=mapping["tests"])
-            inputs, expected = task.split_tests(tests, source=source, row=index, field=mapping["tests"])
-            meta = json.dumps({"tests": inputs})
+            # Labeled tests become the hidden answer; only unlabeled inputs (and their style) reach meta.
+            test_meta, expected = task.split_tests(tests, source=source, row=index, field=mapping["tests"])
+            meta = json.dumps(test_meta)
             answer = expected if answer is None else answer
         if labeled and answer is None:
             raise InputError(source, "the eval set needs a reference answer", row=index,

@@ -99,7 +99,7 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
                     data=config.data)
     with timer.stage("generate"):
         run_generate(here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
-                     round_index=round_index, device=device, progress=progress)
+                     round_index=round_index, device=device, progress=progress, code=config.code)
     with timer.stage("vote"):
         run_vote(here / "samples.parquet", here, config.vote, task=task, audit_path=here / "audit.parquet",
                  prompts_path=here / "prompts.parquet", model_dir=champion, device=device)
@@ -125,7 +125,7 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None) -> dict:
     from flywheel.report import build_report, write_report
     from flywheel.versioning import digest
 
-    task = load_task(config.task)
+    task = load_task(config.task, config.code)
     root = Path(config.loop.out_dir)
     check_seed(config)
     # A new loop: rounds left by an earlier run into the same directory must not mix into this report.

@@ -42,7 +42,7 @@ def prepare(config_yaml: str, workspace_root: str, eval_set: Output[Dataset], ch
 
     config = artifacts.load(config_yaml)
     workspace = Path(workspace_root) / run_id
-    eval_path = prepare_round_zero(config, workspace, task=load_task(config.task))
+    eval_path = prepare_round_zero(config, workspace, task=load_task(config.task, config.code))
     artifacts.publish_file(eval_path, eval_set)
     zero = artifacts.round_dir(str(workspace), 0)
     artifacts.publish_model(zero / "champion", champion, round=0, role="seed")
@@ -69,7 +69,7 @@ def resolve_champion(config_yaml: str, workspace: str, eval_set: Output[Dataset]
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
-    resolved = resolve(config, workspace, task=load_task(config.task))
+    resolved = resolve(config, workspace, task=load_task(config.task, config.code))
     artifacts.publish_file(resolved["eval_path"], eval_set)
     artifacts.publish_model(resolved["champion_dir"], champion, round=resolved["round"] - 1,
                             model_version=resolved["model_version"])
@@ -86,7 +86,7 @@ def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: I
 
     config = artifacts.load(config_yaml)
     here = artifacts.round_dir(workspace, round_index)
-    summary = run_prompts(here, config.prompts, task=load_task(config.task), round_index=round_index,
+    summary = run_prompts(here, config.prompts, task=load_task(config.task, config.code), round_index=round_index,
                           champion_dir=artifacts.model_path(champion), data=config.data)
     artifacts.publish_file(here / "prompts.parquet", prompts)
     prompts.metadata.update(summary)
@@ -104,8 +104,8 @@ def generate(config_yaml: str, round_index: int, shard: int, shards: int, prompt
 
     config = artifacts.load(config_yaml)
     summary = run_generate(Path(prompts.path), artifacts.model_path(champion), Path(samples.path), config.generate,
-                           task=load_task(config.task), round_index=round_index, device=config.loop.device,
-                           shard=shard, shards=shards)
+                           task=load_task(config.task, config.code), round_index=round_index,
+                           device=config.loop.device, shard=shard, shards=shards, code=config.code)
     samples.metadata.update({"shard": shard, "shards": shards, **summary})
 
 
@@ -139,7 +139,7 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
 
     config = artifacts.load(config_yaml)
     here = artifacts.round_dir(workspace, round_index)
-    summary = run_vote(Path(samples.path), here, config.vote, task=load_task(config.task),
+    summary = run_vote(Path(samples.path), here, config.vote, task=load_task(config.task, config.code),
                        audit_path=here / "audit.parquet", prompts_path=Path(prompts.path),
                        model_dir=artifacts.model_path(champion), device=config.loop.device)
     artifacts.publish_file(here / "votes.parquet", votes)
@@ -165,7 +165,7 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
-    task = load_task(config.task)
+    task = load_task(config.task, config.code)
     here = artifacts.round_dir(workspace, round_index)
     audit_path = here / "audit.parquet"
     report = run_curate(here, config.curate, task=task, eval_path=Path(eval_set.path), round_index=round_index,
@@ -214,7 +214,7 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         summary = {"train_rows": None, "num_nodes": config.train.num_nodes}
     else:
         summary = run_train(Path(train_set.path), init, here / "candidate", config.train, round_index=round_index,
-                            device=config.loop.device, task=load_task(config.task))
+                            device=config.loop.device, task=load_task(config.task, config.code))
     artifacts.publish_model(here / "candidate", candidate, round=round_index, role="candidate",
                             train_rows=summary["train_rows"])
 
@@ -232,7 +232,8 @@ def evaluate(config_yaml: str, workspace: str, round_index: int, eval_set: Input
     config = artifacts.load(config_yaml)
     here = artifacts.round_dir(workspace, round_index)
     metrics = run_evaluate(Path(eval_set.path), artifacts.model_path(candidate), artifacts.model_path(champion),
-                           here / "eval", config.evaluate, task=load_task(config.task), device=config.loop.device)
+                           here / "eval", config.evaluate, task=load_task(config.task, config.code),
+                           device=config.loop.device)
     artifacts.log_metrics(eval_metrics, metrics)
 
 

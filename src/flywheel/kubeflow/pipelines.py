@@ -68,14 +68,20 @@ def _platform(task: dsl.PipelineTask, pvc_name, *, gpu: bool = False, secrets: b
 
 
 def _round(*, config_yaml, workspace, round_index, champion, eval_set, shards, dvc_remote, pvc_name,
-           register_seed: bool, label: str) -> dsl.PipelineTask:
-    """The tasks of one round; returns the gate task (its ``Output`` is 1.0 on promotion)."""
+           register_seed: bool, label: str, after: dsl.PipelineTask | None = None) -> tuple:
+    """The tasks of one round; returns (gate task, its ``Output`` 1.0 on promotion; track task).
+
+    ``after``: the previous round's track task. Round r+1 waits for it, so MLflow registers the
+    candidates and moves the alias in round order (Argo and kfp.local would otherwise run round r's
+    tracking concurrently with, or after, round r+1's)."""
 
     def named(task: dsl.PipelineTask, name: str, **platform) -> dsl.PipelineTask:
         return _platform(task.set_display_name(f"{label}{name}"), pvc_name, **platform)
 
     common = {"config_yaml": config_yaml, "workspace": workspace, "round_index": round_index}
     prompts = named(c.make_prompts(**common, champion=champion), "prompts")
+    if after is not None:
+        prompts.after(after)
     plan = named(c.plan_shards(shards=shards), "plan-shards")
     with dsl.ParallelFor(plan.output) as shard:
         generated = named(c.generate(config_yaml=config_yaml, round_index=round_index, shard=shard, shards=shards,
@@ -97,7 +103,7 @@ def _round(*, config_yaml, workspace, round_index, champion, eval_set, shards, d
     with dsl.If(dvc_remote != "", name=f"{label}dvc-push"):
         named(c.push_data(workspace=workspace, round_index=round_index, dvc_remote=dvc_remote,
                           gate_metrics=gated.outputs["gate_metrics"]), "push-data", secrets=True)
-    return gated
+    return gated, tracked
 
 
 def make_flywheel(rounds: int = DEFAULT_ROUNDS):
@@ -119,11 +125,12 @@ def make_flywheel(rounds: int = DEFAULT_ROUNDS):
     return flywheel
 
 
-def _unroll(index: int, rounds: int, *, champion, **shared) -> None:
-    gated = _round(round_index=index, champion=champion, register_seed=index == 1, label=f"round-{index}-", **shared)
+def _unroll(index: int, rounds: int, *, champion, after=None, **shared) -> None:
+    gated, tracked = _round(round_index=index, champion=champion, register_seed=index == 1,
+                            label=f"round-{index}-", after=after, **shared)
     if index < rounds:
         with dsl.If(gated.outputs["Output"] == 1.0, name=f"round-{index}-promoted"):
-            _unroll(index + 1, rounds, champion=gated.outputs["next_champion"], **shared)
+            _unroll(index + 1, rounds, champion=gated.outputs["next_champion"], after=tracked, **shared)
 
 
 @dsl.pipeline(name="flywheel-round", description="One flywheel round on a long-lived workspace, starting from "
@@ -133,9 +140,9 @@ def flywheel_round(config_yaml: str = default_config_yaml(), workspace: str = f"
     """Returns 1.0 if the round promoted its candidate."""
     resolved = _platform(c.resolve_champion(config_yaml=config_yaml, workspace=workspace), pvc_name, secrets=True)
     champion = resolved.outputs["champion"]
-    gated = _round(config_yaml=config_yaml, workspace=workspace, round_index=resolved.outputs["Output"],
-                   champion=champion, eval_set=resolved.outputs["eval_set"], shards=shards,
-                   dvc_remote=dvc_remote, pvc_name=pvc_name, register_seed=False, label="")
+    gated, _ = _round(config_yaml=config_yaml, workspace=workspace, round_index=resolved.outputs["Output"],
+                      champion=champion, eval_set=resolved.outputs["eval_set"], shards=shards,
+                      dvc_remote=dvc_remote, pvc_name=pvc_name, register_seed=False, label="")
     return gated.outputs["Output"]
 
 

@@ -119,7 +119,7 @@ def curate(prompts: list[dict], samples: list[dict], votes: list[dict], config: 
         verdict = vote_by_id[sample["prompt_id"]]
         reason = _prompt_reason(prompt, verdict, config, task, eval_prompts, index)
         if reason is None:
-            reason = _sample_reason(sample, verdict, config)
+            reason = _sample_reason(sample, verdict, config, task)
         key = (prompt["prompt"], sample["completion"])
         if reason is None and config.dedup and key in seen:
             reason = "dedup:exact"
@@ -159,8 +159,8 @@ def preference_pairs(prompts: list[dict], samples: list[dict], votes: list[dict]
         reason = _prompt_reason(prompt, verdict, config, task, eval_prompts, index)
         majority = verdict["majority_answer"]
         chosen = _distinct(s["completion"] for s in group
-                           if s["answer"] == majority and s["n_tokens"] <= config.max_completion_tokens)
-        rejected = _distinct(s["completion"] for s in group if s["answer"] != majority)
+                           if agrees(task, s["answer"], majority) and s["n_tokens"] <= config.max_completion_tokens)
+        rejected = _distinct(s["completion"] for s in group if not agrees(task, s["answer"], majority))
         if reason is None and not rejected:
             reason = "pair:no_rejected"
         if reason is None and not chosen:
@@ -227,8 +227,13 @@ def _prompt_reason(prompt: dict, verdict: dict, config: CurateConfig, task, eval
     return None
 
 
-def _sample_reason(sample: dict, verdict: dict, config: CurateConfig) -> str | None:
-    if sample["answer"] != verdict["majority_answer"]:
+def agrees(task, answer: str | None, majority: str | None) -> bool:
+    """Whether a sample's answer votes with the majority (equal ``task.vote_key``s; code: equal outputs)."""
+    return majority is not None and answer is not None and task.vote_key(answer) == task.vote_key(majority)
+
+
+def _sample_reason(sample: dict, verdict: dict, config: CurateConfig, task) -> str | None:
+    if not agrees(task, sample["answer"], verdict["majority_answer"]):
         return "vote:disagrees"
     if sample["n_tokens"] > config.max_completion_tokens:
         return "length:too_long"

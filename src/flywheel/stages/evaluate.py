@@ -38,7 +38,7 @@ def make_eval_set(task, config: EvaluateConfig) -> list[dict]:
 
 def score(eval_rows: list[dict], samples: list[dict], *, task) -> tuple[dict, dict[str, str | None]]:
     """Accuracy overall and per bucket of a committee's majority answers, plus label-free signals."""
-    votes, _ = vote(samples)
+    votes, _ = vote(samples, key=task.vote_key)
     answers = {v["prompt_id"]: v["majority_answer"] for v in votes}
     buckets: dict[str, list[bool]] = {}
     for row in eval_rows:

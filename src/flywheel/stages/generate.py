@@ -3,23 +3,35 @@
 Input: prompts (``schemas.PROMPTS``; a hidden ``answer`` column is ignored). Output:
 samples (``schemas.SAMPLES``), one row per (prompt, member, sample). Sample j of
 prompt p from member m in round r is drawn with seed ``derive_seed(r, p, m, j)``.
+
+Code task with ``code.generated_tests`` (CodeT-style): first, every member writes test inputs
+for the problems that need them (``with_generated_tests``; completion j of member m drawn with
+seed ``derive_seed("tests", r, p, m, j)``); the inputs are extracted, de-duplicated and capped,
+and every sampled program is then run on them to form its vote (``CodeTask.extract_answer``).
+The model sees only the question, never a given test.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from flywheel import io, schemas
-from flywheel.config import GenerateConfig
+from flywheel.config import CodeConfig, GenerateConfig
 from flywheel.generation import GenerationBackend, HFBackend, VLLMBackend, choose_backend
 from flywheel.modeling import load_member, member_dirs
 from flywheel.seeding import derive_seed
-from flywheel.tasks.base import render_prompt
+from flywheel.tasks.base import render_message, render_prompt
 
 
 def generate(prompts: list[dict], backends: list[GenerationBackend], config: GenerateConfig, *, task,
-             round_index: int) -> list[dict]:
-    """Sample ``config.samples_per_prompt`` completions per prompt from each backend (one per member)."""
+             round_index: int, code: CodeConfig | None = None) -> list[dict]:
+    """Sample ``config.samples_per_prompt`` completions per prompt from each backend (one per member).
+
+    ``code``: the code task's settings; when they ask for generated tests, the prompts get them first.
+    """
+    if code is not None and task.name == "code" and code.generated_tests != "off":
+        prompts = with_generated_tests(prompts, backends, config, code, task=task, round_index=round_index)
     rows = []
     for voter, backend in enumerate(backends):
         # The task decides how its question is shown to this member's tokenizer (chat template or raw).
@@ -40,6 +52,42 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
                     "logprob": completion.logprob,
                 })
     return rows
+
+
+def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend], config: GenerateConfig,
+                         code: CodeConfig, *, task, round_index: int) -> list[dict]:
+    """Copies of ``prompts`` whose ``meta`` gains ``generated_tests``: inputs the champion wrote itself.
+
+    Which prompts: all with ``code.generated_tests=always``; with ``missing``, those without unlabeled
+    test inputs (labeled tests are hidden grading and never vote). Each member writes
+    ``code.test_samples`` completions per prompt at ``generate.temperature``; inputs are pooled in
+    (member, sample) order, de-duplicated and capped at ``code.max_tests``.
+    """
+    from flywheel.tasks.code import extract_test_inputs, input_style, prompt_meta
+
+    wanted = [p for p in prompts if code.generated_tests == "always" or not prompt_meta(p).get("tests")]
+    if not wanted:
+        return prompts
+    found: dict[str, list[dict]] = {p["id"]: [] for p in wanted}
+    for voter, backend in enumerate(backends):
+        tokenizer = getattr(backend, "tokenizer", None)
+        texts = [render_message(task, task.test_message(p["prompt"], input_style(p), code.max_tests), tokenizer)
+                 for p in wanted]
+        seeds = [[derive_seed("tests", round_index, p["id"], voter, j) for j in range(code.test_samples)]
+                 for p in wanted]
+        completions = backend.generate(texts, seeds, temperature=config.temperature,
+                                       max_new_tokens=code.test_max_new_tokens)
+        for prompt, row in zip(wanted, completions):
+            for completion in row:
+                found[prompt["id"]] += extract_test_inputs(completion.text, input_style(prompt), code.max_tests)
+    out = []
+    for prompt in prompts:
+        if prompt["id"] in found:
+            unique = list({json.dumps(t, sort_keys=True): t for t in found[prompt["id"]]}.values())
+            meta = {**prompt_meta(prompt), "style": input_style(prompt), "generated_tests": unique[:code.max_tests]}
+            prompt = {**prompt, "meta": json.dumps(meta)}
+        out.append(prompt)
+    return out
 
 
 def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool,
@@ -87,11 +135,12 @@ def run_merge_samples(prompts_path: Path, shard_paths: list[Path], out_path: Pat
 
 def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: GenerateConfig, *, task,
                  round_index: int, device: str = "cpu", progress: bool = False, shard: int = 0,
-                 shards: int = 1) -> dict:
-    """Shell: prompts.parquet + champion -> samples.parquet (of one shard of the prompts with ``shards`` > 1)."""
+                 shards: int = 1, code: CodeConfig | None = None) -> dict:
+    """Shell: prompts.parquet + champion -> samples.parquet (of one shard of the prompts with ``shards`` > 1;
+    ``code``: the code task's generated tests)."""
     prompts = shard_rows(io.read_rows(prompts_path, schemas.PROMPTS), shard, shards)
     backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress, config=config)
-    rows = generate(prompts, backends, config, task=task, round_index=round_index)
+    rows = generate(prompts, backends, config, task=task, round_index=round_index, code=code)
     io.write_rows(out_path, rows, schemas.SAMPLES)
     n = len(rows)
     return {

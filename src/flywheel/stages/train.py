@@ -167,7 +167,7 @@ def majority_vote_reward(task):
         groups = prompt_id if prompt_id is not None else [str(p) for p in prompts]
         # Conversational rows (chat tasks) come back as [{"role": "assistant", "content": ...}].
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return majority_rewards([task.extract_answer(t) for t in texts], groups)
+        return majority_rewards([task.vote_key(task.extract_answer(t)) for t in texts], groups)
 
     return majority_vote
 

@@ -11,9 +11,11 @@ of the total weight; ``entropy`` always counts samples):
   weighted    exp(logprob / n_tokens): the sample's per-token probability under the
               distribution it was sampled from (geometric mean). Per token, not the sequence
               probability, so a longer answer (e.g. one more digit) is not out-voted for its length.
-  self_judge  the champion scores each candidate answer: exp(mean token log-prob of the answer's
-              first completion, end-of-sequence included, given the prompt) at temperature 1,
-              averaged over members; every sample of that answer weighs that score.
+  self_judge  the champion scores each candidate answer (its first completion), averaged over members;
+              every sample of that answer weighs that score. Chat tasks on a chat model: the task's
+              yes/no judge prompt, score P(yes) / (P(yes) + P(no)) of the next token. Otherwise
+              (addition): exp(mean token log-prob of the completion, end-of-sequence included, given
+              the prompt) at temperature 1.
   reference   SUPERVISED (ReST-EM with labels, verifiable rewards): the hidden label from the audit
               file is the pseudo-label; a sample agrees when ``task.is_correct``. The only mode that
               reads the audit file for anything but the audit, and vote.json says so.
@@ -31,15 +33,18 @@ from flywheel.config import VoteConfig
 NO_ANSWER = None
 
 
-def vote(samples: list[dict], *, min_answer_share: float = 0.0,
-         weights: list[float] | None = None) -> tuple[list[dict], list[dict]]:
+def vote(samples: list[dict], *, min_answer_share: float = 0.0, weights: list[float] | None = None,
+         key=None) -> tuple[list[dict], list[dict]]:
     """Majority vote per prompt. Returns (votes, agreement), both sorted by prompt id.
 
-    ``weights[i]`` (default 1) is what sample i's vote weighs. Ties between answers go
-    to the lexicographically smallest answer, so the result does not depend on sample
-    order. A prompt where fewer than ``min_answer_share`` of the samples (counted, not
-    weighed) have an answer gets no majority.
+    ``weights[i]`` (default 1) is what sample i's vote weighs. ``key`` (a task's ``vote_key``;
+    default: the answer itself) maps an answer to what votes: samples with equal keys agree
+    (code: equal outputs, different program texts). ``majority_answer`` is then the most frequent
+    answer with the winning key. Ties go to the lexicographically smallest key (answer), so the
+    result does not depend on sample order. A prompt where fewer than ``min_answer_share`` of the
+    samples (counted, not weighed) have an answer gets no majority.
     """
+    key = key or (lambda answer: answer)
     by_prompt: dict[str, list[tuple[dict, float]]] = defaultdict(list)
     for index, sample in enumerate(samples):
         by_prompt[sample["prompt_id"]].append((sample, 1.0 if weights is None else float(weights[index])))
@@ -47,27 +52,32 @@ def vote(samples: list[dict], *, min_answer_share: float = 0.0,
     for prompt_id in sorted(by_prompt):
         weighed = by_prompt[prompt_id]
         group = [s for s, _ in weighed]
-        counts = Counter(s["answer"] for s in group)
+        keys = {id(s): key(s["answer"]) for s in group}
+        counts = Counter(keys[id(s)] for s in group)
         mass: dict = defaultdict(float)
         for s, w in sorted(weighed, key=lambda sw: (sw[0]["voter"], sw[0]["sample_idx"])):  # fixed summation order
-            mass[s["answer"]] += w
-        answered = {a: m for a, m in mass.items() if a is not NO_ANSWER}
+            mass[keys[id(s)]] += w
+        answered = {k: m for k, m in mass.items() if k is not NO_ANSWER}
         n = len(group)
         total = sum(mass.values())
-        majority = min(answered, key=lambda a: (-answered[a], a)) if answered else None
-        if sum(c for a, c in counts.items() if a is not NO_ANSWER) < min_answer_share * n:
-            majority = None
+        winner = min(answered, key=lambda k: (-answered[k], k)) if answered else None
+        if sum(c for k, c in counts.items() if k is not NO_ANSWER) < min_answer_share * n:
+            winner = None
+        majority = None
+        if winner is not None:
+            answers = Counter(s["answer"] for s in group if keys[id(s)] == winner)
+            majority = min(answers, key=lambda a: (-answers[a], a))
         votes.append({
             "prompt_id": prompt_id,
             "majority_answer": majority,
-            "vote_share": answered.get(majority, 0.0) / total if total > 0 else 0.0,
+            "vote_share": answered.get(winner, 0.0) / total if total > 0 else 0.0,
             "entropy": -sum(c / n * math.log(c / n) for c in counts.values()),
             "n_samples": n,
             "n_answers": len(answered),
         })
         for s in sorted(group, key=lambda s: (s["voter"], s["sample_idx"])):
             agreement.append({"prompt_id": prompt_id, "sample_idx": s["sample_idx"], "voter": s["voter"],
-                              "agrees": majority is not None and s["answer"] == majority})
+                              "agrees": winner is not None and keys[id(s)] == winner})
     return votes, agreement
 
 
@@ -202,11 +212,14 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
             from flywheel.generation import member_judge
 
             prompts = {p["id"]: p["prompt"] for p in io.read_rows(prompts_path, schemas.PROMPTS)}
-            weights = judge_weights(samples, prompts, member_judge(model_dir, batch_size=config.judge_batch_size,
-                                                                   device=device))
+            judge = member_judge(model_dir, batch_size=config.judge_batch_size, device=device, task=task)
+            weights = judge_weights(samples, prompts, judge)
+            scores = {"yes_no": "P(yes) / (P(yes) + P(no)) of its yes/no judge prompt",
+                      "logprob": "exp(mean token log-prob | prompt)"}
             label_source = ("vote weighted by the champion's own score of each candidate answer, "
-                            "exp(mean token log-prob | prompt) (no labels)")
-        votes, agreement = vote(samples, min_answer_share=config.min_answer_share, weights=weights)
+                            + " and ".join(scores[kind] for kind in judge.kinds) + " (no labels)")
+        votes, agreement = vote(samples, min_answer_share=config.min_answer_share, weights=weights,
+                                key=task.vote_key)
     summary = vote_summary(votes)
     summary["method"] = config.method
     summary["label_source"] = label_source

@@ -14,7 +14,8 @@ TASKS = ("addition", "math", "code")
 DATA_TASKS = ("math", "code")  # tasks without a prompt generator: data.prompts and data.eval are required
 
 
-def load_task(name: str) -> Task:
+def load_task(name: str, code=None) -> Task:
+    """The task ``name``; ``code`` (a ``CodeConfig``) sets the code task's sandbox limits."""
     if name == "addition":
         return ReversedAddition()
     if name == "math":
@@ -24,7 +25,7 @@ def load_task(name: str) -> Task:
     if name == "code":
         from flywheel.tasks.code import CodeTask
 
-        return CodeTask()
+        return CodeTask() if code is None else CodeTask(limits=code.limits())
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
 
 

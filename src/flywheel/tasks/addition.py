@@ -57,6 +57,9 @@ class ReversedAddition:
             return "format:leading_zero"  # reversed, so a trailing "0" is a leading zero
         return None
 
+    def vote_key(self, answer: str | None) -> str | None:
+        return answer
+
     def is_correct(self, answer: str | None, truth: str | None) -> bool:
         return answer is not None and answer == truth
 

@@ -45,9 +45,22 @@ class Task(Protocol):
         """
         ...
 
+    def vote_key(self, answer: str | None) -> str | None:
+        """The part of ``answer`` that votes (equal keys agree). The answer itself for addition and math;
+        code answers carry their program for grading, and only the program's outputs vote."""
+        ...
+
     def is_correct(self, answer: str | None, truth: str | None) -> bool:
         """Whether ``answer`` is equivalent to the reference ``truth`` (for evaluation and audits only)."""
         ...
+
+
+JUDGE_INSTRUCTION = "Is the candidate answer correct? Reply with yes or no."
+
+
+def judge_message(question: str, completion: str) -> str:
+    """The yes/no judge request of ``vote.method=self_judge`` for chat tasks (math and code use it)."""
+    return f"Question:\n{question}\n\nCandidate answer:\n{completion}\n\n{JUDGE_INSTRUCTION}"
 
 
 def uses_chat_template(task, tokenizer) -> bool:
@@ -66,7 +79,12 @@ def render_prompt(task, question: str, tokenizer) -> str:
     """
     if not getattr(task, "chat", False):
         return question
-    message = task.user_message(question)
+    return render_message(task, task.user_message(question), tokenizer)
+
+
+def render_message(task, message: str, tokenizer) -> str:
+    """A chat task's user ``message`` as generation feeds it: the chat template with the generation prompt
+    when the tokenizer has one (BOS handled as in ``render_prompt``), else the message itself."""
     if not uses_chat_template(task, tokenizer):
         return message
     text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,

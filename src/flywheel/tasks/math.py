@@ -20,6 +20,7 @@ import threading
 import sympy
 
 from flywheel.errors import InputError
+from flywheel.tasks.base import judge_message
 
 INSTRUCTION = "Solve the problem step by step, then give the final answer as \\boxed{answer}."
 
@@ -27,6 +28,7 @@ INSTRUCTION = "Solve the problem step by step, then give the final answer as \\b
 class MathTask:
     name = "math"
     chat = True
+    judge_message = staticmethod(judge_message)
 
     def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         raise InputError("config", "the math task has no prompt generator; set data.prompts and data.eval",
@@ -41,6 +43,9 @@ class MathTask:
 
     def format_issue(self, prompt: dict, answer: str) -> str | None:
         return None
+
+    def vote_key(self, answer: str | None) -> str | None:
+        return answer  # already canonical: equivalent answers are equal strings
 
     def is_correct(self, answer: str | None, truth: str | None) -> bool:
         """math-verify's ``verify(gold, prediction)``; a truth without a boxed/#### span is read whole."""
