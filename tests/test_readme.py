@@ -1,6 +1,8 @@
 """The README's commands, exercised as far as a test can: help, config, run, mlflow ui against a real server."""
 
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from flywheel.cli import build_parser
+from flywheel.config import load_config
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -43,17 +47,48 @@ def test_flywheel_commands_parse_and_the_cheap_ones_run(workdir):
         if command.startswith(("flywheel --help", "flywheel config")):
             result = run(command, workdir)
             assert result.returncode == 0, (command, result.stderr)
-        elif command.startswith("flywheel run"):
+        elif command.startswith("flywheel run -c configs/default.yaml"):
             # The README's run line, on the smoke recipe so it finishes in seconds.
             tiny = command.replace("configs/default.yaml", "configs/smoke.yaml") + " -s loop.rounds=1 --no-track"
             result = run(tiny, workdir)
             assert result.returncode == 0, (tiny, result.stderr)
             assert "round bucket" in result.stdout and "report:" in result.stdout
+        else:
+            # Real-model runs (a GPU and a cached model) and `flywheel data commit` (a data repository):
+            # the command line and its config must parse; tests/test_task_configs.py and
+            # tests/test_data_versioning.py run those paths on tiny inputs.
+            args = build_parser().parse_args(shlex.split(command)[1:])
+            if args.command not in ("data", "pipeline"):
+                load_config(ROOT / args.config if args.config else None, args.overrides)
+
+
+def test_run_on_kubeflow_commands_as_far_as_no_cluster_allows(tmp_path):
+    """The README's Kubeflow block: compile reproduces the committed YAML, `kubectl kustomize` renders,
+    and run/schedule against a host with nothing listening fail in one line with exit code 2."""
+    found = commands("flywheel pipeline")
+    assert {c.split()[2] for c in found} == {"compile", "run", "schedule"}
+    for command in found:
+        if command.split()[2] == "compile":
+            result = run(f"{command} --out-dir {tmp_path}", ROOT)
+            assert result.returncode == 0, result.stderr
+            for name in ("flywheel.yaml", "flywheel_round.yaml"):
+                assert (tmp_path / name).read_text() == (ROOT / "pipelines" / "compiled" / name).read_text()
+        else:
+            unreachable = re.sub(r"--host \S+", "--host http://127.0.0.1:9", command)
+            result = run(unreachable, ROOT, timeout=120)
+            assert result.returncode == 2, (unreachable, result.stdout, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("flywheel: error:") and "127.0.0.1:9" in lines[0], lines
+    kustomize = commands("kubectl kustomize")
+    assert kustomize
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed (tests/test_infra.py still checks every manifest)")
+    for command in kustomize:
+        result = run(command, ROOT, timeout=120)
+        assert result.returncode == 0 and "kind: Deployment" in result.stdout, result.stderr
 
 
 def shutil_copy_params(workdir):
-    import shutil
-
     shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
 
 
