@@ -78,3 +78,18 @@ def test_help_lists_every_stage(workdir):
     for command in ("run", "seed", "prepare", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate",
                     "track", "report", "config"):
         assert command in result.stdout
+
+
+def test_gate_with_a_missing_champion_writes_nothing(workdir):
+    (workdir / "eval").mkdir()
+    result = flywheel("gate", "-c", "configs/smoke.yaml", "--eval-dir", "eval", "--candidate", "runs/smoke/seed",
+                      "--champion", "nochamp", "--out", "decision.json", "--next-champion", "next", cwd=workdir)
+    assert_clean_error(result, "nochamp", "model directory not found")
+    assert not (workdir / "decision.json").exists() and not (workdir / "next").exists()
+
+
+def test_track_of_a_round_that_never_ran(workdir):
+    result = flywheel("track", "-c", "configs/smoke.yaml", "-s", "tracking.uri=sqlite:///t.db", "--round", "3",
+                      "--root", "nowhere", "--out", "tracking.json", cwd=workdir)
+    assert_clean_error(result, "decision.json", "round not found", "--round")
+    assert not (workdir / "t.db").exists() and not (workdir / "tracking.json").exists()

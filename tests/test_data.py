@@ -137,3 +137,19 @@ def test_run_rejects_a_bad_prompt_file_before_writing_anything(tiny_chat_model, 
     assert code == 2
     assert_one_line(capsys.readouterr().err, ["p.jsonl", "row 2", "field 'question'", "empty"])
     assert not (tmp_path / "loop" / "eval.parquet").exists() and not (tmp_path / "loop" / "rounds").exists()
+
+
+def test_code_task_rejects_an_answer_column_it_cannot_grade_with(tmp_path):
+    import json
+
+    from flywheel.config import DataConfig
+    from flywheel.data import load_eval
+    from flywheel.errors import InputError
+    from flywheel.tasks.code import CodeTask
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text(json.dumps({"prompt": "add two ints", "answer": "def add(a, b): return a + b",
+                                "tests": ["assert add(1, 2) == 3"]}) + "\n")
+    with pytest.raises(InputError, match="grades by its tests column") as error:
+        load_eval(DataConfig(eval=str(path)), CodeTask())
+    assert "row 1" in str(error.value) and "'answer'" in str(error.value)

@@ -311,3 +311,18 @@ def test_round_pipeline_continues_from_the_mlflow_champion(tmp_path, tiny_seed):
         or promoted[1]["promoted"]
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.`flywheel.round` = '2'")
     assert len(runs) == 1 and runs[0].data.tags["mlflow.parentRunId"] == promoted[0]["parent_run_id"]
+
+
+def test_round_pipeline_takes_the_eval_set_from_the_users_data(tmp_path):
+    """``flywheel-round`` on a bring-your-own recipe: the eval set is ``data.eval``, as in ``flywheel run``."""
+    from flywheel.data import load_eval
+    from flywheel.kubeflow.registry import resolve_champion
+    from flywheel.tasks import load_task
+
+    config = load_config(ROOT / "configs" / "byo.yaml", ["tracking.enabled=false", f"seed.path={ROOT / 'seed/default'}",
+                                                         f"data.prompts={ROOT / 'examples/byo/prompts.parquet'}",
+                                                         f"data.eval={ROOT / 'examples/byo/eval'}"])
+    task = load_task(config.task, config.code)
+    resolved = resolve_champion(config, tmp_path, task=task)
+    assert resolved["round"] == 1
+    assert io.read_rows(resolved["eval_path"], schemas.PROMPTS) == load_eval(config.data, task)

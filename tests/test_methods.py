@@ -179,3 +179,17 @@ def test_one_round_of_each_method_through_the_cli(tmp_path, init_member, recipe,
     assert vote["method"] == dict(o.split("=") for o in extra).get("vote.method", "majority")
     if method == "grpo":
         assert 0.0 <= meta["train_metrics"][0]["mean_reward"] <= 1.0
+
+
+def test_grpo_reward_on_code_runs_programs_on_the_prompts_test_inputs():
+    """Programs agree by their outputs (as in the vote stage), not by their text: the rows carry meta."""
+    import json
+
+    from flywheel.stages.train import majority_vote_reward
+    from flywheel.tasks.code import CodeTask
+
+    programs = ["```python\nprint(int(input())*2)\n```", "```python\nx=int(input())\nprint(x+x)\n```",
+                "```python\nprint(int(input())+1)\n```"]
+    meta = json.dumps({"tests": [{"stdin": "3\n"}], "style": "stdin"})
+    reward = majority_vote_reward(CodeTask())
+    assert reward(["q"] * 3, programs, prompt_id=["p"] * 3, meta=[meta] * 3) == [1.0, 1.0, 0.0]

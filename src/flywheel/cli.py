@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True,
                    help="the method's file (train.parquet, pairs.parquet or rl_prompts.parquet) or the round "
                         "directory holding it")
-    p.add_argument("--init", type=Path, required=True, help="model to start from (champion or base)")
+    p.add_argument("--init", type=Path, required=True, help="the champion: where train.init=champion starts")
+    p.add_argument("--base", type=Path, default=None,
+                   help="the seed: where train.init=base starts (default: --init)")
     p.add_argument("--out", type=Path, required=True, help="candidate directory")
 
     p = add("evaluate", "Score candidate and champion on the eval set, overall and per bucket.")
@@ -186,6 +188,12 @@ def _dispatch(args) -> int:
         from flywheel.generation import choose_backend
 
         choose_backend(config.generate.backend)  # generate.backend=vllm without CUDA + vllm: fail before any work
+    if args.command in ("run", "train") and config.train.method == "grpo" and config.train.grpo.use_vllm:
+        from flywheel.generation import vllm_available
+
+        usable, why = vllm_available()
+        if not usable:  # before the seed's evaluation and the round's generation, not at the train stage
+            raise InputError("config", f"train.grpo.use_vllm=true but {why}", field="train.grpo.use_vllm")
     _quiet_libraries()
 
     if args.command == "run":
@@ -225,7 +233,9 @@ def _dispatch(args) -> int:
         from flywheel.stages.train import METHOD_DATA, run_train
 
         data = args.data / METHOD_DATA[config.train.method][0] if args.data.is_dir() else args.data
-        result = run_train(data, args.init, args.out, config.train, round_index=args.round, device=device,
+        # train.init: 'champion' continues from --init; 'base' restarts from --base (the seed), as flywheel run does.
+        init = args.base if config.train.init == "base" and args.base is not None else args.init
+        result = run_train(data, init, args.out, config.train, round_index=args.round, device=device,
                            progress=progress, task=task)
     elif args.command == "evaluate":
         from flywheel.stages.evaluate import run_evaluate
@@ -238,6 +248,9 @@ def _dispatch(args) -> int:
         from flywheel.stages.gate import run_gate
         from flywheel.stages.train import link_or_copy_tree
 
+        from flywheel.modeling import member_dirs
+
+        member_dirs(args.candidate), member_dirs(args.champion)  # both exist before decision.json is written
         result = run_gate(args.eval_dir, args.out, config.gate, candidate_dir=args.candidate)
         link_or_copy_tree(args.candidate if result["promote"] else args.champion, args.next_champion)
         result = {k: result[k] for k in ("promote", "reason", "delta", "p_value")}
@@ -327,6 +340,9 @@ def _track(config, root: Path, round_index: int, out: Path) -> dict:
     if not config.tracking.enabled:
         io.write_json(out, {"tracking": "disabled"})
         return {"tracking": "disabled"}
+    decision = round_dir(root, round_index) / "decision.json"
+    if not decision.is_file():  # before MLflow creates a parent run for a round that never ran
+        raise InputError(decision, "round not found (run its gate first)", field="--round")
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key=f"dvc:{Path(root).resolve()}")
     if round_index == 1:

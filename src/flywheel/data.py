@@ -91,6 +91,10 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
         answer = record.get(mapping["answer"])
         meta = None
         tests = record.get(mapping["tests"])
+        if hasattr(task, "split_tests") and answer is not None:
+            # The code task's reference is its labeled tests (is_correct runs them); free text cannot grade.
+            raise InputError(source, f"the {task.name} task grades by its tests column ({mapping['tests']!r}), "
+                             "not an answer column", row=index, field=mapping["answer"])
         if tests is not None:
             if not hasattr(task, "split_tests"):
                 raise InputError(source, f"the {task.name} task takes no tests column", row=index,
@@ -98,7 +102,7 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
             # Labeled tests become the hidden answer; only unlabeled inputs (and their style) reach meta.
             test_meta, expected = task.split_tests(tests, source=source, row=index, field=mapping["tests"])
             meta = json.dumps(test_meta)
-            answer = expected if answer is None else answer
+            answer = expected
         if labeled and answer is None:
             raise InputError(source, "the eval set needs a reference answer", row=index,
                              field=mapping["tests"] if mapping["tests"] in present else mapping["answer"])

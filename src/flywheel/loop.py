@@ -63,6 +63,15 @@ def check_seed(config: FlywheelConfig) -> Path:
     return seed_dir
 
 
+def eval_set(config: FlywheelConfig, task) -> list[dict]:
+    """The held-out labeled eval rows: the user's ``data.eval`` file, else the task's generated set."""
+    if config.data.eval:
+        from flywheel.data import load_eval
+
+        return load_eval(config.data, task)
+    return make_eval_set(task, config.evaluate)
+
+
 def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     """Write the eval set and round 0 (the seed as champion, its scores, an empty pool). Returns the eval path."""
     root = Path(root)
@@ -72,13 +81,7 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
         from flywheel.data import load_prompts
 
         load_prompts(config.data, task)  # a bad prompt file fails now, not after the seed's evaluation
-    if config.data.eval:
-        from flywheel.data import load_eval
-
-        eval_rows = load_eval(config.data, task)
-    else:
-        eval_rows = make_eval_set(task, config.evaluate)
-    io.write_rows(eval_path, eval_rows, schemas.PROMPTS)
+    io.write_rows(eval_path, eval_set(config, task), schemas.PROMPTS)
     zero = round_dir(root, 0)
     link_or_copy_tree(seed_dir, zero / "champion")
     io.write_rows(zero / "pool.parquet", [], schemas.CURATED)

@@ -120,4 +120,5 @@ RL_PROMPTS = Schema("rl prompt", (  # GRPO: prompts whose vote shows disagreemen
     Column("vote_share", float, required=False),
     Column("round", int, required=False),
     Column("bucket", str, required=False),
+    Column("meta", str, required=False),  # the code task's test inputs: the GRPO reward runs programs on them
 ))

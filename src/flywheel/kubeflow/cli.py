@@ -50,6 +50,9 @@ def add_parser(sub, common) -> None:
         p.add_argument("--shards", type=int, default=4, help="prompt shards generated in parallel (default 4)")
         p.add_argument("--dvc-remote", default="", help="DVC remote URL to push each round to (default: none)")
         p.add_argument("--pvc", default=None, help="PVC holding the shared volume (default: flywheel-models)")
+        p.add_argument("--service-account", default="flywheel-pipeline-runner",
+                       help="ServiceAccount the run's pods use (default: flywheel-pipeline-runner, infra/base/runs: "
+                            "reads the flywheel Secret/ConfigMap/PVC, creates TrainJobs)")
         if name == "run":
             p.add_argument("--rounds", type=int, default=None, help="rounds (default: loop.rounds of the config)")
             p.add_argument("--run-name", default=None)
@@ -91,6 +94,12 @@ def run(args: argparse.Namespace, config) -> int:
             print(path)
         return 0
     _positive(args.shards, "--shards")
+    note = ""
+    if config.tracking.enabled and config.tracking.uri.startswith("sqlite:"):
+        # A sqlite file is private to each pod: steps would not share runs, versions or the champion alias.
+        config.tracking.uri = pipelines.IN_CLUSTER_MLFLOW
+        note = (f"tracking.uri was a local sqlite file; the pipeline tracks to {pipelines.IN_CLUSTER_MLFLOW} "
+                "(infra/base/services; -s tracking.uri=... to choose)")
     arguments = {"config_yaml": dump_config(config), "shards": args.shards, "dvc_remote": args.dvc_remote}
     if args.workspace:
         arguments["workspace"] = args.workspace
@@ -113,14 +122,17 @@ def run(args: argparse.Namespace, config) -> int:
             if args.pipeline_command == "run":
                 result = client.create_run_from_pipeline_package(
                     str(package), arguments=arguments, run_name=args.run_name or f"{config.name}-{rounds}-rounds",
-                    experiment_name=args.experiment)
+                    experiment_name=args.experiment, service_account=args.service_account)
                 print(f"run {result.run_id} started: {args.host.rstrip('/')}/#/runs/details/{result.run_id}")
             else:
                 experiment = client.create_experiment(args.experiment)
                 job = client.create_recurring_run(
                     experiment.experiment_id, args.name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-                    params=arguments, pipeline_package_path=str(package), enabled=True)
+                    params=arguments, pipeline_package_path=str(package), enabled=True,
+                    service_account=args.service_account)
                 print(f"recurring run {job.recurring_run_id} created: {args.cron!r} (KFP cron {cron!r})")
+    if note:
+        print(note)
     return 0
 
 

@@ -92,7 +92,7 @@ def _round(*, config_yaml, workspace, round_index, champion, eval_set, shards, d
                          champion=champion), "vote")
     curated = named(c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set), "curate")
     trained = named(c.train(**common, train_set=curated.outputs["train_set"], champion=champion),
-                    "train", gpu=True)
+                    "train", gpu=True, secrets=True)  # TrainJob: FLYWHEEL_REGISTRY, RBAC
     evaluated = named(c.evaluate(**common, eval_set=eval_set, candidate=trained.outputs["candidate"],
                                  champion=champion), "evaluate", gpu=True)
     gated = named(c.gate(**common, candidate=trained.outputs["candidate"], champion=champion,

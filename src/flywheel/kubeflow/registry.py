@@ -12,8 +12,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
-from flywheel.loop import check_seed, round_dir
-from flywheel.stages.evaluate import make_eval_set
+from flywheel.loop import check_seed, eval_set, round_dir
 from flywheel.stages.train import link_or_copy_tree
 
 
@@ -40,7 +39,7 @@ def resolve_champion(config: FlywheelConfig, workspace: str | Path, *, task) -> 
     previous = round_dir(root, index - 1)
     eval_path = root / "eval.parquet"
     if not eval_path.exists():
-        io.write_rows(eval_path, make_eval_set(task, config.evaluate), schemas.PROMPTS)
+        io.write_rows(eval_path, eval_set(config, task), schemas.PROMPTS)
     if not (previous / "pool.parquet").exists():
         io.write_rows(previous / "pool.parquet", [], schemas.CURATED)
     version = None

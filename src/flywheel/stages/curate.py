@@ -202,7 +202,7 @@ def rl_prompts(prompts: list[dict], votes: list[dict], config: CurateConfig, *, 
             drops[reason] += 1
             continue
         kept.append({"prompt": prompt["prompt"], "prompt_id": prompt["id"], "vote_share": verdict["vote_share"],
-                     "round": round_index, "bucket": prompt.get("bucket")})
+                     "round": round_index, "bucket": prompt.get("bucket"), "meta": prompt.get("meta")})
     return kept, drops
 
 

@@ -163,11 +163,15 @@ def majority_vote_reward(task):
     then votes on its own (a known departure from TTRL's global vote).
     """
 
-    def majority_vote(prompts, completions, prompt_id=None, **kwargs) -> list[float]:
+    def majority_vote(prompts, completions, prompt_id=None, meta=None, **kwargs) -> list[float]:
         groups = prompt_id if prompt_id is not None else [str(p) for p in prompts]
+        metas = meta if meta is not None else [None] * len(completions)
         # Conversational rows (chat tasks) come back as [{"role": "assistant", "content": ...}].
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return majority_rewards([task.vote_key(task.extract_answer(t)) for t in texts], groups)
+        # The prompt row's meta carries what the answer needs (the code task's test inputs: programs
+        # agree by their outputs, as in the vote stage).
+        answers = [task.extract_answer(t, {"meta": m}) for t, m in zip(texts, metas)]
+        return majority_rewards([task.vote_key(a) for a in answers], groups)
 
     return majority_vote
 
@@ -180,7 +184,7 @@ def train_grpo(model, tokenizer, rows: list[dict], *, config: TrainConfig, task,
 
     datasets.disable_progress_bars()
     examples = [{"prompt": sft_row(task, r["prompt"], "", tokenizer)["prompt"],
-                 "prompt_id": r.get("prompt_id") or r["prompt"]} for r in rows]
+                 "prompt_id": r.get("prompt_id") or r["prompt"], "meta": r.get("meta") or ""} for r in rows]
     # A step takes batch_size / num_generations distinct prompts and TRL's sampler drops an incomplete
     # step, so fewer prompts than one step needs would train nothing: repeat them to fill one step.
     per_step = config.batch_size // config.grpo.num_generations
@@ -285,7 +289,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
         # init model unchanged, marked untrained, and the gate declines it with that reason.
         print(f"flywheel: warning: {data_path}: no curated rows; the candidate is {init_dir} unchanged",
               file=sys.stderr)
-        with io.atomic_dir(out_dir) as tmp:
+        with _candidate_dir(out_dir) as tmp:  # rank 0 only under torchrun
             for index, member in enumerate(members):
                 shutil.copytree(member, tmp / f"member-{index}", copy_function=_link_or_copy)
             write_model_meta(tmp, {"members": [f"member-{i}" for i in range(len(members))], "round": round_index,
