@@ -246,13 +246,9 @@ def _dispatch(args) -> int:
                   for k, v in result.items()}
     elif args.command == "gate":
         from flywheel.stages.gate import run_gate
-        from flywheel.stages.train import link_or_copy_tree
 
-        from flywheel.modeling import member_dirs
-
-        member_dirs(args.candidate), member_dirs(args.champion)  # both exist before decision.json is written
-        result = run_gate(args.eval_dir, args.out, config.gate, candidate_dir=args.candidate)
-        link_or_copy_tree(args.candidate if result["promote"] else args.champion, args.next_champion)
+        result = run_gate(args.eval_dir, args.out, config.gate, candidate_dir=args.candidate,
+                          champion_dir=args.champion, next_champion=args.next_champion)
         result = {k: result[k] for k in ("promote", "reason", "delta", "p_value")}
     elif args.command == "track":
         result = _track(config, args.root, args.round, args.out)

@@ -117,8 +117,8 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
         run_evaluate(eval_path, here / "candidate", champion, here / "eval", config.evaluate, task=task,
                      device=device, progress=progress)
     with timer.stage("gate"):
-        decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=here / "candidate")
-        link_or_copy_tree(here / "candidate" if decision["promote"] else champion, here / "champion")
+        decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=here / "candidate",
+                            champion_dir=champion, next_champion=here / "champion")
     io.write_json(here / "timings.json", timer.seconds)
     return decision
 

@@ -248,13 +248,11 @@ def gate(config_yaml: str, workspace: str, round_index: int, candidate: Input[Mo
     """
     from flywheel.kubeflow import artifacts
     from flywheel.stages.gate import run_gate
-    from flywheel.stages.train import link_or_copy_tree
 
     config = artifacts.load(config_yaml)
     here = artifacts.round_dir(workspace, round_index)
-    decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=artifacts.model_path(candidate))
-    winner = artifacts.model_path(candidate) if decision["promote"] else artifacts.model_path(champion)
-    link_or_copy_tree(winner, here / "champion")
+    decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=artifacts.model_path(candidate),
+                        champion_dir=artifacts.model_path(champion), next_champion=here / "champion")
     artifacts.publish_model(here / "champion", next_champion, round=round_index, promoted=decision["promote"])
     artifacts.log_metrics(gate_metrics, {k: decision[k] for k in (
         "promote", "delta", "p_value", "champion_accuracy", "candidate_accuracy", "only_champion_correct",

@@ -99,15 +99,25 @@ def decide(items: list[dict], config: GateConfig) -> dict:
     }
 
 
-def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_dir: Path | None = None) -> dict:
-    """Shell: eval/predictions.parquet (+ the candidate's metadata) -> decision.json."""
-    from flywheel.modeling import read_model_meta
-    from flywheel.stages.evaluate import PREDICTIONS, read_predictions
+def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_dir: Path | None = None,
+             champion_dir: Path | None = None, next_champion: Path | None = None) -> dict:
+    """Shell: eval/predictions.parquet (+ the candidate's metadata) -> decision.json.
 
+    With ``next_champion``, the winner (candidate on promotion, else ``champion_dir``) is also copied
+    there: the next round's champion. Both model directories are checked before anything is written.
+    """
+    from flywheel.modeling import member_dirs, read_model_meta
+    from flywheel.stages.evaluate import PREDICTIONS, read_predictions
+    from flywheel.stages.train import link_or_copy_tree
+
+    if next_champion is not None:
+        member_dirs(candidate_dir), member_dirs(champion_dir)
     items = read_predictions(Path(eval_dir) / PREDICTIONS)
     decision = decide(items, config)
     if candidate_dir is not None and read_model_meta(candidate_dir).get("trained") is False:
         decision.update(promote=False, reason="no curated data survived this round; the candidate is the "
                                               "champion unchanged (see curation.json)")
     io.write_json(out_path, decision)
+    if next_champion is not None:
+        link_or_copy_tree(candidate_dir if decision["promote"] else champion_dir, next_champion)
     return decision
