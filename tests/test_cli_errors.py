@@ -93,3 +93,9 @@ def test_track_of_a_round_that_never_ran(workdir):
                       "--root", "nowhere", "--out", "tracking.json", cwd=workdir)
     assert_clean_error(result, "decision.json", "round not found", "--round")
     assert not (workdir / "t.db").exists() and not (workdir / "tracking.json").exists()
+
+
+def test_report_of_a_directory_without_a_loop(workdir):
+    result = flywheel("report", "-c", "configs/smoke.yaml", "--root", "nowhere", cwd=workdir)
+    assert_clean_error(result, "nowhere", "no loop here", "--root")
+    assert not (workdir / "nowhere").exists()

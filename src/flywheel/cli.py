@@ -255,6 +255,9 @@ def _dispatch(args) -> int:
     elif args.command == "report":
         from flywheel.report import build_report, table, write_report
 
+        if not (args.root / "rounds" / "0" / "eval" / "metrics.json").is_file():
+            raise InputError(args.root / "rounds" / "0", "no loop here (run `flywheel prepare` or `flywheel run` first)",
+                             field="--root")
         report = build_report(args.root, config)
         write_report(args.root, report)
         print(table(report))

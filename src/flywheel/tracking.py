@@ -108,7 +108,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"round-{round_index}",
                                      tags={"mlflow.parentRunId": parent_run_id, "flywheel.round": str(round_index)})
         run_id = run.info.run_id
-        for section in ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate"):
+        for section in ("data", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "code"):
             for key, value in asdict(getattr(config, section)).items():
                 self.client.log_param(run_id, f"{section}.{key}", str(value)[:500])
         metrics = round_metrics(round_dir)
