@@ -38,6 +38,7 @@ bench: setup
 
 ## smoke: the whole loop on a tiny model in well under a minute
 smoke: setup
+	test -d runs/smoke/seed || $(BIN)/flywheel seed -c configs/smoke.yaml  # the tiny seed trains in seconds
 	$(BIN)/flywheel run -c configs/smoke.yaml
 
 clean:
