@@ -64,14 +64,24 @@ class PromptsConfig:
     mixed: bool = _f(True, "Vary problem shape within the bucket (addition: one operand of the bucket's length, "
                      "the other 1..bucket digits).")
     seed: int = _f(1, "Seed of the prompt generator (differs from the eval set's).")
+    advance_at: float = _f(0.0, "Offer the next bucket only once the champion's held-out accuracy on the bucket "
+                           "it was trained on reaches this; below it, the round re-offers that bucket with fresh "
+                           "prompts. 0: advance after every promotion. (Model selection on the eval set, like "
+                           "the gate; no label reaches training.)")
 
     def __post_init__(self):
         _check(self.start_bucket >= 1, "prompts.start_bucket", "must be >= 1")
+        _check(0 <= self.advance_at <= 1, "prompts.advance_at", "must be in [0, 1]")
         _positive(self, "per_round")
         _check(self.replay_per_round >= 0, "prompts.replay_per_round", "must be >= 0")
 
-    def bucket_after(self, champion_bucket: int | None) -> int:
-        return self.start_bucket if champion_bucket is None else champion_bucket + 1
+    def bucket_after(self, champion_bucket: int | None, champion_accuracy: float | None = None) -> int:
+        """The round's bucket: the next one, or the champion's own while it scores below ``advance_at`` there."""
+        if champion_bucket is None:
+            return self.start_bucket
+        if champion_accuracy is not None and champion_accuracy < self.advance_at:
+            return champion_bucket
+        return champion_bucket + 1
 
 
 @dataclass

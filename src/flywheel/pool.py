@@ -1,7 +1,8 @@
 """The prompt pool of a round: unlabeled prompts, plus the hidden truth kept apart for audits.
 
 A round offers ``prompts.per_round`` prompts of the bucket after the one the champion
-was last trained on (``curriculum_bucket`` in its flywheel-model.json) and, optionally,
+was last trained on (``curriculum_bucket`` in its flywheel-model.json), or that bucket again
+while the champion's held-out accuracy on it is below ``prompts.advance_at``, and, optionally,
 ``replay_per_round`` prompts spread over the easier buckets. The truth goes to
 ``audit.parquet`` so no training input ever carries it.
 """
@@ -29,6 +30,21 @@ def round_prompts(task, config: PromptsConfig, round_index: int, bucket: int) ->
     return rows
 
 
+def champion_accuracy(champion_dir: Path) -> dict[str, float]:
+    """The champion's held-out accuracy per bucket, from the round that made it champion
+    (``rounds/<r>/eval/metrics.json`` and ``decision.json`` beside ``rounds/<r>/champion``).
+
+    Empty when those files are not there (a champion from elsewhere): the curriculum then advances.
+    """
+    here = Path(champion_dir).parent
+    if not (here / "eval" / "metrics.json").is_file():
+        return {}
+    metrics = io.read_json(here / "eval" / "metrics.json")
+    decision = io.read_json(here / "decision.json") if (here / "decision.json").is_file() else None
+    scores = metrics.get("candidate" if decision and decision["promote"] else "champion") or {}
+    return {str(bucket): float(accuracy) for bucket, accuracy in (scores.get("buckets") or {}).items()}
+
+
 def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: int, champion_dir: Path,
                 data: DataConfig | None = None) -> dict:
     """Shell: champion's curriculum bucket (or ``data.prompts``' slice) -> prompts.parquet (no answers),
@@ -39,7 +55,8 @@ def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: in
         bucket = "data"  # the user's data has no curriculum: the report's bucket column says where prompts came from
         rows = round_rows(load_prompts(data, task), data, round_index)
     else:
-        bucket = config.bucket_after(read_model_meta(champion_dir).get("curriculum_bucket"))
+        trained_on = read_model_meta(champion_dir).get("curriculum_bucket")
+        bucket = config.bucket_after(trained_on, champion_accuracy(champion_dir).get(str(trained_on)))
         rows = round_prompts(task, config, round_index, bucket)
     io.write_rows(round_dir / "prompts.parquet", [{**r, "answer": None} for r in rows], schemas.PROMPTS)
     io.write_rows(round_dir / "audit.parquet", [r for r in rows if r.get("answer") is not None], schemas.PROMPTS)

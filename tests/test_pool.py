@@ -1,0 +1,45 @@
+"""The curriculum: which bucket a round offers, from the champion's metadata and held-out scores."""
+
+import json
+
+from flywheel import io
+from flywheel.config import PromptsConfig
+from flywheel.modeling import write_model_meta
+from flywheel.pool import champion_accuracy, run_prompts
+from flywheel.tasks import load_task
+
+
+def test_bucket_after_stays_until_the_champion_reaches_advance_at():
+    config = PromptsConfig(start_bucket=6, advance_at=0.8)
+    assert config.bucket_after(None) == 6
+    assert config.bucket_after(7, None) == 8  # no scores: advance (a champion from elsewhere)
+    assert config.bucket_after(7, 0.41) == 7
+    assert config.bucket_after(7, 0.8) == 8
+    assert PromptsConfig(advance_at=0.0).bucket_after(7, 0.0) == 8  # the default advances after every promotion
+
+
+def _round(tmp_path, *, promote: bool):
+    here = tmp_path / "rounds" / "2"
+    (here / "champion").mkdir(parents=True)
+    write_model_meta(here / "champion", {"members": [], "curriculum_bucket": 7})
+    io.write_json(here / "eval" / "metrics.json", {"candidate": {"buckets": {"6": 0.98, "7": 0.41}},
+                                                   "champion": {"buckets": {"6": 0.94, "7": 0.30}}})
+    io.write_json(here / "decision.json", {"promote": promote})
+    return here / "champion"
+
+
+def test_champion_accuracy_is_the_winners_side(tmp_path):
+    assert champion_accuracy(_round(tmp_path, promote=True)) == {"6": 0.98, "7": 0.41}
+    assert champion_accuracy(_round(tmp_path / "b", promote=False)) == {"6": 0.94, "7": 0.30}
+    assert champion_accuracy(tmp_path / "elsewhere" / "champion") == {}
+
+
+def test_a_round_re_offers_the_bucket_the_champion_has_not_mastered(tmp_path):
+    champion = _round(tmp_path, promote=True)
+    task = load_task("addition")
+    stay = run_prompts(tmp_path / "r3", PromptsConfig(per_round=4, advance_at=0.8), task=task, round_index=3,
+                       champion_dir=champion)
+    advance = run_prompts(tmp_path / "r3b", PromptsConfig(per_round=4, advance_at=0.4), task=task, round_index=3,
+                          champion_dir=champion)
+    assert (stay["bucket"], advance["bucket"]) == (7, 8)
+    assert json.loads((tmp_path / "r3" / "prompts.json").read_text())["bucket"] == 7
