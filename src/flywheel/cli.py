@@ -234,7 +234,7 @@ def _dispatch(args) -> int:
 
         data = args.data / METHOD_DATA[config.train.method][0] if args.data.is_dir() else args.data
         # train.init: 'champion' continues from --init; 'base' restarts from --base (the seed), as flywheel run does.
-        init = args.base if config.train.init == "base" and args.base is not None else args.init
+        init = config.train.start_from(args.init, args.base or args.init)
         result = run_train(data, init, args.out, config.train, round_index=args.round, device=device,
                            progress=progress, task=task)
     elif args.command == "evaluate":

@@ -315,6 +315,10 @@ class TrainConfig:
     dpo: DpoSettings = field(default_factory=DpoSettings, metadata={"help": DpoSettings.__doc__})
     grpo: GrpoSettings = field(default_factory=GrpoSettings, metadata={"help": GrpoSettings.__doc__})
 
+    def start_from(self, champion, base):
+        """The model a round fine-tunes: the champion (``init: champion``) or the seed (``init: base``)."""
+        return base if self.init == "base" else champion
+
     def __post_init__(self):
         _check(self.method in TRAIN_METHODS, "train.method", f"must be one of {', '.join(TRAIN_METHODS)}")
         _check(self.init in ("champion", "base"), "train.init", "must be 'champion' or 'base'")

@@ -110,7 +110,7 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
         run_curate(here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
                    previous_pool=previous / "pool.parquet", audit_path=here / "audit.parquet")
     with timer.stage("train"):
-        init = champion if config.train.init == "champion" else round_dir(root, 0) / "champion"
+        init = config.train.start_from(champion, round_dir(root, 0) / "champion")
         run_train(here / METHOD_DATA[config.train.method][0], init, here / "candidate", config.train,
                   round_index=round_index, device=device, progress=progress, task=task)
     with timer.stage("evaluate"):

@@ -194,7 +194,7 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
 
     config = artifacts.load(config_yaml)
     here = artifacts.round_dir(workspace, round_index)
-    init = artifacts.model_path(champion) if config.train.init == "champion" else Path(config.seed.path)
+    init = config.train.start_from(artifacts.model_path(champion), Path(config.seed.path))
     if config.train.num_nodes > 1:
         # Several nodes: a Kubeflow Trainer TrainJob runs `torchrun -m flywheel.cli train` on every node
         # over the shared volume (rank 0 writes the candidate); this step submits it and waits.
