@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
-## demo: the default flywheel (shipped seed, 4 rounds) on CPU; report in runs/default/
+## demo: the default flywheel (shipped seed, 3 rounds) on CPU; report in runs/default/
 demo: setup
 	$(BIN)/flywheel run -c configs/default.yaml
 
