@@ -161,3 +161,50 @@ def test_run_vote_modes_and_the_loud_reference_flag(tmp_path, tiny_seed):
     weighted = run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="weighted"), task=task)
     assert weighted["majority_ratio"] == pytest.approx(
         (math.exp(-0.05) / (math.exp(-0.05) + math.exp(-0.1)) + math.exp(-0.15) / (math.exp(-0.15) + math.exp(-1.5))) / 2)
+
+
+def committee_samples():
+    """Four prompts, one sample per member: members 0 and 1 always answer "A"; member 2 answers "A"
+    on p0 only and something of its own elsewhere (a member that does not generalise)."""
+    samples = []
+    for p in range(4):
+        samples += [s(f"p{p}", 0, "A", voter=0), s(f"p{p}", 0, "A", voter=1),
+                    s(f"p{p}", 0, "A" if p == 0 else f"z{p}", voter=2)]
+    return samples
+
+
+def test_pairwise_agreement_by_hand():
+    from flywheel.stages.vote import pairwise_agreement
+
+    assert pairwise_agreement(committee_samples()) == {(0, 1): 1.0, (0, 2): 0.25, (1, 2): 0.25}
+    # two samples each: agreement is the chance a random pair of their samples agrees; no-answer never agrees
+    two = [s("p", 0, "1", 0), s("p", 1, "2", 0), s("p", 0, "1", 1), s("p", 1, None, 1)]
+    assert pairwise_agreement(two) == {(0, 1): pytest.approx(1 / 4)}
+
+
+def test_voter_reliability_solves_the_triad_and_weighs_votes():
+    from flywheel.stages.vote import reliability_weights, voter_reliability
+
+    # agreement(m, n) = acc(m) * acc(n): acc0 = sqrt(a01 * a02 / a12) = 1, acc2 = sqrt(a02 * a12 / a01) = 0.25
+    reliability = voter_reliability(committee_samples())
+    assert reliability == pytest.approx({0: 1.0, 1: 1.0, 2: 0.25})
+    # p1: 0 and 1 say "A", 2 says "z1": by count "A" has 2/3; by reliability 2 / 2.25
+    votes, _ = vote(committee_samples(), weights=reliability_weights(committee_samples(), reliability))
+    assert votes[1]["majority_answer"] == "A" and votes[1]["vote_share"] == pytest.approx(2 / 2.25)
+    assert vote(committee_samples())[0][1]["vote_share"] == pytest.approx(2 / 3)
+    # one pair cannot tell its members apart: plain majority
+    assert voter_reliability([x for x in committee_samples() if x["voter"] < 2]) == {0: 1.0, 1: 1.0}
+    assert voter_reliability([s("p", 0, "1")]) == {0: 1.0}
+
+
+def test_run_vote_reliability_reports_each_members_estimate(tmp_path):
+    from flywheel import io, schemas
+    from flywheel.config import VoteConfig
+    from flywheel.stages.vote import run_vote
+
+    io.write_rows(tmp_path / "samples.parquet", committee_samples(), schemas.SAMPLES)
+    summary = run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="reliability"),
+                       task=ReversedAddition())
+    assert summary["voter_reliability"] == {"0": 1.0, "1": 1.0, "2": 0.25}
+    assert summary["supervised"] is False and "agree with each other" in summary["label_source"]
+    assert summary["majority_ratio"] == pytest.approx((1 + 3 * 2 / 2.25) / 4)

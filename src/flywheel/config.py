@@ -174,7 +174,7 @@ class CodeConfig:
                       file_mb=self.file_mb)
 
 
-VOTE_METHODS = ("majority", "weighted", "self_judge", "reference")
+VOTE_METHODS = ("majority", "weighted", "reliability", "self_judge", "reference")
 
 
 @dataclass
@@ -184,7 +184,9 @@ class VoteConfig:
     min_answer_share: float = _f(0.0, "Samples without an extractable answer are votes too; a prompt whose "
                                  "answered share is below this gets no pseudo-label.")
     method: str = _f("majority", "'majority' (one sample, one vote), 'weighted' (a sample's vote is its "
-                     "per-token probability, exp(logprob / n_tokens)), 'self_judge' (the champion scores each "
+                     "per-token probability, exp(logprob / n_tokens)), 'reliability' (a committee member's vote is its "
+                     "accuracy as estimated, without labels, from how often the members agree with each other; "
+                     "fewer than 3 members: majority), 'self_judge' (the champion scores each "
                      "candidate answer and the score weights its votes: chat tasks on a chat model are asked a "
                      "yes/no judge prompt, score P(yes)/(P(yes)+P(no)); otherwise exp(mean token log-prob)) or "
                      "'reference' (SUPERVISED: the hidden "

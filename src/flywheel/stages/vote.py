@@ -16,6 +16,11 @@ of the total weight; ``entropy`` always counts samples):
               yes/no judge prompt, score P(yes) / (P(yes) + P(no)) of the next token. Otherwise
               (addition): exp(mean token log-prob of the completion, end-of-sequence included, given
               the prompt) at temperature 1.
+  reliability a committee's votes weigh each member's estimated accuracy, from how often the
+              members agree with each other: when wrong answers rarely coincide across models,
+              agreement(m, n) ~ accuracy(m) * accuracy(n), fitted in logs over all pairs (the
+              one-coin Dawid-Skene idea, no labels). A member that does not generalise to the new
+              length agrees with nobody and loses its say; one or two members: plain majority.
   reference   SUPERVISED (ReST-EM with labels, verifiable rewards): the hidden label from the audit
               file is the pseudo-label; a sample agrees when ``task.is_correct``. The only mode that
               reads the audit file for anything but the audit, and vote.json says so.
@@ -84,6 +89,58 @@ def vote(samples: list[dict], *, min_answer_share: float = 0.0, weights: list[fl
 def sample_weights(samples: list[dict]) -> list[float]:
     """``weighted`` voting: exp(logprob / n_tokens) per sample, in (0, 1]."""
     return [math.exp(s["logprob"] / max(1, s["n_tokens"])) for s in samples]
+
+
+def pairwise_agreement(samples: list[dict], key=None) -> dict[tuple[int, int], float]:
+    """For each pair of voters m < n: the chance that a sample of m and a sample of n of the same prompt
+    give the same (answered) key, averaged over the prompts both answered at all."""
+    key = key or (lambda answer: answer)
+    counts: dict[str, dict[int, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for s in samples:
+        counts[s["prompt_id"]][s["voter"]][key(s["answer"])] += 1
+    voters = sorted({s["voter"] for s in samples})
+    sums: dict[tuple[int, int], float] = defaultdict(float)
+    seen: dict[tuple[int, int], int] = defaultdict(int)
+    for prompt_id in sorted(counts):
+        by_voter = counts[prompt_id]
+        for i, m in enumerate(voters):
+            for n in voters[i + 1:]:
+                if m not in by_voter or n not in by_voter:
+                    continue
+                cm, cn = by_voter[m], by_voter[n]
+                same = sum(c * cn[k] for k, c in cm.items() if k is not NO_ANSWER)
+                sums[m, n] += same / (sum(cm.values()) * sum(cn.values()))
+                seen[m, n] += 1
+    return {pair: sums[pair] / seen[pair] for pair in sorted(seen)}
+
+
+def voter_reliability(samples: list[dict], key=None) -> dict[int, float]:
+    """Each voter's estimated accuracy in (0, 1], from ``pairwise_agreement`` alone (no labels).
+
+    With wrong answers that rarely coincide across voters, agreement(m, n) ~ acc(m) * acc(n), so
+    log agreement(m, n) = log acc(m) + log acc(n): least squares over all pairs (three voters: the
+    exact triad solution). One voter, or two (one pair cannot tell them apart): 1.0 each, i.e. plain
+    majority.
+    """
+    import numpy as np
+
+    voters = sorted({s["voter"] for s in samples})
+    if len(voters) < 3:
+        return {v: 1.0 for v in voters}
+    agreement = pairwise_agreement(samples, key)
+    index = {v: i for i, v in enumerate(voters)}
+    design = np.zeros((len(agreement), len(voters)))
+    target = np.zeros(len(agreement))
+    for row, ((m, n), rate) in enumerate(agreement.items()):
+        design[row, index[m]] = design[row, index[n]] = 1.0
+        target[row] = math.log(max(rate, 1e-6))
+    log_accuracy = np.linalg.lstsq(design, target, rcond=None)[0]
+    return {v: float(min(1.0, math.exp(log_accuracy[index[v]]))) for v in voters}
+
+
+def reliability_weights(samples: list[dict], reliability: dict[int, float]) -> list[float]:
+    """``reliability`` voting: every sample weighs its voter's estimated accuracy."""
+    return [reliability[s["voter"]] for s in samples]
 
 
 def judge_weights(samples: list[dict], prompts: dict[str, str], score) -> list[float]:
@@ -193,6 +250,7 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
     samples = io.read_rows(samples_path, schemas.SAMPLES)
     has_audit = audit_path is not None and Path(audit_path).exists()
     label_source = "majority vote of the samples (no labels)"
+    reliability = None  # reliability voting: each voter's estimated accuracy, reported in vote.json
     if config.method == "reference":
         if not has_audit:
             raise io.InputError(audit_path or "vote", "vote.method=reference needs the audit file of labels "
@@ -205,6 +263,11 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
         if config.method == "weighted":
             weights = sample_weights(samples)
             label_source = "vote weighted by each sample's per-token probability, exp(logprob / n_tokens) (no labels)"
+        elif config.method == "reliability":
+            reliability = voter_reliability(samples, task.vote_key)
+            weights = reliability_weights(samples, reliability)
+            label_source = ("vote weighted by each committee member's accuracy as estimated from how often the "
+                            "members agree with each other (no labels)")
         elif config.method == "self_judge":
             if prompts_path is None or model_dir is None:
                 raise io.InputError("vote", "vote.method=self_judge needs the prompts and the champion "
@@ -223,6 +286,8 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
     summary = vote_summary(votes)
     summary["method"] = config.method
     summary["label_source"] = label_source
+    if reliability is not None:
+        summary["voter_reliability"] = {str(v): round(p, 4) for v, p in reliability.items()}
     summary["supervised"] = config.method == "reference"
     if has_audit:
         truth = read_truth(audit_path)
