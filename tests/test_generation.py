@@ -168,3 +168,62 @@ def test_vllm_bench_exits_cleanly_without_a_gpu(capsys, monkeypatch):
     module = runpy.run_path(str(ROOT / "bench" / "vllm_throughput.py"))
     assert module["main"]() == 0
     assert "skipped:" in capsys.readouterr().out
+
+
+class RecordingBackend:
+    """A generation backend that answers with the text it was shown and the seed it got, and records calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, seeds, *, temperature, max_new_tokens):
+        from flywheel.generation import Completion
+
+        self.calls.append((list(prompts), [list(row) for row in seeds]))
+        return [[Completion(text=f"{prompt}|{seed}", n_tokens=1, logprob=0.0) for seed in row]
+                for prompt, row in zip(prompts, seeds)]
+
+
+def test_views_split_samples_across_phrasings_in_canonical_order():
+    from flywheel.config import GenerateConfig
+    from flywheel.seeding import derive_seed
+    from flywheel.stages.generate import generate
+    from flywheel.tasks import ReversedAddition
+
+    task = ReversedAddition()
+    assert task.views("71+52=") == ["71+52=", "52+71="] and task.views("11+11=") == ["11+11="]
+    prompts = [{"id": "p", "prompt": "21+543="}, {"id": "q", "prompt": "11+11="}]
+    backend = RecordingBackend()
+    rows = generate(prompts, [backend], GenerateConfig(samples_per_prompt=3, views=True), task=task, round_index=2)
+    seed = {(pid, j): derive_seed(2, pid, 0, j) for pid in "pq" for j in range(3)}
+    # sample j is drawn on phrasing j mod 2, with the seed it has without views
+    assert backend.calls == [(["21+543=", "543+21=", "11+11="],
+                              [[seed["p", 0], seed["p", 2]], [seed["p", 1]], [seed["q", 0], seed["q", 1], seed["q", 2]]])]
+    assert [(r["prompt_id"], r["sample_idx"], r["completion"]) for r in rows] == [
+        ("p", 0, f"21+543=|{seed['p', 0]}"), ("p", 1, f"543+21=|{seed['p', 1]}"), ("p", 2, f"21+543=|{seed['p', 2]}"),
+        ("q", 0, f"11+11=|{seed['q', 0]}"), ("q", 1, f"11+11=|{seed['q', 1]}"), ("q", 2, f"11+11=|{seed['q', 2]}")]
+    # off (the default): one phrasing, the prompt as written
+    plain = RecordingBackend()
+    generate(prompts, [plain], GenerateConfig(samples_per_prompt=3), task=task, round_index=2)
+    assert plain.calls[0][0] == ["21+543=", "11+11="]
+    # fewer samples than phrasings: the extra phrasings get none
+    one = RecordingBackend()
+    generate(prompts[:1], [one], GenerateConfig(samples_per_prompt=1, views=True), task=task, round_index=2)
+    assert one.calls[0][0] == ["21+543="]
+
+
+def test_views_with_a_real_model_answer_the_original_prompt(tiny_seed):
+    from flywheel.config import GenerateConfig
+    from flywheel.modeling import member_dirs
+    from flywheel.seeding import derive_seed
+    from flywheel.stages.generate import generate
+    from flywheel.tasks import ReversedAddition
+
+    model, tokenizer = load_member(member_dirs(tiny_seed)[0])
+    backend = HFBackend(model, tokenizer)
+    prompts = [{"id": "p", "prompt": "12+3="}]
+    rows = generate(prompts, [backend], GenerateConfig(samples_per_prompt=4, temperature=0.7, views=True),
+                    task=ReversedAddition(), round_index=1)
+    # sample 1 is what the model says to "3+12=" with sample 1's seed
+    direct = backend.generate(["3+12="], [[derive_seed(1, "p", 0, 1)]], temperature=0.7, max_new_tokens=32)[0][0]
+    assert rows[1]["completion"] == direct.text and [r["sample_idx"] for r in rows] == [0, 1, 2, 3]

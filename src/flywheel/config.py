@@ -123,6 +123,10 @@ class GenerateConfig:
     temperature: float = _f(0.7, "Sampling temperature; 0 means greedy (then K should be 1).")
     max_new_tokens: int = _f(32, "Longest completion in tokens.")
     batch_size: int = _f(512, "Sequences per generate() call.")
+    views: bool = _f(False, "Split each prompt's K samples across the task's equivalent phrasings of it "
+                     "(addition: a+b= and b+a=), sample j on phrasing j mod their number, and vote over all: "
+                     "one phrasing's systematic errors meet the other's votes. Training rows keep the "
+                     "original prompt.")
     backend: str = _f("hf", "Generation backend: 'hf' (transformers), 'vllm' (needs CUDA and the [gpu] extra) or "
                       "'auto' (vLLM when CUDA is available and vllm imports, else transformers).")
     vllm_gpu_memory_utilization: float = _f(0.85, "vLLM: share of GPU memory the engine may take (one member at "

@@ -2,7 +2,8 @@
 
 Input: prompts (``schemas.PROMPTS``; a hidden ``answer`` column is ignored). Output:
 samples (``schemas.SAMPLES``), one row per (prompt, member, sample). Sample j of
-prompt p from member m in round r is drawn with seed ``derive_seed(r, p, m, j)``.
+prompt p from member m in round r is drawn with seed ``derive_seed(r, p, m, j)``; with
+``generate.views``, on the task's phrasing j mod their number (addition: ``a+b=``, ``b+a=``).
 
 Code task with ``code.generated_tests`` (CodeT-style): first, every member writes test inputs
 for the problems that need them (``with_generated_tests``; completion j of member m drawn with
@@ -32,16 +33,22 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
     """
     if code is not None and task.name == "code" and code.generated_tests != "off":
         prompts = with_generated_tests(prompts, backends, config, code, task=task, round_index=round_index)
+    # One job per (prompt, phrasing): sample j of a prompt goes to phrasing j mod their number.
+    jobs = []
+    for p in prompts:
+        views = task.views(p["prompt"]) if config.views else [p["prompt"]]
+        for v, question in enumerate(views):
+            if v < config.samples_per_prompt:
+                jobs.append((p, question, list(range(v, config.samples_per_prompt, len(views)))))
     rows = []
     for voter, backend in enumerate(backends):
         # The task decides how its question is shown to this member's tokenizer (chat template or raw).
-        texts = [render_prompt(task, p["prompt"], getattr(backend, "tokenizer", None)) for p in prompts]
-        seeds = [[derive_seed(round_index, p["id"], voter, j) for j in range(config.samples_per_prompt)]
-                 for p in prompts]
+        texts = [render_prompt(task, question, getattr(backend, "tokenizer", None)) for _, question, _ in jobs]
+        seeds = [[derive_seed(round_index, p["id"], voter, j) for j in indices] for p, _, indices in jobs]
         completions = backend.generate(texts, seeds, temperature=config.temperature,
                                        max_new_tokens=config.max_new_tokens)
-        for prompt, row in zip(prompts, completions):
-            for j, completion in enumerate(row):
+        for (prompt, _, indices), row in zip(jobs, completions):
+            for j, completion in zip(indices, row):
                 rows.append({
                     "prompt_id": prompt["id"],
                     "sample_idx": j,
@@ -51,6 +58,9 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
                     "n_tokens": completion.n_tokens,
                     "logprob": completion.logprob,
                 })
+    if config.views:  # back to the canonical (member, prompt, sample) order that merge_samples also gives
+        position = {p["id"]: index for index, p in enumerate(prompts)}
+        rows.sort(key=lambda r: (r["voter"], position[r["prompt_id"]], r["sample_idx"]))
     return rows
 
 

@@ -57,6 +57,13 @@ class ReversedAddition:
             return "format:leading_zero"  # reversed, so a trailing "0" is a leading zero
         return None
 
+    def views(self, question: str) -> list[str]:
+        # Addition commutes, and the reversed sum is the same text either way. The model's errors depend on
+        # operand order (a long first operand and a short second one is its hardest shape), so b+a's
+        # samples out-vote a+b's shared mistakes where one order is easy.
+        a, b = question.rstrip("=").split("+")
+        return [question] if a == b else [question, f"{b}+{a}="]
+
     def vote_key(self, answer: str | None) -> str | None:
         return answer
 

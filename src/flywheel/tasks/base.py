@@ -45,6 +45,13 @@ class Task(Protocol):
         """
         ...
 
+    def views(self, question: str) -> list[str]:
+        """Equivalent phrasings of ``question``, itself first, whose completions answer the original too
+        (addition: ``a+b=`` and ``b+a=``, the same reversed sum). ``generate.views`` splits a prompt's
+        samples across them, so one phrasing's systematic errors meet the other's votes. ``[question]``
+        when the task has none."""
+        ...
+
     def vote_key(self, answer: str | None) -> str | None:
         """The part of ``answer`` that votes (equal keys agree). The answer itself for addition and math;
         code answers carry their program for grading, and only the program's outputs vote."""

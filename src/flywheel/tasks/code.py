@@ -73,6 +73,9 @@ class CodeTask:
             return None
         return json.dumps({"inputs": inputs, "outputs": outputs, "program": program})
 
+    def views(self, question: str) -> list[str]:
+        return [question]
+
     def vote_key(self, answer: str | None) -> str | None:
         """The part of an answer that votes: the outputs; without inputs, the program text itself."""
         if answer is None:

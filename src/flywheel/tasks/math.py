@@ -44,6 +44,9 @@ class MathTask:
     def format_issue(self, prompt: dict, answer: str) -> str | None:
         return None
 
+    def views(self, question: str) -> list[str]:
+        return [question]  # no rephrasing whose completion is sure to answer the original
+
     def vote_key(self, answer: str | None) -> str | None:
         return answer  # already canonical: equivalent answers are equal strings
 
