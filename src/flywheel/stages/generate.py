@@ -58,10 +58,13 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
                     "n_tokens": completion.n_tokens,
                     "logprob": completion.logprob,
                 })
-    if config.views:  # back to the canonical (member, prompt, sample) order that merge_samples also gives
-        position = {p["id"]: index for index, p in enumerate(prompts)}
-        rows.sort(key=lambda r: (r["voter"], position[r["prompt_id"]], r["sample_idx"]))
-    return rows
+    return canonical_order(prompts, rows) if config.views else rows  # views ran phrasing by phrasing
+
+
+def canonical_order(prompts: list[dict], rows: list[dict]) -> list[dict]:
+    """Samples in (member, prompt as listed, sample) order: what an unsharded run without views writes."""
+    position = {p["id"]: index for index, p in enumerate(prompts)}
+    return sorted(rows, key=lambda r: (r["voter"], position[r["prompt_id"]], r["sample_idx"]))
 
 
 def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend], config: GenerateConfig,
@@ -127,12 +130,11 @@ def shard_rows(prompts: list[dict], shard: int, shards: int) -> list[dict]:
 
 def merge_samples(prompts: list[dict], shard_samples: list[list[dict]]) -> list[dict]:
     """The shards' samples in the order an unsharded ``generate`` writes them: member, prompt, sample."""
-    position = {p["id"]: index for index, p in enumerate(prompts)}
     rows = [row for shard in shard_samples for row in shard]
-    missing = set(position) - {row["prompt_id"] for row in rows}
+    missing = {p["id"] for p in prompts} - {row["prompt_id"] for row in rows}
     if missing:
         raise io.InputError("samples shards", f"{len(missing)} prompts have no samples (e.g. {min(missing)})")
-    return sorted(rows, key=lambda r: (r["voter"], position[r["prompt_id"]], r["sample_idx"]))
+    return canonical_order(prompts, rows)
 
 
 def run_merge_samples(prompts_path: Path, shard_paths: list[Path], out_path: Path) -> dict:
