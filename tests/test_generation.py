@@ -191,25 +191,49 @@ def test_views_split_samples_across_phrasings_in_canonical_order():
     from flywheel.tasks import ReversedAddition
 
     task = ReversedAddition()
-    assert task.views("71+52=") == ["71+52=", "52+71="] and task.views("11+11=") == ["11+11="]
+    assert task.views("71+52=", 2) == ["71+52=", "52+71="] and task.views("11+11=", 2) == ["11+11=", "51+7="]
     prompts = [{"id": "p", "prompt": "21+543="}, {"id": "q", "prompt": "11+11="}]
     backend = RecordingBackend()
-    rows = generate(prompts, [backend], GenerateConfig(samples_per_prompt=3, views=True), task=task, round_index=2)
+    rows = generate(prompts, [backend], GenerateConfig(samples_per_prompt=3, views=2), task=task, round_index=2)
     seed = {(pid, j): derive_seed(2, pid, 0, j) for pid in "pq" for j in range(3)}
     # sample j is drawn on phrasing j mod 2, with the seed it has without views
-    assert backend.calls == [(["21+543=", "543+21=", "11+11="],
-                              [[seed["p", 0], seed["p", 2]], [seed["p", 1]], [seed["q", 0], seed["q", 1], seed["q", 2]]])]
+    assert backend.calls == [(["21+543=", "543+21=", "11+11=", "51+7="],
+                              [[seed["p", 0], seed["p", 2]], [seed["p", 1]], [seed["q", 0], seed["q", 2]], [seed["q", 1]]])]
     assert [(r["prompt_id"], r["sample_idx"], r["completion"]) for r in rows] == [
         ("p", 0, f"21+543=|{seed['p', 0]}"), ("p", 1, f"543+21=|{seed['p', 1]}"), ("p", 2, f"21+543=|{seed['p', 2]}"),
-        ("q", 0, f"11+11=|{seed['q', 0]}"), ("q", 1, f"11+11=|{seed['q', 1]}"), ("q", 2, f"11+11=|{seed['q', 2]}")]
-    # off (the default): one phrasing, the prompt as written
+        ("q", 0, f"11+11=|{seed['q', 0]}"), ("q", 1, f"51+7=|{seed['q', 1]}"), ("q", 2, f"11+11=|{seed['q', 2]}")]
+    # off (the default, views=1): the prompt as written
     plain = RecordingBackend()
     generate(prompts, [plain], GenerateConfig(samples_per_prompt=3), task=task, round_index=2)
     assert plain.calls[0][0] == ["21+543=", "11+11="]
-    # fewer samples than phrasings: the extra phrasings get none
+    # fewer samples than views asked for: no more questions than samples
     one = RecordingBackend()
-    generate(prompts[:1], [one], GenerateConfig(samples_per_prompt=1, views=True), task=task, round_index=2)
+    generate(prompts[:1], [one], GenerateConfig(samples_per_prompt=1, views=8), task=task, round_index=2)
     assert one.calls[0][0] == ["21+543="]
+    four = RecordingBackend()
+    generate(prompts[:1], [four], GenerateConfig(samples_per_prompt=4, views=8), task=task, round_index=2)
+    assert four.calls[0][0] == task.views("21+543=", 4) and [len(s) for s in four.calls[0][1]] == [1, 1, 1, 1]
+
+
+def test_addition_views_are_other_operands_with_the_same_sum():
+    from flywheel.tasks import ReversedAddition
+
+    task = ReversedAddition()
+    question = "1234567+7654321="  # reversed: 7654321 + 1234567 = 8888888
+    views = task.views(question, 8)
+    assert views[:2] == [question, "7654321+1234567="] and len(set(views)) == 8
+    for view in views:
+        a, b = view.rstrip("=").split("+")
+        assert int(a[::-1]) + int(b[::-1]) == 8888888  # the same answer, so the same vote
+        assert max(len(a), len(b)) <= 7 and not a.endswith("0") and not b.endswith("0")  # no leading zeros
+    # split sums come in pairs: a'+b' then b'+a'
+    assert all(views[i].rstrip("=").split("+")[::-1] == views[i + 1].rstrip("=").split("+") for i in (2, 4, 6))
+    # shapes vary: an n+n prompt also gets questions with a shorter operand, which the model finds easier
+    assert any(min(len(x) for x in v.rstrip("=").split("+")) < 7 for v in views)
+    assert task.views(question, 8) == views and task.views(question, 3) == views[:3]  # deterministic, a prefix
+    # a sum with few splits gets the ones there are
+    assert task.views("1+1=", 8) == ["1+1=", "2+0=", "0+2="]
+    assert sorted(task.views("2+1=", 8)) == ["0+3=", "1+2=", "2+1=", "3+0="]
 
 
 def test_views_with_a_real_model_answer_the_original_prompt(tiny_seed):
@@ -222,7 +246,7 @@ def test_views_with_a_real_model_answer_the_original_prompt(tiny_seed):
     model, tokenizer = load_member(member_dirs(tiny_seed)[0])
     backend = HFBackend(model, tokenizer)
     prompts = [{"id": "p", "prompt": "12+3="}]
-    rows = generate(prompts, [backend], GenerateConfig(samples_per_prompt=4, temperature=0.7, views=True),
+    rows = generate(prompts, [backend], GenerateConfig(samples_per_prompt=4, temperature=0.7, views=2),
                     task=ReversedAddition(), round_index=1)
     # sample 1 is what the model says to "3+12=" with sample 1's seed
     direct = backend.generate(["3+12="], [[derive_seed(1, "p", 0, 1)]], temperature=0.7, max_new_tokens=32)[0][0]

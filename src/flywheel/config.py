@@ -123,10 +123,11 @@ class GenerateConfig:
     temperature: float = _f(0.7, "Sampling temperature; 0 means greedy (then K should be 1).")
     max_new_tokens: int = _f(32, "Longest completion in tokens.")
     batch_size: int = _f(512, "Sequences per generate() call.")
-    views: bool = _f(False, "Split each prompt's K samples across the task's equivalent phrasings of it "
-                     "(addition: a+b= and b+a=), sample j on phrasing j mod their number, and vote over all: "
-                     "one phrasing's systematic errors meet the other's votes. Training rows keep the "
-                     "original prompt.")
+    views: int = _f(1, "Questions each prompt's K samples are split across: the prompt and up to views-1 others "
+                    "the task knows have the same answer (addition: b+a=, then the sum split into other "
+                    "operands; math, code: none). Sample j goes to question j mod their number, and the vote "
+                    "pools them, so one question's systematic errors meet the others' votes. Training rows "
+                    "keep the original prompt. 1: off.")
     backend: str = _f("hf", "Generation backend: 'hf' (transformers), 'vllm' (needs CUDA and the [gpu] extra) or "
                       "'auto' (vLLM when CUDA is available and vllm imports, else transformers).")
     vllm_gpu_memory_utilization: float = _f(0.85, "vLLM: share of GPU memory the engine may take (one member at "
@@ -134,7 +135,7 @@ class GenerateConfig:
     vllm_max_model_len: int | None = _f(None, "vLLM: longest prompt + completion in tokens (None: the model's).")
 
     def __post_init__(self):
-        _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size")
+        _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "views")
         _check(self.temperature >= 0, "generate.temperature", "must be >= 0")
         _check(self.backend in ("hf", "vllm", "auto"), "generate.backend", "must be 'hf', 'vllm' or 'auto'")
         _check(0 < self.vllm_gpu_memory_utilization <= 1, "generate.vllm_gpu_memory_utilization", "must be in (0, 1]")

@@ -3,7 +3,8 @@
 Input: prompts (``schemas.PROMPTS``; a hidden ``answer`` column is ignored). Output:
 samples (``schemas.SAMPLES``), one row per (prompt, member, sample). Sample j of
 prompt p from member m in round r is drawn with seed ``derive_seed(r, p, m, j)``; with
-``generate.views``, on the task's phrasing j mod their number (addition: ``a+b=``, ``b+a=``).
+``generate.views`` > 1, on question j mod their number of the task's views of it (addition: ``a+b=``, ``b+a=``,
+then other operands with the same sum).
 
 Code task with ``code.generated_tests`` (CodeT-style): first, every member writes test inputs
 for the problems that need them (``with_generated_tests``; completion j of member m drawn with
@@ -33,13 +34,12 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
     """
     if code is not None and task.name == "code" and code.generated_tests != "off":
         prompts = with_generated_tests(prompts, backends, config, code, task=task, round_index=round_index)
-    # One job per (prompt, phrasing): sample j of a prompt goes to phrasing j mod their number.
+    # One job per (prompt, view): sample j of a prompt goes to view j mod their number.
     jobs = []
     for p in prompts:
-        views = task.views(p["prompt"]) if config.views else [p["prompt"]]
+        views = task.views(p["prompt"], min(config.views, config.samples_per_prompt))
         for v, question in enumerate(views):
-            if v < config.samples_per_prompt:
-                jobs.append((p, question, list(range(v, config.samples_per_prompt, len(views)))))
+            jobs.append((p, question, list(range(v, config.samples_per_prompt, len(views)))))
     rows = []
     for voter, backend in enumerate(backends):
         # The task decides how its question is shown to this member's tokenizer (chat template or raw).
@@ -58,7 +58,7 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
                     "n_tokens": completion.n_tokens,
                     "logprob": completion.logprob,
                 })
-    return canonical_order(prompts, rows) if config.views else rows  # views ran phrasing by phrasing
+    return canonical_order(prompts, rows) if config.views > 1 else rows  # views ran question by question
 
 
 def canonical_order(prompts: list[dict], rows: list[dict]) -> list[dict]:

@@ -57,12 +57,27 @@ class ReversedAddition:
             return "format:leading_zero"  # reversed, so a trailing "0" is a leading zero
         return None
 
-    def views(self, question: str) -> list[str]:
-        # Addition commutes, and the reversed sum is the same text either way. The model's errors depend on
-        # operand order (a long first operand and a short second one is its hardest shape), so b+a's
-        # samples out-vote a+b's shared mistakes where one order is easy.
+    def views(self, question: str, count: int) -> list[str]:
+        # Questions with the same sum. First b+a (addition commutes; the reversed sum is the same text
+        # either way), then the sum split anew, a'+b' = a+b with b' of a random length up to the prompt's
+        # digits, and its b'+a'. The model's errors depend on the operands and their shape, so a wrong sum
+        # that one question's samples agree on rarely wins the others' votes too.
         a, b = question.rstrip("=").split("+")
-        return [question] if a == b else [question, f"{b}+{a}="]
+        out = [question] if a == b else [question, f"{b}+{a}="]
+        total, digits = int(a[::-1]) + int(b[::-1]), max(len(a), len(b))
+        rng = random.Random(f"views:{question}")  # the same question always gets the same views
+        for _ in range(8 * count):  # tiny sums have few splits: stop trying rather than loop forever
+            if len(out) >= count:
+                break
+            length = rng.randint(1, digits)
+            low, high = max(_lowest(length), total - (10**digits - 1)), min(10**length - 1, total - 1)
+            if low > high:
+                continue
+            second = rng.randint(low, high)
+            for view in (f"{_rev(total - second)}+{_rev(second)}=", f"{_rev(second)}+{_rev(total - second)}="):
+                if view not in out and len(out) < count:
+                    out.append(view)
+        return out[:count]
 
     def vote_key(self, answer: str | None) -> str | None:
         return answer
@@ -72,8 +87,11 @@ class ReversedAddition:
 
 
 def _random_number(rng: random.Random, digits: int) -> int:
-    low = 0 if digits == 1 else 10 ** (digits - 1)
-    return rng.randint(low, 10**digits - 1)
+    return rng.randint(_lowest(digits), 10**digits - 1)
+
+
+def _lowest(digits: int) -> int:
+    return 0 if digits == 1 else 10 ** (digits - 1)
 
 
 def _rev(number: int) -> str:

@@ -45,11 +45,12 @@ class Task(Protocol):
         """
         ...
 
-    def views(self, question: str) -> list[str]:
-        """Equivalent phrasings of ``question``, itself first, whose completions answer the original too
-        (addition: ``a+b=`` and ``b+a=``, the same reversed sum). ``generate.views`` splits a prompt's
-        samples across them, so one phrasing's systematic errors meet the other's votes. ``[question]``
-        when the task has none."""
+    def views(self, question: str, count: int) -> list[str]:
+        """Up to ``count`` questions with the same answer as ``question``, itself first; deterministic.
+
+        Addition: ``b+a=``, then the same sum split into other operands. ``generate.views`` splits a
+        prompt's samples across them, so one question's systematic errors meet the others' votes.
+        ``[question]`` when the task knows none."""
         ...
 
     def vote_key(self, answer: str | None) -> str | None:

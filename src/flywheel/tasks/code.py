@@ -73,7 +73,7 @@ class CodeTask:
             return None
         return json.dumps({"inputs": inputs, "outputs": outputs, "program": program})
 
-    def views(self, question: str) -> list[str]:
+    def views(self, question: str, count: int) -> list[str]:
         return [question]
 
     def vote_key(self, answer: str | None) -> str | None:

@@ -44,7 +44,7 @@ class MathTask:
     def format_issue(self, prompt: dict, answer: str) -> str | None:
         return None
 
-    def views(self, question: str) -> list[str]:
+    def views(self, question: str, count: int) -> list[str]:
         return [question]  # no rephrasing whose completion is sure to answer the original
 
     def vote_key(self, answer: str | None) -> str | None:
