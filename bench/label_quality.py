@@ -68,7 +68,7 @@ def main() -> None:
                  if v["majority_answer"] is not None and not task.format_issue(by_id[v["prompt_id"]], v["majority_answer"])]
         cells = []
         for row in audit(votes, truth, task.is_correct, args.thresholds):
-            precision = "  -  " if row["precision"] is None else f"{row['precision']:.3f}"
+            precision = "    -" if row["precision"] is None else f"{row['precision']:.3f}"
             cells.append(f"{precision}/{row['kept'] / len(prompts):.2f}      ")
         print(f"{views:>5}  " + "  ".join(cells) + f" {seconds:6.1f}")
         counts = defaultdict(lambda: [0, 0])

@@ -251,3 +251,22 @@ def test_views_with_a_real_model_answer_the_original_prompt(tiny_seed):
     # sample 1 is what the model says to "3+12=" with sample 1's seed
     direct = backend.generate(["3+12="], [[derive_seed(1, "p", 0, 1)]], temperature=0.7, max_new_tokens=32)[0][0]
     assert rows[1]["completion"] == direct.text and [r["sample_idx"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_label_quality_bench_prints_precision_and_yield_per_views(tiny_seed, capsys, monkeypatch):
+    import runpy
+    import sys
+
+    from tests.conftest import ROOT
+
+    monkeypatch.setattr(sys, "argv", ["label_quality.py", "--model", str(tiny_seed), "--bucket", "2",
+                                      "--prompts", "20", "--samples", "4", "--views", "1", "4"])
+    runpy.run_path(str(ROOT / "bench" / "label_quality.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["4"])]
+    assert len(rows) == 2  # one row per views value: a prec/yield cell per threshold, then seconds
+    for row in rows:
+        cells = [cell.split("/") for cell in row[1:-1]]
+        assert len(cells) == 5 and all(p == "-" or 0 <= float(p) <= 1 for p, _ in cells)
+        assert all(0 <= float(y) <= 1 for _, y in cells)
+    assert "views  4: mixed" in out
