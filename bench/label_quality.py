@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+
+
+SHAPES = ("mixed", "n+n", "n+n carry")
 
 
 def shape(prompt: dict) -> str:
@@ -51,8 +54,10 @@ def main() -> None:
     task = ReversedAddition()
     prompts = task.make_prompts(bucket=args.bucket, count=args.prompts, seed=args.seed, id_prefix="bench-", mixed=True)
     truth = {p["id"]: p["answer"] for p in prompts}
+    by_id = {p["id"]: p for p in prompts}
+    shape_of = {p["id"]: shape(p) for p in prompts}
+    shapes = Counter(shape_of.values())
     backends = [HFBackend(*load_member(path)) for path in member_dirs(args.model)]
-    shapes = Counter(shape(p) for p in prompts)
     print(f"{args.prompts} prompts of {args.bucket} digits ({dict(shapes)}), {len(backends)} member(s), "
           f"K={args.samples}, temperature {args.temperature}")
     print("views  " + "  ".join(f">={t:<4} prec/yield" for t in args.thresholds) + "   seconds")
@@ -63,7 +68,6 @@ def main() -> None:
         start = time.perf_counter()
         samples = generate(prompts, backends, config, task=task, round_index=1)
         seconds = time.perf_counter() - start
-        by_id = {p["id"]: p for p in prompts}
         votes = [v for v in vote(samples)[0]  # what curate keeps before its vote-share filter
                  if v["majority_answer"] is not None and not task.format_issue(by_id[v["prompt_id"]], v["majority_answer"])]
         cells = []
@@ -71,18 +75,13 @@ def main() -> None:
             precision = "    -" if row["precision"] is None else f"{row['precision']:.3f}"
             cells.append(f"{precision}/{row['kept'] / len(prompts):.2f}      ")
         print(f"{views:>5}  " + "  ".join(cells) + f" {seconds:6.1f}")
-        counts = defaultdict(lambda: [0, 0])
-        shape_of = {p["id"]: shape(p) for p in prompts}
-        for v in votes:
-            if v["vote_share"] >= args.by_shape:
-                counts[shape_of[v["prompt_id"]]][0] += task.is_correct(v["majority_answer"], truth[v["prompt_id"]])
-                counts[shape_of[v["prompt_id"]]][1] += 1
-        by_shape[views] = counts
+        by_shape[views] = {name: audit([v for v in votes if shape_of[v["prompt_id"]] == name], truth,
+                                       task.is_correct, [args.by_shape])[0] for name in SHAPES}
     print(f"\nkept at >= {args.by_shape}: precision (labels kept / prompts of that shape)")
-    for views, counts in by_shape.items():
+    for views, rows in by_shape.items():
         print(f"views {views:>2}: " + "   ".join(
-            f"{name} {counts[name][0] / max(1, counts[name][1]):.3f} ({counts[name][1]}/{shapes[name]})"
-            for name in ("mixed", "n+n", "n+n carry")))
+            f"{name} {'-' if row['precision'] is None else format(row['precision'], '.3f')} "
+            f"({row['kept']}/{shapes[name]})" for name, row in rows.items()))
 
 
 if __name__ == "__main__":
