@@ -31,6 +31,11 @@ def shape(prompt: dict) -> str:
     return "n+n carry" if len(prompt["answer"]) > len(a) else "n+n"
 
 
+def _precision(row: dict) -> str:
+    """An audit row's precision, or "-" where it kept nothing."""
+    return "-" if row["precision"] is None else f"{row['precision']:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model directory (a round's champion, the seed)")
@@ -44,9 +49,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12345, help="prompt seed (the demo's rounds use 1000 r + 1)")
     args = parser.parse_args()
 
-    from flywheel.config import GenerateConfig
+    from flywheel.config import CurateConfig, GenerateConfig
     from flywheel.generation import HFBackend
     from flywheel.modeling import load_member, member_dirs
+    from flywheel.stages.curate import _prompt_reason
     from flywheel.stages.generate import generate
     from flywheel.stages.vote import audit, vote
     from flywheel.tasks import ReversedAddition
@@ -68,19 +74,19 @@ def main() -> None:
         start = time.perf_counter()
         samples = generate(prompts, backends, config, task=task, round_index=1)
         seconds = time.perf_counter() - start
-        votes = [v for v in vote(samples)[0]  # what curate keeps before its vote-share filter
-                 if v["majority_answer"] is not None and not task.format_issue(by_id[v["prompt_id"]], v["majority_answer"])]
+        # What curate keeps before its vote-share filter (a majority, past the task's format filter).
+        votes = [v for v in vote(samples)[0]
+                 if _prompt_reason(by_id[v["prompt_id"]], v, CurateConfig(), task, set(), check_share=False) is None]
         cells = []
         for row in audit(votes, truth, task.is_correct, args.thresholds):
-            precision = "    -" if row["precision"] is None else f"{row['precision']:.3f}"
-            cells.append(f"{precision}/{row['kept'] / len(prompts):.2f}      ")
+            cells.append(f"{_precision(row):>5}/{row['kept'] / len(prompts):.2f}      ")
         print(f"{views:>5}  " + "  ".join(cells) + f" {seconds:6.1f}")
         by_shape[views] = {name: audit([v for v in votes if shape_of[v["prompt_id"]] == name], truth,
                                        task.is_correct, [args.by_shape])[0] for name in SHAPES}
     print(f"\nkept at >= {args.by_shape}: precision (labels kept / prompts of that shape)")
     for views, rows in by_shape.items():
         print(f"views {views:>2}: " + "   ".join(
-            f"{name} {'-' if row['precision'] is None else format(row['precision'], '.3f')} "
+            f"{name} {_precision(row)} "
             f"({row['kept']}/{shapes[name]})" for name, row in rows.items()))
 
 
