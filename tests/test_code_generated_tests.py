@@ -126,7 +126,7 @@ def test_generated_inputs_are_deterministic_on_the_tiny_chat_model(tiny_chat_mod
     from flywheel.stages.generate import load_backends
 
     prompt, _ = labeled_prompt()
-    backends = load_backends(tiny_chat_model, batch_size=4, device="cpu", progress=False)
+    backends = load_backends(tiny_chat_model, batch_size=4, device="cpu", progress=False, precision="fp32")
     config, settings = GenerateConfig(temperature=1.0), CodeConfig(test_max_new_tokens=16, test_samples=2)
     first = with_generated_tests([prompt], backends, config, settings, task=code, round_index=1)
     again = with_generated_tests([prompt], backends, config, settings, task=code, round_index=1)

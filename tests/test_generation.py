@@ -101,10 +101,10 @@ def test_load_backends_follows_the_choice(tmp_path, monkeypatch):
     tokenizer.save_pretrained(tmp_path / "m")
     auto = GenerateConfig(backend="auto")
     monkeypatch.setattr(generation, "vllm_available", lambda: (False, "CUDA is not available"))
-    assert [type(b).__name__ for b in stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False,
+    assert [type(b).__name__ for b in stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, precision="auto",
                                                           config=auto)] == ["HFBackend"]
     monkeypatch.setattr(generation, "vllm_available", lambda: (True, ""))
-    (chosen,) = stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, config=auto)
+    (chosen,) = stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, precision="auto", config=auto)
     assert isinstance(chosen, generation.VLLMBackend) and chosen.model_path == str(tmp_path / "m")
 
 

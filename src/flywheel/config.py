@@ -18,6 +18,7 @@ import yaml
 
 from flywheel.errors import ConfigError, InputError
 from flywheel.modeling import TinyModelConfig
+from flywheel.precision import PRECISIONS
 
 
 def _f(default, help: str, **kw):
@@ -133,8 +134,11 @@ class GenerateConfig:
     vllm_gpu_memory_utilization: float = _f(0.85, "vLLM: share of GPU memory the engine may take (one member at "
                                             "a time; the engine is released before the next member loads).")
     vllm_max_model_len: int | None = _f(None, "vLLM: longest prompt + completion in tokens (None: the model's).")
+    dtype: str = _f("auto", "Weights' dtype while sampling: 'fp32', 'bf16', 'fp16', or 'auto' (fp32 on CPU, bf16 on "
+                    "a GPU that supports it). Never the checkpoint's or the library's default.")
 
     def __post_init__(self):
+        _check(self.dtype in PRECISIONS, "generate.dtype", f"must be one of {', '.join(PRECISIONS)}")
         _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "views")
         _check(self.temperature >= 0, "generate.temperature", "must be >= 0")
         _check(self.backend in ("hf", "vllm", "auto"), "generate.backend", "must be 'hf', 'vllm' or 'auto'")
@@ -311,6 +315,12 @@ class TrainConfig:
     warmup_ratio: float = _f(0.05, "Share of steps for linear warm-up.")
     scheduler: str = _f("cosine", "Learning-rate schedule (a transformers scheduler name).")
     seed: int = _f(0, "Base seed; member i of round r trains with a seed derived from (seed, r, i).")
+    precision: str = _f("auto", "Training precision: 'fp32', 'bf16' or 'fp16' (mixed precision over fp32 master "
+                        "weights), or 'auto': fp32 on CPU (bf16 is emulated, about 3x slower, on CPUs without "
+                        "AVX512-BF16/AMX), bf16 on a GPU that supports it. Set here, never inherited from TRL.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, about "
+                                      "30% more compute. Off for the embedded model (it fits); turn on for "
+                                      "large models on small GPUs.")
     num_nodes: int = _f(1, "GPU nodes for fine-tuning on Kubernetes. 1: the pipeline's train step trains in its "
                         "own pod. >1: it submits a Kubeflow Trainer TrainJob of this many nodes (torch-distributed "
                         "runtime; flywheel.infra.trainjob, docs/kubeflow-infra.md). `flywheel run` and "
@@ -329,6 +339,7 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.method in TRAIN_METHODS, "train.method", f"must be one of {', '.join(TRAIN_METHODS)}")
         _check(self.init in ("champion", "base"), "train.init", "must be 'champion' or 'base'")
+        _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
         if self.method == "grpo":
             _check(self.batch_size % self.grpo.num_generations == 0, "train.batch_size",
@@ -347,8 +358,11 @@ class EvaluateConfig:
     seed: int = _f(12345, "Seed of the eval set (never the prompts' seed).")
     batch_size: int = _f(512, "Sequences per generate() call.")
     max_new_tokens: int = _f(32, "Longest completion in tokens.")
+    dtype: str = _f("auto", "Weights' dtype while scoring: 'fp32', 'bf16', 'fp16', or 'auto' (fp32 on CPU, bf16 on "
+                    "a GPU that supports it). Candidate and champion are always scored in the same dtype.")
 
     def __post_init__(self):
+        _check(self.dtype in PRECISIONS, "evaluate.dtype", f"must be one of {', '.join(PRECISIONS)}")
         _check(1 <= self.min_bucket <= self.max_bucket, "evaluate.max_bucket", "must be >= evaluate.min_bucket >= 1")
         _positive(self, "per_bucket", "batch_size", "max_new_tokens")
 

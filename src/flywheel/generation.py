@@ -119,8 +119,9 @@ class VLLMBackend:
     """
 
     def __init__(self, model_path: str, *, seed: int = 0, gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, precision: str = "bf16"):
         self.model_path = str(model_path)
+        self.precision = precision  # concrete: fp32, bf16 or fp16 (vLLM's own default follows the checkpoint)
         self.seed = seed
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
@@ -139,7 +140,8 @@ class VLLMBackend:
         from vllm import LLM
 
         return LLM(model=model_path, seed=self.seed, gpu_memory_utilization=self.gpu_memory_utilization,
-                   max_model_len=self.max_model_len, logprobs_mode="processed_logprobs")
+                   max_model_len=self.max_model_len, logprobs_mode="processed_logprobs",
+                   dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[self.precision])
 
     def generate(self, prompts: list[str], seeds: list[list[int]], *, temperature: float,
                  max_new_tokens: int) -> list[list[Completion]]:

@@ -145,19 +145,25 @@ def write_model_meta(model_dir: Path, meta: dict) -> None:
     (model_dir / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def load_member(path: str | os.PathLike, *, device: str = "cpu"):
+def load_member(path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32"):
     """Load one Hugging Face model and its tokenizer from a local directory or cached hub name, in eval mode.
 
+    ``precision`` ('fp32', 'bf16', 'fp16' or 'auto', see ``flywheel.precision``) is the dtype of the
+    loaded weights, always passed explicitly: transformers 5 would otherwise keep the checkpoint's
+    dtype (bf16 for most hub models, emulated and slow on many CPUs). Training loads fp32 master weights.
     An adapter directory loads its base (recursively: a base may be an adapter too),
     applies the adapter with peft and merges it, so callers always get a plain model.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from flywheel.precision import resolve_precision, torch_dtype
+
+    dtype = torch_dtype(resolve_precision(precision, device))
     path = resolve_model(path)
     if is_adapter(path):
         from peft import PeftModel
 
-        base, _ = load_member(adapter_base(path), device=device)
+        base, _ = load_member(adapter_base(path), device=device, precision=precision)
         model = PeftModel.from_pretrained(base, path).merge_and_unload()
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -171,7 +177,7 @@ def load_member(path: str | os.PathLike, *, device: str = "cpu"):
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
     model.eval()
     return model, tokenizer
 

@@ -72,7 +72,8 @@ def evaluate_model(model_dir: Path, eval_rows: list[dict], config: EvaluateConfi
                    progress: bool) -> tuple[dict, dict[str, str | None]]:
     greedy = GenerateConfig(samples_per_prompt=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
                             batch_size=config.batch_size)
-    backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress)
+    backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress,
+                             precision=config.dtype)
     samples = generate(eval_rows, backends, greedy, task=task, round_index=0)
     return score(eval_rows, samples, task=task)
 

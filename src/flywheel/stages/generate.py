@@ -22,6 +22,7 @@ from flywheel import io, schemas
 from flywheel.config import CodeConfig, GenerateConfig
 from flywheel.generation import GenerationBackend, HFBackend, VLLMBackend, choose_backend
 from flywheel.modeling import load_member, member_dirs
+from flywheel.precision import resolve_precision
 from flywheel.seeding import derive_seed
 from flywheel.tasks.base import render_message, render_prompt
 
@@ -103,17 +104,20 @@ def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend],
     return out
 
 
-def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool,
+def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool, precision: str,
                   config: GenerateConfig | None = None) -> list[GenerationBackend]:
-    """One backend per member; ``config.backend`` picks transformers or vLLM (evaluate passes no config: HF)."""
+    """One backend per member; ``config.backend`` picks transformers or vLLM (evaluate passes no config: HF).
+
+    ``precision`` is the weights' dtype (``generate.dtype`` / ``evaluate.dtype``, resolved for ``device``).
+    """
     kind = choose_backend(config.backend) if config is not None else "hf"
     if kind == "vllm":
         return [VLLMBackend(path, seed=index, gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                            max_model_len=config.vllm_max_model_len)
+                            max_model_len=config.vllm_max_model_len, precision=resolve_precision(precision, "cuda"))
                 for index, path in enumerate(member_dirs(model_dir))]
     backends = []
     for index, path in enumerate(member_dirs(model_dir)):
-        model, tokenizer = load_member(path, device=device)
+        model, tokenizer = load_member(path, device=device, precision=precision)
         backends.append(HFBackend(model, tokenizer, batch_size=batch_size, progress=progress,
                                   desc=f"generate member {index}"))
     return backends
@@ -151,7 +155,8 @@ def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: Ge
     """Shell: prompts.parquet + champion -> samples.parquet (of one shard of the prompts with ``shards`` > 1;
     ``code``: the code task's generated tests)."""
     prompts = shard_rows(io.read_rows(prompts_path, schemas.PROMPTS), shard, shards)
-    backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress, config=config)
+    backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress,
+                             precision=config.dtype, config=config)
     rows = generate(prompts, backends, config, task=task, round_index=round_index, code=code)
     io.write_rows(out_path, rows, schemas.SAMPLES)
     n = len(rows)

@@ -33,6 +33,7 @@ from pathlib import Path
 from flywheel import io, schemas
 from flywheel.config import TrainConfig
 from flywheel.modeling import is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
+from flywheel.precision import resolve_precision, trainer_precision_args
 from flywheel.seeding import derive_seed
 from flywheel.tasks.base import sft_row
 
@@ -42,9 +43,14 @@ METHOD_DATA = {"sft": ("train.parquet", schemas.CURATED), "dpo": ("pairs.parquet
 
 
 def _trainer_args(steps: int, batch_size: int, learning_rate: float, warmup_ratio: float, scheduler: str, seed: int,
-                  progress: bool, device_type: str, scratch: str) -> dict:
-    """The ``transformers.TrainingArguments`` every method shares."""
+                  progress: bool, device_type: str, scratch: str, precision: str, gradient_checkpointing: bool) -> dict:
+    """The ``transformers.TrainingArguments`` every method shares.
+
+    Precision and gradient checkpointing are always set here (``train.precision``, resolved for the
+    device, and ``train.gradient_checkpointing``): TRL's configs default to bf16 and checkpointing on.
+    """
     return dict(
+        **trainer_precision_args(resolve_precision(precision, device_type), gradient_checkpointing),
         output_dir=scratch,
         max_steps=steps,
         per_device_train_batch_size=batch_size,
@@ -77,7 +83,8 @@ def _fit(trainer, *, steps: int, rows: int, progress: bool) -> dict:
 
 
 def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
-              warmup_ratio: float, scheduler: str, seed: int, progress: bool, peft_config=None, task=None) -> tuple:
+              warmup_ratio: float, scheduler: str, seed: int, progress: bool, precision: str,
+              gradient_checkpointing: bool, peft_config=None, task=None) -> tuple:
     """SFTTrainer on prompt-completion rows (loss on completions). Returns (trained model, metrics).
 
     With ``task``, rows are shown as generation showed them (``tasks.base.sft_row``: conversational
@@ -94,7 +101,8 @@ def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int
     dataset = datasets.Dataset.from_list(examples)
     with tempfile.TemporaryDirectory(prefix="flywheel-sft-") as scratch:
         args = SFTConfig(completion_only_loss=True, **_trainer_args(
-            steps, batch_size, learning_rate, warmup_ratio, scheduler, seed, progress, model.device.type, scratch))
+            steps, batch_size, learning_rate, warmup_ratio, scheduler, seed, progress, model.device.type, scratch,
+            precision, gradient_checkpointing))
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
         metrics = _fit(trainer, steps=steps, rows=len(rows), progress=progress)
@@ -102,10 +110,12 @@ def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int
 
 
 def sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
-        warmup_ratio: float, scheduler: str, seed: int, progress: bool, task=None) -> dict:
+        warmup_ratio: float, scheduler: str, seed: int, progress: bool, precision: str = "auto",
+        gradient_checkpointing: bool = False, task=None) -> dict:
     """Run SFTTrainer in place on ``model`` (full weights); returns the final training metrics."""
     return train_sft(model, tokenizer, rows, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                     warmup_ratio=warmup_ratio, scheduler=scheduler, seed=seed, progress=progress, task=task)[1]
+                     warmup_ratio=warmup_ratio, scheduler=scheduler, seed=seed, progress=progress, precision=precision,
+                     gradient_checkpointing=gradient_checkpointing, task=task)[1]
 
 
 def _preference_row(task, row: dict, tokenizer) -> dict:
@@ -127,7 +137,7 @@ def train_dpo(model, ref_model, tokenizer, rows: list[dict], *, config: TrainCon
     with tempfile.TemporaryDirectory(prefix="flywheel-dpo-") as scratch:
         args = DPOConfig(beta=config.dpo.beta, loss_type=[config.dpo.loss_type], **_trainer_args(
             config.steps, config.batch_size, config.learning_rate, config.warmup_ratio, config.scheduler, seed,
-            progress, model.device.type, scratch))
+            progress, model.device.type, scratch, config.precision, config.gradient_checkpointing))
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config)
         metrics = _fit(trainer, steps=config.steps, rows=len(rows), progress=progress)
@@ -203,7 +213,8 @@ def train_grpo(model, tokenizer, rows: list[dict], *, config: TrainConfig, task,
         args = GRPOConfig(num_generations=config.grpo.num_generations, temperature=config.grpo.temperature,
                           max_completion_length=config.grpo.max_completion_tokens, beta=config.grpo.beta, **vllm,
                           **_trainer_args(config.steps, config.batch_size, config.learning_rate, config.warmup_ratio,
-                                          config.scheduler, seed, progress, model.device.type, scratch))
+                                          config.scheduler, seed, progress, model.device.type, scratch,
+                                          config.precision, config.gradient_checkpointing))
         trainer = GRPOTrainer(model=model, reward_funcs=majority_vote_reward(task), args=args, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=peft_config)
         metrics = _fit(trainer, steps=config.steps, rows=len(rows), progress=progress)
@@ -249,6 +260,8 @@ def train_member(member: Path, rows: list[dict], config: TrainConfig, *, task, s
             trained, metrics = train_sft(model, tokenizer, rows, steps=config.steps, batch_size=config.batch_size,
                                          learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
                                          scheduler=config.scheduler, seed=seed, progress=progress,
+                                         precision=config.precision,
+                                         gradient_checkpointing=config.gradient_checkpointing,
                                          peft_config=peft_config, task=task)
         elif config.method == "dpo":
             # The reference is the init model; with LoRA, TRL disables the adapters instead of holding a copy.
@@ -316,6 +329,8 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
             # The hardest bucket among this round's rows: the next round offers the one after it.
             "curriculum_bucket": _hardest_bucket(rows, round_index),
             "train": json.loads(json.dumps(config.__dict__, default=lambda o: o.__dict__)),
+            # What 'auto' became on this machine: the precision the weights were trained in.
+            "precision": resolve_precision(config.precision, device),
             "train_metrics": per_member,
         }
         if formats[0] == "adapter":
@@ -328,6 +343,8 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
         "members": len(members),
         "method": config.method,
         "format": formats[0],
+        "precision": resolve_precision(config.precision, device),
+        "gradient_checkpointing": config.gradient_checkpointing,
     }
     if config.method == "grpo":
         rewards = [m["mean_reward"] for m in per_member if m.get("mean_reward") is not None]
