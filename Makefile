@@ -4,21 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo seed test test-slow bench smoke dvc-demo clean
+.PHONY: setup demo seed test test-slow bench smoke dvc-demo clean lock
 
 setup: $(STAMP)
 
-# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Every version comes from constraints.txt (scripts/lock.sh regenerates it; tests/test_lock.py checks it).
+# torch first, with pip: the index here serves 2.13.0 as a CPU build, and an unpinned torch would pull
+# a multi-GB CUDA build. The rest with uv: 9 s against pip's 91 s for the same locked set (README).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e ".[test]"
 	touch $(STAMP)
+
+## lock: regenerate constraints.txt from the newest versions inside pyproject.toml's ranges
+lock:
+	scripts/lock.sh
 
 ## demo: the default flywheel (shipped seed, 3 rounds) on CPU; report in runs/default/
 demo: setup
-	$(BIN)/flywheel run -c configs/default.yaml
+	$(BIN)/flywheel run -c configs/default.yaml --restart
 
 ## seed: re-train the shipped seed committee from scratch (labels, 1-5 digits)
 seed: setup
@@ -39,7 +45,7 @@ bench: setup
 ## smoke: the whole loop on a tiny model in well under a minute
 smoke: setup
 	test -d runs/smoke/seed || $(BIN)/flywheel seed -c configs/smoke.yaml  # the tiny seed trains in seconds
-	$(BIN)/flywheel run -c configs/smoke.yaml
+	$(BIN)/flywheel run -c configs/smoke.yaml --restart
 
 clean:
 	rm -rf runs mlflow.db mlartifacts

@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     shift 2
     names+=("$name")
     # shellcheck disable=SC2086  # the overrides are meant to split into words
-    (timeout "$seconds" "$flywheel" run -c "$config" --no-track ${COMMON:-} -s loop.progress=false \
+    (timeout "$seconds" "$flywheel" run -c "$config" --restart --no-track ${COMMON:-} -s loop.progress=false \
         -s loop.out_dir="$out/$name" $overrides >"$out/$name.log" 2>&1
      echo "exit status $?" >>"$out/$name.log") &
 done

@@ -13,12 +13,14 @@ import os
 import sys
 from pathlib import Path
 
-from flywheel.errors import InputError
+from flywheel.errors import InputError, Terminated
 
 EXAMPLES = """\
 examples:
   flywheel run                                  the default loop (seed must exist: make seed)
   flywheel run -c configs/default.yaml -s loop.rounds=5 -s curate.min_vote_share=0.8
+  flywheel run -c configs/default.yaml --resume   continue an interrupted run (--restart: start over)
+  flywheel status runs/default                  which rounds finished, their decisions, where it stopped
   flywheel seed -c configs/default.yaml         train the seed committee (labels, short problems)
   flywheel generate --round 1 --prompts data/rounds/1/prompts.parquet \\
       --model data/rounds/0/champion --out data/rounds/1/samples.parquet
@@ -51,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", "Run the whole loop: seed scores, then loop.rounds rounds; print the table, write the report.")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in loop.out_dir: complete stages are skipped, the MLflow parent run "
+                            "continues; refuses a changed config (loop.rounds may grow)")
+    again.add_argument("--restart", action="store_true",
+                       help="delete the earlier run in loop.out_dir (after the inputs are checked) and start over")
 
     add("seed", "Train the seed committee on labeled short problems (writes seed.path).").add_argument(
         "--out", type=Path, default=None, help="output directory (default: seed.path)")
@@ -112,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True, help="the loop's data directory (holds rounds/)")
     p.add_argument("--out", type=Path, required=True, help="tracking.json to write")
 
-    p = add("report", "Build report.json and report.html from a loop's directory.")
+    p = add("report", "Build report.json and report.html from a loop's directory (with the config.yaml it holds).")
     p.add_argument("--root", type=Path, required=True)
+
+    p = sub.add_parser("status", help="Which rounds of a run finished, their decisions, and where it stopped.",
+                       description="Which rounds of a run directory finished, their gate decisions, and the stage "
+                                   "where the loop stopped (read from its files; nothing runs).")
+    p.add_argument("root", type=Path, help="the run directory (loop.out_dir)")
 
     add("config", "Print every config key with its value and help (after -c/-s).")
 
@@ -152,15 +165,27 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("flywheel: interrupted; outputs are written atomically, re-run the command", file=sys.stderr)
+        print("flywheel: interrupted; outputs are written atomically: re-run the command (flywheel run --resume)",
+              file=sys.stderr)
         return 130
+    except Terminated:
+        print("flywheel: terminated; outputs are written atomically: re-run the command (flywheel run --resume)",
+              file=sys.stderr)
+        return 143
 
 
 def _dispatch(args) -> int:
     if args.command == "data":
         return _data(args)
+    if args.command == "status":
+        from flywheel.status import run_status, status_lines
+
+        print("\n".join(status_lines(run_status(args.root))))
+        return 0
     from flywheel.config import describe, load_config, to_dict
 
+    if args.command == "report" and args.config is None and (args.root / "config.yaml").is_file():
+        args.config = args.root / "config.yaml"  # the config the run was made with
     config = load_config(args.config, args.overrides)
     if args.command == "config":
         values = to_dict(config)
@@ -197,7 +222,8 @@ def _dispatch(args) -> int:
     _quiet_libraries()
 
     if args.command == "run":
-        return _run(config, track=not args.no_track)
+        mode = "resume" if args.resume else "restart" if args.restart else "new"
+        return _run(config, track=not args.no_track, mode=mode)
     if args.command == "seed":
         from flywheel.seed import train_seed
 
@@ -292,10 +318,12 @@ def _check_device(device: str) -> None:
         raise InputError("config", "CUDA is not available on this machine", field="loop.device")
 
 
-def _run(config, *, track: bool) -> int:
+def _run(config, *, track: bool, mode: str) -> int:
     from flywheel.loop import check_seed, run_loop
     from flywheel.report import table
+    from flywheel.run_state import install_termination_handler
 
+    install_termination_handler()  # SIGTERM ends the MLflow runs as KILLED, like Ctrl-C
     check_seed(config)  # before MLflow creates anything
     tracker = None
     if track and config.tracking.enabled:
@@ -304,10 +332,14 @@ def _run(config, *, track: bool) -> int:
         tracker = Tracker(config.tracking)
 
     def on_round(round_index: int, report: dict) -> None:
-        print(table(report).splitlines()[-1], flush=True)
+        lines = table(report).splitlines()
+        if not on_round.printed_header:  # after the checks: an error is the only line of a refused run
+            print(lines[0], flush=True)
+            on_round.printed_header = True
+        print(lines[-1], flush=True)
 
-    print(table({"rounds": []}), flush=True)
-    report = run_loop(config, tracker=tracker, on_round=on_round)
+    on_round.printed_header = False
+    report = run_loop(config, tracker=tracker, on_round=on_round, mode=mode)
     print()
     print(table(report))
     print(f"\nreport: {Path(config.loop.out_dir) / 'report.json'}  {Path(config.loop.out_dir) / 'report.html'}")

@@ -33,3 +33,7 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
         super().__init__(f"{key}: {message}")
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``flywheel.run_state.install_termination_handler``): unwind like Ctrl-C, exit 143."""

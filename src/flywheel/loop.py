@@ -11,14 +11,13 @@ Directory layout under ``loop.out_dir`` (``dvc.yaml`` uses the same under ``data
                                                           pairs.parquet (DPO), rl_prompts.parquet (GRPO)
   rounds/<r>/candidate/            train                  eval/  evaluate    decision.json  gate
   rounds/<r>/champion/             the winner, round r+1's champion
-  tracking/round-<r>.json          MLflow run id and model version of round r
+  tracking/round-<r>.json          MLflow run id and model version of round r (tracking/loop.json: the parent run)
+  config.yaml  state/              the run's resolved config; completed stages, for --resume (run_state.py)
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from flywheel import io, schemas
@@ -26,6 +25,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
 from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model
 from flywheel.pool import run_prompts
+from flywheel.run_state import Ledger, RunLock, open_run
 from flywheel.stages.curate import run_curate
 from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
 from flywheel.stages.gate import run_gate
@@ -35,17 +35,10 @@ from flywheel.stages.vote import run_vote
 from flywheel.tasks import load_task
 
 
-class Timer:
-    """Wall-clock seconds per stage of a round (what bench/ reports)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+# The stages of a round in loop order (timings.json, the ledger's records) and what curate writes.
+ROUND_STAGES = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate")
+CURATE_OUTPUTS = ["curated.parquet", "pool.parquet", "train.parquet", "pairs.parquet", "rl_prompts.parquet",
+                  "curation.json"]
 
 
 def round_dir(root: Path, round_index: int) -> Path:
@@ -72,15 +65,20 @@ def eval_set(config: FlywheelConfig, task) -> list[dict]:
     return make_eval_set(task, config.evaluate)
 
 
+def check_data(config: FlywheelConfig, task) -> None:
+    """A bad prompt file fails now, not after the seed's evaluation (nor after an earlier run was deleted)."""
+    if config.data.prompts:
+        from flywheel.data import load_prompts
+
+        load_prompts(config.data, task)
+
+
 def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     """Write the eval set and round 0 (the seed as champion, its scores, an empty pool). Returns the eval path."""
     root = Path(root)
     seed_dir = check_seed(config)
     eval_path = root / "eval.parquet"
-    if config.data.prompts:
-        from flywheel.data import load_prompts
-
-        load_prompts(config.data, task)  # a bad prompt file fails now, not after the seed's evaluation
+    check_data(config, task)
     io.write_rows(eval_path, eval_set(config, task), schemas.PROMPTS)
     zero = round_dir(root, 0)
     link_or_copy_tree(seed_dir, zero / "champion")
@@ -91,73 +89,101 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     return eval_path
 
 
-def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eval_path: Path) -> dict:
-    """One round; every stage reads the previous stage's files. Returns the gate's decision."""
+def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eval_path: Path,
+              ledger: Ledger | None = None) -> dict:
+    """One round; every stage reads the previous stage's files. Returns the gate's decision.
+
+    ``ledger`` (``flywheel run``) records each completed stage and, on ``--resume``, skips the ones
+    that are complete; without it every stage runs.
+    """
+    ledger = ledger or Ledger(None)
     here, previous = round_dir(root, round_index), round_dir(root, round_index - 1)
     champion = previous / "champion"
     device, progress = config.loop.device, config.loop.progress
-    timer = Timer()
-    with timer.stage("prompts"):
-        run_prompts(here, config.prompts, task=task, round_index=round_index, champion_dir=champion,
-                    data=config.data)
-    with timer.stage("generate"):
-        run_generate(here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
-                     round_index=round_index, device=device, progress=progress, code=config.code)
-    with timer.stage("vote"):
-        run_vote(here / "samples.parquet", here, config.vote, task=task, audit_path=here / "audit.parquet",
-                 prompts_path=here / "prompts.parquet", model_dir=champion, device=device)
-    with timer.stage("curate"):
-        run_curate(here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
-                   previous_pool=previous / "pool.parquet", audit_path=here / "audit.parquet")
-    with timer.stage("train"):
-        init = config.train.start_from(champion, round_dir(root, 0) / "champion")
-        run_train(here / METHOD_DATA[config.train.method][0], init, here / "candidate", config.train,
-                  round_index=round_index, device=device, progress=progress, task=task)
-    with timer.stage("evaluate"):
-        run_evaluate(eval_path, here / "candidate", champion, here / "eval", config.evaluate, task=task,
-                     device=device, progress=progress)
-    with timer.stage("gate"):
-        decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=here / "candidate",
-                            champion_dir=champion, next_champion=here / "champion")
-    io.write_json(here / "timings.json", timer.seconds)
-    return decision
+
+    def stage(name: str, outputs: list[str], work) -> None:
+        ledger.stage(round_index, name, [here / o for o in outputs], work)
+
+    stage("prompts", ["prompts.parquet", "audit.parquet", "prompts.json"], lambda: run_prompts(
+        here, config.prompts, task=task, round_index=round_index, champion_dir=champion, data=config.data))
+    stage("generate", ["samples.parquet"], lambda: run_generate(
+        here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
+        round_index=round_index, device=device, progress=progress, code=config.code))
+    stage("vote", ["votes.parquet", "agreement.parquet", "vote.json"], lambda: run_vote(
+        here / "samples.parquet", here, config.vote, task=task, audit_path=here / "audit.parquet",
+        prompts_path=here / "prompts.parquet", model_dir=champion, device=device))
+    stage("curate", CURATE_OUTPUTS, lambda: run_curate(
+        here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
+        previous_pool=previous / "pool.parquet", audit_path=here / "audit.parquet"))
+    init = config.train.start_from(champion, round_dir(root, 0) / "champion")
+    stage("train", ["candidate"], lambda: run_train(
+        here / METHOD_DATA[config.train.method][0], init, here / "candidate", config.train,
+        round_index=round_index, device=device, progress=progress, task=task))
+    stage("evaluate", ["eval"], lambda: run_evaluate(
+        eval_path, here / "candidate", champion, here / "eval", config.evaluate, task=task, device=device,
+        progress=progress))
+    stage("gate", ["decision.json", "champion"], lambda: run_gate(
+        here / "eval", here / "decision.json", config.gate, candidate_dir=here / "candidate",
+        champion_dir=champion, next_champion=here / "champion"))
+    seconds = ledger.seconds(round_index)
+    if seconds:  # a resumed round keeps the seconds its skipped stages took when they ran
+        io.write_json(here / "timings.json", {k: seconds[k] for k in ROUND_STAGES if k in seconds})
+    return io.read_json(here / "decision.json")
 
 
-def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None) -> dict:
-    """``flywheel run``: the seed's scores, then ``loop.rounds`` rounds; writes report.json and report.html."""
+def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str = "new") -> dict:
+    """``flywheel run``: the seed's scores, then ``loop.rounds`` rounds; writes report.json and report.html.
+
+    ``mode``: 'new' (refuses a directory holding an earlier run), 'restart' (deletes it first) or
+    'resume' (continues it: complete stages are skipped, the MLflow parent run continues).
+    Every input is checked before anything is deleted, and the directory is locked while the loop runs.
+    An error, Ctrl-C or SIGTERM ends the MLflow runs as FAILED or KILLED.
+    """
     from flywheel.report import build_report, write_report
     from flywheel.versioning import digest
 
     task = load_task(config.task, config.code)
     root = Path(config.loop.out_dir)
     check_seed(config)
-    # A new loop: rounds left by an earlier run into the same directory must not mix into this report.
-    for stale in ("rounds", "tracking"):
-        shutil.rmtree(root / stale, ignore_errors=True)
-    eval_path = prepare(config, root, task=task)
-    parent = None
-    if tracker is not None:
-        parent = tracker.start_loop(config, loop_key=f"run:{root.resolve()}:{time.time_ns()}")
-        tracker.register_seed(parent, round_dir(root, 0) / "champion")
-    tracked = {}
-    for round_index in range(1, config.loop.rounds + 1):
-        decision = run_round(config, root, round_index, task=task, eval_path=eval_path)
-        if tracker is not None:
-            start = time.perf_counter()
-            here = round_dir(root, round_index)
-            tracked[round_index] = tracker.log_round(parent, round_index, here, config, digest(here))
-            # Kept outside the round directory so the round's digest stays what was logged.
-            io.write_json(root / "tracking" / f"round-{round_index}.json",
-                          {**tracked[round_index], "seconds": time.perf_counter() - start})
-        if on_round is not None:
-            on_round(round_index, build_report(root, config))
-        if config.loop.stop_on_decline and not decision["promote"]:
-            break  # what the Kubeflow `flywheel` pipeline does: its next round runs only after a promotion
-    report = build_report(root, config)
-    write_report(root, report)
-    if tracker is not None:
-        tracker.end_loop(parent, {"final": report["summary"]})
-        report["mlflow"] = {"parent_run_id": parent, "rounds": tracked}
-        write_report(root, report)
-    return report
+    check_data(config, task)
+    with RunLock(root):
+        ledger = open_run(root, config, mode)
+        eval_path = root / "eval.parquet"
+        ledger.stage(0, "prepare", [eval_path, round_dir(root, 0) / "champion", round_dir(root, 0) / "pool.parquet",
+                                    round_dir(root, 0) / "eval"], lambda: prepare(config, root, task=task))
+        parent = tracker.continue_loop(config, root, resume=mode == "resume") if tracker is not None else None
+        try:
+            if tracker is not None:
+                ledger.stage(0, "track", [root / "tracking" / "round-0.json"], lambda: io.write_json(
+                    root / "tracking" / "round-0.json",
+                    {"seed_version": tracker.register_seed(parent, round_dir(root, 0) / "champion")}))
+            tracked = {}
+            for round_index in range(1, config.loop.rounds + 1):
+                decision = run_round(config, root, round_index, task=task, eval_path=eval_path, ledger=ledger)
+                if tracker is not None:
+                    record = root / "tracking" / f"round-{round_index}.json"
+                    here = round_dir(root, round_index)
 
+                    def track() -> None:
+                        start = time.perf_counter()
+                        logged = tracker.log_round(parent, round_index, here, config, digest(here))
+                        # Kept outside the round directory so the round's digest stays what was logged.
+                        io.write_json(record, {**logged, "seconds": time.perf_counter() - start})
+
+                    ledger.stage(round_index, "track", [record], track)
+                    tracked[round_index] = {k: v for k, v in io.read_json(record).items() if k != "seconds"}
+                if on_round is not None:
+                    on_round(round_index, build_report(root, config))
+                if config.loop.stop_on_decline and not decision["promote"]:
+                    break  # what the Kubeflow `flywheel` pipeline does: its next round runs only after a promotion
+            report = build_report(root, config)
+            write_report(root, report)
+            if tracker is not None:
+                tracker.end_loop(parent, {"final": report["summary"]})
+                report["mlflow"] = {"parent_run_id": parent, "rounds": tracked}
+                write_report(root, report)
+        except BaseException as error:
+            if parent is not None:
+                tracker.fail_loop(parent, error)
+            raise
+    return report

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, TrackingConfig
+from flywheel.modeling import read_model_meta
 
 CHAMPION_ALIAS = "champion"
 LOOP_TAG = "flywheel.loop"
@@ -67,10 +71,50 @@ class Tracker:
             self.client.log_param(run.info.run_id, key, value)
         return run.info.run_id
 
+    def continue_loop(self, config: FlywheelConfig, root: Path, *, resume: bool) -> str:
+        """``flywheel run``'s parent run: a new one, or on ``--resume`` the one the run started (RUNNING again).
+
+        Its id and key are kept in ``<root>/tracking/loop.json``, beside the run they belong to.
+        """
+        from flywheel import io
+
+        record = Path(root) / "tracking" / "loop.json"
+        if resume and record.is_file():
+            saved = io.read_json(record)
+            run_id = self.start_loop(config, loop_key=saved["loop_key"])
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            loop_key = f"run:{Path(root).resolve()}:{time.time_ns()}"
+            run_id = self.start_loop(config, loop_key=loop_key)
+            io.write_json(record, {"loop_key": loop_key, "parent_run_id": run_id})
+        self.client.set_tag(run_id, "mlflow.source.git.commit", git_commit() or "unknown")
+        return run_id
+
     def end_loop(self, run_id: str, summary: dict) -> None:
         for key, value in _flatten("", summary, {}).items():
             self.client.log_metric(run_id, _mlflow_key(key), value)
         self.client.set_terminated(run_id)
+
+    def fail_loop(self, run_id: str, error: BaseException) -> None:
+        """End the parent run, and any round run left open under it, as KILLED (Ctrl-C, SIGTERM) or FAILED."""
+        from flywheel.errors import Terminated
+
+        status = "KILLED" if isinstance(error, (KeyboardInterrupt, Terminated)) else "FAILED"
+        try:
+            for child in self._children(run_id):
+                if child.info.status == "RUNNING":
+                    self.client.set_terminated(child.info.run_id, status=status)
+            self.client.set_tag(run_id, "flywheel.error", f"{type(error).__name__}: {error}"[:500])
+            self.client.set_terminated(run_id, status=status)
+        except Exception as tracking_error:  # the original error is the one to report
+            print(f"flywheel: warning: could not mark MLflow run {run_id} {status}: {tracking_error}",
+                  file=sys.stderr)
+
+    def _children(self, parent_run_id: str, round_index: int | None = None) -> list:
+        query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        if round_index is not None:
+            query += f" and tags.`flywheel.round` = '{round_index}'"
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
 
     def _ensure_registered_model(self) -> None:
         from mlflow.exceptions import MlflowException
@@ -86,6 +130,9 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         self._ensure_registered_model()
+        for version in self.client.search_model_versions(f"run_id = '{parent_run_id}'"):
+            if version.tags.get("role") == "seed":  # registered before this run was interrupted and resumed
+                return version.version
         self.client.log_artifacts(parent_run_id, os.fspath(seed_dir), "seed")
         source = f"{self.client.get_run(parent_run_id).info.artifact_uri}/seed"
         version = self.client.create_model_version(self.config.registered_model, source, parent_run_id,
@@ -99,18 +146,36 @@ class Tracker:
     def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
                   data_digest: str) -> dict:
         """Nested run for a round: params per stage, metrics, the data digest, the candidate version."""
+        # A round logged again (a resumed run killed while tracking it) replaces its earlier, partial run.
+        for earlier in self._children(parent_run_id, round_index):
+            for version in self.client.search_model_versions(f"run_id = '{earlier.info.run_id}'"):
+                self.client.delete_model_version(version.name, version.version)
+            self.client.delete_run(earlier.info.run_id)
+        run = self.client.create_run(self.experiment_id, run_name=f"round-{round_index}",
+                                     tags={"mlflow.parentRunId": parent_run_id, "flywheel.round": str(round_index),
+                                           "mlflow.source.git.commit": git_commit() or "unknown"})
+        run_id = run.info.run_id
+        try:
+            return self._log_round(run_id, parent_run_id, round_index, round_dir, config, data_digest)
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+
+    def _log_round(self, run_id: str, parent_run_id: str, round_index: int, round_dir: Path,
+                   config: FlywheelConfig, data_digest: str) -> dict:
         import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        run = self.client.create_run(self.experiment_id, run_name=f"round-{round_index}",
-                                     tags={"mlflow.parentRunId": parent_run_id, "flywheel.round": str(round_index)})
-        run_id = run.info.run_id
+        run = self.client.get_run(run_id)
         for section in ("data", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "code"):
             for key, value in asdict(getattr(config, section)).items():
                 self.client.log_param(run_id, f"{section}.{key}", str(value)[:500])
+        candidate_meta = read_model_meta(round_dir / "candidate")
+        if "precision" in candidate_meta:  # what train.precision=auto resolved to on the machine that trained
+            self.client.log_param(run_id, "train.precision_used", candidate_meta["precision"])
         metrics = round_metrics(round_dir)
         for key, value in metrics.items():
             self.client.log_metric(run_id, _mlflow_key(key), value, step=round_index)
@@ -138,6 +203,16 @@ class Tracker:
         self.client.set_tag(run_id, "flywheel.decision", "promote" if decision["promote"] else "decline")
         self.client.set_terminated(run_id)
         return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"]}
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs (the checkout flywheel is installed from), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 def round_metrics(round_dir: Path) -> dict[str, float]:

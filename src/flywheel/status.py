@@ -1,0 +1,99 @@
+"""``flywheel status DIR``: which rounds of a run finished, their decisions, and where the loop stopped.
+
+Read from the run directory only (config.yaml, state/, rounds/*/decision.json, the lock file);
+nothing is loaded or run, so it answers in well under a second while a run is going on.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flywheel.errors import InputError
+from flywheel.run_state import LOCK_FILE, RUN_CONFIG, STATE_DIR, alive
+
+# The stages of round 0 and of each round, in loop order ("track" only when MLflow is on).
+PREPARE_STAGES = ("prepare", "track")
+ROUND_STAGES = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "track")
+
+
+@dataclass
+class RoundStatus:
+    round: int
+    stages_done: list[str]
+    promote: bool | None = None  # None: the gate has not decided
+    reason: str = ""
+
+
+@dataclass
+class RunStatus:
+    root: Path
+    rounds_planned: int | None
+    tracked: bool
+    rounds: list[RoundStatus] = field(default_factory=list)
+    holder: dict | None = None  # the lock's content while a process runs the loop
+    finished: bool = False  # the report of the last planned round is written
+    next_stage: str | None = None  # "<round>:<stage>" where the loop stopped (or is now)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_status(root: Path) -> RunStatus:
+    root = Path(root)
+    config_path = root / RUN_CONFIG
+    if not config_path.is_file():
+        raise InputError(root, "no run here (no config.yaml; `flywheel run` writes it)", field="root")
+    from flywheel.config import load_config
+
+    config = load_config(config_path)
+    tracked = config.tracking.enabled and (root / "tracking" / "loop.json").is_file()
+    holder = _read_json(root / LOCK_FILE)
+    if holder and holder.get("host") == socket.gethostname() and not alive(int(holder.get("pid", -1))):
+        holder = None  # a stale lock: its process was killed
+    status = RunStatus(root=root, rounds_planned=config.loop.rounds, tracked=tracked, holder=holder)
+    state = root / STATE_DIR
+    expected = [(0, s) for s in PREPARE_STAGES if s != "track" or tracked]
+    round_index = 1
+    while (state / str(round_index)).is_dir() or (root / "rounds" / str(round_index)).is_dir():
+        done = [s for s in ROUND_STAGES if (state / str(round_index) / f"{s}.json").is_file()]
+        decision = _read_json(root / "rounds" / str(round_index) / "decision.json") if "gate" in done else None
+        status.rounds.append(RoundStatus(round=round_index, stages_done=done,
+                                         promote=None if decision is None else bool(decision["promote"]),
+                                         reason="" if decision is None else decision.get("reason", "")))
+        round_index += 1
+    for r in range(1, max(len(status.rounds), config.loop.rounds) + 1):
+        expected += [(r, s) for s in ROUND_STAGES if s != "track" or tracked]
+    stopped_early = config.loop.stop_on_decline and any(r.promote is False for r in status.rounds)
+    for r, stage in expected:
+        if not (state / str(r) / f"{stage}.json").is_file():
+            if not (stopped_early and r > min(x.round for x in status.rounds if x.promote is False)):
+                status.next_stage = f"{r}:{stage}"
+            break
+    status.finished = status.next_stage is None and (root / "report.json").is_file()
+    return status
+
+
+def status_lines(status: RunStatus) -> list[str]:
+    lines = [f"run: {status.root}  (rounds planned: {status.rounds_planned}, "
+             f"MLflow: {'on' if status.tracked else 'off'})"]
+    for r in status.rounds:
+        if r.promote is None:
+            lines.append(f"round {r.round}: unfinished, done: {', '.join(r.stages_done) or 'nothing'}")
+        else:
+            lines.append(f"round {r.round}: {'promote' if r.promote else 'decline'}  {r.reason}")
+    if status.holder:
+        lines.append(f"running now: pid {status.holder.get('pid')} on {status.holder.get('host')} "
+                     f"since {status.holder.get('since')}, at round:stage {status.next_stage}")
+    elif status.finished:
+        lines.append("finished: report.json and report.html are written")
+    else:
+        lines.append(f"stopped before round:stage {status.next_stage or 'the report'}; "
+                     "continue with `flywheel run -c <its config> --resume`")
+    return lines

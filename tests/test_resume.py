@@ -1,0 +1,111 @@
+"""Kill `flywheel run` with SIGKILL inside every stage in turn, resume it, and get the uninterrupted run's results.
+
+The kill points come from ``flywheel.faults`` (``FLYWHEEL_KILL_AT=<round>:<stage>:<point>``): ``publish``
+dies with a stage's first output written to its temporary name, ``end`` with every output published
+and the completion record not yet written. One chain of runs covers every stage: each killed run is
+resumed by the next, which is killed in the next stage, and the last one finishes. Everything runs in
+subprocesses at one thread, as the uninterrupted run does, so the weights can be compared bit for bit.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from flywheel import io, schemas
+from tests.conftest import SMOKE
+
+# The full chain (make test-slow): every stage of round 1 in loop order, then round 2's at other points.
+KILLS = ["0:prepare:publish", "0:track:end", "1:prompts:end", "1:generate:publish", "1:vote:publish",
+         "1:curate:publish", "1:train:publish", "1:evaluate:publish", "1:gate:publish", "1:track:end",
+         "2:generate:end", "2:train:end", "2:gate:end", "2:track:publish"]
+# The fast suite's chain (one round): a half-written model, a published decision with no record, and a
+# round already logged to MLflow with no record, which must not be logged twice.
+FAST_KILLS = ["1:generate:publish", "1:train:publish", "1:gate:end", "1:track:end"]
+
+
+def flywheel(root, *args, kill=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("FLYWHEEL_KILL_AT", None)
+    if kill:
+        env["FLYWHEEL_KILL_AT"] = kill
+    return subprocess.run([sys.executable, "-m", "flywheel.cli", "run", "-c", str(root / "smoke.yaml"), *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def make_root(tmp_path, name, seed, rounds):
+    root = tmp_path / name
+    root.mkdir()
+    (root / "smoke.yaml").write_text(SMOKE.read_text() + f"\n# the chain's length\nloop: {{rounds: {rounds}, "
+                                     "out_dir: runs/smoke/loop}\n")
+    shutil.copytree(seed, root / "runs" / "smoke" / "seed")
+    return root
+
+
+@pytest.fixture(scope="module", params=[pytest.param((FAST_KILLS, 1), id="fast"),
+                                        pytest.param((KILLS, 2), id="every-stage", marks=pytest.mark.slow)])
+def uninterrupted_and_resumed(request, tmp_path_factory, tiny_seed):
+    kills, rounds = request.param
+    tmp_path = tmp_path_factory.mktemp("resume")
+    straight = make_root(tmp_path, "straight", tiny_seed, rounds)
+    result = flywheel(straight)
+    assert result.returncode == 0, result.stderr
+    chain = make_root(tmp_path, "chain", tiny_seed, rounds)
+    outcomes = []
+    for index, kill in enumerate(kills):
+        result = flywheel(chain, *(["--resume"] if index else []), kill=kill)
+        outcomes.append((kill, result.returncode, result.stderr[-400:]))
+    final = flywheel(chain, "--resume")
+    assert final.returncode == 0, final.stderr
+    # A complete run resumed again runs no stage: this kill point would be met by any stage that ran.
+    again = flywheel(chain, "--resume", kill="1:prompts:begin")
+    assert again.returncode == 0, again.stderr
+    return straight / "runs" / "smoke", chain / "runs" / "smoke", outcomes, kills, rounds
+
+
+def test_every_kill_point_was_reached(uninterrupted_and_resumed):
+    *_, outcomes, kills, _ = uninterrupted_and_resumed
+    assert [(kill, code) for kill, code, _ in outcomes] == [(kill, -9) for kill in kills], outcomes
+
+
+def test_resumed_run_equals_the_uninterrupted_run(uninterrupted_and_resumed):
+    straight, chain, _, _, rounds = uninterrupted_and_resumed
+    a, b = straight / "loop", chain / "loop"
+    for r in range(1, rounds + 1):
+        for name in ("decision.json", "eval/metrics.json", "vote.json", "curation.json"):
+            assert json.loads((a / f"rounds/{r}/{name}").read_text()) == \
+                json.loads((b / f"rounds/{r}/{name}").read_text()), (r, name)
+        for name in ("curated.parquet", "train.parquet", "pool.parquet"):
+            assert io.read_rows(a / f"rounds/{r}/{name}", schemas.CURATED) == \
+                io.read_rows(b / f"rounds/{r}/{name}", schemas.CURATED), (r, name)
+        for weights in sorted((a / f"rounds/{r}/candidate").rglob("*.safetensors")):
+            twin = b / weights.relative_to(a)
+            assert weights.read_bytes() == twin.read_bytes(), weights.relative_to(a)
+    assert json.loads((a / "report.json").read_text())["summary"] == json.loads((b / "report.json").read_text())["summary"]
+
+
+def test_nothing_temporary_is_left(uninterrupted_and_resumed):
+    _, chain, *_ = uninterrupted_and_resumed
+    left = [p for p in (chain / "loop").rglob(".*")]
+    assert left == [], left
+
+
+def test_one_parent_run_continued_and_one_run_per_round(uninterrupted_and_resumed):
+    import mlflow
+
+    _, chain, _, _, rounds = uninterrupted_and_resumed
+    uri = f"sqlite:///{chain / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, uri)  # the registry too: an earlier test may have set the global one
+    experiment = client.get_experiment_by_name("flywheel-smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == [f"round-{r}" for r in range(1, rounds + 1)]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert parents[0].data.tags["mlflow.source.git.commit"]
+    versions = client.search_model_versions("name = 'flywheel-smoke'")
+    assert len(versions) == 1 + rounds  # the seed and one candidate per round, none twice
