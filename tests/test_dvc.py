@@ -46,8 +46,8 @@ def dvc_repo(tmp_path_factory, tiny_seed):
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     rounds = pipeline["vars"][0]["rounds"]
     pipeline["vars"][0]["rounds"] = {"r1": rounds["r1"], "r2": rounds["r2"]}
-    pipeline["stages"]["report"]["deps"] = [d for d in pipeline["stages"]["report"]["deps"] if "/3/" not in d
-                                            and "/4/" not in d]
+    pipeline["stages"]["report"]["deps"] = [d for d in pipeline["stages"]["report"]["deps"] if not any(
+        cut in d for cut in ("/3/", "/4/", "round-3", "round-4"))]
     pipeline["plots"][0]["data/plots/accuracy_by_digits.csv"]["y"] = ["seed", "round_1", "round_2"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     # Every section dvc.yaml lists must be in params.yaml (DVC fails on a missing one): write them all.
@@ -108,6 +108,21 @@ def test_push_to_local_remote_and_same_digest_in_mlflow(dvc_repo):
     assert runs[0].inputs.dataset_inputs[0].dataset.digest == digest(repo / "data" / "rounds" / "2")
     versions = client.search_model_versions("name = 'flywheel-smoke'")
     assert len(versions) == 3  # seed + 2 candidates
+
+
+def test_the_last_stage_ends_the_parent_run(dvc_repo):
+    """dvc repro's report stage ends the parent run its track stages opened: FINISHED, not RUNNING forever."""
+    repo, _ = dvc_repo
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("flywheel-smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [r.info.status for r in parents]
+    assert "final.rounds" in parents[0].data.metrics
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 @pytest.mark.slow

@@ -115,3 +115,105 @@ def test_a_round_with_nothing_curated_declines_and_keeps_the_champion(tmp_path, 
     champion = tmp_path / "rounds" / "1" / "champion" / "member-0" / "model.safetensors"
     seed = tmp_path / "rounds" / "0" / "champion" / "member-0" / "model.safetensors"
     assert champion.read_bytes() == seed.read_bytes()
+
+
+def test_the_registered_champion_loads_as_an_mlflow_model_and_answers(loop_result):
+    """`mlflow.pyfunc.load_model("models:/<name>@champion")` returns a model that answers prompts the way
+    the evaluate stage scores it (greedy, the members voting)."""
+    import mlflow
+
+    config, out, report, tracker = loop_result
+    mlflow.set_tracking_uri(config.tracking.uri)
+    mlflow.set_registry_uri(config.tracking.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{config.tracking.registered_model}@{CHAMPION_ALIAS}")
+    answers = model.predict(["12+34=", "5+5="])
+    assert list(answers.columns) == ["prompt", "answer", "completion", "vote_share"]
+    assert list(answers["prompt"]) == ["12+34=", "5+5="]
+    assert all(0.0 <= share <= 1.0 for share in answers["vote_share"])
+    # the same answers as the champion's own files give through the evaluate stage's generation
+    from flywheel.config import GenerateConfig
+    from flywheel.stages.generate import generate, load_backends
+    from flywheel.stages.vote import vote
+    from flywheel.tasks import load_task
+
+    champion = client_champion_dir(tracker, config, out, report)
+    backends = load_backends(champion, batch_size=8, device="cpu", progress=False, precision="auto")
+    task = load_task("addition")
+    samples = generate([{"id": "a", "prompt": "12+34=", "meta": ""}, {"id": "b", "prompt": "5+5=", "meta": ""}],
+                       backends, GenerateConfig(samples_per_prompt=1, temperature=0.0,
+                                                max_new_tokens=config.evaluate.max_new_tokens), task=task,
+                       round_index=0)
+    votes, _ = vote(samples, key=task.vote_key)
+    assert list(answers["answer"]) == [v["majority_answer"] for v in votes]
+
+
+def client_champion_dir(tracker, config, out, report):
+    """The round directory whose model the alias points at (the seed's copy if no round was promoted)."""
+    champion = tracker.client.get_model_version_by_alias(config.tracking.registered_model, CHAMPION_ALIAS)
+    for round_index, logged in report["mlflow"]["rounds"].items():
+        if logged["model_version"] == champion.version:
+            return out / "rounds" / str(round_index) / "candidate"
+    return out / "rounds" / "0" / "champion"
+
+
+def test_each_champion_carries_a_model_card_of_its_rounds(loop_result):
+    _, out, report, _ = loop_result
+    lineage = json.loads((out / "rounds" / "2" / "champion" / "lineage.json").read_text())
+    assert [e["round"] for e in lineage] == [1, 2]
+    assert [e["promoted"] for e in lineage] == [r["decision"]["promote"] for r in report["rounds"][1:]]
+    assert all(len(e["data_md5"]) == 32 for e in lineage)
+    card = (out / "rounds" / "2" / "champion" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "| 2 | " in card and "| bucket | accuracy |" in card
+    # the card is the champion's own file: the candidate it was linked from has none
+    assert not (out / "rounds" / "2" / "candidate" / "README.md").exists()
+
+
+def test_round_runs_have_the_loss_curve_and_the_git_commit(loop_result):
+    config, _, report, tracker = loop_result
+    run_id = report["mlflow"]["rounds"][1]["run_id"]
+    history = tracker.client.get_metric_history(run_id, "train.member_0.loss")
+    assert len(history) >= 2 and [m.step for m in history] == sorted(m.step for m in history)
+    run = tracker.client.get_run(run_id)
+    assert run.data.tags["mlflow.source.git.commit"]
+    assert run.data.params["train.precision_used"] == "fp32"
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_over_http(loop_result, tmp_path):
+    """`mlflow models serve -m models:/<name>@champion --env-manager local` serves the same predict."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    config, _, _, _ = loop_result
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bin_dir = os.path.dirname(sys.executable)  # the server runs uvicorn from the environment's bin/
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.tracking.uri, "MLFLOW_REGISTRY_URI": config.tracking.uri,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve", "-m",
+                               f"models:/{config.tracking.registered_model}@{CHAMPION_ALIAS}", "--env-manager",
+                               "local", "--host", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"inputs": ["12+34=", "5+5="]}).encode()
+        for _ in range(120):
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    predictions = json.loads(response.read())["predictions"]
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError("mlflow models serve did not answer in 120 s")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [p["prompt"] for p in predictions] == ["12+34=", "5+5="]
+    assert all("answer" in p and "vote_share" in p for p in predictions)

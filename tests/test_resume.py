@@ -109,3 +109,58 @@ def test_one_parent_run_continued_and_one_run_per_round(uninterrupted_and_resume
     assert parents[0].data.tags["mlflow.source.git.commit"]
     versions = client.search_model_versions("name = 'flywheel-smoke'")
     assert len(versions) == 1 + rounds  # the seed and one candidate per round, none twice
+
+
+# --- run status where users look: MLflow runs end FAILED/KILLED, `flywheel status`, config.yaml ---------------
+
+def _statuses(root):
+    import mlflow
+
+    uri = f"sqlite:///{root / 'runs' / 'smoke' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, uri)
+    runs = client.search_runs([client.get_experiment_by_name("flywheel-smoke").experiment_id])
+    return sorted(r.info.status for r in runs)
+
+
+@pytest.mark.parametrize("fault, code, status", [("TERM", 143, "KILLED"), ("ERROR", 1, "FAILED")])
+def test_a_stopped_run_ends_its_mlflow_runs_and_says_where_it_stopped(tmp_path, tiny_seed, fault, code, status):
+    root = make_root(tmp_path, "run", tiny_seed, rounds=1)
+    result = flywheel(root, kill=f"1:train:begin:{fault}")
+    assert result.returncode == code, result.stderr
+    if fault == "TERM":
+        assert result.stderr.strip().splitlines()[-1].startswith("flywheel: terminated;")
+    assert _statuses(root) == [status]  # the parent; no round run had started
+    shown = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "runs/smoke/loop"], cwd=root,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "round 1: unfinished, done: prompts, generate, vote, curate" in shown.stdout
+    assert "stopped before round:stage 1:train" in shown.stdout and "--resume" in shown.stdout
+
+
+def test_report_and_status_read_the_runs_own_config(uninterrupted_and_resumed):
+    """`flywheel report --root DIR` without -c uses DIR/config.yaml (here: the smoke recipe, not the default)."""
+    straight, *_ = uninterrupted_and_resumed
+    root = straight.parents[1]
+    before = json.loads((straight / "loop" / "report.json").read_text())
+    (straight / "loop" / "report.json").unlink()
+    result = subprocess.run([sys.executable, "-m", "flywheel.cli", "report", "--root", "runs/smoke/loop"], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((straight / "loop" / "report.json").read_text())["summary"] == before["summary"]
+    shown = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "runs/smoke/loop"], cwd=root,
+                           capture_output=True, text=True, timeout=60)
+    assert "round 1: " in shown.stdout and "finished: report.json" in shown.stdout, shown.stdout
+
+
+def test_a_second_run_into_a_held_directory_is_refused(tmp_path, tiny_seed):
+    from flywheel.errors import InputError
+    from flywheel.run_state import RunLock
+
+    with RunLock(tmp_path):
+        with pytest.raises(InputError, match="another flywheel run holds this directory"):
+            RunLock(tmp_path).__enter__()
+    # a lock left by a killed process (a PID that is gone) is stale and taken over
+    (tmp_path / ".flywheel.lock").write_text(json.dumps({"pid": 2**22 + 7, "host": __import__("socket").gethostname()}))
+    with RunLock(tmp_path):
+        pass
+    assert not (tmp_path / ".flywheel.lock").exists()

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("report", "Build report.json and report.html from a loop's directory (with the config.yaml it holds).")
     p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--end-mlflow-run", action="store_true",
+                   help="end the MLflow parent run that `flywheel track` opened for this directory (dvc repro's "
+                        "last stage), with the report's summary as its metrics")
 
     p = sub.add_parser("status", help="Which rounds of a run finished, their decisions, and where it stopped.",
                        description="Which rounds of a run directory finished, their gate decisions, and the stage "
@@ -286,6 +289,12 @@ def _dispatch(args) -> int:
                              field="--root")
         report = build_report(args.root, config)
         write_report(args.root, report)
+        if args.end_mlflow_run and config.tracking.enabled:
+            from flywheel.tracking import Tracker
+
+            tracker = Tracker(config.tracking)
+            tracker.end_loop(tracker.start_loop(config, loop_key=_dvc_loop_key(args.root)),
+                             {"final": report["summary"]})
         print(table(report))
         return 0
     else:  # pragma: no cover - argparse rejects unknown commands
@@ -361,6 +370,11 @@ def _data(args) -> int:
     return 0
 
 
+def _dvc_loop_key(root: Path) -> str:
+    """``dvc repro``'s parent run is one per data directory: its track stages and its report share it."""
+    return f"dvc:{Path(root).resolve()}"
+
+
 def _track(config, root: Path, round_index: int, out: Path) -> dict:
     """``dvc repro``'s tracking stage: one parent run per data directory, a nested run per round."""
     from flywheel import io
@@ -375,7 +389,8 @@ def _track(config, root: Path, round_index: int, out: Path) -> dict:
     if not decision.is_file():  # before MLflow creates a parent run for a round that never ran
         raise InputError(decision, "round not found (run its gate first)", field="--round")
     tracker = Tracker(config.tracking)
-    parent = tracker.start_loop(config, loop_key=f"dvc:{Path(root).resolve()}")
+    parent = tracker.start_loop(config, loop_key=_dvc_loop_key(root))
+    tracker.client.update_run(parent, status="RUNNING")  # again, if an earlier `dvc repro` ended it
     if round_index == 1:
         tracker.register_seed(parent, round_dir(root, 0) / "champion")
     result = tracker.log_round(parent, round_index, round_dir(root, round_index), config,

@@ -17,9 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, TrackingConfig
+from flywheel.mlflow_model import log_pyfunc
 from flywheel.modeling import read_model_meta
 
 CHAMPION_ALIAS = "champion"
+# Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
+FILES_TAG = "flywheel.files"
 LOOP_TAG = "flywheel.loop"
 
 
@@ -46,6 +49,8 @@ class Tracker:
 
         self.config = config
         self.mlflow = mlflow
+        # How a registered model answers prompts (flywheel.mlflow_model), set by the loop's config.
+        self._serving = {"task": "addition", "max_new_tokens": 32}
         mlflow.set_tracking_uri(config.uri)
         mlflow.set_registry_uri(config.uri)
         self.client = mlflow.MlflowClient(config.uri, config.uri)
@@ -55,6 +60,7 @@ class Tracker:
 
     def start_loop(self, config: FlywheelConfig, loop_key: str) -> str:
         """The parent run for ``loop_key`` (created once, found again on re-runs)."""
+        self.use_config(config)
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{LOOP_TAG}` = '{loop_key}'",
                                        max_results=1)
         if runs:
@@ -70,6 +76,10 @@ class Tracker:
         for key, value in sorted(params.items()):
             self.client.log_param(run.info.run_id, key, value)
         return run.info.run_id
+
+    def use_config(self, config: FlywheelConfig) -> None:
+        """How the registered models answer prompts: the task and completion length the loop evaluates with."""
+        self._serving = {"task": config.task, "max_new_tokens": config.evaluate.max_new_tokens}
 
     def continue_loop(self, config: FlywheelConfig, root: Path, *, resume: bool) -> str:
         """``flywheel run``'s parent run: a new one, or on ``--resume`` the one the run started (RUNNING again).
@@ -133,10 +143,9 @@ class Tracker:
         for version in self.client.search_model_versions(f"run_id = '{parent_run_id}'"):
             if version.tags.get("role") == "seed":  # registered before this run was interrupted and resumed
                 return version.version
-        self.client.log_artifacts(parent_run_id, os.fspath(seed_dir), "seed")
-        source = f"{self.client.get_run(parent_run_id).info.artifact_uri}/seed"
+        source, files = log_pyfunc(self.client, parent_run_id, Path(seed_dir), "seed", **self._serving)
         version = self.client.create_model_version(self.config.registered_model, source, parent_run_id,
-                                                   tags={"role": "seed"})
+                                                   tags={"role": "seed", FILES_TAG: files})
         try:
             self.client.get_model_version_by_alias(self.config.registered_model, CHAMPION_ALIAS)
         except MlflowException:
@@ -146,6 +155,7 @@ class Tracker:
     def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
                   data_digest: str) -> dict:
         """Nested run for a round: params per stage, metrics, the data digest, the candidate version."""
+        self.use_config(config)
         # A round logged again (a resumed run killed while tracking it) replaces its earlier, partial run.
         for earlier in self._children(parent_run_id, round_index):
             for version in self.client.search_model_versions(f"run_id = '{earlier.info.run_id}'"):
@@ -176,6 +186,11 @@ class Tracker:
         candidate_meta = read_model_meta(round_dir / "candidate")
         if "precision" in candidate_meta:  # what train.precision=auto resolved to on the machine that trained
             self.client.log_param(run_id, "train.precision_used", candidate_meta["precision"])
+        for member, metrics in enumerate(candidate_meta.get("train_metrics", [])):
+            # The trainer's loss curve, logged from the candidate's metadata: stages know nothing of MLflow.
+            for step, loss, learning_rate in metrics.get("loss_curve", []):
+                self.client.log_metric(run_id, f"train.member_{member}.loss", loss, step=step)
+                self.client.log_metric(run_id, f"train.member_{member}.learning_rate", learning_rate, step=step)
         metrics = round_metrics(round_dir)
         for key, value in metrics.items():
             self.client.log_metric(run_id, _mlflow_key(key), value, step=round_index)
@@ -191,12 +206,12 @@ class Tracker:
             if (round_dir / name).exists():
                 self.client.log_artifact(run_id, os.fspath(round_dir / name), os.path.dirname(name) or None)
         self._ensure_registered_model()
-        self.client.log_artifacts(run_id, os.fspath(round_dir / "candidate"), "candidate")
+        source, files = log_pyfunc(self.client, run_id, round_dir / "candidate", "candidate", **self._serving)
         decision = json.loads((round_dir / "decision.json").read_text())
         version = self.client.create_model_version(
-            self.config.registered_model, f"{run.info.artifact_uri}/candidate", run_id,
+            self.config.registered_model, source, run_id,
             tags={"round": str(round_index), "promoted": str(decision["promote"]).lower(),
-                  "data_digest": data_digest},
+                  "data_digest": data_digest, FILES_TAG: files},
             description=decision["reason"])
         if decision["promote"]:
             self.client.set_registered_model_alias(self.config.registered_model, CHAMPION_ALIAS, version.version)

@@ -54,7 +54,7 @@ def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from flywheel.tracking import CHAMPION_ALIAS, Tracker
+    from flywheel.tracking import CHAMPION_ALIAS, FILES_TAG, Tracker
 
     tracker = Tracker(config.tracking)
     name = config.tracking.registered_model
@@ -65,7 +65,9 @@ def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
         tracker.register_seed(parent, check_seed(config))
         version = tracker.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     with tempfile.TemporaryDirectory(prefix="flywheel-champion-") as scratch:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=scratch,
+        # The model directory inside the version's pyfunc (older versions: the source is the directory).
+        files = version.tags.get(FILES_TAG, version.source)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=files, dst_path=scratch,
                                                     tracking_uri=config.tracking.uri)
         link_or_copy_tree(Path(local), target)
     return version.version

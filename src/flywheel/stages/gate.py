@@ -11,6 +11,7 @@ Promotion needs all of: gain >= ``min_gain``, p <= ``alpha``, and no bucket losi
 from __future__ import annotations
 
 import math
+import shutil
 import random
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
     """
     from flywheel.modeling import member_dirs, read_model_meta
     from flywheel.stages.evaluate import PREDICTIONS, read_predictions
-    from flywheel.stages.train import link_or_copy_tree
+    from flywheel.model_card import read_lineage, round_entry, write_card
+    from flywheel.stages.train import link_or_copy
 
     if next_champion is not None:
         member_dirs(candidate_dir), member_dirs(champion_dir)
@@ -119,5 +121,12 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
                                               "champion unchanged (see curation.json)")
     io.write_json(out_path, decision)
     if next_champion is not None:
-        link_or_copy_tree(candidate_dir if decision["promote"] else champion_dir, next_champion)
+        # The next champion is the winner's files plus its model card: the winner's history and this round.
+        winner = candidate_dir if decision["promote"] else champion_dir
+        round_index = read_model_meta(candidate_dir).get("round")
+        lineage = read_lineage(champion_dir) + [round_entry(round_index, decision, read_model_meta(candidate_dir))]
+        with io.atomic_dir(next_champion) as tmp:
+            shutil.copytree(winner, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
+            write_card(tmp, lineage, decision["buckets"],
+                       promoted_side="candidate" if decision["promote"] else "champion")
     return decision

@@ -34,6 +34,7 @@ from flywheel import io, schemas
 from flywheel.config import TrainConfig
 from flywheel.modeling import is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
 from flywheel.precision import resolve_precision, trainer_precision_args
+from flywheel.run_state import file_md5
 from flywheel.seeding import derive_seed
 from flywheel.tasks.base import sft_row
 
@@ -78,8 +79,11 @@ def _fit(trainer, *, steps: int, rows: int, progress: bool) -> dict:
     output = trainer.train()
     seconds = time.perf_counter() - start
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    # The loss curve as (step, loss, learning rate): MLflow plots it under the round's run (tracking.log_round).
+    curve = [[int(e["step"]), float(e["loss"]), float(e.get("learning_rate", 0.0))]
+             for e in trainer.state.log_history if "loss" in e and "step" in e]
     return {"train_loss": float(output.training_loss), "final_loss": float(losses[-1]) if losses else None,
-            "train_seconds": seconds, "steps": steps, "rows": rows}
+            "train_seconds": seconds, "steps": steps, "rows": rows, "loss_curve": curve}
 
 
 def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
@@ -304,7 +308,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
               file=sys.stderr)
         with _candidate_dir(out_dir) as tmp:  # rank 0 only under torchrun
             for index, member in enumerate(members):
-                shutil.copytree(member, tmp / f"member-{index}", copy_function=_link_or_copy)
+                shutil.copytree(member, tmp / f"member-{index}", copy_function=link_or_copy)
             write_model_meta(tmp, {"members": [f"member-{i}" for i in range(len(members))], "round": round_index,
                                    "init": str(init_dir), "format": "full", "trained": False})
         return {"train_loss": None, "train_seconds": 0.0, "train_rows": 0, "members": len(members)}
@@ -331,6 +335,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
             "train": json.loads(json.dumps(config.__dict__, default=lambda o: o.__dict__)),
             # What 'auto' became on this machine: the precision the weights were trained in.
             "precision": resolve_precision(config.precision, device),
+            "data_md5": file_md5(data_path),  # the training file's md5, as dvc.lock records it
             "train_metrics": per_member,
         }
         if formats[0] == "adapter":
@@ -371,7 +376,7 @@ def _hardest_bucket(rows: list[dict], round_index: int) -> int | None:
     return max(buckets, default=None)
 
 
-def _link_or_copy(src, dst) -> None:
+def link_or_copy(src, dst) -> None:
     """Hard-link a model file where the filesystem allows (models are large), else copy it."""
     try:
         os.link(src, dst)
@@ -382,4 +387,4 @@ def _link_or_copy(src, dst) -> None:
 def link_or_copy_tree(source: Path, target: Path) -> None:
     """Copy a model directory atomically, file by file with ``_link_or_copy``."""
     with io.atomic_dir(target) as tmp:
-        shutil.copytree(source, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
+        shutil.copytree(source, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
