@@ -57,9 +57,12 @@ def dvc_repo(tmp_path_factory, tiny_seed):
     params["loop"]["out_dir"] = "data"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(tiny_seed, repo / "seed" / "tiny")
+    # the stages depend on the code they run (src/flywheel/...); .dvcignore keeps bytecode out of the hashes
+    shutil.copytree(ROOT / "src" / "flywheel", repo / "src" / "flywheel", ignore=shutil.ignore_patterns("__pycache__"))
     remote = tmp_path_factory.mktemp("remote")
     sh("git", "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
     sh("dvc", "remote", "add", "-d", "local", str(remote), cwd=repo)
     (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n")
     sh("git", "add", "-A", cwd=repo)
@@ -138,3 +141,51 @@ def test_exp_run_with_a_param_override(dvc_repo):
     assert 3 in steps, steps
     workspace = shown[0]["data"]["params"]["params.yaml"]["data"]["train"]["steps"]
     assert workspace == 3  # dvc exp run applies -S to the workspace and runs the pipeline with it
+
+
+def test_dvc_yaml_and_loop_rounds_cannot_disagree(tmp_path, monkeypatch, capsys):
+    """Under dvc repro (DVC_ROOT set), prepare fails in one line when dvc.yaml unrolls another number of rounds."""
+    from flywheel.cli import main
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    code = main(["prepare", "-c", str(ROOT / "params.yaml"), "-s", "loop.rounds=5", "--root", str(tmp_path / "d")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "dvc.yaml: field 'loop.rounds': unrolls 3 rounds (vars: rounds) but loop.rounds is 5" in err
+    assert not (tmp_path / "d").exists()
+    shipped = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert len(shipped["vars"][0]["rounds"]) == params["loop"]["rounds"]  # the shipped pair agrees
+
+
+def test_mlflow_tags_each_output_with_the_md5_dvc_lock_records(dvc_repo):
+    """From a round's MLflow run to its data: every output dvc.lock lists has its md5 as a run tag."""
+    repo, _ = dvc_repo
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("flywheel-smoke")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for r in (1, 2):
+        (run,) = client.search_runs([experiment.experiment_id], f"tags.`flywheel.round` = '{r}'")
+        prefix = f"data/rounds/{r}/"
+        outs = {o["path"][len(prefix):]: o["md5"] for name, stage in lock.items() if name.endswith(f"@r{r}")
+                for o in stage.get("outs", []) if o["path"].startswith(prefix)}
+        assert {"samples.parquet", "train.parquet", "candidate", "champion", "eval/predictions.parquet"} <= set(outs)
+        for path, md5 in outs.items():
+            assert run.data.tags.get(f"dvc.md5.{path}") == md5, path
+
+
+def test_a_change_to_a_stages_code_re_runs_that_stage_only(dvc_repo):
+    repo, _ = dvc_repo
+    gate = repo / "src" / "flywheel" / "stages" / "gate.py"
+    original = gate.read_text()
+    gate.write_text(original + "\n# changed\n")
+    try:
+        changed = set(json.loads(sh("dvc", "status", "--json", cwd=repo).stdout))
+    finally:
+        gate.write_text(original)
+    assert {"gate@r1", "gate@r2"} <= changed
+    assert not any(name.startswith(("train@", "generate@", "vote@")) for name in changed), changed

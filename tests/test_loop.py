@@ -217,3 +217,28 @@ def test_mlflow_models_serve_answers_over_http(loop_result, tmp_path):
         server.wait(timeout=30)
     assert [p["prompt"] for p in predictions] == ["12+34=", "5+5="]
     assert all("answer" in p and "vote_share" in p for p in predictions)
+
+
+def test_export_writes_a_dataset_and_a_hub_ready_model(loop_result, tmp_path, monkeypatch):
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel.cli import main
+
+    _, out, _, _ = loop_result
+    assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
+    data = datasets.load_from_disk(str(tmp_path / "export" / "dataset" / "data"))
+    curated = sum(len(io.read_rows(out / "rounds" / str(r) / "curated.parquet", schemas.CURATED)) for r in (1, 2))
+    assert len(data) == curated and set(data.column_names) >= {"prompt", "completion", "round"}
+    model_dir = tmp_path / "export" / "model"
+    AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)  # a plain HF directory
+    AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    assert (model_dir / "README.md").read_text().startswith("---") and (model_dir / "lineage.json").is_file()
+    # a committee of 2: member 2 does not exist; an unreachable hub is one line, exit 2
+    assert main(["export", str(out), "--out", str(tmp_path / "x"), "--member", "2"]) == 2
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    assert main(["export", str(out), "--out", str(tmp_path / "export"), "--push-to-hub", "me/flywheel"]) == 2

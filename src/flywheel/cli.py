@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end the MLflow parent run that `flywheel track` opened for this directory (dvc repro's "
                         "last stage), with the report's summary as its metrics")
 
+    p = sub.add_parser("export", help="Write a run's curated data as a Hugging Face dataset and its champion as a "
+                                      "Hub-ready model folder (optionally push both).",
+                       description="Write <out>/dataset (every round's curated rows, datasets.load_from_disk) and "
+                                   "<out>/model (the last champion as one plain Hugging Face model directory with "
+                                   "its model card). --push-to-hub uploads them (HF_ENDPOINT, HF_TOKEN).")
+    p.add_argument("root", type=Path, help="the run directory (loop.out_dir)")
+    p.add_argument("--out", type=Path, required=True, help="where to write dataset/ and model/")
+    p.add_argument("--member", type=int, default=0, help="the committee member to export (default 0)")
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
+                   help="upload the model to ORG/NAME and the data to ORG/NAME-data")
+
     p = sub.add_parser("status", help="Which rounds of a run finished, their decisions, and where it stopped.",
                        description="Which rounds of a run directory finished, their gate decisions, and the stage "
                                    "where the loop stopped (read from its files; nothing runs).")
@@ -180,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     if args.command == "data":
         return _data(args)
+    if args.command == "export":
+        from flywheel.export import export_run, push_to_hub
+
+        result = export_run(args.root, args.out, member=args.member)
+        if args.push_to_hub:
+            result.update(push_to_hub(args.out, args.push_to_hub))
+        print(json.dumps(result, indent=2))
+        return 0
     if args.command == "status":
         from flywheel.status import run_status, status_lines
 
@@ -235,6 +254,9 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "prepare":
         from flywheel.loop import prepare
+        from flywheel.versioning import check_dvc_rounds
+
+        check_dvc_rounds(config)  # dvc repro's first stage: dvc.yaml's rounds must be loop.rounds
 
         prepare(config, args.root, task=task)
         return 0

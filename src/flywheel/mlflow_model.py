@@ -28,6 +28,10 @@ REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "peft", "p
 class FlywheelModel(mlflow.pyfunc.PythonModel):
     """A flywheel model directory (a committee) behind MLflow's pyfunc interface."""
 
+    # predict takes a list of prompts or a DataFrame with a `prompt` column on purpose: no type-hint
+    # validation (MLflow would otherwise warn that predict has no type hints).
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from flywheel.stages.generate import load_backends
         from flywheel.tasks import load_task
@@ -84,14 +88,6 @@ def requirements() -> list[str]:
 
 def save_pyfunc(model_dir: Path, target: Path, *, task: str, max_new_tokens: int) -> None:
     """Write ``model_dir`` as an MLflow pyfunc model at ``target`` (which must not exist)."""
-    import warnings
-
-    with warnings.catch_warnings():  # "add type hints to predict": the input is a list or a DataFrame on purpose
-        warnings.simplefilter("ignore", UserWarning)
-        _save(model_dir, target, task=task, max_new_tokens=max_new_tokens)
-
-
-def _save(model_dir: Path, target: Path, *, task: str, max_new_tokens: int) -> None:
     mlflow.pyfunc.save_model(
         path=str(target), python_model=FlywheelModel(), artifacts={"model": str(model_dir)},
         code_paths=[str(PACKAGE_DIR)], pip_requirements=requirements(),

@@ -202,6 +202,9 @@ class Tracker:
         dataset = MetaDataset(source, name=f"round-{round_index}", digest=data_digest)
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                                               tags=[InputTag("mlflow.data.context", "training")])])
+        # Each output's DVC md5, as dvc.lock records it: from a run to `dvc checkout` of exactly its data.
+        for name, md5 in output_digests(round_dir).items():
+            self.client.set_tag(run_id, f"dvc.md5.{name}", md5)
         for name in ("vote.json", "curation.json", "decision.json", "eval/metrics.json"):
             if (round_dir / name).exists():
                 self.client.log_artifact(run_id, os.fspath(round_dir / name), os.path.dirname(name) or None)
@@ -218,6 +221,20 @@ class Tracker:
         self.client.set_tag(run_id, "flywheel.decision", "promote" if decision["promote"] else "decline")
         self.client.set_terminated(run_id)
         return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"]}
+
+
+def output_digests(round_dir: Path) -> dict[str, str]:
+    """DVC md5 of each output of a round (``samples.parquet``, ``candidate``, ``eval/metrics.json``, ...): the
+    value ``dvc.lock`` records for it. A model directory is one output; other directories list their files."""
+    from flywheel.versioning import digest
+
+    out = {}
+    for entry in sorted(p for p in Path(round_dir).iterdir() if not p.name.startswith(".")):
+        out[entry.name] = digest(entry)
+        if entry.is_dir() and not (entry / "flywheel-model.json").is_file():
+            for child in sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")):
+                out[f"{entry.name}/{child.name}"] = digest(child)
+    return out
 
 
 def git_commit() -> str | None:

@@ -42,6 +42,23 @@ def digest(path: str | os.PathLike) -> str:
     return obj.hash_info.value
 
 
+def check_dvc_rounds(config, environ=os.environ) -> None:
+    """Under ``dvc repro`` (DVC sets ``DVC_ROOT`` for every stage command): dvc.yaml must unroll exactly
+    ``loop.rounds`` rounds, or the pipeline would silently run another number of rounds than params.yaml says."""
+    import yaml
+
+    root = environ.get("DVC_ROOT")
+    if not root or not (Path(root) / "dvc.yaml").is_file():
+        return
+    pipeline = yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}
+    unrolled = next((len(v["rounds"]) for v in pipeline.get("vars", []) if isinstance(v, dict) and "rounds" in v),
+                    None)
+    if unrolled is not None and unrolled != config.loop.rounds:
+        raise InputError(Path(root) / "dvc.yaml", f"unrolls {unrolled} rounds (vars: rounds) but loop.rounds is "
+                         f"{config.loop.rounds}; add or remove entries under vars: rounds (and report's deps), "
+                         "or set loop.rounds to match", field="loop.rounds")
+
+
 def find_dvc_root(start: str | os.PathLike) -> Path | None:
     path = Path(start).resolve()
     for candidate in (path, *path.parents):

@@ -1,0 +1,94 @@
+"""``flywheel export``: a run's curated data as a Hugging Face dataset, its champion as a Hub-ready folder.
+
+  <out>/dataset/   every round's curated rows (prompt, completion, prompt_id, round, bucket), saved with
+                   ``datasets`` (``load_from_disk``), plus a README dataset card
+  <out>/model/     the last champion's weights and tokenizer as one plain Hugging Face model directory
+                   (a committee exports one member, ``--member``; a LoRA adapter is merged into its base)
+                   with the champion's model card (README.md, lineage.json)
+
+``--push-to-hub ORG/NAME`` uploads both (``ORG/NAME`` and ``ORG/NAME-data``) when the user's hub is
+reachable (``HF_ENDPOINT``, ``HF_TOKEN``); an unreachable hub is a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from flywheel import io, schemas
+from flywheel.errors import InputError
+
+
+def last_champion(root: Path) -> tuple[int, Path]:
+    rounds = sorted((int(p.name), p) for p in (Path(root) / "rounds").glob("*")
+                    if p.name.isdigit() and (p / "champion").is_dir())
+    if not rounds:
+        raise InputError(root, "no champion here (run `flywheel run` first)", field="run directory")
+    index, folder = rounds[-1]
+    return index, folder / "champion"
+
+
+def curated_rows(root: Path) -> list[dict]:
+    rows = []
+    for folder in sorted((p for p in (Path(root) / "rounds").glob("*") if p.name.isdigit()), key=lambda p: int(p.name)):
+        if (folder / "curated.parquet").is_file():
+            rows += io.read_rows(folder / "curated.parquet", schemas.CURATED)
+    return rows
+
+
+def export_run(root: Path, out: Path, *, member: int = 0) -> dict:
+    """Write ``out/dataset`` and ``out/model`` (each atomically); returns what was written."""
+    import datasets
+
+    from flywheel.modeling import load_member, member_dirs
+
+    root, out = Path(root), Path(out)
+    round_index, champion = last_champion(root)
+    members = member_dirs(champion)
+    if not 0 <= member < len(members):
+        raise InputError(champion, f"has {len(members)} member(s); --member must be in 0..{len(members) - 1}",
+                         field="--member")
+    rows = curated_rows(root)
+    with io.atomic_dir(out / "dataset") as tmp:
+        datasets.disable_progress_bars()
+        datasets.Dataset.from_list(rows).save_to_disk(str(tmp / "data"))
+        (tmp / "README.md").write_text(_dataset_card(root, rows))
+    with io.atomic_dir(out / "model") as tmp:
+        model, tokenizer = load_member(members[member], precision="fp32")  # an adapter comes back merged
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in ("README.md", "lineage.json"):
+            if (champion / name).is_file():
+                shutil.copy2(champion / name, tmp / name)
+        (tmp / "flywheel-export.json").write_text(json.dumps(
+            {"run": str(root.resolve()), "round": round_index, "member": member, "members": len(members)}, indent=2))
+    return {"dataset": str(out / "dataset"), "rows": len(rows), "model": str(out / "model"),
+            "champion_round": round_index, "member": member}
+
+
+def _dataset_card(root: Path, rows: list[dict]) -> str:
+    per_round: dict = {}
+    for row in rows:
+        per_round[row.get("round")] = per_round.get(row.get("round"), 0) + 1
+    table = "\n".join(f"| {r} | {n} |" for r, n in sorted(per_round.items(), key=lambda kv: kv[0] or 0))
+    return ("---\ntags:\n- flywheel\n- synthetic\n- self-training\n---\n\n# flywheel curated data\n\n"
+            "Completions a model wrote for unlabeled prompts and kept after a majority vote over its own "
+            "samples (pseudo-labels, no human or reference labels), round by round. Columns: prompt, "
+            "completion, prompt_id, round, bucket.\n\n| round | rows |\n|---|---|\n" + table + "\n")
+
+
+def push_to_hub(out: Path, repo_id: str) -> dict:
+    """Upload ``out/model`` to ``repo_id`` and ``out/dataset`` to ``repo_id-data``; one-line error if unreachable."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(Path(out) / "model"), repo_id=repo_id)
+        api.create_repo(f"{repo_id}-data", repo_type="dataset", exist_ok=True)
+        api.upload_folder(folder_path=str(Path(out) / "dataset"), repo_id=f"{repo_id}-data", repo_type="dataset")
+    except Exception as error:  # connection refused, DNS, 401/403: all mean "not pushed", said in one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(api.endpoint, f"could not push to the hub: {first[:200]}", field="--push-to-hub") from None
+    return {"model_repo": repo_id, "dataset_repo": f"{repo_id}-data"}
