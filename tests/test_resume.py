@@ -53,6 +53,7 @@ def uninterrupted_and_resumed(request, tmp_path_factory, tiny_seed):
     straight = make_root(tmp_path, "straight", tiny_seed, rounds)
     result = flywheel(straight)
     assert result.returncode == 0, result.stderr
+    (straight / "stderr.txt").write_text(result.stderr)
     chain = make_root(tmp_path, "chain", tiny_seed, rounds)
     outcomes = []
     for index, kill in enumerate(kills):
@@ -164,3 +165,21 @@ def test_a_second_run_into_a_held_directory_is_refused(tmp_path, tiny_seed):
     with RunLock(tmp_path):
         pass
     assert not (tmp_path / ".flywheel.lock").exists()
+
+
+def test_the_console_has_a_heading_per_round_and_stage_and_no_trainer_dicts(uninterrupted_and_resumed):
+    straight, *_, rounds = uninterrupted_and_resumed
+    err = (straight.parents[1] / "stderr.txt").read_text()
+    headings = [line for line in err.splitlines() if line.startswith("== round ")]
+    stages = ["prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "track"]
+    assert headings == ["== round 0: prepare", "== round 0: track"] + [
+        f"== round {r}: {s}" for r in range(1, rounds + 1) for s in stages]
+    assert "{'loss'" not in err and "'grad_norm'" not in err and "Downloading artifacts" not in err
+
+
+def test_quiet_prints_no_headings(tmp_path, tiny_seed):
+    from flywheel.cli import setup_logging
+    import logging
+
+    assert setup_logging(0, 1) == logging.WARNING and setup_logging(1, 0) == logging.DEBUG
+    assert setup_logging(0, 0) == logging.INFO

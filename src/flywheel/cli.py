@@ -36,6 +36,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="YAML config (default: built-in defaults = configs/default.yaml)")
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, repeatable: -s train.steps=200 -s gate.alpha=0.01")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more on stderr: -v adds each stage's details, -vv the libraries' own logs")
+    parser.add_argument("-q", "--quiet", action="count", default=0,
+                        help="less on stderr: no stage headings (warnings and errors only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,8 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(verbose: int, quiet: int) -> int:
+    """The ``flywheel`` logger on stderr: INFO (a heading per round and stage) by default, DEBUG with -v,
+    WARNING with -q. Returns the level; the libraries stay at WARNING unless -vv."""
+    import logging
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("flywheel")
+    logger.setLevel(level)
+    if not any(getattr(h, "flywheel", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.flywheel = True
+        logger.addHandler(handler)
+    logger.propagate = False
+    return level
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
     try:
         return _dispatch(args)
     except InputError as error:
@@ -241,7 +263,10 @@ def _dispatch(args) -> int:
         usable, why = vllm_available()
         if not usable:  # before the seed's evaluation and the round's generation, not at the train stage
             raise InputError("config", f"train.grpo.use_vllm=true but {why}", field="train.grpo.use_vllm")
-    _quiet_libraries()
+    if getattr(args, "verbose", 0) < 2:
+        _quiet_libraries()
+    if getattr(args, "quiet", 0):
+        config.loop.progress = progress = False
 
     if args.command == "run":
         mode = "resume" if args.resume else "restart" if args.restart else "new"

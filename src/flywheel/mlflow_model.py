@@ -88,6 +88,13 @@ def requirements() -> list[str]:
 
 def save_pyfunc(model_dir: Path, target: Path, *, task: str, max_new_tokens: int) -> None:
     """Write ``model_dir`` as an MLflow pyfunc model at ``target`` (which must not exist)."""
+    import logging
+    import os
+
+    # MLflow warns that a pickled python_model executes code when loaded (true of any pickle; ours is our own
+    # class) and draws a progress bar per artifact copy: neither helps the loop's console.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     mlflow.pyfunc.save_model(
         path=str(target), python_model=FlywheelModel(), artifacts={"model": str(model_dir)},
         code_paths=[str(PACKAGE_DIR)], pip_requirements=requirements(),

@@ -85,29 +85,62 @@ def _by_bucket(buckets: dict) -> list[tuple[str, float]]:
     return sorted(buckets.items(), key=lambda kv: bucket_key(kv[0]))
 
 
-def plot_png(report: dict) -> bytes:
-    """Accuracy per digit length, one line per round's champion (after its gate)."""
+def figure(report: dict):
+    """The report's plots as one matplotlib figure.
+
+    Every task gets the per-round panel: the champion's overall accuracy after each gate, and the
+    vote's pseudo-label precision (audit) and yield. Tasks with numeric buckets (the addition task's
+    digit lengths) also get accuracy per bucket, one line per round's champion. Integer ticks on both.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for r in report["rounds"]:
-        after = r["champion_after"]
-        if not after:
-            continue
-        xs = sorted((b for b in after["buckets"] if b.isdigit()), key=int)  # lengths on the x axis
-        label = "seed" if r["round"] == 0 else f"round {r['round']} ({'promoted' if r['decision']['promote'] else 'kept'})"
-        ax.plot([int(x) for x in xs], [after["buckets"][x] * 100 for x in xs], marker="o", label=label)
-    ax.set_xlabel("digits per operand")
-    ax.set_ylabel("champion accuracy (%)")
+    rounds = [r for r in report["rounds"] if r["champion_after"]]
+    numeric = any(b.isdigit() for r in rounds for b in r["champion_after"]["buckets"])
+    fig, axes = plt.subplots(1, 2 if numeric else 1, figsize=(12 if numeric else 6.5, 4), dpi=100, squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["round"] for r in rounds], [r["champion_after"]["accuracy"] * 100 for r in rounds], marker="o",
+            label="champion accuracy (after gate)")
+    voted = [r for r in rounds[1:] if r["vote"].get("pseudo_label_precision") is not None]
+    ax.plot([r["round"] for r in voted], [r["vote"]["pseudo_label_precision"] * 100 for r in voted], marker="s",
+            label="pseudo-label precision (audit)")
+    curated = [r for r in rounds[1:] if r["curation"].get("prompts_in")]
+    ax.plot([r["round"] for r in curated], [r["curation"]["prompts_kept"] / r["curation"]["prompts_in"] * 100
+                                            for r in curated], marker="^", label="yield (prompts kept)")
+    ax.set_xlabel("round (0: seed)")
+    ax.set_ylabel("%")
     ax.set_ylim(-2, 102)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{report['name']}: accuracy per digit length per round")
-    buffer = _io.BytesIO()
+    ax.set_title(f"{report['name']}: per round")
+    if numeric:
+        ax = axes[0][1]
+        for r in rounds:
+            after = r["champion_after"]
+            xs = sorted((b for b in after["buckets"] if b.isdigit()), key=int)
+            label = "seed" if r["round"] == 0 else \
+                f"round {r['round']} ({'promoted' if r['decision']['promote'] else 'kept'})"
+            ax.plot([int(x) for x in xs], [after["buckets"][x] * 100 for x in xs], marker="o", label=label)
+        ax.set_xlabel("bucket (addition: digits per operand)")
+        ax.set_ylabel("champion accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("accuracy per bucket per round")
     fig.tight_layout()
+    return fig
+
+
+def plot_png(report: dict) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    buffer = _io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
@@ -129,7 +162,7 @@ def html_report(report: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>flywheel: {html.escape(report['name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}pre{{background:#f6f6f6;padding:1em}}</style></head>
 <body><h1>flywheel: {html.escape(report['name'])}</h1>
-<img alt="accuracy per digit length per round" src="data:image/png;base64,{png}">
+<img alt="accuracy, label precision and yield per round; accuracy per bucket" src="data:image/png;base64,{png}">
 <h2>Rounds</h2><pre>{html.escape(table(report))}</pre>
 <h2>Curation and gate</h2>
 <table><tr><th>round</th><th>bucket</th><th>pseudo-label precision</th><th>samples kept</th><th>drops by reason</th>

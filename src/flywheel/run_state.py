@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +32,8 @@ import yaml
 
 from flywheel import faults, io
 from flywheel.errors import InputError
+
+log = logging.getLogger("flywheel")
 
 RUN_CONFIG = "config.yaml"
 STATE_DIR = "state"
@@ -263,8 +266,10 @@ class Ledger:
         """Run ``work`` unless this is a replay and the stage is complete; returns whether it ran."""
         if self.replay and self.is_complete(round_index, stage, outputs):
             self.skipped.append(f"{round_index}:{stage}")
+            log.info("== round %d: %s (complete, skipped)", round_index, stage)
             return False
         self.replay = False  # a stage runs: every later stage reads what it writes, so they run too
+        log.info("== round %d: %s", round_index, stage)
         faults.enter(round_index, stage)
         try:
             faults.point("begin")
@@ -275,6 +280,7 @@ class Ledger:
         finally:
             faults.leave()
         self.ran[(round_index, stage)] = seconds
+        log.debug("   round %d: %s took %.1f s", round_index, stage, seconds)
         if self.state_dir is not None:
             io.write_json(self._record_path(round_index, stage),
                           {"stage": stage, "round": round_index, "seconds": seconds,

@@ -71,10 +71,14 @@ def _trainer_args(steps: int, batch_size: int, learning_rate: float, warmup_rati
 
 
 def _fit(trainer, *, steps: int, rows: int, progress: bool) -> dict:
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    # The trainer's own callbacks print every log dict ({'loss': ..., 'grad_norm': ...}); the loss goes to
+    # the candidate's metadata and MLflow instead, and the console keeps one labelled bar.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(_labelled_progress())
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start
@@ -84,6 +88,24 @@ def _fit(trainer, *, steps: int, rows: int, progress: bool) -> dict:
              for e in trainer.state.log_history if "loss" in e and "step" in e]
     return {"train_loss": float(output.training_loss), "final_loss": float(losses[-1]) if losses else None,
             "train_seconds": seconds, "steps": steps, "rows": rows, "loss_curve": curve}
+
+
+def _labelled_progress():
+    """A training progress bar labelled 'train' with the latest loss as its postfix, never a printed dict.
+    (Built here: transformers is imported only when a stage trains.)"""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LabelledProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description("train")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+
+    return LabelledProgress()
 
 
 def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
