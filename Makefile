@@ -30,13 +30,13 @@ demo: setup
 seed: setup
 	$(BIN)/flywheel seed -c configs/default.yaml
 
-## test: the fast suite (CI runs this)
+## test: the fast suite (CI runs this); one test file per core (pytest-xdist)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
-## test-slow: the tests marked slow (dvc repro of the full pipeline, MLflow server)
+## test-slow: the tests marked slow (kill-and-resume in every stage, dvc exp run, mlflow models serve, ...)
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m slow
 
 ## bench: time per stage of one round, and the share outside model compute
 bench: setup
