@@ -96,7 +96,6 @@ def figure(report: dict):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     rounds = [r for r in report["rounds"] if r["champion_after"]]
     numeric = any(b.isdigit() for r in rounds for b in r["champion_after"]["buckets"])
@@ -110,13 +109,7 @@ def figure(report: dict):
     curated = [r for r in rounds[1:] if r["curation"].get("prompts_in")]
     ax.plot([r["round"] for r in curated], [r["curation"]["prompts_kept"] / r["curation"]["prompts_in"] * 100
                                             for r in curated], marker="^", label="yield (prompts kept)")
-    ax.set_xlabel("round (0: seed)")
-    ax.set_ylabel("%")
-    ax.set_ylim(-2, 102)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{report['name']}: per round")
+    _style(ax, xlabel="round (0: seed)", ylabel="%", title=f"{report['name']}: per round")
     if numeric:
         ax = axes[0][1]
         for r in rounds:
@@ -125,15 +118,23 @@ def figure(report: dict):
             label = "seed" if r["round"] == 0 else \
                 f"round {r['round']} ({'promoted' if r['decision']['promote'] else 'kept'})"
             ax.plot([int(x) for x in xs], [after["buckets"][x] * 100 for x in xs], marker="o", label=label)
-        ax.set_xlabel("bucket (addition: digits per operand)")
-        ax.set_ylabel("champion accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title("accuracy per bucket per round")
+        _style(ax, xlabel="bucket (addition: digits per operand)", ylabel="champion accuracy (%)",
+               title="accuracy per bucket per round")
     fig.tight_layout()
     return fig
+
+
+def _style(ax, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Percent on y (0-100), integer ticks on x (rounds and digit lengths are whole numbers)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-2, 102)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
 
 
 def plot_png(report: dict) -> bytes:

@@ -179,7 +179,6 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        run = self.client.get_run(run_id)
         for section in ("data", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "code"):
             for key, value in asdict(getattr(config, section)).items():
                 self.client.log_param(run_id, f"{section}.{key}", str(value)[:500])
