@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
+    parser.add_argument("--rows", type=int, default=4000, help="training rows (6-digit sums with their labels)")
     args = parser.parse_args()
 
     import torch
@@ -50,10 +51,13 @@ def main() -> None:
     config = load_config(args.config, [f"train.steps={args.steps}"])
     task = load_task(config.task)
     rows = [{**r, "completion": r["answer"], "round": 1}
-            for r in task.make_prompts(bucket=6, count=4000, seed=7, id_prefix="b-", mixed=True)]
+            for r in task.make_prompts(bucket=6, count=args.rows, seed=7, id_prefix="b-", mixed=True)]
     seed = member_dirs(ROOT / config.seed.path)[0]
     print(f"CPU bf16 instructions: {cpu_bf16_flags()}; torch threads: {torch.get_num_threads()}; "
           f"{args.steps} SFT steps of {config.train.batch_size} sequences")
+    # Warm-up, not reported: the first trainer in a process pays one-off costs (kernels, tokenisation).
+    warm = load_config(args.config, [f"train.steps={min(5, args.steps)}", "train.precision=fp32"]).train
+    train_member(seed, rows, warm, task=task, seed=0, device="cpu", progress=False)
     print(f"{'precision':<10} {'checkpointing':<14} {'seconds':>8} {'s/step':>7} {'final loss':>11}")
     for precision, checkpointing in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
         settings = load_config(args.config, [f"train.steps={args.steps}", f"train.precision={precision}",

@@ -81,3 +81,16 @@ def test_config_rejects_unknown_precision(key):
 
     with pytest.raises(InputError, match=key):
         load_config(None, [f"{key}=fp64"])
+
+
+def test_precision_bench_prints_one_row_per_setting(capsys, monkeypatch):
+    """bench/precision.py on the shipped seed, 1 step per setting: four rows, TRL's default marked."""
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["precision.py", "--steps", "1", "--threads", "1", "--rows", "64"])
+    runpy.run_path(str(ROOT / "bench" / "precision.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["fp32"], ["bf16"])]
+    assert [(r[0], r[1]) for r in rows] == [("fp32", "False"), ("fp32", "True"), ("bf16", "False"), ("bf16", "True")]
+    assert all(float(r[2]) > 0 for r in rows) and "TRL's own default" in out
