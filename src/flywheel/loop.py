@@ -25,7 +25,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
 from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model
 from flywheel.pool import run_prompts
-from flywheel.run_state import Ledger, RunLock, open_run
+from flywheel.run_state import ROUND_STAGES, Ledger, RunLock, open_run
 from flywheel.stages.curate import run_curate
 from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
 from flywheel.stages.gate import run_gate
@@ -35,8 +35,7 @@ from flywheel.stages.vote import run_vote
 from flywheel.tasks import load_task
 
 
-# The stages of a round in loop order (timings.json, the ledger's records) and what curate writes.
-ROUND_STAGES = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate")
+# What curate writes (its outputs in the ledger's records).
 CURATE_OUTPUTS = ["curated.parquet", "pool.parquet", "train.parquet", "pairs.parquet", "rl_prompts.parquet",
                   "curation.json"]
 

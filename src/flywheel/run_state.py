@@ -38,6 +38,8 @@ STATE_DIR = "state"
 LOCK_FILE = ".flywheel.lock"
 # Keys a resumed run may change: how many rounds to run and how the console looks, never a result.
 RESUMABLE_KEYS = ("loop.rounds", "loop.progress")
+# The stages of a round in loop order (``flywheel run`` adds "track" after them when MLflow is on).
+ROUND_STAGES = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate")
 MODES = ("new", "resume", "restart")
 
 
@@ -82,6 +84,19 @@ def alive(pid: int) -> bool:
     return True
 
 
+def read_json_or_none(path: Path):
+    """A JSON file's content, or None if it is absent or half-written (the lock file while its holder writes)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_stale(holder: dict) -> bool:
+    """A lock from this host whose process is gone (killed); another host's PID cannot be checked."""
+    return holder.get("host") == socket.gethostname() and not alive(int(holder.get("pid", -1)))
+
+
 class RunLock:
     """Exclusive hold on a run directory: a second ``flywheel run`` into it fails in one line.
 
@@ -101,8 +116,8 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == me["host"] and not alive(int(holder.get("pid", -1))):
+                holder = read_json_or_none(self.path)
+                if holder and is_stale(holder):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 if holder is None:  # being written by its holder right now, or truncated: wait for it
@@ -116,12 +131,6 @@ class RunLock:
             self.held = True
             return self
         raise InputError(self.path, "could not take the run directory's lock", field="loop.out_dir")
-
-    def _holder(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
 
     def __exit__(self, *exc) -> None:
         if self.held:
@@ -175,7 +184,7 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     """Remove what killed writes left (``.name.XXXX.tmp``, ``.name.old``); only safe while holding the lock."""
     removed = []
     for path in sorted(Path(root).rglob(".*"), key=lambda p: len(p.parts)):
-        if path.name.endswith((".tmp", ".old")) and path.name.startswith(".") and path.exists():
+        if path.name.endswith((".tmp", ".old")) and path.exists():  # rglob(".*"): hidden names only
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             removed.append(path)
     return removed

@@ -6,17 +6,15 @@ nothing is loaded or run, so it answers in well under a second while a run is go
 
 from __future__ import annotations
 
-import json
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.errors import InputError
-from flywheel.run_state import LOCK_FILE, RUN_CONFIG, STATE_DIR, alive
+from flywheel.run_state import LOCK_FILE, ROUND_STAGES, RUN_CONFIG, STATE_DIR, is_stale, read_json_or_none
 
 # The stages of round 0 and of each round, in loop order ("track" only when MLflow is on).
 PREPARE_STAGES = ("prepare", "track")
-ROUND_STAGES = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "track")
+TRACKED_ROUND_STAGES = ROUND_STAGES + ("track",)
 
 
 @dataclass
@@ -38,13 +36,6 @@ class RunStatus:
     next_stage: str | None = None  # "<round>:<stage>" where the loop stopped (or is now)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_status(root: Path) -> RunStatus:
     root = Path(root)
     config_path = root / RUN_CONFIG
@@ -54,22 +45,22 @@ def run_status(root: Path) -> RunStatus:
 
     config = load_config(config_path)
     tracked = config.tracking.enabled and (root / "tracking" / "loop.json").is_file()
-    holder = _read_json(root / LOCK_FILE)
-    if holder and holder.get("host") == socket.gethostname() and not alive(int(holder.get("pid", -1))):
-        holder = None  # a stale lock: its process was killed
+    holder = read_json_or_none(root / LOCK_FILE)
+    if holder and is_stale(holder):
+        holder = None  # its process was killed
     status = RunStatus(root=root, rounds_planned=config.loop.rounds, tracked=tracked, holder=holder)
     state = root / STATE_DIR
     expected = [(0, s) for s in PREPARE_STAGES if s != "track" or tracked]
     round_index = 1
     while (state / str(round_index)).is_dir() or (root / "rounds" / str(round_index)).is_dir():
-        done = [s for s in ROUND_STAGES if (state / str(round_index) / f"{s}.json").is_file()]
-        decision = _read_json(root / "rounds" / str(round_index) / "decision.json") if "gate" in done else None
+        done = [s for s in TRACKED_ROUND_STAGES if (state / str(round_index) / f"{s}.json").is_file()]
+        decision = read_json_or_none(root / "rounds" / str(round_index) / "decision.json") if "gate" in done else None
         status.rounds.append(RoundStatus(round=round_index, stages_done=done,
                                          promote=None if decision is None else bool(decision["promote"]),
                                          reason="" if decision is None else decision.get("reason", "")))
         round_index += 1
     for r in range(1, max(len(status.rounds), config.loop.rounds) + 1):
-        expected += [(r, s) for s in ROUND_STAGES if s != "track" or tracked]
+        expected += [(r, s) for s in TRACKED_ROUND_STAGES if s != "track" or tracked]
     stopped_early = config.loop.stop_on_decline and any(r.promote is False for r in status.rounds)
     for r, stage in expected:
         if not (state / str(r) / f"{stage}.json").is_file():

@@ -123,8 +123,8 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
     if next_champion is not None:
         # The next champion is the winner's files plus its model card: the winner's history and this round.
         winner = candidate_dir if decision["promote"] else champion_dir
-        round_index = read_model_meta(candidate_dir).get("round")
-        lineage = read_lineage(champion_dir) + [round_entry(round_index, decision, read_model_meta(candidate_dir))]
+        candidate_meta = read_model_meta(candidate_dir)
+        lineage = read_lineage(champion_dir) + [round_entry(candidate_meta.get("round"), decision, candidate_meta)]
         with io.atomic_dir(next_champion) as tmp:
             shutil.copytree(winner, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
             write_card(tmp, lineage, decision["buckets"],

@@ -82,11 +82,10 @@ def _fit(trainer, *, steps: int, rows: int, progress: bool) -> dict:
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     # The loss curve as (step, loss, learning rate): MLflow plots it under the round's run (tracking.log_round).
     curve = [[int(e["step"]), float(e["loss"]), float(e.get("learning_rate", 0.0))]
              for e in trainer.state.log_history if "loss" in e and "step" in e]
-    return {"train_loss": float(output.training_loss), "final_loss": float(losses[-1]) if losses else None,
+    return {"train_loss": float(output.training_loss), "final_loss": curve[-1][1] if curve else None,
             "train_seconds": seconds, "steps": steps, "rows": rows, "loss_curve": curve}
 
 
