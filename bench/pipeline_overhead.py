@@ -71,8 +71,8 @@ def main() -> None:
                    raise_on_error=True)
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # kfp.local echoes every step's log
-            make_flywheel(1)(config_yaml=dump_config(pipeline_config), workspace=str(root / "workspaces"),
-                             shards=args.shards, dvc_remote="")
+            make_flywheel(1, pipeline_config)(config_yaml=dump_config(pipeline_config),
+                                              workspace=str(root / "workspaces"), shards=args.shards, dvc_remote="")
         pipeline_wall = time.perf_counter() - start
 
     # prepare (eval set + seed scores) is not in timings.json: estimate it as the loop's unexplained rest.

@@ -154,8 +154,9 @@ def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str]):
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(base / "kfp"),
                    raise_on_error=True)
-        task = make_flywheel(2)(config_yaml=dump_config(pipeline_config), workspace=str(base / "workspaces"),
-                                shards=2, dvc_remote="")
+        pipeline = make_flywheel(2, pipeline_config)
+        task = pipeline(config_yaml=dump_config(pipeline_config), workspace=str(base / "workspaces"), shards=2,
+                        dvc_remote="")
         report = run_loop(loop_config, tracker=Tracker(loop_config.tracking))
     finally:
         os.chdir(cwd)
@@ -278,7 +279,7 @@ def test_round_pipeline_continues_from_the_mlflow_champion(tmp_path, tiny_seed):
     and runs round 1, the second runs round 2 from the champion the alias names."""
     from kfp import local
 
-    from flywheel.kubeflow.pipelines import flywheel_round
+    from flywheel.kubeflow.pipelines import make_flywheel_round
     from flywheel.tracking import CHAMPION_ALIAS, Tracker
 
     config = load_config(_smoke(), [f"seed.path={tiny_seed}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
@@ -288,6 +289,7 @@ def test_round_pipeline_continues_from_the_mlflow_champion(tmp_path, tiny_seed):
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
                    raise_on_error=True)
+        flywheel_round = make_flywheel_round(config)
         for _ in range(2):
             flywheel_round(config_yaml=dump_config(config), workspace=str(workspace), shards=1, dvc_remote="")
     finally:

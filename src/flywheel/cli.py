@@ -26,7 +26,8 @@ examples:
       --model data/rounds/0/champion --out data/rounds/1/samples.parquet
   flywheel config                               every config key with its default and help
   flywheel pipeline compile                     Kubeflow pipelines -> pipelines/compiled/*.yaml
-  flywheel pipeline run --host http://localhost:8080 -c configs/default.yaml -s loop.device=cuda
+  flywheel pipeline upload --host http://localhost:8080   create/update the pipelines for the KFP UI
+  flywheel pipeline run --host http://localhost:8080 -c configs/default.yaml
   flywheel pipeline schedule --host http://localhost:8080 --cron "0 3 * * *"
 """
 
@@ -241,8 +242,9 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "pipeline":  # Kubeflow: compile/submit only, nothing runs here
         from flywheel.kubeflow.cli import run as run_pipeline_command
+        from flywheel.kubeflow.pipelines import cluster_config
 
-        return run_pipeline_command(args, config)
+        return run_pipeline_command(args, cluster_config(args.config, args.overrides))
 
     import torch
 

@@ -8,6 +8,7 @@ those params. Unknown keys and wrong types are ``InputError``s naming the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -396,6 +397,46 @@ class TrackingConfig:
     registered_model: str = _f("flywheel-addition", "Registered model that every candidate becomes a version of.")
 
 
+# What kfp's set_cpu_*/set_memory_* accept (a subset of Kubernetes quantities; validated again there).
+_CPU_QUANTITY = re.compile(r"^([0-9]*\.?[0-9]+m?)$")
+_MEMORY_QUANTITY = re.compile(r"^([0-9]*\.?[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?)$")
+
+
+@dataclass
+class KubeflowConfig:
+    """Kubeflow pipeline pods (read when a pipeline is compiled): resources, time limits, retries, scheduling."""
+
+    cpu_step_cpu: str = _f("1", "CPU request of a CPU step (prompts, vote, curate, gate, track, report).")
+    cpu_step_cpu_limit: str = _f("4", "CPU limit of a CPU step.")
+    cpu_step_memory: str = _f("8Gi", "Memory request and limit of a CPU step (equal: never evicted for memory "
+                              "it was promised).")
+    gpu_step_cpu: str = _f("8", "CPU request of a GPU step (generate, train, evaluate; vote with self_judge).")
+    gpu_step_cpu_limit: str = _f("16", "CPU limit of a GPU step.")
+    gpu_step_memory: str = _f("64Gi", "Memory request and limit of a GPU step.")
+    step_timeout_s: int = _f(7200, "A CPU step's pod is stopped after this many seconds (activeDeadlineSeconds).")
+    gpu_step_timeout_s: int = _f(86400, "A GPU step's pod is stopped after this many seconds.")
+    retries: int = _f(2, "Retries of a failed idempotent step (every stage writes atomically and can re-run); "
+                      "never for gate and track, which decide and move the champion alias.")
+    run_deadline_s: int = _f(7 * 86400, "The whole run is stopped after this many seconds (Argo "
+                             "activeDeadlineSeconds).")
+    ttl_s: int = _f(7 * 86400, "The finished run's Argo workflow (and its pods) is deleted after this many "
+                    "seconds; the KFP UI keeps the run, its artifacts and archived logs.")
+    image_pull_secrets: list = _f([], "Secrets the pods pull the images with (a private registry).")
+    kueue_queue: str = _f("", "Kueue LocalQueue for GPU steps (pod label kueue.x-k8s.io/queue-name); empty: none.")
+
+    def __post_init__(self):
+        for name in ("cpu_step_cpu", "cpu_step_cpu_limit", "gpu_step_cpu", "gpu_step_cpu_limit"):
+            _check(bool(_CPU_QUANTITY.match(getattr(self, name))), f"kubeflow.{name}",
+                   "must be a Kubernetes CPU quantity such as '2' or '500m'")
+        for name in ("cpu_step_memory", "gpu_step_memory"):
+            _check(bool(_MEMORY_QUANTITY.match(getattr(self, name))), f"kubeflow.{name}",
+                   "must be a Kubernetes memory quantity such as '8Gi' or '512Mi'")
+        _positive(self, "step_timeout_s", "gpu_step_timeout_s", "run_deadline_s", "ttl_s")
+        _check(0 <= self.retries <= 10, "kubeflow.retries", "must be in [0, 10]")
+        _check(all(isinstance(s, str) and s for s in self.image_pull_secrets), "kubeflow.image_pull_secrets",
+               "must be a list of Secret names")
+
+
 @dataclass
 class LoopConfig:
     rounds: int = _f(3, "Self-training rounds after the seed.")
@@ -426,6 +467,7 @@ class FlywheelConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": EvaluateConfig.__doc__})
     gate: GateConfig = field(default_factory=GateConfig, metadata={"help": GateConfig.__doc__})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": TrackingConfig.__doc__})
+    kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig, metadata={"help": KubeflowConfig.__doc__})
     loop: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The whole loop (`flywheel run`)."})
 
     def __post_init__(self):
@@ -451,7 +493,7 @@ def _positive(section, *names: str) -> None:
 _SECTIONS = {"seed": SeedConfig, "prompts": PromptsConfig, "data": DataConfig, "code": CodeConfig,
              "generate": GenerateConfig, "vote": VoteConfig, "curate": CurateConfig, "train": TrainConfig,
              "evaluate": EvaluateConfig, "gate": GateConfig,
-             "tracking": TrackingConfig, "loop": LoopConfig, "model": TinyModelConfig}
+             "tracking": TrackingConfig, "kubeflow": KubeflowConfig, "loop": LoopConfig, "model": TinyModelConfig}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> FlywheelConfig:

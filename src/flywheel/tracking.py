@@ -3,7 +3,10 @@
 The stages know nothing of MLflow. After each round, ``log_round`` reads what the
 round wrote (vote.json, curation.json, eval/metrics.json, decision.json, timings)
 and logs it, so ``flywheel run`` and ``dvc repro`` (its ``track`` stage) log the same
-things. The registered model's alias ``champion`` moves only when the gate promotes.
+things. The registered model's alias ``champion`` moves only when the gate promotes, and then by
+compare-and-swap (``promote``): only if it still names the version the round started from. A round
+whose gate promoted but whose alias had moved meanwhile (another run, an overlapping schedule) ends
+``stale``, with nothing moved.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ CHAMPION_ALIAS = "champion"
 # Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
 FILES_TAG = "flywheel.files"
 LOOP_TAG = "flywheel.loop"
+# The outcome of a round for the registry: the gate declined, promoted (alias moved), or promoted a candidate
+# of a champion that is no longer the alias holder (stale: nothing moved).
+PROMOTED, DECLINED, STALE = "promoted", "declined", "stale"
 
 
 def _flatten(prefix: str, value, out: dict) -> dict:
@@ -152,10 +158,79 @@ class Tracker:
             self.client.set_registered_model_alias(self.config.registered_model, CHAMPION_ALIAS, version.version)
         return version.version
 
+    def champion_version(self) -> str | None:
+        """The version the ``champion`` alias names now (None: no alias yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(self.config.registered_model, CHAMPION_ALIAS).version
+        except MlflowException:
+            return None
+
+    def lineage_version(self, parent_run_id: str, round_index: int) -> str | None:
+        """The version a loop's round ``round_index`` started from: the candidate of its last earlier round
+        whose gate promoted, else the seed this loop registered (None if it registered none)."""
+        promoted = {}
+        for child in self._children(parent_run_id):
+            earlier = int(child.data.tags.get("flywheel.round", "0"))
+            if 0 < earlier < round_index:
+                for version in self.client.search_model_versions(f"run_id = '{child.info.run_id}'"):
+                    if version.tags.get("promoted") == "true":
+                        promoted[earlier] = version.version
+        if promoted:
+            return promoted[max(promoted)]
+        for version in self.client.search_model_versions(f"run_id = '{parent_run_id}'"):
+            if version.tags.get("role") == "seed":
+                return version.version
+        return None
+
+    def promote(self, version: str, *, started_from: str | None, claim: str) -> tuple[str, str | None]:
+        """Move the ``champion`` alias to ``version`` only if it still names ``started_from``.
+
+        MLflow has no conditional alias update, so the swap is guarded by a record only one writer can
+        create: a registered model named ``<model>.promoted-from-v<started_from>`` (names are unique in
+        every MLflow store; a second create fails with RESOURCE_ALREADY_EXISTS). The alias only ever
+        moves to a new version, so each version is left at most once and two rounds that started from the
+        same champion cannot both move it. ``claim`` names the round (loop run and round); a re-run of the
+        same round after a kill finishes its own claim. Returns (PROMOTED or STALE, the alias holder after).
+        """
+        from mlflow.exceptions import MlflowException
+
+        name = self.config.registered_model
+        current = self.champion_version()
+        record = f"{name}.promoted-from-v{started_from}"
+        if started_from is None:  # a lineage with no registered champion (no seed version): never move
+            return STALE, current
+        if current != started_from and self._claim_of(record) != claim:
+            return STALE, current
+        try:
+            self.client.create_registered_model(
+                record, tags={"flywheel.claim": claim, "from_version": started_from, "to_version": version},
+                description=f"Promotion record: the '{CHAMPION_ALIAS}' alias of {name} left v{started_from} "
+                            f"for v{version}. Guards the compare-and-swap; do not delete.")
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS" or self._claim_of(record) != claim:
+                return STALE, self.champion_version()
+            self.client.set_registered_model_tag(record, "to_version", version)  # our own, interrupted
+        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        return PROMOTED, version
+
+    def _claim_of(self, record: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_registered_model(record).tags.get("flywheel.claim")
+        except MlflowException:
+            return None
+
     def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
-                  data_digest: str) -> dict:
-        """Nested run for a round: params per stage, metrics, the data digest, the candidate version."""
+                  data_digest: str, *, started_from: str | None = None) -> dict:
+        """Nested run for a round: params per stage, metrics, the data digest, the candidate version, and the
+        alias moved by compare-and-swap from ``started_from`` (default: the loop's lineage,
+        ``lineage_version``; a scheduled round passes the alias holder it downloaded)."""
         self.use_config(config)
+        if started_from is None:
+            started_from = self.lineage_version(parent_run_id, round_index)
         # A round logged again (a resumed run killed while tracking it) replaces its earlier, partial run.
         for earlier in self._children(parent_run_id, round_index):
             for version in self.client.search_model_versions(f"run_id = '{earlier.info.run_id}'"):
@@ -166,13 +241,13 @@ class Tracker:
                                            "mlflow.source.git.commit": git_commit() or "unknown"})
         run_id = run.info.run_id
         try:
-            return self._log_round(run_id, parent_run_id, round_index, round_dir, config, data_digest)
+            return self._log_round(run_id, parent_run_id, round_index, round_dir, config, data_digest, started_from)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
             raise
 
     def _log_round(self, run_id: str, parent_run_id: str, round_index: int, round_dir: Path,
-                   config: FlywheelConfig, data_digest: str) -> dict:
+                   config: FlywheelConfig, data_digest: str, started_from: str | None) -> dict:
         import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -215,11 +290,21 @@ class Tracker:
             tags={"round": str(round_index), "promoted": str(decision["promote"]).lower(),
                   "data_digest": data_digest, FILES_TAG: files},
             description=decision["reason"])
+        promotion, holder = DECLINED, self.champion_version()
         if decision["promote"]:
-            self.client.set_registered_model_alias(self.config.registered_model, CHAMPION_ALIAS, version.version)
+            promotion, holder = self.promote(version.version, started_from=started_from,
+                                             claim=f"{parent_run_id}:round-{round_index}")
+        self.client.set_model_version_tag(self.config.registered_model, version.version, "promotion", promotion)
         self.client.set_tag(run_id, "flywheel.decision", "promote" if decision["promote"] else "decline")
+        self.client.set_tag(run_id, "flywheel.promotion", promotion)
+        self.client.set_tag(run_id, "flywheel.started_from", str(started_from))
+        if promotion == STALE:
+            self.client.set_tag(run_id, "flywheel.stale", f"the gate promoted v{version.version}, but the "
+                                f"'{CHAMPION_ALIAS}' alias names v{holder}, not v{started_from} that this round "
+                                "started from: nothing moved")
         self.client.set_terminated(run_id)
-        return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"]}
+        return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"],
+                "promotion": promotion, "started_from": started_from, "champion_version": holder}
 
 
 def output_digests(round_dir: Path) -> dict[str, str]:

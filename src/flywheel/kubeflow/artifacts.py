@@ -15,10 +15,17 @@ from flywheel.config import FlywheelConfig, load_config_text
 from flywheel.tracking import _flatten
 
 
-def load(config_yaml: str) -> FlywheelConfig:
-    """The run's config (the pipeline's ``config_yaml`` parameter); no progress bars in pod logs."""
+def load(config_yaml: str, *, gpu: bool = False) -> FlywheelConfig:
+    """The run's config (what the preflight step returned); no progress bars in pod logs.
+
+    ``gpu``: a step that runs on the GPU first checks that ``loop.device`` is visible in its pod.
+    """
     config = load_config_text(config_yaml, source="pipeline parameter config_yaml")
     config.loop.progress = False
+    if gpu:
+        from flywheel.kubeflow.preflight import check_gpu
+
+        check_gpu(config)
     return config
 
 

@@ -1,5 +1,8 @@
-"""``flywheel pipeline compile | run | schedule``: the Kubeflow front door of the CLI.
+"""``flywheel pipeline compile | upload | run | schedule``: the Kubeflow front door of the CLI.
 
+Every command compiles the pipelines from the recipe as it runs on the cluster
+(``pipelines.cluster_config``: ``loop.device=cuda`` and the in-cluster MLflow unless ``-s`` says
+otherwise), so the parameter defaults, step resources and step placement match the config.
 Arguments are checked before anything touches the network (a bad cron expression never
 reaches the server); an unreachable or failing Kubeflow Pipelines API becomes one
 ``InputError`` line (exit 2) naming the host.
@@ -8,6 +11,7 @@ reaches the server); an unreachable or failing Kubeflow Pipelines API becomes on
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import tempfile
 from pathlib import Path
@@ -37,28 +41,47 @@ def add_parser(sub, common) -> None:
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds unrolled in flywheel.yaml (default: 3, what is committed)")
 
+    p = commands.add_parser("upload", help="Create the pipelines on a KFP host, or add a new version of each: what "
+                            "UI users start runs from.",
+                            description="Compile flywheel and flywheel-round from the config and upload each as a new "
+                            "pipeline, or as a new version of the pipeline of that name. A version is named after the "
+                            "compiled package's digest, so uploading unchanged pipelines again adds nothing.")
+    common(p)
+    _host(p)
+    p.add_argument("--rounds", type=int, default=None, help="rounds unrolled in flywheel (default: loop.rounds)")
+    p.add_argument("--prefix", default="", help="prefix of the pipelines' names (default: none: flywheel, "
+                   "flywheel-round)")
+
     for name, help in (("run", "Start one run of the N-round `flywheel` pipeline on a Kubeflow Pipelines host."),
                        ("schedule", "Create a recurring run of `flywheel_round` (one round per trigger, "
                                     "max_concurrency=1, no catch-up).")):
         p = commands.add_parser(name, help=help, description=help)
         common(p)
-        p.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
+        _host(p)
         p.add_argument("--experiment", default="flywheel", help="KFP experiment (created if missing)")
         p.add_argument("--workspace", default=None,
-                       help="directory on the shared volume (default: /models/runs for run, "
-                            "/models/scheduled for schedule)")
+                       help="directory on the shared volume (default: /models/runs for run; for schedule "
+                            "/models/scheduled/<name>: each schedule writes its own workspace)")
+        p.add_argument("--seed-uri", default="", help="the seed: models:/<name>@<alias>, models:/<name>/<version>, "
+                       "s3://..., an absolute path on the volume (default: seed.path; a relative one is the seed "
+                       "shipped in the image)")
         p.add_argument("--shards", type=int, default=4, help="prompt shards generated in parallel (default 4)")
         p.add_argument("--dvc-remote", default="", help="DVC remote URL to push each round to (default: none)")
         p.add_argument("--pvc", default=None, help="PVC holding the shared volume (default: flywheel-models)")
         p.add_argument("--service-account", default="flywheel-pipeline-runner",
                        help="ServiceAccount the run's pods use (default: flywheel-pipeline-runner, infra/base/runs: "
-                            "reads the flywheel Secret/ConfigMap/PVC, creates TrainJobs)")
+                            "reads the flywheel and KFP Secrets/ConfigMaps, creates TrainJobs)")
         if name == "run":
             p.add_argument("--rounds", type=int, default=None, help="rounds (default: loop.rounds of the config)")
             p.add_argument("--run-name", default=None)
         else:
             p.add_argument("--cron", required=True, help='5-field cron, e.g. "0 3 * * *" (03:00 every day)')
-            p.add_argument("--name", default="flywheel-round", help="name of the recurring run")
+            p.add_argument("--name", default="flywheel-round", help="name of the recurring run (and of its "
+                           "workspace directory)")
+
+
+def _host(p) -> None:
+    p.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
 
 
 def check_cron(expression: str) -> str:
@@ -84,39 +107,45 @@ def check_cron(expression: str) -> str:
 
 
 def run(args: argparse.Namespace, config) -> int:
+    """``config`` is the recipe as it runs on the cluster (``pipelines.cluster_config``)."""
     from flywheel.config import dump_config
     from flywheel.kubeflow import pipelines
 
     if args.pipeline_command == "compile":
         rounds = pipelines.DEFAULT_ROUNDS if args.rounds is None else args.rounds
-        _positive(rounds, "--rounds")
-        for path in pipelines.compile_all(args.out_dir, rounds=rounds):
+        for path in pipelines.compile_all(args.out_dir, rounds=rounds, config=config):
             print(path)
         return 0
+    if args.pipeline_command == "upload":
+        rounds = config.loop.rounds if args.rounds is None else args.rounds
+        built = [(f"{args.prefix}flywheel", pipelines.make_flywheel(rounds, config)),
+                 (f"{args.prefix}flywheel-round", pipelines.make_flywheel_round(config))]
+        client = _client(args.host)
+        with tempfile.TemporaryDirectory(prefix="flywheel-kfp-") as scratch, _api_errors(args.host):
+            for name, pipeline in built:
+                package = Path(scratch) / f"{name}.yaml"
+                pipelines.compile_checked(pipeline, package)
+                print(upload(client, package, name, pipeline.description))
+        return 0
     _positive(args.shards, "--shards")
-    note = ""
-    if config.tracking.enabled and config.tracking.uri.startswith("sqlite:"):
-        # A sqlite file is private to each pod: steps would not share runs, versions or the champion alias.
-        config.tracking.uri = pipelines.IN_CLUSTER_MLFLOW
-        note = (f"tracking.uri was a local sqlite file; the pipeline tracks to {pipelines.IN_CLUSTER_MLFLOW} "
-                "(infra/base/services; -s tracking.uri=... to choose)")
-    arguments = {"config_yaml": dump_config(config), "shards": args.shards, "dvc_remote": args.dvc_remote}
-    if args.workspace:
-        arguments["workspace"] = args.workspace
+    arguments = {"config_yaml": dump_config(config), "shards": args.shards, "dvc_remote": args.dvc_remote,
+                 "seed_uri": args.seed_uri}
     if args.pvc:
         arguments["pvc_name"] = args.pvc
     if args.pipeline_command == "run":
         rounds = config.loop.rounds if args.rounds is None else args.rounds
-        _positive(rounds, "--rounds")
-        pipeline = pipelines.make_flywheel(rounds)
+        pipeline = pipelines.make_flywheel(rounds, config)
+        if args.workspace:
+            arguments["workspace"] = args.workspace
     else:
         cron = check_cron(args.cron)
-        pipeline = pipelines.flywheel_round
+        _check_name(args.name)
+        pipeline = pipelines.make_flywheel_round(config)
+        # Each schedule continues its own workspace: two schedules never write one round directory.
+        arguments["workspace"] = args.workspace or f"{pipelines.MOUNT_PATH}/scheduled/{args.name}"
     with tempfile.TemporaryDirectory(prefix="flywheel-kfp-") as scratch:
         package = Path(scratch) / "pipeline.yaml"
-        from kfp import compiler
-
-        compiler.Compiler().compile(pipeline, str(package))
+        pipelines.compile_checked(pipeline, package)
         client = _client(args.host)
         with _api_errors(args.host):
             if args.pipeline_command == "run":
@@ -130,10 +159,42 @@ def run(args: argparse.Namespace, config) -> int:
                     experiment.experiment_id, args.name, cron_expression=cron, max_concurrency=1, no_catchup=True,
                     params=arguments, pipeline_package_path=str(package), enabled=True,
                     service_account=args.service_account)
-                print(f"recurring run {job.recurring_run_id} created: {args.cron!r} (KFP cron {cron!r})")
-    if note:
-        print(note)
+                print(f"recurring run {job.recurring_run_id} created: {args.cron!r} (KFP cron {cron!r}), "
+                      f"workspace {arguments['workspace']}")
     return 0
+
+
+def version_name(package: Path) -> str:
+    """A pipeline version's name: the project version and the compiled package's digest (same YAML, same name)."""
+    from flywheel.kubeflow.components import VERSION
+
+    return f"v{VERSION}-{hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]}"
+
+
+def upload(client, package: Path, name: str, description: str) -> str:
+    """Create pipeline ``name`` from ``package``, or add the package as a new version of it; returns one line."""
+    version = version_name(package)
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        created = client.upload_pipeline(str(package), pipeline_name=name, description=description)
+        return f"pipeline {name} created ({created.pipeline_id}); its first version holds {version}"
+    listed = client.list_pipeline_versions(pipeline_id, page_size=100,
+                                           filter=_equals_filter("display_name", version))
+    if listed.pipeline_versions:
+        return f"pipeline {name}: version {version} is already there (unchanged)"
+    client.upload_pipeline_version(str(package), version, pipeline_id=pipeline_id, description=description)
+    return f"pipeline {name}: version {version} uploaded"
+
+
+def _equals_filter(key: str, value: str) -> str:
+    import json
+
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": key, "string_value": value}]})
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
+        raise InputError("--name", f"{name!r} must be letters, digits, '.', '_' or '-' (it names the workspace)")
 
 
 def _positive(value: int, flag: str) -> None:

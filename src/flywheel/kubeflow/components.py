@@ -13,7 +13,7 @@ import os
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 VERSION = "0.1.0"
@@ -29,10 +29,38 @@ def _component(image: str = IMAGE):
 
 
 @_component()
-def prepare(config_yaml: str, workspace_root: str, eval_set: Output[Dataset], champion: Output[Model],
-            seed_metrics: Output[Metrics], run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER) -> str:
-    """Round 0 of a new run in ``<workspace_root>/<run id>`` (``flywheel.loop.prepare``): the eval set,
-    the seed as champion, the seed's scores. Returns the run's workspace directory."""
+def preflight(config_yaml: str, workspace_root: str, seed_uri: str, dvc_remote: str, compiled_knobs: str,
+              vote_on_gpu: bool, train_on_gpu: bool, samples_per_prompt: int, temperature: float,
+              min_vote_share: float, gate_alpha: float, gate_min_gain: float, train_steps: int,
+              learning_rate: float, run_config: Output[Artifact]) -> str:
+    """The run's effective config (``flywheel.kubeflow.preflight.effective_config``): the typed knobs a user
+    changed (from ``compiled_knobs``, the defaults compiled in) applied to ``config_yaml``, the seed staged on
+    the shared volume, and one line per dependency checked (volume writable, seed, MLflow, object store).
+    Every later step reads the config this returns."""
+    from pathlib import Path
+
+    from flywheel.kubeflow.preflight import Knobs, effective_config
+
+    knobs = Knobs(samples_per_prompt=samples_per_prompt, temperature=temperature, min_vote_share=min_vote_share,
+                  gate_alpha=gate_alpha, gate_min_gain=gate_min_gain, train_steps=train_steps,
+                  learning_rate=learning_rate)
+    effective = effective_config(config_yaml, knobs, Knobs.from_json(compiled_knobs), seed_uri=seed_uri,
+                                 workspace_root=workspace_root, vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu,
+                                 dvc_remote=dvc_remote)
+    # Also as an artifact (the UI shows it): what steps inside a ParallelFor read (see generate).
+    Path(run_config.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(run_config.path).write_text(effective + "\n")
+    return effective
+
+
+@_component()
+def prepare(config_yaml: str, workspace_root: str, run_id: str, eval_set: Output[Dataset], champion: Output[Model],
+            seed_metrics: Output[Metrics]) -> str:
+    """Round 0 of a new run in ``<workspace_root>/<run_id>`` (``flywheel.loop.prepare``): the eval set,
+    the seed as champion, the seed's scores. Returns the run's workspace directory.
+
+    ``run_id`` comes from the call site (the KFP run's id): the backend substitutes the job-id placeholder
+    only in a task's constant arguments, never in a component input's default."""
     from pathlib import Path
 
     from flywheel import io
@@ -89,24 +117,30 @@ def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: I
     summary = run_prompts(here, config.prompts, task=load_task(config.task, config.code), round_index=round_index,
                           champion_dir=artifacts.model_path(champion), data=config.data)
     artifacts.publish_file(here / "prompts.parquet", prompts)
-    prompts.metadata.update(summary)
+    prompts.metadata.update({**summary, "round": round_index})
 
 
 @_component(GPU_IMAGE)
-def generate(config_yaml: str, round_index: int, shard: int, shards: int, prompts: Input[Dataset],
-             champion: Input[Model], samples: Output[Dataset]):
-    """K samples per prompt of one prompt shard (``flywheel.stages.generate.run_generate``)."""
+def generate(run_config: Input[Artifact], shard: int, shards: int, prompts: Input[Dataset], champion: Input[Model],
+             samples: Output[Dataset]):
+    """K samples per prompt of one prompt shard (``flywheel.stages.generate.run_generate``).
+
+    Inside the shards' ``ParallelFor`` every parameter comes from an artifact or the loop: kfp.local (2.17)
+    replaces any task-output parameter of a loop body with the loop item, so the config is the preflight
+    step's ``run_config`` file and the round is the ``prompts`` artifact's ``round`` metadata.
+    """
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
     from flywheel.stages.generate import run_generate
     from flywheel.tasks import load_task
 
-    config = artifacts.load(config_yaml)
+    config = artifacts.load(Path(run_config.path).read_text(), gpu=True)
+    round_index = int(prompts.metadata["round"])
     summary = run_generate(Path(prompts.path), artifacts.model_path(champion), Path(samples.path), config.generate,
                            task=load_task(config.task, config.code), round_index=round_index,
                            device=config.loop.device, shard=shard, shards=shards, code=config.code)
-    samples.metadata.update({"shard": shard, "shards": shards, **summary})
+    samples.metadata.update({"round": round_index, "shard": shard, "shards": shards, **summary})
 
 
 @_component()
@@ -129,7 +163,8 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
          champion: Input[Model], votes: Output[Dataset], vote_metrics: Output[Metrics]):
     """Vote per prompt (``flywheel.stages.vote.run_vote``: ``vote.method``), audited against the hidden truth.
 
-    The champion is an input because ``vote.method: self_judge`` scores candidates with it.
+    The champion is an input because ``vote.method: self_judge`` scores candidates with it; the pipeline
+    then runs this step on the GPU image and pool (``flywheel.kubeflow.pipelines.Placement``).
     """
     from pathlib import Path
 
@@ -137,7 +172,11 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
     from flywheel.stages.vote import run_vote
     from flywheel.tasks import load_task
 
+    from flywheel.kubeflow.preflight import VOTE_METHODS_NEEDING_THE_MODEL, check_gpu
+
     config = artifacts.load(config_yaml)
+    if config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL:
+        check_gpu(config)
     here = artifacts.round_dir(workspace, round_index)
     summary = run_vote(Path(samples.path), here, config.vote, task=load_task(config.task, config.code),
                        audit_path=here / "audit.parquet", prompts_path=Path(prompts.path),
@@ -213,6 +252,9 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         infra.run_trainjob(manifest)
         summary = {"train_rows": None, "num_nodes": config.train.num_nodes}
     else:
+        from flywheel.kubeflow.preflight import check_gpu
+
+        check_gpu(config)
         summary = run_train(Path(train_set.path), init, here / "candidate", config.train, round_index=round_index,
                             device=config.loop.device, task=load_task(config.task, config.code))
     artifacts.publish_model(here / "candidate", candidate, round=round_index, role="candidate",
@@ -229,7 +271,7 @@ def evaluate(config_yaml: str, workspace: str, round_index: int, eval_set: Input
     from flywheel.stages.evaluate import run_evaluate
     from flywheel.tasks import load_task
 
-    config = artifacts.load(config_yaml)
+    config = artifacts.load(config_yaml, gpu=True)
     here = artifacts.round_dir(workspace, round_index)
     metrics = run_evaluate(Path(eval_set.path), artifacts.model_path(candidate), artifacts.model_path(champion),
                            here / "eval", config.evaluate, task=load_task(config.task, config.code),
@@ -261,11 +303,17 @@ def gate(config_yaml: str, workspace: str, round_index: int, candidate: Input[Mo
 
 
 @_component()
-def track(config_yaml: str, workspace: str, round_index: int, register_seed: bool, gate_metrics: Input[Metrics],
-          tracking: Output[Artifact]):
+def track(config_yaml: str, workspace: str, round_index: int, register_seed: bool, champion: Input[Model],
+          gate_metrics: Input[Metrics], tracking: Output[Artifact]) -> str:
     """Log the round to MLflow (``flywheel.tracking.Tracker.log_round``): a nested run under the workspace's
     parent run, the data digest, the candidate as a model version, and the ``champion`` alias moved on
-    promotion only. ``register_seed``: also register the seed (round 1 of the ``flywheel`` pipeline)."""
+    promotion only, by compare-and-swap: only if it still names the version this round started from.
+    ``register_seed``: also register the seed (round 1 of the ``flywheel`` pipeline).
+
+    Returns the round's outcome: ``promoted``, ``declined``, or ``stale`` (the gate promoted, but the alias
+    had moved since the round started; nothing was moved). The version the round started from is the
+    ``champion`` artifact's ``model_version`` (``flywheel-round``: the alias holder it downloaded), else
+    the run's own lineage (``flywheel``: the seed it registered, then its promoted candidates)."""
     from pathlib import Path
 
     from flywheel import io
@@ -273,23 +321,28 @@ def track(config_yaml: str, workspace: str, round_index: int, register_seed: boo
     from flywheel.kubeflow.registry import track_round
 
     config = artifacts.load(config_yaml)
-    result = track_round(config, workspace, round_index, register_seed=register_seed)
+    result = track_round(config, workspace, round_index, register_seed=register_seed,
+                         started_from=champion.metadata.get("model_version"))
     io.write_json(Path(tracking.path), result)
     tracking.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})
+    return result["promotion"]
 
 
 @_component()
-def report(config_yaml: str, workspace: str, round_index: int, gate_metrics: Input[Metrics],
-           round_report: Output[Markdown]):
-    """The round's Markdown report for the UI, and the workspace's report.json / report.html so far."""
+def report(config_yaml: str, workspace: str, round_index: int, tracking: Input[Artifact],
+           round_report: Output[Markdown], run_report: Output[HTML]):
+    """The round's Markdown report and the run's HTML report with its plots (both shown in the UI), and the
+    workspace's report.json / report.html so far."""
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.report import build_report, round_markdown, write_report
+    from flywheel.report import build_report, html_report, round_markdown, write_report
 
     config = artifacts.load(config_yaml)
-    write_report(Path(workspace), build_report(Path(workspace), config))
+    built = build_report(Path(workspace), config)
+    write_report(Path(workspace), built)
     Path(round_report.path).write_text(round_markdown(Path(workspace), round_index, config.name))
+    Path(run_report.path).write_text(html_report(built))
 
 
 @_component()

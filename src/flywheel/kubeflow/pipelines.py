@@ -14,14 +14,17 @@ a Secret as environment variables. Caching is off for every task: each writes th
 workspace on the shared volume, which a cached step would leave incomplete.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
 from flywheel import infra
-from flywheel.config import dump_config, load_config
+from flywheel.config import FlywheelConfig, KubeflowConfig, dump_config, load_config
+from flywheel.errors import InputError
 from flywheel.infra import GPU_RESOURCE
 from flywheel.kubeflow import components as c
+from flywheel.kubeflow.preflight import VOTE_METHODS_NEEDING_THE_MODEL, Knobs
 
 MOUNT_PATH = infra.MODELS_MOUNT  # the shared volume, at the same path as in the TrainJob runtime's pods
 # The names infra/ creates (docs/kubeflow-infra.md): the RWX model volume, the object-store Secret and the
@@ -38,27 +41,64 @@ ACCELERATOR = GPU_RESOURCE
 GPU_TOLERATION = infra.GPU_TOLERATION
 GPU_NODE_SELECTOR = next(iter(infra.GPU_NODE_SELECTOR.items()))  # the label the GPU pool's nodes carry
 SHM_SIZE = "16Gi"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DEFAULT_ROUNDS = 3
+# What a cluster run needs that a laptop run does not: the GPU, and an MLflow every pod reaches. `flywheel
+# pipeline compile|run|schedule|upload` apply these unless -s sets the key; a relative seed.path is the seed
+# shipped in the image (FLYWHEEL_HOME), which the preflight step copies onto the shared volume.
+CLUSTER_SETTINGS = {"loop.device": "cuda", "tracking.uri": IN_CLUSTER_MLFLOW}
+# Steps that may run again after a failure: every stage writes atomically, so a retry starts clean.
+# Never gate (it decides) or track (it moves the champion alias): a retry of those is a person's call.
+NOT_RETRIED = ("gate", "track")
 COMPILED_DIR = Path(__file__).resolve().parents[3] / "pipelines" / "compiled"
 
 
-def default_config_yaml() -> str:
-    """The built-in defaults (configs/default.yaml) with the GPU device and paths inside the pods."""
-    return dump_config(load_config(None, ["loop.device=cuda", f"loop.out_dir={MOUNT_PATH}/runs",
-                                          f"seed.path={MOUNT_PATH}/seed/default",
-                                          f"tracking.uri={IN_CLUSTER_MLFLOW}"]))
+def cluster_config(path=None, overrides: list[str] | tuple[str, ...] = ()) -> FlywheelConfig:
+    """A recipe (``path``, default: the built-in defaults) as it runs on the cluster: ``CLUSTER_SETTINGS`` first,
+    so ``overrides`` (``-s key=value``) win."""
+    return load_config(path, [f"{key}={value}" for key, value in CLUSTER_SETTINGS.items()] + list(overrides))
 
 
-def _platform(task: dsl.PipelineTask, pvc_name, *, gpu: bool = False, secrets: bool = False) -> dsl.PipelineTask:
+@dataclass(frozen=True)
+class Placement:
+    """Which image and pool a step runs on: decided when the pipeline is compiled, from its config, and
+    checked again by the preflight step against the config a run actually gets."""
+
+    vote_on_gpu: bool  # vote.method loads the champion (self_judge)
+    train_on_gpu: bool  # train.num_nodes == 1; above 1 the step only submits a TrainJob and waits
+
+    @classmethod
+    def of(cls, config: FlywheelConfig) -> "Placement":
+        return cls(vote_on_gpu=config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL,
+                   train_on_gpu=config.train.num_nodes == 1)
+
+
+def _platform(task: dsl.PipelineTask, pvc_name, options: KubeflowConfig, *, step: str, gpu: bool = False,
+              secrets: bool = False) -> dsl.PipelineTask:
+    """Everything the cluster needs to know about one step: volume, resources, time limit, retries, GPU
+    scheduling, credentials. ``step`` is the step's kind (``generate``, ``gate``, ...)."""
     task.set_caching_options(False)
     kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=MOUNT_PATH)
     if gpu:
+        task.set_cpu_request(options.gpu_step_cpu).set_cpu_limit(options.gpu_step_cpu_limit)
+        task.set_memory_request(options.gpu_step_memory).set_memory_limit(options.gpu_step_memory)
         task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(1)
         kubernetes.add_toleration(task, **GPU_TOLERATION)
         kubernetes.add_node_selector(task, *GPU_NODE_SELECTOR)
         # PyTorch data loaders and NCCL use shared memory; the container default (64 MiB) is too small.
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                    size_limit=SHM_SIZE)
+        kubernetes.set_timeout(task, options.gpu_step_timeout_s)
+        if options.kueue_queue:
+            kubernetes.add_pod_label(task, KUEUE_QUEUE_LABEL, options.kueue_queue)
+    else:
+        task.set_cpu_request(options.cpu_step_cpu).set_cpu_limit(options.cpu_step_cpu_limit)
+        task.set_memory_request(options.cpu_step_memory).set_memory_limit(options.cpu_step_memory)
+        kubernetes.set_timeout(task, options.step_timeout_s)
+    if options.retries and step not in NOT_RETRIED:
+        task.set_retry(options.retries, backoff_duration="60s", backoff_factor=2.0)
+    if options.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(options.image_pull_secrets))
     if secrets:
         kubernetes.use_secret_as_env(task, secret_name=SECRET, secret_key_to_env={k: k for k in SECRET_ENV},
                                      optional=True)
@@ -67,62 +107,128 @@ def _platform(task: dsl.PipelineTask, pvc_name, *, gpu: bool = False, secrets: b
     return task
 
 
-def _round(*, config_yaml, workspace, round_index, champion, eval_set, shards, dvc_remote, pvc_name,
-           register_seed: bool, label: str, after: dsl.PipelineTask | None = None) -> tuple:
+def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_set, shards, dvc_remote, pvc_name,
+           options: KubeflowConfig, placement: Placement, register_seed: bool, label: str,
+           after: dsl.PipelineTask | None = None) -> tuple:
     """The tasks of one round; returns (gate task, its ``Output`` 1.0 on promotion; track task).
 
     ``after``: the previous round's track task. Round r+1 waits for it, so MLflow registers the
     candidates and moves the alias in round order (Argo and kfp.local would otherwise run round r's
     tracking concurrently with, or after, round r+1's)."""
 
-    def named(task: dsl.PipelineTask, name: str, **platform) -> dsl.PipelineTask:
-        return _platform(task.set_display_name(f"{label}{name}"), pvc_name, **platform)
+    def named(task: dsl.PipelineTask, step: str, **platform) -> dsl.PipelineTask:
+        return _platform(task.set_display_name(f"{label}{step}"), pvc_name, options, step=step, **platform)
 
     common = {"config_yaml": config_yaml, "workspace": workspace, "round_index": round_index}
     prompts = named(c.make_prompts(**common, champion=champion), "prompts")
     if after is not None:
         prompts.after(after)
     plan = named(c.plan_shards(shards=shards), "plan-shards")
-    with dsl.ParallelFor(plan.output) as shard:
-        generated = named(c.generate(config_yaml=config_yaml, round_index=round_index, shard=shard, shards=shards,
+    with dsl.ParallelFor(plan.output, name=f"{label}generate-shards") as shard:
+        generated = named(c.generate(run_config=run_config, shard=shard, shards=shards,
                                      prompts=prompts.outputs["prompts"], champion=champion), "generate", gpu=True)
     merged = named(c.merge_samples(workspace=workspace, round_index=round_index, prompts=prompts.outputs["prompts"],
                                    shards=dsl.Collected(generated.outputs["samples"])), "merge-samples")
-    voted = named(c.vote(**common, prompts=prompts.outputs["prompts"], samples=merged.outputs["samples"],
-                         champion=champion), "vote")
+    vote = c.vote(**common, prompts=prompts.outputs["prompts"], samples=merged.outputs["samples"], champion=champion)
+    if placement.vote_on_gpu:  # the vote loads the champion: the GPU image, on the GPU pool
+        vote.set_container_image(c.GPU_IMAGE)
+    voted = named(vote, "vote", gpu=placement.vote_on_gpu)
     curated = named(c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set), "curate")
+    # One node: the step trains on its GPU. More: it submits a TrainJob (RBAC, FLYWHEEL_REGISTRY from the
+    # ConfigMap) and waits on the CPU pool, holding no GPU of its own.
     trained = named(c.train(**common, train_set=curated.outputs["train_set"], champion=champion),
-                    "train", gpu=True, secrets=True)  # TrainJob: FLYWHEEL_REGISTRY, RBAC
+                    "train", gpu=placement.train_on_gpu, secrets=True)
+    if not placement.train_on_gpu:
+        kubernetes.set_timeout(trained, options.gpu_step_timeout_s)
     evaluated = named(c.evaluate(**common, eval_set=eval_set, candidate=trained.outputs["candidate"],
                                  champion=champion), "evaluate", gpu=True)
     gated = named(c.gate(**common, candidate=trained.outputs["candidate"], champion=champion,
                          eval_metrics=evaluated.outputs["eval_metrics"]), "gate")
-    tracked = named(c.track(**common, register_seed=register_seed, gate_metrics=gated.outputs["gate_metrics"]),
-                    "track", secrets=True)
-    named(c.report(**common, gate_metrics=gated.outputs["gate_metrics"]), "report").after(tracked)
+    tracked = named(c.track(**common, register_seed=register_seed, champion=champion,
+                            gate_metrics=gated.outputs["gate_metrics"]), "track", secrets=True)
+    named(c.report(**common, tracking=tracked.outputs["tracking"]), "report")
     with dsl.If(dvc_remote != "", name=f"{label}dvc-push"):
         named(c.push_data(workspace=workspace, round_index=round_index, dvc_remote=dvc_remote,
                           gate_metrics=gated.outputs["gate_metrics"]), "push-data", secrets=True)
     return gated, tracked
 
 
-def make_flywheel(rounds: int = DEFAULT_ROUNDS):
-    """The ``flywheel`` pipeline with ``rounds`` rounds unrolled (a new pipeline per round count)."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+def _preflight(*, config_yaml, workspace, seed_uri, dvc_remote, pvc_name, options, placement, knobs: dict,
+               compiled: Knobs):
+    task = c.preflight(config_yaml=config_yaml, workspace_root=workspace, seed_uri=seed_uri, dvc_remote=dvc_remote,
+                       compiled_knobs=compiled.to_json(), vote_on_gpu=placement.vote_on_gpu,
+                       train_on_gpu=placement.train_on_gpu, **knobs)
+    return _platform(task.set_display_name("preflight"), pvc_name, options, step="preflight", secrets=True)
 
-    @dsl.pipeline(name="flywheel", description=f"Seed evaluation, then up to {rounds} rounds of generate, vote, "
-                  "curate, train, evaluate, gate; stops at the first round the gate declines.")
-    def flywheel(config_yaml: str = default_config_yaml(), workspace: str = f"{MOUNT_PATH}/runs", shards: int = 4,
-                 dvc_remote: str = "", pvc_name: str = DEFAULT_PVC) -> str:
-        """``workspace``: parent directory on the shared volume; the run writes ``<workspace>/<run id>/``."""
-        prepared = _platform(c.prepare(config_yaml=config_yaml, workspace_root=workspace), pvc_name)
+
+def _pipeline_config(options: KubeflowConfig) -> dsl.PipelineConfig:
+    return dsl.PipelineConfig(active_deadline_seconds=options.run_deadline_s,
+                              ttl_seconds_after_finished=options.ttl_s)
+
+
+PARAMETER_DOCS = """
+    Args:
+        config_yaml: The whole flywheel config as YAML (flywheel config -c RECIPE prints every key); each step
+            reads its own section. A typed parameter below that is set to a value other than its default
+            overrides its key.
+        workspace: Directory on the shared volume. flywheel writes <workspace>/<run id>/; flywheel-round
+            continues <workspace>/ round after round (one workspace per schedule).
+        seed_uri: Where the seed comes from when it is not already on the volume: models:/<name>@<alias>,
+            models:/<name>/<version>, runs:/..., s3://... or an absolute path. Empty: seed.path of the config
+            (a relative path is the seed shipped in the image, copied to the volume once).
+        shards: Prompt shards generated in parallel, one GPU pod each.
+        dvc_remote: DVC remote URL (s3://bucket/path) each round's directory is pushed to; empty: none.
+        pvc_name: The ReadWriteMany PersistentVolumeClaim mounted at /models in every step.
+        samples_per_prompt: generate.samples_per_prompt, K completions per prompt per committee member.
+        temperature: generate.temperature, the sampling temperature (0 is greedy).
+        min_vote_share: curate.min_vote_share, the majority share a prompt needs to be trained on.
+        gate_alpha: gate.alpha, the significance level of the gate's paired test (1.0 switches it off).
+        gate_min_gain: gate.min_gain, the accuracy gain over the champion a candidate needs.
+        train_steps: train.steps, optimizer steps per committee member per round.
+        learning_rate: train.learning_rate, the peak learning rate of fine-tuning.
+"""
+
+
+def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = None):
+    """The ``flywheel`` pipeline with ``rounds`` rounds unrolled, its parameter defaults, resources and step
+    placement from ``config`` (default: ``cluster_config()``)."""
+    config = config or cluster_config()
+    options, placement, knob = config.kubeflow, Placement.of(config), Knobs.of(config)
+    if rounds < 1:
+        raise InputError("--rounds", f"must be >= 1, got {rounds}")
+    if rounds > max_rounds():
+        raise InputError("--rounds", f"{rounds} rounds is more than the {max_rounds()} that fit one Argo workflow "
+                         f"(each unrolled round adds about {ROUND_BYTES // 1000} KB to the compiled pipeline; Argo "
+                         f"refuses a workflow over 1 MiB): schedule `flywheel-round` for longer runs "
+                         "(flywheel pipeline schedule)")
+
+    def flywheel(config_yaml: str = dump_config(config), workspace: str = f"{MOUNT_PATH}/runs", seed_uri: str = "",
+                 shards: int = 4, dvc_remote: str = "", pvc_name: str = DEFAULT_PVC,
+                 samples_per_prompt: int = knob.samples_per_prompt, temperature: float = knob.temperature,
+                 min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
+                 gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
+                 learning_rate: float = knob.learning_rate) -> str:
+        knobs = dict(samples_per_prompt=samples_per_prompt, temperature=temperature, min_vote_share=min_vote_share,
+                     gate_alpha=gate_alpha, gate_min_gain=gate_min_gain, train_steps=train_steps,
+                     learning_rate=learning_rate)
+        checked = _preflight(config_yaml=config_yaml, workspace=workspace, seed_uri=seed_uri, dvc_remote=dvc_remote,
+                             pvc_name=pvc_name, options=options, placement=placement, knobs=knobs,
+                             compiled=knob)
+        run_config, run_config_file = checked.outputs["Output"], checked.outputs["run_config"]
+        # The run's id as a task constant: the only place the backend substitutes {{$.pipeline_job_uuid}}.
+        prepared = _platform(c.prepare(config_yaml=run_config, workspace_root=workspace,
+                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("prepare"),
+                             pvc_name, options, step="prepare")
         here = prepared.outputs["Output"]
-        _unroll(1, rounds, config_yaml=config_yaml, workspace=here, champion=prepared.outputs["champion"],
-                eval_set=prepared.outputs["eval_set"], shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name)
+        _unroll(1, rounds, config_yaml=run_config, workspace=here, champion=prepared.outputs["champion"],
+                eval_set=prepared.outputs["eval_set"], shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name,
+                options=options, placement=placement, run_config=run_config_file)
         return here
 
-    return flywheel
+    flywheel.__doc__ = "The flywheel: seed evaluation, then up to N rounds.\n" + PARAMETER_DOCS
+    return dsl.pipeline(flywheel, name="flywheel", pipeline_config=_pipeline_config(options),
+                        description=f"Seed evaluation, then up to {rounds} rounds of generate, vote, curate, train, "
+                        "evaluate, gate; stops at the first round the gate declines.")
 
 
 def _unroll(index: int, rounds: int, *, champion, after=None, **shared) -> None:
@@ -133,26 +239,73 @@ def _unroll(index: int, rounds: int, *, champion, after=None, **shared) -> None:
             _unroll(index + 1, rounds, champion=gated.outputs["next_champion"], after=tracked, **shared)
 
 
-@dsl.pipeline(name="flywheel-round", description="One flywheel round on a long-lived workspace, starting from "
-              "the MLflow registered model's 'champion' alias (what a recurring run schedules).")
-def flywheel_round(config_yaml: str = default_config_yaml(), workspace: str = f"{MOUNT_PATH}/scheduled",
-                   shards: int = 4, dvc_remote: str = "", pvc_name: str = DEFAULT_PVC) -> float:
-    """Returns 1.0 if the round promoted its candidate."""
-    resolved = _platform(c.resolve_champion(config_yaml=config_yaml, workspace=workspace), pvc_name, secrets=True)
-    champion = resolved.outputs["champion"]
-    gated, _ = _round(config_yaml=config_yaml, workspace=workspace, round_index=resolved.outputs["Output"],
-                      champion=champion, eval_set=resolved.outputs["eval_set"], shards=shards,
-                      dvc_remote=dvc_remote, pvc_name=pvc_name, register_seed=False, label="")
-    return gated.outputs["Output"]
+def make_flywheel_round(config: FlywheelConfig | None = None):
+    """The ``flywheel-round`` pipeline (one round from the ``champion`` alias), defaults from ``config``."""
+    config = config or cluster_config()
+    options, placement, knob = config.kubeflow, Placement.of(config), Knobs.of(config)
+
+    def flywheel_round(config_yaml: str = dump_config(config), workspace: str = f"{MOUNT_PATH}/scheduled",
+                       seed_uri: str = "", shards: int = 4, dvc_remote: str = "", pvc_name: str = DEFAULT_PVC,
+                       samples_per_prompt: int = knob.samples_per_prompt, temperature: float = knob.temperature,
+                       min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
+                       gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
+                       learning_rate: float = knob.learning_rate) -> str:
+        knobs = dict(samples_per_prompt=samples_per_prompt, temperature=temperature, min_vote_share=min_vote_share,
+                     gate_alpha=gate_alpha, gate_min_gain=gate_min_gain, train_steps=train_steps,
+                     learning_rate=learning_rate)
+        checked = _preflight(config_yaml=config_yaml, workspace=workspace, seed_uri=seed_uri, dvc_remote=dvc_remote,
+                             pvc_name=pvc_name, options=options, placement=placement, knobs=knobs,
+                             compiled=knob)
+        run_config, run_config_file = checked.outputs["Output"], checked.outputs["run_config"]
+        resolved = _platform(c.resolve_champion(config_yaml=run_config, workspace=workspace)
+                             .set_display_name("resolve-champion"), pvc_name, options, step="resolve-champion",
+                             secrets=True)
+        _, tracked = _round(config_yaml=run_config, workspace=workspace, round_index=resolved.outputs["Output"],
+                            champion=resolved.outputs["champion"], eval_set=resolved.outputs["eval_set"],
+                            shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name, options=options,
+                            placement=placement, register_seed=False, label="", run_config=run_config_file)
+        return tracked.outputs["Output"]
+
+    flywheel_round.__doc__ = ("One round; returns promoted, declined or stale (the alias moved meanwhile).\n"
+                              + PARAMETER_DOCS)
+    return dsl.pipeline(flywheel_round, name="flywheel-round", pipeline_config=_pipeline_config(options),
+                        description="One flywheel round on a long-lived workspace, starting from the MLflow "
+                        "registered model's 'champion' alias (what a recurring run schedules).")
 
 
-def compile_all(out_dir: Path = COMPILED_DIR, rounds: int = DEFAULT_ROUNDS) -> list[Path]:
+# The compiled N-round pipeline is about BASE_BYTES + rounds x ROUND_BYTES (tests/test_kubeflow.py measures
+# both and fails when they grow past these). Argo refuses a workflow object over 1 MiB (MAX_WORKFLOW_SIZE) and
+# etcd one over 1.5 MiB; the backend turns every task of the IR into driver and executor templates with the
+# task's specs inlined as JSON, so the IR may use half of that.
+BASE_BYTES = 20_000
+ROUND_BYTES = 64_000
+MAX_COMPILED_BYTES = 512 * 1024
+
+
+def max_rounds() -> int:
+    """The most rounds ``flywheel`` unrolls: more would not fit one Argo workflow."""
+    return (MAX_COMPILED_BYTES - BASE_BYTES) // ROUND_BYTES
+
+
+def compile_all(out_dir: Path = COMPILED_DIR, rounds: int = DEFAULT_ROUNDS,
+                config: FlywheelConfig | None = None) -> list[Path]:
     """Write ``flywheel_round.yaml`` and ``flywheel.yaml`` (``rounds`` unrolled) to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, pipeline in (("flywheel_round", flywheel_round), ("flywheel", make_flywheel(rounds))):
+    for name, pipeline in (("flywheel_round", make_flywheel_round(config)), ("flywheel", make_flywheel(rounds, config))):
         path = out_dir / f"{name}.yaml"
-        compiler.Compiler().compile(pipeline, str(path))
+        compile_checked(pipeline, path)
         paths.append(path)
     return paths
+
+
+def compile_checked(pipeline, path: Path) -> Path:
+    """Compile ``pipeline`` to ``path``; a result too large for one Argo workflow is one line, not a failed run."""
+    compiler.Compiler().compile(pipeline, str(path))
+    size = Path(path).stat().st_size
+    if size > MAX_COMPILED_BYTES:
+        Path(path).unlink()
+        raise InputError(path, f"compiled pipeline is {size // 1024} KiB, over the {MAX_COMPILED_BYTES // 1024} KiB "
+                         "that fit one Argo workflow: fewer rounds, or schedule `flywheel-round`")
+    return Path(path)

@@ -73,20 +73,24 @@ def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
     return version.version
 
 
-def track_round(config: FlywheelConfig, workspace: str | Path, round_index: int, *, register_seed: bool) -> dict:
-    """``Tracker.log_round`` for a round of the workspace (the alias moves only on promotion)."""
-    from flywheel.tracking import Tracker
+def track_round(config: FlywheelConfig, workspace: str | Path, round_index: int, *, register_seed: bool,
+                started_from: str | None = None) -> dict:
+    """``Tracker.log_round`` for a round of the workspace: the alias moves only on promotion, and only if it
+    still names ``started_from`` (the version ``flywheel-round`` downloaded; None: the loop's own lineage,
+    the seed it registered or its last promoted candidate). ``promotion`` in the result says what happened."""
+    from flywheel.tracking import DECLINED, PROMOTED, Tracker
     from flywheel.versioning import digest
 
     root = Path(workspace)
     if not config.tracking.enabled:
-        return {"tracking": "disabled"}
+        promoted = io.read_json(round_dir(root, round_index) / "decision.json")["promote"]
+        return {"tracking": "disabled", "promotion": PROMOTED if promoted else DECLINED}
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key=loop_key(root))
     if register_seed:
         tracker.register_seed(parent, round_dir(root, 0) / "champion")
     here = round_dir(root, round_index)
-    result = tracker.log_round(parent, round_index, here, config, digest(here))
+    result = tracker.log_round(parent, round_index, here, config, digest(here), started_from=started_from)
     result["parent_run_id"] = parent
     io.write_json(root / "tracking" / f"round-{round_index}.json", result)
     return result
