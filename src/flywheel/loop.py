@@ -17,6 +17,7 @@ Directory layout under ``loop.out_dir`` (``dvc.yaml`` uses the same under ``data
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from flywheel.stages.generate import run_generate
 from flywheel.stages.train import METHOD_DATA, link_or_copy_tree, run_train
 from flywheel.stages.vote import run_vote
 from flywheel.tasks import load_task
+
+log = logging.getLogger("flywheel")
 
 
 # What curate writes (its outputs in the ledger's records).
@@ -171,6 +174,12 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
 
                     ledger.stage(round_index, "track", [record], track)
                     tracked[round_index] = {k: v for k, v in io.read_json(record).items() if k != "seconds"}
+                    if tracked[round_index].get("promotion") == "stale":
+                        log.warning("round %d: the gate promoted, but MLflow's '%s' alias of %s names v%s, not "
+                                    "v%s that this run started from: the alias stays (stale)", round_index,
+                                    "champion", config.tracking.registered_model,
+                                    tracked[round_index].get("champion_version"),
+                                    tracked[round_index].get("started_from"))
                 if on_round is not None:
                     on_round(round_index, build_report(root, config))
                 if config.loop.stop_on_decline and not decision["promote"]:

@@ -39,6 +39,8 @@ def build_report(root: Path, config) -> dict:
             "vote": vote,
             "curation": curation,
             "decision": decision,
+            # What the registry made of the gate's decision (flywheel.tracking): promoted, declined or stale.
+            "promotion": (_read(root / "tracking" / f"round-{index}.json") or {}).get("promotion"),
             "timings": _read(here / "timings.json"),
         })
         index += 1
@@ -75,9 +77,16 @@ def table(report: dict) -> str:
         lines.append(
             f"{r['round']:>5} {r['bucket']:>6} {'-' if prec is None else f'{prec:.3f}':>7} {yield_:>6.2f} "
             f"{c.get('samples_kept', 0):>6} {c.get('train_rows', 0):>6} {d['champion_accuracy']:>6.3f} "
-            f"{d['candidate_accuracy']:>6.3f} {d['p_value']:>8.2g} {'promote' if d['promote'] else 'decline':>8} "
+            f"{d['candidate_accuracy']:>6.3f} {d['p_value']:>8.2g} {_verdict(r):>8} "
             f"{after.get('frontier', 0):>5} {after.get('reach', 0):>5}  {buckets}")
     return "\n".join(lines)
+
+
+def _verdict(round_entry: dict) -> str:
+    """The gate column: promote, decline, or stale (the gate promoted; the registry's alias had moved on)."""
+    if round_entry.get("promotion") == "stale":
+        return "stale"
+    return "promote" if round_entry["decision"]["promote"] else "decline"
 
 
 def _by_bucket(buckets: dict) -> list[tuple[str, float]]:
@@ -241,10 +250,16 @@ def round_markdown(root: Path, round_index: int, name: str = "") -> str:
     curation = _read(here / "curation.json") or {}
     decision = _read(here / "decision.json") or {}
     lines = [f"# {name + ': ' if name else ''}round {round_index}", ""]
+    tracked = _read(Path(root) / "tracking" / f"round-{round_index}.json") or {}
     if decision:
         verdict = "**promoted**" if decision["promote"] else "**declined**"
-        lines += [f"Gate: {verdict}: {decision['reason']}.", "",
-                  f"Candidate {decision['candidate_accuracy']:.4f} vs champion {decision['champion_accuracy']:.4f} "
+        lines += [f"Gate: {verdict}: {decision['reason']}.", ""]
+        if tracked.get("promotion") == "stale":
+            lines += [f"Registry: **stale**: this round started from v{tracked.get('started_from')}, but the "
+                      f"'champion' alias names v{tracked.get('champion_version')}; nothing moved.", ""]
+        elif tracked.get("promotion") == "promoted" and tracked.get("model_version"):
+            lines += [f"Registry: the 'champion' alias moved to v{tracked['model_version']}.", ""]
+        lines += [f"Candidate {decision['candidate_accuracy']:.4f} vs champion {decision['champion_accuracy']:.4f} "
                   f"(delta {decision['delta']:+.4f}; {decision['test']} p = {decision['p_value']:.4g}; "
                   f"only champion right {decision['only_champion_correct']}, only candidate right "
                   f"{decision['only_candidate_correct']}, n = {decision['n']}).", ""]

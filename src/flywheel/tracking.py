@@ -79,8 +79,7 @@ class Tracker:
                     params[f"{section}.{key}"] = str(value)[:500]
             else:
                 params[section] = str(values)
-        for key, value in sorted(params.items()):
-            self.client.log_param(run.info.run_id, key, value)
+        self._log_batch(run.info.run_id, params=sorted(params.items()))
         return run.info.run_id
 
     def use_config(self, config: FlywheelConfig) -> None:
@@ -107,8 +106,7 @@ class Tracker:
         return run_id
 
     def end_loop(self, run_id: str, summary: dict) -> None:
-        for key, value in _flatten("", summary, {}).items():
-            self.client.log_metric(run_id, _mlflow_key(key), value)
+        self._log_batch(run_id, metrics=[(_mlflow_key(k), v, 0) for k, v in _flatten("", summary, {}).items()])
         self.client.set_terminated(run_id)
 
     def fail_loop(self, run_id: str, error: BaseException) -> None:
@@ -125,6 +123,19 @@ class Tracker:
         except Exception as tracking_error:  # the original error is the one to report
             print(f"flywheel: warning: could not mark MLflow run {run_id} {status}: {tracking_error}",
                   file=sys.stderr)
+
+    def _log_batch(self, run_id: str, *, params=(), metrics=()) -> None:
+        """Params (key, value) and metrics (key, value, step) in as few requests as MLflow allows (100 params,
+        1000 metrics per batch): one request per value took seconds per round against a remote server."""
+        from mlflow.entities import Metric, Param
+
+        params, metrics = list(params), list(metrics)
+        now = int(time.time() * 1000)
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params[start:start + 100]])
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
+                                                   for k, v, step in metrics[start:start + 1000]])
 
     def _children(self, parent_run_id: str, round_index: int | None = None) -> list:
         query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
@@ -201,7 +212,7 @@ class Tracker:
         record = f"{name}.promoted-from-v{started_from}"
         if started_from is None:  # a lineage with no registered champion (no seed version): never move
             return STALE, current
-        if current != started_from and self._claim_of(record) != claim:
+        if current != started_from and self._record(record).get("flywheel.claim") != claim:
             return STALE, current
         try:
             self.client.create_registered_model(
@@ -209,19 +220,22 @@ class Tracker:
                 description=f"Promotion record: the '{CHAMPION_ALIAS}' alias of {name} left v{started_from} "
                             f"for v{version}. Guards the compare-and-swap; do not delete.")
         except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS" or self._claim_of(record) != claim:
-                return STALE, self.champion_version()
+            existing = self._record(record)
+            if error.error_code != "RESOURCE_ALREADY_EXISTS" or existing.get("flywheel.claim") != claim:
+                # Lost the race: the winner's version is (or is about to be) the alias holder.
+                return STALE, existing.get("to_version") or self.champion_version()
             self.client.set_registered_model_tag(record, "to_version", version)  # our own, interrupted
         self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
         return PROMOTED, version
 
-    def _claim_of(self, record: str) -> str | None:
+    def _record(self, name: str) -> dict:
+        """The tags of promotion record ``name`` ({} if there is none)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_registered_model(record).tags.get("flywheel.claim")
+            return dict(self.client.get_registered_model(name).tags)
         except MlflowException:
-            return None
+            return {}
 
     def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
                   data_digest: str, *, started_from: str | None = None) -> dict:
@@ -254,21 +268,21 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        for section in ("data", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "code"):
-            for key, value in asdict(getattr(config, section)).items():
-                self.client.log_param(run_id, f"{section}.{key}", str(value)[:500])
+        params = [(f"{section}.{key}", str(value)[:500])
+                  for section in ("data", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "code")
+                  for key, value in asdict(getattr(config, section)).items()]
         candidate_meta = read_model_meta(round_dir / "candidate")
         if "precision" in candidate_meta:  # what train.precision=auto resolved to on the machine that trained
-            self.client.log_param(run_id, "train.precision_used", candidate_meta["precision"])
+            params.append(("train.precision_used", candidate_meta["precision"]))
+        curves = []
         for member, metrics in enumerate(candidate_meta.get("train_metrics", [])):
             # The trainer's loss curve, logged from the candidate's metadata: stages know nothing of MLflow.
             for step, loss, learning_rate in metrics.get("loss_curve", []):
-                self.client.log_metric(run_id, f"train.member_{member}.loss", loss, step=step)
-                self.client.log_metric(run_id, f"train.member_{member}.learning_rate", learning_rate, step=step)
-        metrics = round_metrics(round_dir)
-        for key, value in metrics.items():
-            self.client.log_metric(run_id, _mlflow_key(key), value, step=round_index)
-            self.client.log_metric(parent_run_id, _mlflow_key(key), value, step=round_index)
+                curves += [(f"train.member_{member}.loss", loss, step),
+                           (f"train.member_{member}.learning_rate", learning_rate, step)]
+        metrics = [(_mlflow_key(key), value, round_index) for key, value in round_metrics(round_dir).items()]
+        self._log_batch(run_id, params=params, metrics=curves + metrics)
+        self._log_batch(parent_run_id, metrics=metrics)
         with warnings.catch_warnings():  # mlflow warns that a local path matches two equivalent source types
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(os.fspath(round_dir.resolve()))
