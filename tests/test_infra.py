@@ -391,3 +391,76 @@ def test_the_gpu_contract_fits_kfp_kubernetes(tmp_path):
     assert executor["nodeSelector"]["labels"] == infra.GPU_NODE_SELECTOR
     pod = {"tolerations": executor["tolerations"]}
     assert tolerates(pod, infra.GPU_TAINT)
+
+
+# What runs under the pipeline's ServiceAccount in every step pod of a real KFP 2.17 run, read from the backend's
+# source at tag 2.17.0 (kubeflow/pipelines) and Argo v4.0.5 (the Argo KFP 2.17 ships), plus flywheel's own
+# calls. (api group, resource, verb, object name or None for any.) kfp.local runs none of these.
+BACKEND_ACCESS = [
+    # launcher and importer: KFP's object store credentials for every artifact a step reads or writes
+    # (backend/src/v2/objectstore/object_store.go getS3BucketCredential; names from v2/config/env.go).
+    ("", "secrets", "get", "mlpipeline-minio-artifact"),
+    # root DAG driver and importer: the launcher config (defaultPipelineRoot, providers; v2/config/env.go).
+    ("", "configmaps", "get", "kfp-launcher"),
+    # launcher: its own pod, for the retry index of a retried step (component/launcher_v2.go).
+    ("", "pods", "get", None),
+    # driver: the workflow, for the job's schedule/creation time placeholders (cmd/driver/main.go).
+    ("argoproj.io", "workflows", "get", None),
+    # Argo executor (argoexec): step outputs as WorkflowTaskResults (cmd/argoexec/executor/init.go).
+    ("argoproj.io", "workflowtaskresults", "create", None),
+    ("argoproj.io", "workflowtaskresults", "patch", None),
+]
+FLYWHEEL_ACCESS = [
+    ("", "secrets", "get", "flywheel-s3"),  # object-store keys as env (use_secret_as_env)
+    ("", "configmaps", "get", "flywheel-cluster"),  # MLflow/S3 endpoints as env
+    *[("trainer.kubeflow.org", "trainjobs", verb, None) for verb in ("create", "get", "delete")],  # infra.run_trainjob
+    ("", "pods", "list", None),  # the TrainJob's node-0 pod, for its log
+    ("", "pods/log", "get", None),
+]
+
+
+def _allows(role: dict, group: str, resource: str, verb: str, name) -> bool:
+    for rule in role["rules"]:
+        if (group in rule["apiGroups"] and resource in rule["resources"]
+                and (verb in rule["verbs"] or "*" in rule["verbs"])
+                and ("resourceNames" not in rule or name in rule["resourceNames"])):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("access", BACKEND_ACCESS + FLYWHEEL_ACCESS, ids=lambda a: f"{a[2]}-{a[1]}-{a[3] or 'any'}")
+def test_the_runner_role_grants_what_the_kfp_backend_and_flywheel_do_in_a_step_pod(access):
+    objects = [o for o in documents(INFRA / "base" / "runs" / "rbac.yaml")]
+    role = next(o for o in objects if o["kind"] == "Role")
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    from flywheel.kubeflow.pipelines import CONFIG_MAP, SECRET
+
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "flywheel-pipeline-runner",
+                                    "namespace": infra.RUN_NAMESPACE}]
+    assert SECRET == "flywheel-s3" and CONFIG_MAP == "flywheel-cluster"
+    assert _allows(role, *access), f"{role['metadata']['name']} does not allow {access}"
+
+
+def test_the_runner_role_reads_no_other_secret():
+    role = next(o for o in documents(INFRA / "base" / "runs" / "rbac.yaml") if o["kind"] == "Role")
+    assert not _allows(role, "", "secrets", "get", "some-other-secret")
+    assert not _allows(role, "", "secrets", "list", None)
+
+
+def test_the_volume_bootstrap_job_gives_the_pipeline_user_the_volume():
+    """Pipeline pods run as uid 1000 and KFP cannot give them an fsGroup: the init Job chowns the fresh volume."""
+    patch = documents(INFRA / "kfp" / "patches" / "pipeline-install-config-nonroot.yaml")[0]
+    uid, gid = patch["data"]["defaultSecurityContextRunAsUser"], patch["data"]["defaultSecurityContextRunAsGroup"]
+    job = documents(INFRA / "base" / "runs" / "models-volume-init.yaml")[0]
+    validate(job, "models-volume-init.yaml")
+    pod = job["spec"]["template"]["spec"]
+    script = pod["containers"][0]["args"][0]
+    assert f"chown {uid}:{gid} /models " in script
+    for directory in ("runs", "scheduled", "seeds"):  # workspace roots of both pipelines, the staged seeds
+        assert f"/models/{directory}" in script
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]]
+    from flywheel.kubeflow.pipelines import DEFAULT_PVC, MOUNT_PATH
+
+    assert claims == [DEFAULT_PVC] and pod["containers"][0]["volumeMounts"][0]["mountPath"] == MOUNT_PATH
+    assert "models-volume-init.yaml" in (INFRA / "base" / "runs" / "kustomization.yaml").read_text()
