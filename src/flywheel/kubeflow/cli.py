@@ -108,7 +108,6 @@ def check_cron(expression: str) -> str:
 
 def run(args: argparse.Namespace, config) -> int:
     """``config`` is the recipe as it runs on the cluster (``pipelines.cluster_config``)."""
-    from flywheel.config import dump_config
     from flywheel.kubeflow import pipelines
 
     if args.pipeline_command == "compile":
@@ -127,22 +126,13 @@ def run(args: argparse.Namespace, config) -> int:
                 pipelines.compile_checked(pipeline, package)
                 print(upload(client, package, name, pipeline.description))
         return 0
-    _positive(args.shards, "--shards")
-    arguments = {"config_yaml": dump_config(config), "shards": args.shards, "dvc_remote": args.dvc_remote,
-                 "seed_uri": args.seed_uri}
-    if args.pvc:
-        arguments["pvc_name"] = args.pvc
+    arguments = run_arguments(args, config)
     if args.pipeline_command == "run":
         rounds = config.loop.rounds if args.rounds is None else args.rounds
         pipeline = pipelines.make_flywheel(rounds, config)
-        if args.workspace:
-            arguments["workspace"] = args.workspace
     else:
         cron = check_cron(args.cron)
-        _check_name(args.name)
         pipeline = pipelines.make_flywheel_round(config)
-        # Each schedule continues its own workspace: two schedules never write one round directory.
-        arguments["workspace"] = args.workspace or f"{pipelines.MOUNT_PATH}/scheduled/{args.name}"
     with tempfile.TemporaryDirectory(prefix="flywheel-kfp-") as scratch:
         package = Path(scratch) / "pipeline.yaml"
         pipelines.compile_checked(pipeline, package)
@@ -162,6 +152,26 @@ def run(args: argparse.Namespace, config) -> int:
                 print(f"recurring run {job.recurring_run_id} created: {args.cron!r} (KFP cron {cron!r}), "
                       f"workspace {arguments['workspace']}")
     return 0
+
+
+def run_arguments(args: argparse.Namespace, config) -> dict:
+    """The pipeline parameters of a ``run`` or ``schedule``; a schedule's workspace is its own directory."""
+    from flywheel.config import dump_config
+    from flywheel.kubeflow import pipelines
+
+    _positive(args.shards, "--shards")
+    arguments = {"config_yaml": dump_config(config), "shards": args.shards, "dvc_remote": args.dvc_remote,
+                 "seed_uri": args.seed_uri}
+    if args.pvc:
+        arguments["pvc_name"] = args.pvc
+    if args.pipeline_command == "run":
+        if args.workspace:
+            arguments["workspace"] = args.workspace
+    else:
+        _check_name(args.name)
+        # Each schedule continues its own workspace: two schedules never write one round directory.
+        arguments["workspace"] = args.workspace or f"{pipelines.MOUNT_PATH}/scheduled/{args.name}"
+    return arguments
 
 
 def version_name(package: Path) -> str:
