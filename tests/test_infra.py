@@ -84,17 +84,33 @@ def validate(obj: dict, where: str) -> None:
 
 def validate_custom(obj: dict, where: str) -> None:
     assert obj["apiVersion"] == CUSTOM[obj["kind"]], where
-    if obj["kind"] == "ClusterTrainingRuntime":
+    if obj["kind"] == "ClusterTrainingRuntime":  # trainingruntime_types.go at Trainer v2.3.0
         assert set(obj["spec"]) <= {"mlPolicy", "podGroupPolicy", "template"}, where
-        for job in obj["spec"]["template"]["spec"]["replicatedJobs"]:
+        policy = obj["spec"]["mlPolicy"]
+        assert set(policy) <= {"numNodes", "torch", "mpi", "flux", "jax", "xgboost"}, where
+        assert set(policy.get("torch") or {}) <= {"envInjection"}, f"{where}: torch policy fields of v2.3"
+        jobs = obj["spec"]["template"]["spec"]["replicatedJobs"]
+        for job in jobs:
             assert set(job) <= {"name", "replicas", "template", "dependsOn"}, where
             errors = strict_errors(job["template"], "V1JobTemplateSpec", f"replicatedJobs[{job['name']}]")
             assert not errors, f"{where}: " + "; ".join(errors)
-    else:  # TrainJob: the fields of trainjob_types.go that flywheel uses
-        assert set(obj["spec"]) <= {"runtimeRef", "initializer", "trainer", "suspend", "managedBy"}, where
+        # The trainer's job: named `node` (the torch plugin's PET_MASTER_ADDR), labelled as the trainer step,
+        # its container named `node` (the webhook).
+        trainer = [j for j in jobs if j["template"]["metadata"]["labels"].get(
+            "trainer.kubeflow.org/trainjob-ancestor-step") == "trainer"]
+        assert [j["name"] for j in trainer] == ["node"], where
+        containers = trainer[0]["template"]["spec"]["template"]["spec"]["containers"]
+        assert [c["name"] for c in containers] == ["node"], where
+    else:  # TrainJob: trainjob_types.go at Trainer v2.3.0
+        assert set(obj["spec"]) <= {"runtimeRef", "initializer", "trainer", "runtimePatches", "suspend", "managedBy",
+                                    "activeDeadlineSeconds"}, where
+        assert len(obj["metadata"]["name"]) <= infra.MAX_TRAINJOB_NAME, where
         trainer = obj["spec"]["trainer"]
         assert set(trainer) <= {"image", "command", "args", "env", "numNodes", "resourcesPerNode",
                                 "numProcPerNode"}, where
+        assert isinstance(trainer.get("numProcPerNode", 1), int), f"{where}: numProcPerNode is an int32 in v2.2+"
+        reserved = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
+        assert not reserved & {e["name"] for e in trainer.get("env", [])}, where
         errors = strict_errors(trainer["resourcesPerNode"], "V1ResourceRequirements", "resourcesPerNode")
         errors += strict_errors(trainer.get("env", []), "list[V1EnvVar]", "env")
         assert not errors, f"{where}: " + "; ".join(errors)
@@ -464,3 +480,18 @@ def test_the_volume_bootstrap_job_gives_the_pipeline_user_the_volume():
 
     assert claims == [DEFAULT_PVC] and pod["containers"][0]["volumeMounts"][0]["mountPath"] == MOUNT_PATH
     assert "models-volume-init.yaml" in (INFRA / "base" / "runs" / "kustomization.yaml").read_text()
+
+
+def test_trainer_is_pinned_to_the_release_the_trainjob_follows():
+    kustomization = (INFRA / "trainer" / "kustomization.yaml").read_text()
+    assert f"?ref={infra.TRAINER_RELEASE}" in kustomization
+
+
+def test_the_example_trainjob_fits_the_gpu_quota():
+    """A TrainJob asking for more GPUs than the quota admits would wait out its whole timeout."""
+    quota = documents(INFRA / "gpu" / "quota.yaml")[0]["spec"]["hard"]["requests.nvidia.com/gpu"]
+    job = documents(INFRA / "trainer" / "trainjob-example.yaml")[0]
+    trainer = job["spec"]["trainer"]
+    gpus = trainer["numNodes"] * int(trainer["resourcesPerNode"]["requests"][infra.GPU_RESOURCE])
+    assert gpus <= int(quota), f"the example asks for {gpus} GPUs, the quota admits {quota}"
+    assert trainer["numProcPerNode"] == int(trainer["resourcesPerNode"]["requests"][infra.GPU_RESOURCE])

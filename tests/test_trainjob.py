@@ -64,7 +64,7 @@ def test_the_runtime_it_uses_puts_its_pods_on_the_gpu_pool():
 @pytest.mark.parametrize("overrides, kwargs, message", [
     (["train.num_nodes=1"], {}, "field 'train.num_nodes'"),
     (["train.num_nodes=2"], {"name": "Flywheel_R1"}, "is not a DNS label"),
-    (["train.num_nodes=2"], {"name": "x" * 64}, "is not a DNS label"),
+    (["train.num_nodes=2"], {"name": "x" * 48}, "is not a DNS label of at most 47"),
     (["train.num_nodes=2"], {"gpus_per_node": 0}, "field 'gpus_per_node'"),
     (["train.num_nodes=2"], {"image": "flywheel-cuda:latest"}, "must be pinned"),
     (["train.num_nodes=2"], {"image": "registry:5000/flywheel-cuda"}, "must be pinned"),
@@ -92,12 +92,18 @@ def test_trainjob_state_reads_the_terminal_conditions():
     assert trainjob_state({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) == "failed"
 
 
-def test_dns_label_makes_a_valid_trainjob_name_that_keeps_the_round():
-    from flywheel.infra import _DNS_LABEL, dns_label
+def test_trainjob_names_are_unique_per_run_and_attempt_and_fit_jobset():
+    from flywheel.infra import _DNS_LABEL, MAX_TRAINJOB_NAME, trainjob_name
 
-    assert dns_label("flywheel-train-Run_42-r3") == "flywheel-train-run-42-r3"
-    long = dns_label("flywheel-train-" + "x" * 100 + "-r12")
-    assert len(long) <= 63 and long.endswith("-r12") and _DNS_LABEL.match(long)
+    names = {trainjob_name(workspace, 12) for workspace in ("/models/runs/a", "/models/runs/b") for _ in range(20)}
+    assert len(names) == 40  # two runs, twenty attempts each: no AlreadyExists on a retry
+    assert all(len(n) <= MAX_TRAINJOB_NAME and _DNS_LABEL.match(n) and n.startswith("flywheel-r12-") for n in names)
+    job = infra.trainjob(load_config(SMOKE, ["train.num_nodes=100"]), "flywheel-cuda:0.1.0", round_index=999,
+                         name=trainjob_name("/models/" + "x" * 300, 999), **PATHS)
+    # JobSet's longest pod name, <name>-node-0-<index>-<5 random>, is still a DNS label.
+    assert len(f"{job['metadata']['name']}-node-0-99-abcde") <= 63
+    assert infra.node_zero_selector("j") == ("jobset.sigs.k8s.io/jobset-name=j,jobset.sigs.k8s.io/replicatedjob-name="
+                                             "node,batch.kubernetes.io/job-completion-index=0")
 
 
 def test_only_rank_zero_writes_the_candidate_under_torchrun(tmp_path, monkeypatch):

@@ -326,6 +326,8 @@ class TrainConfig:
                         "own pod. >1: it submits a Kubeflow Trainer TrainJob of this many nodes (torch-distributed "
                         "runtime; flywheel.infra.trainjob, docs/kubeflow-infra.md). `flywheel run` and "
                         "`dvc repro` always train on this machine.")
+    gpus_per_node: int = _f(1, "GPUs per node of a multi-node TrainJob (train.num_nodes > 1): one torchrun "
+                            "process each. num_nodes x gpus_per_node must fit the GPU quota (infra/gpu/quota.yaml).")
     method: str = _f("sft", "'sft' (SFTTrainer on vote-accepted samples: ReST-EM), 'dpo' (DPOTrainer on "
                      "majority-vs-minority pairs) or 'grpo' (GRPOTrainer, reward = agreement with the group's "
                      "majority: TTRL).")
@@ -342,6 +344,7 @@ class TrainConfig:
         _check(self.init in ("champion", "base"), "train.init", "must be 'champion' or 'base'")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
+        _check(self.gpus_per_node >= 1, "train.gpus_per_node", "must be >= 1")
         if self.method == "grpo":
             _check(self.batch_size % self.grpo.num_generations == 0, "train.batch_size",
                    "must be a multiple of train.grpo.num_generations (whole groups per step)")

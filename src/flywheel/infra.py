@@ -21,6 +21,10 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 GPU_PRIORITY_CLASS = "flywheel-gpu"
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINING_RUNTIME = "flywheel-torch-distributed"
+TRAINER_RELEASE = "v2.3.0"  # infra/trainer installs it; the TrainJob and the runtime follow its CRD schema
+# JobSet names a node's pod <trainjob>-node-0-<index>-<5 random>, which must be a DNS label (<= 63): with up to
+# 100 nodes that leaves 47 characters for the TrainJob's name.
+MAX_TRAINJOB_NAME = 47
 RUN_NAMESPACE = "kubeflow"  # KFP standalone runs pipeline pods (and so submits TrainJobs) here
 MODELS_MOUNT = "/models"  # the shared ReadWriteMany model volume in the runtime's pods
 
@@ -28,23 +32,27 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_file: str, train_data: str,
-             init_dir: str, out_dir: str, name: str | None = None, gpus_per_node: int = 1, cpu: str = "8",
-             memory: str = "64Gi", namespace: str = RUN_NAMESPACE, runtime: str = TRAINING_RUNTIME) -> dict:
-    """The TrainJob (trainer.kubeflow.org/v1alpha1) that fine-tunes round ``round_index`` on ``train.num_nodes`` nodes.
+             init_dir: str, out_dir: str, name: str | None = None, gpus_per_node: int | None = None,
+             cpu: str = "8", memory: str = "64Gi", timeout_s: int = 86400, namespace: str = RUN_NAMESPACE,
+             runtime: str = TRAINING_RUNTIME, labels: dict | None = None) -> dict:
+    """The TrainJob (trainer.kubeflow.org/v1alpha1, Trainer v2.3) that fine-tunes round ``round_index`` on
+    ``train.num_nodes`` nodes of ``gpus_per_node`` GPUs (default ``train.gpus_per_node``).
 
     Every node runs ``torchrun --module flywheel.cli train`` with the round's files; the runtime's torch
-    policy gives torchrun the node count, rank and rendezvous (PET_* variables), one process per GPU.
-    Paths are inside the shared model volume (``/models/...``) so every node reads the same files.
+    policy gives torchrun the node count, rank and rendezvous (PET_* variables), one process per GPU
+    (``numProcPerNode``). Paths are inside the shared model volume (``/models/...``) so every node reads the
+    same files. The job stops after ``timeout_s`` (``activeDeadlineSeconds``: Failed, DeadlineExceeded).
     Raises InputError when ``train.num_nodes`` is 1 (the pipeline's own train step trains then).
     """
     nodes = config.train.num_nodes
+    gpus_per_node = config.train.gpus_per_node if gpus_per_node is None else gpus_per_node
     if nodes <= 1:
         raise InputError("config", "is 1: one node trains in the pipeline's train step, no TrainJob",
                          field="train.num_nodes")
     name = name or f"flywheel-train-r{round_index}"
-    if len(name) > 63 or not _DNS_LABEL.match(name):
-        raise InputError("<trainjob>", f"name {name!r} is not a DNS label (a-z, 0-9, '-', <= 63 chars)",
-                         field="name")
+    if len(name) > MAX_TRAINJOB_NAME or not _DNS_LABEL.match(name):
+        raise InputError("<trainjob>", f"name {name!r} is not a DNS label of at most {MAX_TRAINJOB_NAME} characters "
+                         "(a-z, 0-9, '-'; JobSet appends '-node-0-<index>-<random>' for its pods)", field="name")
     if gpus_per_node < 1:
         raise InputError("<trainjob>", "must be >= 1", field="gpus_per_node")
     if not image or (":" not in image.rsplit("/", 1)[-1] and "@" not in image) or image.endswith(":latest"):
@@ -59,14 +67,16 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
             "name": name,
             "namespace": namespace,
             "labels": {"app.kubernetes.io/part-of": "flywheel", "flywheel/round": str(round_index),
-                       "flywheel/recipe": config.name},
+                       "flywheel/recipe": config.name, **(labels or {})},
         },
         "spec": {
             "runtimeRef": {"name": runtime, "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"},
+            "activeDeadlineSeconds": timeout_s,
             "trainer": {
                 "image": image,
                 "command": command,
                 "numNodes": nodes,
+                "numProcPerNode": gpus_per_node,
                 "resourcesPerNode": {
                     "requests": {"cpu": cpu, "memory": memory, GPU_RESOURCE: str(gpus_per_node)},
                     "limits": {"memory": memory, GPU_RESOURCE: str(gpus_per_node)},
@@ -77,31 +87,32 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
     }
 
 
+def trainjob_name(workspace: str, round_index: int, attempt: str | None = None) -> str:
+    """``flywheel-r<round>-<workspace hash>-<attempt>``: unique per run (its workspace) and per attempt (a
+    retried step must not collide with the TrainJob of the attempt before it), short enough for JobSet."""
+    import hashlib
+    import secrets
+
+    run = hashlib.sha256(str(workspace).encode()).hexdigest()[:10]
+    return f"flywheel-r{round_index}-{run}-{attempt or secrets.token_hex(3)}"
+
+
 def example_trainjob() -> dict:
     """The TrainJob of ``infra/trainer/trainjob-example.yaml`` (round 3 of the default recipe on 2 nodes)."""
     from flywheel.config import load_config
 
-    config = load_config(None, ["train.num_nodes=2"])
+    config = load_config(None, ["train.num_nodes=2", "train.gpus_per_node=4"])
     return trainjob(config, "flywheel-cuda:0.1.0", round_index=3, config_file="/models/run/config.yaml",
                     train_data="/models/run/rounds/3/train.parquet", init_dir="/models/run/rounds/2/champion",
-                    out_dir="/models/run/rounds/3/candidate", gpus_per_node=8)
+                    out_dir="/models/run/rounds/3/candidate", name=trainjob_name("/models/run", 3, "a1b2c3"))
 
 
 TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 
 
-def dns_label(text: str) -> str:
-    """``text`` as a Kubernetes name: lower case, a-z 0-9 '-', at most 63 characters, the end kept
-    (it holds the round number)."""
-    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    if len(label) > 63:
-        label = "f" + label[-62:].lstrip("-")
-    return label
-
-
 def trainjob_state(trainjob_object: dict) -> str:
-    """'complete', 'failed' or 'running' from a TrainJob's ``status.conditions`` (Trainer sets
-    ``Complete`` or ``Failed`` to ``"True"`` when its JobSet ends)."""
+    """'complete', 'failed' or 'running' from a TrainJob's ``status.conditions`` (Trainer copies its JobSet's
+    ``Completed``/``Failed`` condition as ``Complete``/``Failed``; ``Failed`` also for ``DeadlineExceeded``)."""
     conditions = (trainjob_object.get("status") or {}).get("conditions") or []
     for condition in conditions:
         if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
@@ -109,10 +120,11 @@ def trainjob_state(trainjob_object: dict) -> str:
     return "running"
 
 
-def run_trainjob(manifest: dict, *, timeout_s: float = 24 * 3600, poll_s: float = 30.0) -> dict:
+def run_trainjob(manifest: dict, *, timeout_s: float = 24 * 3600, poll_s: float = 30.0, log=print) -> dict:
     """Submit a TrainJob from inside the cluster (the pipeline pod's ServiceAccount may create TrainJobs,
-    infra/base/runs/rbac.yaml) and wait for it to end. Returns its final object; a failed or timed-out
-    job raises ``InputError`` naming the job, so the pipeline step fails with one line.
+    infra/base/runs/rbac.yaml), wait for it to end, copy its rank-0 node's log into this step's log, and
+    delete it (its JobSet and pods go with it) whether it completed, failed or timed out. Returns its final
+    object; a failed or timed-out job raises ``InputError`` naming the job, so the step fails in one line.
 
     Not exercised in this repository's tests: they have no cluster. ``trainjob_state`` is tested.
     """
@@ -125,13 +137,36 @@ def run_trainjob(manifest: dict, *, timeout_s: float = 24 * 3600, poll_s: float 
     group, version, plural = TRAINJOB_API
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     api.create_namespaced_custom_object(group, version, namespace, plural, manifest)
+    log(f"trainjob {namespace}/{name}: submitted ({manifest['spec']['trainer']['numNodes']} nodes)")
     deadline = time.monotonic() + timeout_s
-    while True:
-        current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
-        state = trainjob_state(current)
-        if state == "complete":
-            return current
-        if state == "failed" or time.monotonic() > deadline:
-            raise InputError(f"trainjob/{namespace}/{name}", "failed" if state == "failed" else
-                             f"did not finish within {timeout_s:.0f} s", field="status")
-        time.sleep(poll_s)
+    try:
+        while True:
+            current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
+            state = trainjob_state(current)
+            if state == "complete":
+                return current
+            if state == "failed" or time.monotonic() > deadline:
+                raise InputError(f"trainjob/{namespace}/{name}", "failed" if state == "failed" else
+                                 f"did not finish within {timeout_s:.0f} s", field="status")
+            time.sleep(poll_s)
+    finally:
+        _copy_node_log(client.CoreV1Api(), namespace, name, log)
+        api.delete_namespaced_custom_object(group, version, namespace, plural, name,
+                                            body=client.V1DeleteOptions(propagation_policy="Foreground"))
+        log(f"trainjob {namespace}/{name}: deleted")
+
+
+def node_zero_selector(name: str) -> str:
+    """The label selector of a TrainJob's rank-0 pod (JobSet and Job controller labels)."""
+    return (f"jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=node,"
+            "batch.kubernetes.io/job-completion-index=0")
+
+
+def _copy_node_log(core, namespace: str, name: str, log, tail_lines: int = 2000) -> None:
+    try:
+        pods = core.list_namespaced_pod(namespace, label_selector=node_zero_selector(name)).items
+        for pod in pods:
+            text = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="node", tail_lines=tail_lines)
+            log(f"--- {pod.metadata.name} (rank 0), last {tail_lines} lines ---\n{text}")
+    except Exception as error:  # the log is a courtesy: never hide the job's own outcome behind it
+        log(f"trainjob {namespace}/{name}: could not read the rank-0 log ({error})")

@@ -236,7 +236,8 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
     init = config.train.start_from(artifacts.model_path(champion), Path(config.seed.path))
     if config.train.num_nodes > 1:
         # Several nodes: a Kubeflow Trainer TrainJob runs `torchrun -m flywheel.cli train` on every node
-        # over the shared volume (rank 0 writes the candidate); this step submits it and waits.
+        # over the shared volume (rank 0 writes the candidate); this step (no GPU of its own) submits it,
+        # waits, copies rank 0's log here and deletes it.
         from flywheel import infra, io
         from flywheel.config import dump_config
         from flywheel.kubeflow.components import GPU_IMAGE
@@ -245,11 +246,12 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         config_file = here / "train-config.yaml"
         with io.atomic_path(config_file) as tmp:
             tmp.write_text(dump_config(config))
+        # A new name per attempt: a retried step never meets the TrainJob of the attempt before it.
         manifest = infra.trainjob(config, GPU_IMAGE, round_index=round_index, config_file=str(config_file),
                                   train_data=str(here / METHOD_DATA[config.train.method][0]), init_dir=str(init),
-                                  out_dir=str(here / "candidate"),
-                                  name=infra.dns_label(f"flywheel-train-{Path(workspace).name}-r{round_index}"))
-        infra.run_trainjob(manifest)
+                                  out_dir=str(here / "candidate"), timeout_s=config.kubeflow.gpu_step_timeout_s,
+                                  name=infra.trainjob_name(workspace, round_index))
+        infra.run_trainjob(manifest, timeout_s=config.kubeflow.gpu_step_timeout_s)
         summary = {"train_rows": None, "num_nodes": config.train.num_nodes}
     else:
         from flywheel.kubeflow.preflight import check_gpu
