@@ -14,14 +14,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN groupadd --gid 1000 flywheel && useradd --uid 1000 --gid 1000 --create-home flywheel
 
-# torch first and from the CPU index: the project's `torch>=2.4` would otherwise pull the CUDA build.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
-
 WORKDIR /opt/flywheel
+COPY images/constraints.txt ./constraints.txt
+# torch first and from the CPU index (the project's `torch>=2.4` would otherwise pull the CUDA build); its
+# dependencies come with the project below, from PyPI at the lock's versions.
+RUN pip install --no-cache-dir --no-deps --constraint constraints.txt \
+    --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY src ./src
+# The seed the default recipe starts from: the preflight step copies it onto the shared volume.
+COPY seed ./seed
+ENV FLYWHEEL_HOME=/opt/flywheel
 # [cluster]: DVC's S3 remote; psycopg2 and boto3: the MLflow server's PostgreSQL store and S3 artifacts.
-RUN pip install --no-cache-dir ".[cluster]" psycopg2-binary==2.9.13 boto3==1.43.117
+# images/constraints.txt: the one lock both images install from (same versions on CPU and GPU steps).
+RUN pip install --no-cache-dir --constraint constraints.txt ".[cluster]" psycopg2-binary==2.9.13 boto3==1.43.117
 
 USER 1000:1000
 WORKDIR /home/flywheel

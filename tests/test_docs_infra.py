@@ -42,10 +42,10 @@ def test_flywheel_commands_in_the_doc_parse():
     from flywheel.cli import build_parser
 
     found = [c for b in blocks() for c in commands(b) if c.startswith("flywheel ")]
-    assert {c.split()[2] for c in found} == {"push", "commit"}
+    assert {c.split()[2] for c in found} == {"push", "commit", "upload", "run", "schedule"}
     for command in found:
         args = build_parser().parse_args(shlex.split(command)[1:])
-        assert args.command == "data"
+        assert args.command in ("data", "pipeline")
 
 
 def test_paths_named_in_the_doc_exist():

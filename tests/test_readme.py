@@ -68,10 +68,10 @@ def test_flywheel_commands_parse_and_the_cheap_ones_run(workdir):
 
 
 def test_run_on_kubeflow_commands_as_far_as_no_cluster_allows(tmp_path):
-    """The README's Kubeflow block: compile reproduces the committed YAML, `kubectl kustomize` renders,
-    and run/schedule against a host with nothing listening fail in one line with exit code 2."""
+    """The README's Kubeflow blocks: compile reproduces the committed YAML, `kubectl kustomize` renders,
+    and upload/run/schedule against a host with nothing listening fail in one line with exit code 2."""
     found = commands("flywheel pipeline")
-    assert {c.split()[2] for c in found} == {"compile", "run", "schedule"}
+    assert {c.split()[2] for c in found} == {"compile", "upload", "run", "schedule"}
     for command in found:
         if command.split()[2] == "compile":
             result = run(f"{command} --out-dir {tmp_path}", ROOT)
