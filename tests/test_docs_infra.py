@@ -1,7 +1,6 @@
 """docs/kubeflow-infra.md: every bash block without a `# needs ...` first line is run; the others (a cluster
 or a registry) are not runnable here, but their `flywheel` commands must parse and their paths exist."""
 
-import os
 import re
 import shlex
 import shutil

@@ -133,19 +133,23 @@ def _assert_same_samples(merged: list[dict], whole: list[dict]) -> None:
 # --- the N-round pipeline under kfp.local against flywheel.loop.run_loop ---------------------------------
 
 
-def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str]):
-    """Two rounds (stopping at the first decline) as a kfp.local pipeline and as ``run_loop``."""
+def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str], knobs: dict | None = None):
+    """Two rounds (stopping at the first decline) as a kfp.local pipeline and as ``run_loop``.
+
+    ``knobs``: typed pipeline parameters (``gate_alpha=...``) the pipeline gets instead of ``extra``'s keys,
+    which only the loop's config holds: the UI's path, checked against the loop's."""
     from kfp import local
 
     from flywheel.kubeflow.pipelines import make_flywheel
     from flywheel.loop import run_loop
     from flywheel.tracking import Tracker
 
-    overrides = [f"seed.path={tiny_seed}", "loop.progress=false", "loop.rounds=2", "loop.stop_on_decline=true",
-                 *extra]
-    loop_config = load_config(_smoke(), overrides + [f"loop.out_dir={base / 'loop'}",
+    overrides = [f"seed.path={tiny_seed}", "loop.progress=false", "loop.rounds=2", "loop.stop_on_decline=true"]
+    loop_config = load_config(_smoke(), overrides + extra + [f"loop.out_dir={base / 'loop'}",
                                                      f"tracking.uri=sqlite:///{base / 'loop.db'}"])
-    pipeline_config = load_config(_smoke(), overrides + [f"tracking.uri=sqlite:///{base / 'pipeline.db'}"])
+    pipeline_extra = [] if knobs else extra
+    pipeline_config = load_config(_smoke(), overrides + pipeline_extra
+                                  + [f"tracking.uri=sqlite:///{base / 'pipeline.db'}"])
     cwd = os.getcwd()
     os.chdir(base)  # MLflow's default artifact root (./mlruns) and kfp.local's files stay in tmp
     # kfp.local logs (and then treats as false) a dsl.If condition it cannot resolve or evaluate.
@@ -156,7 +160,7 @@ def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str]):
                    raise_on_error=True)
         pipeline = make_flywheel(2, pipeline_config)
         task = pipeline(config_yaml=dump_config(pipeline_config), workspace=str(base / "workspaces"), shards=2,
-                        dvc_remote="")
+                        dvc_remote="", **(knobs or {}))
         report = run_loop(loop_config, tracker=Tracker(loop_config.tracking))
     finally:
         os.chdir(cwd)
@@ -168,9 +172,11 @@ def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str]):
 
 @pytest.fixture(scope="module")
 def pipeline_and_loop(tmp_path_factory, tiny_seed):
-    """Both rounds run: ``gate.alpha=1.0`` (no significance test) and ``min_gain=-1`` promote the tiny
-    model's candidates, so round 2 runs inside round 1's nested ``dsl.If``."""
-    return _run_pipeline_and_loop(tmp_path_factory.mktemp("kubeflow"), tiny_seed, ["gate.alpha=1.0"])
+    """Both rounds run: ``gate.alpha=1.0`` (no significance test) promotes the tiny model's candidates, so
+    round 2 runs inside round 1's nested ``dsl.If``. The pipeline gets it as its typed ``gate_alpha``
+    parameter (what a UI user turns), the loop in its config: same decisions means the knob arrived."""
+    return _run_pipeline_and_loop(tmp_path_factory.mktemp("kubeflow"), tiny_seed, ["gate.alpha=1.0"],
+                                  knobs={"gate_alpha": 1.0})
 
 
 class _Records(logging.Handler):

@@ -49,7 +49,7 @@ def test_a_bad_cron_is_rejected_before_any_network_call(cron, message, capsys):
     if message is None:  # a valid expression goes on to the (unreachable) host
         assert code == 2 and "cannot reach" in err
     else:  # the cron error, not the connection error: the host was never contacted
-        assert code == 2 and f"--cron: " in err and message in err and "cannot reach" not in err
+        assert code == 2 and "--cron: " in err and message in err and "cannot reach" not in err
 
 
 def test_cron_becomes_kfp_six_field_form():
