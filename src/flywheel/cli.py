@@ -270,6 +270,7 @@ def _dispatch(args) -> int:
     if getattr(args, "quiet", 0):
         config.loop.progress = progress = False
 
+    _check_outputs(args)  # a bad output path fails now, not after the compute
     if args.command == "run":
         mode = "resume" if args.resume else "restart" if args.restart else "new"
         return _run(config, track=not args.no_track, mode=mode)
@@ -424,6 +425,24 @@ def _data(args) -> int:
 def _dvc_loop_key(root: Path) -> str:
     """``dvc repro``'s parent run is one per data directory: its track stages and its report share it."""
     return f"dvc:{Path(root).resolve()}"
+
+
+# Each stage command's outputs: (argument, a directory?). Checked before any model loads.
+STAGE_OUTPUTS = {
+    "prompts": [("out_dir", True)], "generate": [("out", False)], "vote": [("out_dir", True)],
+    "curate": [("round_dir", True)], "train": [("out", True)], "evaluate": [("out_dir", True)],
+    "gate": [("out", False), ("next_champion", True)], "track": [("out", False)], "seed": [("out", True)],
+    "prepare": [("root", True)],
+}
+
+
+def _check_outputs(args) -> None:
+    from flywheel.io import check_output
+
+    for name, directory in STAGE_OUTPUTS.get(args.command, []):
+        value = getattr(args, name, None)
+        if value is not None:
+            check_output(value, directory=directory, flag="--" + name.replace("_", "-"))
 
 
 def _track(config, root: Path, round_index: int, out: Path) -> dict:

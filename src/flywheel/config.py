@@ -8,6 +8,7 @@ those params. Unknown keys and wrong types are ``InputError``s naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -579,7 +580,7 @@ def _coerce(value: Any, kind, source: str, key: str):
         return float(value)
     if kind is float and isinstance(value, str):
         try:
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
         except ValueError:
             pass
     base = typing.get_origin(kind) or kind
@@ -592,6 +593,8 @@ def _coerce(value: Any, kind, source: str, key: str):
     if not ok:
         raise InputError(source, f"expected {getattr(base, '__name__', base)}, got {type(value).__name__} {value!r:.40}",
                          field=key)
+    if base is float and not math.isfinite(value):  # NaN fails no comparison: it would switch a check off
+        raise InputError(source, f"must be a finite number, got {value!r}", field=key)
     return value
 
 

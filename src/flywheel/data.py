@@ -83,6 +83,9 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
                              field=mapping["prompt"])
         if not prompt.strip():
             raise InputError(source, "prompt is empty", row=index, field=mapping["prompt"])
+        problem = getattr(task, "prompt_issue", lambda _: None)(prompt)
+        if problem:
+            raise InputError(source, problem, row=index, field=mapping["prompt"])
         raw_id = record.get(mapping["id"])
         row_id = f"row-{index - 1}" if raw_id is None else str(raw_id)
         if row_id in seen:

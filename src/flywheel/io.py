@@ -72,9 +72,44 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def check_output(path: str | os.PathLike, *, directory: bool = False, flag: str | None = None) -> Path:
+    """Before any compute: ``path`` can be written as a file (``directory``: a directory). A directory where a
+    file belongs, a file where a directory belongs, a parent that is a file or not writable: one line."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        what = "a directory" if path.is_dir() else "a file"
+        raise InputError(path, f"is {what}; expected {'a directory' if directory else 'a file path'}", field=flag)
+    ancestor = path if path.exists() else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(path, f"cannot be created: {ancestor} is a file", field=flag)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot be written: {ancestor} is not writable by this user", field=flag)
+    return path
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Standard JSON (no NaN or Infinity tokens, which other parsers reject): an undefined number is null."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(finite_or_null(obj), indent=2, sort_keys=True, default=_json_default,
+                                  allow_nan=False) + "\n")
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (numpy's too) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -118,6 +153,7 @@ def read_rows(path: str | os.PathLike, schema: Schema) -> list[dict]:
             raise InputError(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     for index, row in enumerate(rows, start=1):
         schema.check(row, source=path, row=index)
+    schema.check_unique(rows, source=path)
     return rows
 
 

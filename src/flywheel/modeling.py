@@ -95,7 +95,7 @@ def member_dirs(model_dir: str | os.PathLike) -> list[Path]:
     """
     model_dir = resolve_model(model_dir)
     if (model_dir / "config.json").is_file():
-        return [model_dir]
+        return [_checked_member(model_dir)]
     meta_path = model_dir / MODEL_META
     if not meta_path.is_file():
         raise InputError(model_dir, f"not a model directory (no config.json and no {MODEL_META})")
@@ -103,11 +103,27 @@ def member_dirs(model_dir: str | os.PathLike) -> list[Path]:
         members = json.loads(meta_path.read_text())["members"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise InputError(meta_path, "malformed model metadata", field="members") from None
+    if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+        raise InputError(meta_path, "expected a list of member directory names", field="members")
     paths = [model_dir / name for name in members]
     for path in paths:
         if not (path / "config.json").is_file() and not is_adapter(path):
             raise InputError(path, "committee member has no config.json (and is not a LoRA adapter)")
+        if (path / "config.json").is_file():
+            _checked_member(path)
     return paths
+
+
+def _checked_member(path: Path) -> Path:
+    """A Hugging Face model directory whose config.json is a JSON object (else transformers fails deep inside)."""
+    config = path / "config.json"
+    try:
+        parsed = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(config, f"not valid JSON ({error})") from None
+    if not isinstance(parsed, dict):
+        raise InputError(config, "expected a JSON object")
+    return path
 
 
 def is_adapter(path: str | os.PathLike) -> bool:

@@ -6,6 +6,7 @@ read with ``io.read_rows``, which checks each row and names the first bad field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ class Column:
 class Schema:
     name: str
     columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()  # columns whose values together are unique per row (ids); checked on read
 
     @property
     def names(self) -> list[str]:
@@ -49,6 +51,22 @@ class Schema:
                                  row=row, field=column.name)
             if column.nonempty and isinstance(value, str) and not value.strip():
                 raise InputError(source, "must not be empty", row=row, field=column.name)
+            if column.type is float and not math.isfinite(value):
+                # NaN compares false with every threshold, so one NaN would pass every filter downstream.
+                raise InputError(source, f"must be a finite number, got {value!r}", row=row, field=column.name)
+
+    def check_unique(self, rows: list[dict], *, source) -> None:
+        """Raise ``InputError`` naming the second row whose ``key`` repeats an earlier row's."""
+        if not self.key:
+            return
+        seen: dict[tuple, int] = {}
+        for index, row in enumerate(rows, start=1):
+            value = tuple(row.get(name) for name in self.key)
+            if value in seen:
+                shown = value[0] if len(value) == 1 else dict(zip(self.key, value))
+                raise InputError(source, f"duplicate {self.name} {shown!r} (first in row {seen[value]})", row=index,
+                                 field=",".join(self.key))
+            seen[value] = index
 
 
 def _is_type(value, expected: type) -> bool:
@@ -69,7 +87,7 @@ PROMPTS = Schema("prompt", (
     Column("bucket", str, required=False),  # what evaluate groups by (digit length for addition)
     Column("meta", str, required=False),  # JSON object, task-specific
     Column("answer", str, required=False),  # hidden truth: eval and audit sets only, never trained on
-))
+), key=("id",))
 
 SAMPLES = Schema("sample", (
     Column("prompt_id", str),
@@ -79,7 +97,7 @@ SAMPLES = Schema("sample", (
     Column("answer", str, required=False),  # null when no answer could be extracted
     Column("n_tokens", int),
     Column("logprob", float),  # sum of token log-probabilities under the sampling distribution
-))
+), key=("prompt_id", "voter", "sample_idx"))
 
 VOTES = Schema("vote", (
     Column("prompt_id", str),
@@ -88,14 +106,14 @@ VOTES = Schema("vote", (
     Column("entropy", float),  # nats, over answer classes (no-answer counts as its own class)
     Column("n_samples", int),
     Column("n_answers", int),  # distinct answers
-))
+), key=("prompt_id",))
 
 AGREEMENT = Schema("agreement", (
     Column("prompt_id", str),
     Column("sample_idx", int),
     Column("voter", int),
     Column("agrees", bool),
-))
+), key=("prompt_id", "voter", "sample_idx"))
 
 CURATED = Schema("curated", (
     Column("prompt", str, nonempty=True),

@@ -53,6 +53,7 @@ class Tracker:
     def __init__(self, config: TrackingConfig):
         import mlflow
 
+        check_reachable(config.uri)
         self.config = config
         self.mlflow = mlflow
         # How a registered model answers prompts (flywheel.mlflow_model), set by the loop's config.
@@ -319,6 +320,27 @@ class Tracker:
         self.client.set_terminated(run_id)
         return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"],
                 "promotion": promotion, "started_from": started_from, "champion_version": holder}
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """An MLflow server that does not answer is one line within seconds, before any work (MLflow's own client
+    retries for minutes and then raises a traceback). Local stores (sqlite, file) need no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from flywheel.errors import InputError
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy or an older server without /health): the client will say more
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise InputError(uri, f"MLflow tracking server does not answer within {timeout_s:g} s ({reason}); start it, "
+                         "fix tracking.uri, or run with --no-track", field="tracking.uri") from None
 
 
 def output_digests(round_dir: Path) -> dict[str, str]:

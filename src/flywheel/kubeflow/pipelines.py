@@ -290,10 +290,11 @@ def max_rounds() -> int:
 def compile_all(out_dir: Path = COMPILED_DIR, rounds: int = DEFAULT_ROUNDS,
                 config: FlywheelConfig | None = None) -> list[Path]:
     """Write ``flywheel_round.yaml`` and ``flywheel.yaml`` (``rounds`` unrolled) to ``out_dir``."""
+    built = (("flywheel_round", make_flywheel_round(config)), ("flywheel", make_flywheel(rounds, config)))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the round count was accepted
     paths = []
-    for name, pipeline in (("flywheel_round", make_flywheel_round(config)), ("flywheel", make_flywheel(rounds, config))):
+    for name, pipeline in built:
         path = out_dir / f"{name}.yaml"
         compile_checked(pipeline, path)
         paths.append(path)

@@ -81,7 +81,9 @@ def evaluate_model(model_dir: Path, eval_rows: list[dict], config: EvaluateConfi
 def run_evaluate(eval_path: Path, candidate_dir: Path, champion_dir: Path, out_dir: Path, config: EvaluateConfig,
                  *, task, device: str = "cpu", progress: bool = False) -> dict:
     """Shell: eval set + both models -> metrics.json, predictions.parquet."""
-    eval_rows = io.read_rows(eval_path, schemas.PROMPTS)
+    from flywheel.tasks.base import check_prompts
+
+    eval_rows = check_prompts(task, io.read_rows(eval_path, schemas.PROMPTS), eval_path)
     for index, row in enumerate(eval_rows, start=1):
         if row.get("answer") is None:
             raise io.InputError(eval_path, "eval rows need a reference answer", row=index, field="answer")

@@ -24,7 +24,7 @@ from flywheel.generation import GenerationBackend, HFBackend, VLLMBackend, choos
 from flywheel.modeling import load_member, member_dirs
 from flywheel.precision import resolve_precision
 from flywheel.seeding import derive_seed
-from flywheel.tasks.base import render_message, render_prompt
+from flywheel.tasks.base import check_prompts, render_message, render_prompt
 
 
 def generate(prompts: list[dict], backends: list[GenerationBackend], config: GenerateConfig, *, task,
@@ -154,7 +154,8 @@ def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: Ge
                  shards: int = 1, code: CodeConfig | None = None) -> dict:
     """Shell: prompts.parquet + champion -> samples.parquet (of one shard of the prompts with ``shards`` > 1;
     ``code``: the code task's generated tests)."""
-    prompts = shard_rows(io.read_rows(prompts_path, schemas.PROMPTS), shard, shards)
+    prompts = check_prompts(task, io.read_rows(prompts_path, schemas.PROMPTS), prompts_path)
+    prompts = shard_rows(prompts, shard, shards)
     backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress,
                              precision=config.dtype, config=config)
     rows = generate(prompts, backends, config, task=task, round_index=round_index, code=code)

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import math
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -79,14 +80,53 @@ def _fit(trainer, *, steps: int, rows: int, progress: bool) -> dict:
     trainer.remove_callback(ProgressCallback)
     if progress:
         trainer.add_callback(_labelled_progress())
+    guard = _finite_loss_guard()
+    trainer.add_callback(guard)
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start
     # The loss curve as (step, loss, learning rate): MLflow plots it under the round's run (tracking.log_round).
     curve = [[int(e["step"]), float(e["loss"]), float(e.get("learning_rate", 0.0))]
              for e in trainer.state.log_history if "loss" in e and "step" in e]
+    check_finite(trainer.model, guard.bad, float(output.training_loss), trainer.args.learning_rate)
     return {"train_loss": float(output.training_loss), "final_loss": curve[-1][1] if curve else None,
             "train_seconds": seconds, "steps": steps, "rows": rows, "loss_curve": curve}
+
+
+def _finite_loss_guard():
+    """Stops training at the first logged loss that is NaN or infinite (a diverged run trains no further)."""
+    from transformers import TrainerCallback
+
+    class FiniteLossGuard(TrainerCallback):
+        bad: tuple | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss) and self.bad is None:
+                self.bad = (state.global_step, loss)
+                control.should_training_stop = True
+
+    return FiniteLossGuard()
+
+
+def check_finite(model, bad_log: tuple | None, training_loss: float, learning_rate: float) -> None:
+    """One line, and no candidate written, when training diverged: a non-finite logged loss, mean loss or weight.
+    Without it a NaN model is saved, scores 0 and reports a finite loss."""
+    import torch
+
+    where = None
+    if bad_log is not None:
+        where = f"the loss became {bad_log[1]} at step {bad_log[0]}"
+    elif not math.isfinite(training_loss):
+        where = f"the mean training loss is {training_loss}"
+    else:
+        for name, parameter in model.named_parameters():
+            if not torch.isfinite(parameter.detach()).all():
+                where = f"weight {name} holds NaN or infinity"
+                break
+    if where:
+        raise io.InputError("train", f"training diverged: {where}; lower train.learning_rate (now {learning_rate:g})",
+                         field="train.learning_rate")
 
 
 def _labelled_progress():

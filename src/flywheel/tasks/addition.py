@@ -15,11 +15,25 @@ from __future__ import annotations
 
 import json
 import random
+import re
+
+
+# The longest operand a prompt may have: far beyond any model's context, short of Python's int() limit.
+MAX_DIGITS = 1000
+_PROMPT = re.compile(r"^[0-9]{1,%d}\+[0-9]{1,%d}=$" % (MAX_DIGITS, MAX_DIGITS))
 
 
 class ReversedAddition:
     name = "addition"
     chat = False  # the char-level model reads "71+52=" as is
+
+    def prompt_issue(self, question: str) -> str | None:
+        """Why ``question`` is not an addition prompt (``<digits>+<digits>=``), else None."""
+        if len(question) > 2 * MAX_DIGITS + 2 or not _PROMPT.match(question):
+            shown = question if len(question) <= 40 else question[:37] + "..."
+            return (f"not an addition prompt (<digits>+<digits>=, at most {MAX_DIGITS} digits each): "
+                    f"{shown!r} ({len(question)} characters)")
+        return None
 
     def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         if bucket < 1:

@@ -66,6 +66,20 @@ class Task(Protocol):
 JUDGE_INSTRUCTION = "Is the candidate answer correct? Reply with yes or no."
 
 
+def check_prompts(task, rows: list[dict], source, field: str = "prompt") -> list[dict]:
+    """Every prompt row's question is one the task can pose (``task.prompt_issue``; tasks without that
+    method take any text): a bad row is one line naming the file, the row and the field."""
+    from flywheel.errors import InputError
+
+    issue = getattr(task, "prompt_issue", None)
+    if issue is not None:
+        for index, row in enumerate(rows, start=1):
+            problem = issue(row["prompt"])
+            if problem:
+                raise InputError(source, problem, row=index, field=field)
+    return rows
+
+
 def judge_message(question: str, completion: str) -> str:
     """The yes/no judge request of ``vote.method=self_judge`` for chat tasks (math and code use it)."""
     return f"Question:\n{question}\n\nCandidate answer:\n{completion}\n\n{JUDGE_INSTRUCTION}"
