@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,3 +68,40 @@ def test_bad_parquet(tmp_path):
         io.read_rows(nulls, schemas.PROMPTS)
     with pytest.raises(InputError, match="file not found"):
         io.read_rows(tmp_path / "missing.parquet", schemas.PROMPTS)
+
+
+def test_a_stage_that_fails_while_writing_publishes_none_of_its_outputs(tmp_path):
+    from flywheel import io
+
+    (tmp_path / "votes.parquet").write_text("old votes")
+    (tmp_path / "vote.json").write_text("old summary")
+    with pytest.raises(RuntimeError):
+        with io.publish_together(tmp_path) as staged:
+            staged("votes.parquet").write_text("new votes")
+            raise RuntimeError("killed between two outputs")
+    assert (tmp_path / "votes.parquet").read_text() == "old votes"  # nothing mixed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vote.json", "votes.parquet"]
+    with io.publish_together(tmp_path) as staged:
+        staged("votes.parquet").write_text("new votes")
+        staged("vote.json").write_text("new summary")
+        (staged("champion")).mkdir()
+        (tmp_path / "champion").mkdir(exist_ok=True)
+    assert (tmp_path / "votes.parquet").read_text() == "new votes" and (tmp_path / "vote.json").read_text() == "new summary"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["champion", "vote.json", "votes.parquet"]
+
+
+def test_leftovers_of_killed_writes_are_removed_and_never_digested(tmp_path):
+    from flywheel import io
+    from flywheel.versioning import digest
+
+    (tmp_path / "samples.parquet").write_text("rows")
+    clean = digest(tmp_path)
+    (tmp_path / ".samples.parquet.k3j2.tmp").write_text("half a file")
+    (tmp_path / ".candidate.x8.tmp").mkdir()
+    (tmp_path / ".candidate.x8.tmp" / "model.safetensors").write_text("half a model")
+    (tmp_path / ".champion.old").mkdir()
+    assert digest(tmp_path) == clean  # a killed write never changes the round's digest (MLflow, DVC push)
+    removed = io.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == [".candidate.x8.tmp", ".champion.old", ".samples.parquet.k3j2.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.parquet"]
+    assert ".*.tmp" in (Path(__file__).resolve().parents[1] / ".dvcignore").read_text()

@@ -1,19 +1,31 @@
-"""The sandbox: outputs of good code, and the limits (network, time incl. children, memory, working directory)."""
+"""The sandbox: outputs of good code, the limits (network, time incl. children, memory, CPU, output), and what a
+hostile program tries: outlive the run, hold its pipes open, flood its output, kill the flywheel, read the
+round's hidden labels, write outside its directory, fork without end. Strict mode contains all of it; the
+weak mode's limits are tested too, and what it cannot contain is said in flywheel.sandbox."""
 
 import os
 import signal
 import socket
 import textwrap
+import time
+import uuid
 
 import pytest
 
-from flywheel.sandbox import Limits, network_isolation, run_program
+from flywheel.errors import InputError
+from flywheel.sandbox import Limits, network_isolation, require, run_program, strict_available
+
+STRICT_OK, WHY = strict_available()
+needs_strict = pytest.mark.skipif(not STRICT_OK, reason=f"no namespaces on this machine: {WHY}")
+MODES = [pytest.param("strict", marks=needs_strict), "weak"]
 
 
-def test_returns_outputs_of_good_code():
-    script = run_program("a, b = map(int, input().split())\nprint(a * b)", stdin="6 7\n")
+@pytest.mark.parametrize("mode", MODES)
+def test_returns_outputs_of_good_code(mode):
+    limits = Limits(mode=mode)
+    script = run_program("a, b = map(int, input().split())\nprint(a * b)", stdin="6 7\n", limits=limits)
     assert script.ok and script.stdout == "42\n"
-    calls = run_program("def f(x):\n    return [x, x * 2]", calls=["f(2)", "f('a')", "f()"])
+    calls = run_program("def f(x):\n    return [x, x * 2]", calls=["f(2)", "f('a')", "f()"], limits=limits)
     assert calls.ok and calls.results == ["[2, 4]", "['a', 'aa']", "error:TypeError"]
 
 
@@ -27,7 +39,8 @@ def listener():
     server.close()
 
 
-def test_refuses_network(listener):
+@pytest.mark.parametrize("mode", MODES)
+def test_refuses_network(listener, mode):
     port = listener.getsockname()[1]
     program = textwrap.dedent(f"""
         import socket
@@ -36,7 +49,7 @@ def test_refuses_network(listener):
         s.connect(("127.0.0.1", {port}))
         print("connected")
     """)
-    result = run_program(program)
+    result = run_program(program, limits=Limits(mode=mode))
     assert "connected" not in result.stdout
     assert result.returncode != 0
     with pytest.raises(socket.timeout):
@@ -44,19 +57,19 @@ def test_refuses_network(listener):
     assert network_isolation() in ("unshare", "audit-hook")
 
 
-def test_audit_hook_refuses_network_without_a_namespace(listener, monkeypatch):
+def test_weak_mode_audit_hook_refuses_network_without_a_namespace(listener, monkeypatch):
     import flywheel.sandbox
 
     monkeypatch.setattr(flywheel.sandbox, "network_isolation", lambda: "audit-hook")
     port = listener.getsockname()[1]
-    result = run_program(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\nprint('connected')")
+    result = run_program(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\nprint('connected')",
+                         limits=Limits(mode="weak"))
     assert "connected" not in result.stdout
     assert "network access is disabled in the sandbox" in result.stderr
 
 
+@needs_strict
 def test_network_namespace_holds_for_spawned_processes(listener):
-    if network_isolation() != "unshare":
-        pytest.skip("no network namespace on this machine: only the in-process audit hook applies")
     port = listener.getsockname()[1]
     # A fresh interpreter has no audit hook; only the namespace stops it.
     program = textwrap.dedent(f"""
@@ -69,43 +82,169 @@ def test_network_namespace_holds_for_spawned_processes(listener):
     assert result.ok and "connected" not in result.stdout
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[1][0] != "Z"  # a zombie is dead, merely unreaped
-    except FileNotFoundError:
-        return False
+def _running(marker: str) -> list[int]:
+    """Host processes whose command line holds ``marker`` (zombies excluded)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as handle:
+                zombie = handle.read().split(") ")[1][0] == "Z"
+        except OSError:
+            continue
+        if marker in command and not zombie:
+            found.append(int(entry))
+    return found
 
 
-def test_time_limit_kills_the_program_and_its_children():
-    program = textwrap.dedent("""
+def _sleeper(marker: str, *, setsid: bool) -> str:
+    """A program that starts a child which sleeps (marked) and keeps the program's stdout open."""
+    return textwrap.dedent(f"""
         import subprocess, sys
-        child = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(0.1)"])
-        print(child.pid, flush=True)
-        while True:
-            pass
+        subprocess.Popen([sys.executable, "-c", "import time  # {marker}\\ntime.sleep(60)"],
+                         start_new_session={setsid})
+        print("started", flush=True)
     """)
-    result = run_program(program, limits=Limits(wall_seconds=2, cpu_seconds=60))
+
+
+@needs_strict
+def test_nothing_the_program_starts_outlives_it_even_in_a_new_session():
+    marker = f"flywheel-test-{uuid.uuid4().hex}"
+    start = time.monotonic()
+    result = run_program(_sleeper(marker, setsid=True) + "\nimport time\ntime.sleep(60)",
+                         limits=Limits(wall_seconds=2, cpu_seconds=60))
+    assert result.timed_out and "started" in result.stdout
+    assert time.monotonic() - start < 10
+    time.sleep(0.2)
+    assert _running(marker) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_child_holding_stdout_open_does_not_block_the_run(mode):
+    """The program exits at once; the child it started keeps the pipe open for 60 s."""
+    marker = f"flywheel-test-{uuid.uuid4().hex}"
+    start = time.monotonic()
+    result = run_program(_sleeper(marker, setsid=True), limits=Limits(wall_seconds=5, cpu_seconds=60, mode=mode))
+    elapsed = time.monotonic() - start
+    assert result.stdout == "started\n" and not result.timed_out
+    assert elapsed < 5, f"the run waited {elapsed:.1f} s on a pipe a leftover child held"
+    if mode == "strict":
+        assert _running(marker) == []
+    else:  # weak mode: a setsid child escapes the process group (the reason strict mode exists)
+        for pid in _running(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_time_limit_kills_the_program_and_its_children(mode):
+    marker = f"flywheel-test-{uuid.uuid4().hex}"
+    result = run_program(_sleeper(marker, setsid=False) + "\nwhile True:\n    pass",
+                         limits=Limits(wall_seconds=2, cpu_seconds=60, mode=mode))
     assert result.timed_out and not result.ok
-    child_pid = int(result.stdout.split()[0])
-    assert not _alive(child_pid)
+    time.sleep(0.2)
+    assert _running(marker) == []
 
 
-def test_cpu_limit_kills_a_busy_loop():
-    result = run_program("while True:\n    pass", limits=Limits(wall_seconds=60, cpu_seconds=1))
-    assert not result.timed_out and result.returncode == -signal.SIGXCPU  # RLIMIT_CPU, not the wall clock
+@pytest.mark.parametrize("mode", MODES)
+def test_a_flood_of_output_is_cut_and_costs_the_caller_nothing(mode):
+    limits = Limits(wall_seconds=20, cpu_seconds=20, mode=mode, output_bytes=4096)
+    start = time.monotonic()
+    result = run_program("import sys\nchunk = 'x' * 1_000_000\nfor _ in range(1000):\n    sys.stdout.write(chunk)",
+                         limits=limits)
+    assert result.output_truncated and len(result.stdout) == 4096
+    assert not result.ok and time.monotonic() - start < 15  # killed for the flood, not read to the end
 
 
-def test_memory_limit():
-    result = run_program("block = bytearray(1024 ** 3)\nprint('allocated')", limits=Limits(memory_mb=200))
+@needs_strict
+def test_the_program_cannot_signal_the_flywheel():
+    program = textwrap.dedent(f"""
+        import os
+        print(os.getpid(), os.getppid())
+        try:
+            os.kill({os.getpid()}, 9)  # the flywheel's pid, as the caller sees it
+        except ProcessLookupError:
+            print("no such process")
+        os.kill(os.getppid(), 9)
+    """)
+    result = run_program(program)
+    # Its parent is PID 1 of its own namespace (the sandbox's reaper, which a signal from inside cannot kill);
+    # the flywheel's pid does not exist there.
+    assert result.stdout.split("\n")[:2] == ["2 1", "no such process"]
+    assert result.ok
+
+
+@needs_strict
+def test_the_program_sees_no_project_data_and_writes_only_its_directory(tmp_path):
+    labels = tmp_path / "rounds" / "1" / "audit.parquet"
+    labels.parent.mkdir(parents=True)
+    labels.write_text("the hidden answers")
+    outside = tmp_path / "written-from-the-sandbox"
+    program = textwrap.dedent(f"""
+        import os
+        for path in ({str(labels)!r}, {os.path.abspath(__file__)!r}, "/etc/shadow"):
+            try:
+                print(path, open(path).read()[:20])
+            except OSError as error:
+                print(path, type(error).__name__)
+        for path in ({str(outside)!r}, "/usr/evil", "/sandbox/ok.txt"):
+            try:
+                open(path, "w").write("x")
+                print(path, "written")
+            except OSError as error:
+                print(path, type(error).__name__)
+        print(sorted(os.listdir("/")))
+    """)
+    result = run_program(program)
+    assert result.ok, result.stderr
+    lines = result.stdout.splitlines()
+    assert "the hidden answers" not in result.stdout
+    assert lines[0] == f"{labels} FileNotFoundError" and lines[1].endswith("FileNotFoundError")
+    assert lines[2].split()[-1] in ("FileNotFoundError", "PermissionError")
+    assert lines[3].endswith(("FileNotFoundError", "OSError")) and lines[4].endswith(("OSError", "PermissionError"))
+    assert lines[5] == "/sandbox/ok.txt written"
+    assert not outside.exists()
+    assert str(tmp_path).split("/")[1] not in eval(lines[6]) or str(tmp_path).startswith("/root")
+
+
+@needs_strict
+def test_a_fork_bomb_is_capped_by_the_process_limit():
+    program = textwrap.dedent("""
+        import os, time
+        started = 0
+        for _ in range(200):
+            try:
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                started += 1
+            except OSError:
+                break
+        print(started)
+    """)
+    result = run_program(program, limits=Limits(wall_seconds=10, processes=16))
+    assert result.ok and int(result.stdout) < 16
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_limit_kills_a_busy_loop(mode):
+    result = run_program("while True:\n    pass", limits=Limits(wall_seconds=60, cpu_seconds=1, mode=mode))
+    assert not result.timed_out and result.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_memory_limit(mode):
+    result = run_program("block = bytearray(1024 ** 3)\nprint('allocated')", limits=Limits(memory_mb=200, mode=mode))
     assert "allocated" not in result.stdout
     assert "MemoryError" in result.stderr
 
 
-def test_relative_writes_stay_in_the_sandbox(tmp_path, monkeypatch):
+def test_weak_mode_relative_writes_stay_in_its_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     program = "import os\nopen('out.txt', 'w').write('x')\nprint(os.getcwd())\nprint(os.environ.get('HOME'))"
-    result = run_program(program)
+    result = run_program(program, limits=Limits(mode="weak"))
     assert result.ok
     sandbox_cwd, home = result.stdout.split()
     assert sandbox_cwd == home and sandbox_cwd != str(tmp_path)
@@ -113,7 +252,21 @@ def test_relative_writes_stay_in_the_sandbox(tmp_path, monkeypatch):
     assert not os.path.exists(sandbox_cwd)  # the temporary directory is removed afterwards
 
 
-def test_minimal_environment(monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_minimal_environment(monkeypatch, mode):
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
-    result = run_program("import os\nprint(sorted(os.environ))")
+    result = run_program("import os\nprint(sorted(os.environ))", limits=Limits(mode=mode))
     assert "SECRET_TOKEN" not in result.stdout
+
+
+def test_strict_mode_refuses_in_one_line_where_namespaces_are_missing(monkeypatch):
+    import flywheel.sandbox
+
+    monkeypatch.setattr(flywheel.sandbox, "strict_available", lambda: (False, "unshare: Operation not permitted"))
+    with pytest.raises(InputError) as error:
+        require(Limits())
+    message = str(error.value)
+    assert "\n" not in message and "code.sandbox" in message and "code.sandbox=weak" in message
+    require(Limits(mode="weak"))  # the opt-in runs without namespaces
+    with pytest.raises(InputError):
+        run_program("print(1)")  # never runs the program unconfined

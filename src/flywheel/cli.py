@@ -439,10 +439,19 @@ STAGE_OUTPUTS = {
 def _check_outputs(args) -> None:
     from flywheel.io import check_output
 
+    from flywheel.io import remove_leftovers
+
     for name, directory in STAGE_OUTPUTS.get(args.command, []):
         value = getattr(args, name, None)
         if value is not None:
             check_output(value, directory=directory, flag="--" + name.replace("_", "-"))
+    for name, directory in STAGE_OUTPUTS.get(args.command, []):
+        value = getattr(args, name, None)
+        if value is not None and args.command not in ("seed", "prepare"):
+            # A re-run starts clean: what a killed run of this stage left beside (or in) its outputs goes.
+            remove_leftovers(value.parent)
+            if directory:
+                remove_leftovers(value)
 
 
 def _track(config, root: Path, round_index: int, out: Path) -> dict:

@@ -163,6 +163,11 @@ class CodeConfig:
     cpu_s: int = _f(5, "CPU seconds per sandbox run (RLIMIT_CPU).")
     memory_mb: int = _f(1024, "Address space per sandbox run in MB (RLIMIT_AS).")
     file_mb: int = _f(16, "Largest file a program may write, in MB (RLIMIT_FSIZE).")
+    sandbox: str = _f("strict", "'strict': each program in its own PID, mount and network namespaces with a private, "
+                      "read-only view of the system and only its temporary directory writable (refuses to run "
+                      "where the kernel allows no namespaces); 'weak' (opt-in): limits and a process group only, "
+                      "the program can read and write the caller's files (flywheel.sandbox).")
+    processes: int = _f(32, "Processes a program may run at once in the strict sandbox (RLIMIT_NPROC).")
     generated_tests: str = _f("missing", "Test inputs written by the model itself, on which the programs vote: "
                               "'missing' (only for problems with no unlabeled test inputs; tests with expected "
                               "outputs or asserts are hidden grading and never vote), 'always' (in addition to "
@@ -175,14 +180,15 @@ class CodeConfig:
         _check(self.generated_tests in GENERATED_TESTS, "code.generated_tests",
                f"must be one of {', '.join(GENERATED_TESTS)}")
         _positive(self, "timeout_s", "cpu_s", "memory_mb", "file_mb", "max_tests", "test_samples",
-                  "test_max_new_tokens")
+                  "test_max_new_tokens", "processes")
+        _check(self.sandbox in ("strict", "weak"), "code.sandbox", "must be one of strict, weak")
         _check(self.memory_mb >= 64, "code.memory_mb", "must be >= 64 (the Python interpreter itself needs it)")
 
     def limits(self):
         from flywheel.sandbox import Limits
 
         return Limits(wall_seconds=self.timeout_s, cpu_seconds=self.cpu_s, memory_mb=self.memory_mb,
-                      file_mb=self.file_mb)
+                      file_mb=self.file_mb, processes=self.processes, mode=self.sandbox)
 
 
 VOTE_METHODS = ("majority", "weighted", "reliability", "self_judge", "reference")

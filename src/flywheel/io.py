@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,6 +65,57 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def publish_together(directory: str | os.PathLike) -> Iterator[Callable[[str], Path]]:
+    """A stage's outputs, published together: yields ``staged(name)``, the path to write output ``name`` to
+    (a file, or a directory the stage creates); on success every staged output replaces its namesake in
+    ``directory`` in one quick pass, on failure none does. So a stage that fails (or is killed) while
+    writing never leaves some new outputs beside old ones."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".publish.", suffix=".tmp", dir=directory))
+    names: list[str] = []
+
+    def staged(name: str) -> Path:
+        names.append(name)
+        return staging / name
+
+    try:
+        yield staged
+        faults.point("publish")
+        for name in names:
+            source, target = staging / name, directory / name
+            if source.is_dir() and target.exists():
+                old = directory / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(source, target)
+                shutil.rmtree(old, ignore_errors=True)
+            elif source.exists():
+                os.replace(source, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
+    """Remove what killed writes left directly in ``directory`` (``.name.XXXX.tmp``, ``.name.old``,
+    ``.publish.XXXX.tmp``): a re-run of a stage starts clean. Returns what it removed."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        if is_leftover(path.name):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def is_leftover(name: str) -> bool:
+    """A name only a killed write leaves behind: hidden, ending in .tmp or .old. Never an output."""
+    return name.startswith(".") and name.endswith((".tmp", ".old"))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

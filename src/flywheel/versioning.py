@@ -38,8 +38,30 @@ def digest(path: str | os.PathLike) -> str:
 
     fs = LocalFileSystem()
     odb = HashFileDB(MemoryFileSystem(), "/flywheel-digest")
-    _, _, obj = build(odb, os.fspath(Path(path).resolve()), fs, "md5")
+    _, _, obj = build(odb, os.fspath(Path(path).resolve()), fs, "md5", ignore=_KilledWrites())
     return obj.hash_info.value
+
+
+class _KilledWrites:
+    """What a killed write leaves (``.name.XXXX.tmp``, ``.name.old``) is never part of an output's digest
+    (the same names .dvcignore lists for `dvc repro`)."""
+
+    def walk(self, fs, path, **kwargs):
+        from flywheel.io import is_leftover
+
+        for root, dirs, files in fs.walk(path, **kwargs):
+            if isinstance(dirs, dict):  # detail=True: name -> info
+                for name in [d for d in dirs if is_leftover(d)]:
+                    del dirs[name]
+                yield root, dirs, {k: v for k, v in files.items() if not is_leftover(k)}
+            else:
+                dirs[:] = [d for d in dirs if not is_leftover(d)]
+                yield root, dirs, [f for f in files if not is_leftover(f)]
+
+    def find(self, fs, path):
+        for root, _, files in self.walk(fs, path):
+            for name in files:
+                yield fs.join(root, name)
 
 
 def check_dvc_rounds(config, environ=os.environ) -> None:

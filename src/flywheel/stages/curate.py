@@ -297,10 +297,11 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
             sum(task.is_correct(task.extract_answer(r["completion"], by_id[r["prompt_id"]]), truth[r["prompt_id"]])
                 for r in audited) / len(audited)
             if audited else None)
-    io.write_rows(round_dir / "curated.parquet", kept, schemas.CURATED)
-    io.write_rows(round_dir / "pool.parquet", pool + kept, schemas.CURATED)
-    io.write_rows(round_dir / "train.parquet", mix, schemas.CURATED)
-    io.write_rows(round_dir / "pairs.parquet", pairs, schemas.CURATED_PAIRS)
-    io.write_rows(round_dir / "rl_prompts.parquet", rl_rows, schemas.RL_PROMPTS)
-    io.write_json(round_dir / "curation.json", report)
+    with io.publish_together(round_dir) as staged:
+        io.write_rows(staged("curated.parquet"), kept, schemas.CURATED)
+        io.write_rows(staged("pool.parquet"), pool + kept, schemas.CURATED)
+        io.write_rows(staged("train.parquet"), mix, schemas.CURATED)
+        io.write_rows(staged("pairs.parquet"), pairs, schemas.CURATED_PAIRS)
+        io.write_rows(staged("rl_prompts.parquet"), rl_rows, schemas.RL_PROMPTS)
+        io.write_json(staged("curation.json"), report)
     return report

@@ -109,8 +109,7 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
     """
     from flywheel.modeling import member_dirs, read_model_meta
     from flywheel.stages.evaluate import PREDICTIONS, read_predictions
-    from flywheel.model_card import read_lineage, round_entry, write_card
-    from flywheel.stages.train import link_or_copy
+    from flywheel.model_card import read_lineage, round_entry
 
     if next_champion is not None:
         member_dirs(candidate_dir), member_dirs(champion_dir)
@@ -119,14 +118,28 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
     if candidate_dir is not None and read_model_meta(candidate_dir).get("trained") is False:
         decision.update(promote=False, reason="no curated data survived this round; the candidate is the "
                                               "champion unchanged (see curation.json)")
-    io.write_json(out_path, decision)
-    if next_champion is not None:
-        # The next champion is the winner's files plus its model card: the winner's history and this round.
-        winner = candidate_dir if decision["promote"] else champion_dir
-        candidate_meta = read_model_meta(candidate_dir)
-        lineage = read_lineage(champion_dir) + [round_entry(candidate_meta.get("round"), decision, candidate_meta)]
+    if next_champion is None:
+        io.write_json(out_path, decision)
+        return decision
+    # The next champion is the winner's files plus its model card: the winner's history and this round.
+    winner = candidate_dir if decision["promote"] else champion_dir
+    candidate_meta = read_model_meta(candidate_dir)
+    lineage = read_lineage(champion_dir) + [round_entry(candidate_meta.get("round"), decision, candidate_meta)]
+    next_champion, out_path = Path(next_champion), Path(out_path)
+    if next_champion.parent.resolve() == out_path.parent.resolve():  # the usual round directory: one publish
+        with io.publish_together(out_path.parent) as staged:
+            _write_next_champion(staged(next_champion.name), winner, lineage, decision)
+            io.write_json(staged(out_path.name), decision)
+    else:  # elsewhere: the champion first, the decision (what marks the round gated) last
         with io.atomic_dir(next_champion) as tmp:
-            shutil.copytree(winner, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
-            write_card(tmp, lineage, decision["buckets"],
-                       promoted_side="candidate" if decision["promote"] else "champion")
+            _write_next_champion(tmp, winner, lineage, decision)
+        io.write_json(out_path, decision)
     return decision
+
+
+def _write_next_champion(target: Path, winner: Path, lineage: list, decision: dict) -> None:
+    from flywheel.model_card import write_card
+    from flywheel.stages.train import link_or_copy
+
+    shutil.copytree(winner, target, copy_function=link_or_copy, dirs_exist_ok=True)
+    write_card(target, lineage, decision["buckets"], promoted_side="candidate" if decision["promote"] else "champion")

@@ -292,7 +292,8 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
     if has_audit:
         truth = read_truth(audit_path)
         summary["pseudo_label_precision"] = pseudo_label_precision(votes, truth, task.is_correct)
-    io.write_rows(out_dir / "votes.parquet", votes, schemas.VOTES)
-    io.write_rows(out_dir / "agreement.parquet", agreement, schemas.AGREEMENT)
-    io.write_json(out_dir / "vote.json", summary)
+    with io.publish_together(out_dir) as staged:
+        io.write_rows(staged("votes.parquet"), votes, schemas.VOTES)
+        io.write_rows(staged("agreement.parquet"), agreement, schemas.AGREEMENT)
+        io.write_json(staged("vote.json"), summary)
     return summary

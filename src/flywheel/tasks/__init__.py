@@ -23,9 +23,12 @@ def load_task(name: str, code=None) -> Task:
 
         return MathTask()
     if name == "code":
+        from flywheel.sandbox import require
         from flywheel.tasks.code import CodeTask
 
-        return CodeTask() if code is None else CodeTask(limits=code.limits())
+        task = CodeTask() if code is None else CodeTask(limits=code.limits())
+        require(task.limits)  # a sandbox this machine cannot provide fails before any stage's work
+        return task
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
 
 
