@@ -29,6 +29,9 @@ ENV FLYWHEEL_HOME=/opt/flywheel
 # images/constraints.txt: the one lock both images install from (same versions on CPU and GPU steps).
 RUN pip install --no-cache-dir --constraint constraints.txt ".[cluster]" psycopg2-binary==2.9.13 boto3==1.43.117
 
+# unshare (util-linux, part of the base system): the code task's strict sandbox (flywheel.sandbox).
+RUN command -v unshare
+
 USER 1000:1000
 WORKDIR /home/flywheel
 CMD ["flywheel", "--help"]

@@ -43,6 +43,9 @@ COPY seed ./seed
 ENV FLYWHEEL_HOME=/opt/flywheel
 RUN pip install --no-cache-dir --constraint constraints.txt ".[gpu,cluster]"
 
+# unshare (util-linux, part of the base system): the code task's strict sandbox (flywheel.sandbox).
+RUN command -v unshare
+
 USER 1000:1000
 WORKDIR /home/flywheel
 CMD ["flywheel", "--help"]
