@@ -76,7 +76,7 @@ def test_cli_names_an_uncached_hub_model_in_one_line(tmp_path, monkeypatch, caps
     from flywheel.cli import main
 
     (tmp_path / "hub").mkdir()
-    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "prompt": "12+34="}) + "\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -102,7 +102,8 @@ def test_push_to_local_remote_and_same_digest_in_mlflow(dvc_repo):
     assert any(remote.rglob("*")), "nothing pushed"
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, uri)  # the registry too: another test's Tracker may have set the global one
     experiment = client.get_experiment_by_name("flywheel-smoke")
     runs = client.search_runs([experiment.experiment_id], "tags.`flywheel.round` = '2'")
     assert len(runs) == 1
