@@ -58,8 +58,9 @@ def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: in
         trained_on = read_model_meta(champion_dir).get("curriculum_bucket")
         bucket = config.bucket_after(trained_on, champion_accuracy(champion_dir).get(str(trained_on)))
         rows = round_prompts(task, config, round_index, bucket)
-    io.write_rows(round_dir / "prompts.parquet", [{**r, "answer": None} for r in rows], schemas.PROMPTS)
-    io.write_rows(round_dir / "audit.parquet", [r for r in rows if r.get("answer") is not None], schemas.PROMPTS)
     summary = {"prompts": len(rows), "bucket": bucket}
-    io.write_json(round_dir / "prompts.json", summary)
+    with io.publish_together(round_dir) as staged:  # the prompts and their hidden answers, never one without
+        io.write_rows(staged("prompts.parquet"), [{**r, "answer": None} for r in rows], schemas.PROMPTS)
+        io.write_rows(staged("audit.parquet"), [r for r in rows if r.get("answer") is not None], schemas.PROMPTS)
+        io.write_json(staged("prompts.json"), summary)
     return summary

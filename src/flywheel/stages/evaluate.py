@@ -104,8 +104,9 @@ def run_evaluate(eval_path: Path, candidate_dir: Path, champion_dir: Path, out_d
         "candidate_correct": task.is_correct(candidate_answers.get(row["id"]), row["answer"]),
     } for row in eval_rows]
     metrics = {"candidate": candidate, "champion": champion}
-    io.write_rows(Path(out_dir) / PREDICTIONS, predictions, PREDICTION_SCHEMA)
-    io.write_json(Path(out_dir) / "metrics.json", metrics)
+    with io.publish_together(out_dir) as staged:
+        io.write_rows(staged(PREDICTIONS), predictions, PREDICTION_SCHEMA)
+        io.write_json(staged("metrics.json"), metrics)
     return metrics
 
 
