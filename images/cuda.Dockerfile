@@ -11,6 +11,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
     HF_HOME=/tmp/huggingface \
     MPLCONFIGDIR=/tmp/matplotlib \
     TRITON_CACHE_DIR=/tmp/triton \

@@ -99,3 +99,21 @@ def test_report_of_a_directory_without_a_loop(workdir):
     result = flywheel("report", "-c", "configs/smoke.yaml", "--root", "nowhere", cwd=workdir)
     assert_clean_error(result, "nowhere", "no loop here", "--root")
     assert not (workdir / "nowhere").exists()
+
+
+def test_an_unreachable_mlflow_server_is_one_line_in_seconds_and_writes_nothing(workdir, tmp_path):
+    """Through the real entry point with its own HOME: no traceback after minutes of retries, and nothing
+    written, not even MLflow's telemetry file in ~/.config (flywheel turns telemetry off)."""
+    import os
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "flywheel.cli", "run", "-c", "configs/smoke.yaml",
+                             "-s", "seed.path=runs/smoke/seed", "-s", "loop.out_dir=fresh",
+                             "-s", "tracking.uri=http://127.0.0.1:9"], cwd=workdir, capture_output=True, text=True,
+                            timeout=300, env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    assert_clean_error(result, "http://127.0.0.1:9", "field 'tracking.uri'", "does not answer")
+    assert time.monotonic() - start < 60
+    assert list(home.iterdir()) == [] and not (workdir / "fresh").exists()

@@ -191,6 +191,7 @@ def setup_logging(verbose: int, quiet: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports, no ~/.config/mlflow (tracking.py)
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
     try:

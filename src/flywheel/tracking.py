@@ -23,6 +23,10 @@ from flywheel.config import FlywheelConfig, TrackingConfig
 from flywheel.mlflow_model import log_pyfunc
 from flywheel.modeling import read_model_meta
 
+# MLflow 3 sends usage telemetry by default and writes ~/.config/mlflow: flywheel reaches no network but the
+# package index and its own tracking server, so it turns that off unless the user set it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 CHAMPION_ALIAS = "champion"
 # Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
 FILES_TAG = "flywheel.files"
