@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,3 +53,30 @@ def tiny_chat_model(tmp_path_factory) -> Path:
     from flywheel.modeling import build_tiny_chat_model
 
     return build_tiny_chat_model(tmp_path_factory.mktemp("chat") / "tiny-chat", seed=0)
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, workers: int = 1):
+    """A real ``mlflow server`` on a free port of 127.0.0.1 (sqlite store, artifacts under ``root``); yields its URI."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                                "--port", str(port), "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                                "--artifacts-destination", str(root / "artifacts"), "--workers", str(workers)],
+                               cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

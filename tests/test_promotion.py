@@ -3,12 +3,7 @@ two rounds that started from the same champion promote at once, exactly one alia
 other round ends ``stale`` with nothing moved."""
 
 import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,40 +11,14 @@ import pytest
 from flywheel import io
 from flywheel.config import load_config
 from flywheel.tracking import CHAMPION_ALIAS, DECLINED, PROMOTED, STALE, Tracker
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import mlflow_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``mlflow server`` with two workers, so two requests really are handled at the same time."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    process = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                                "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-                                "--artifacts-destination", str(root / "artifacts"), "--workers", "2"],
-                               cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), workers=2) as uri:
         yield uri
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _tracker(uri: str, model: str) -> Tracker:

@@ -3,18 +3,15 @@
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from flywheel.cli import build_parser
 from flywheel.config import load_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mlflow_server
 
 BIN = Path(sys.executable).parent
 README = (ROOT / "README.md").read_text()
@@ -97,29 +94,8 @@ def shutil_copy_params(workdir):
     shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_loop_against_a_real_mlflow_server(workdir):
-    port = _free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
-                               "--artifacts-destination", str(workdir / "artifacts"), "--workers", "1"],
-                              cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(1)
-        uri = f"http://127.0.0.1:{port}"
+    with mlflow_server(workdir) as uri:
         result = run(f"flywheel run -c configs/smoke.yaml -s loop.rounds=1 -s tracking.uri={uri}", workdir)
         assert result.returncode == 0, result.stderr
         import mlflow
@@ -129,6 +105,3 @@ def test_loop_against_a_real_mlflow_server(workdir):
         assert len(versions) == 2
         assert client.get_model_version_by_alias("flywheel-smoke", "champion").version in {v.version for v in versions}
         assert any((workdir / "artifacts").rglob("model.safetensors"))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

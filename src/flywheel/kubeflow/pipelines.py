@@ -153,12 +153,15 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
     return gated, tracked
 
 
-def _preflight(*, config_yaml, workspace, seed_uri, dvc_remote, pvc_name, options, placement, knobs: dict,
-               compiled: Knobs):
-    task = c.preflight(config_yaml=config_yaml, workspace_root=workspace, seed_uri=seed_uri, dvc_remote=dvc_remote,
+def _preflight(parameters: dict, *, options: KubeflowConfig, placement: Placement, compiled: Knobs) -> tuple:
+    """Every pipeline's first step, from the pipeline's ``parameters`` (its ``locals()``): returns the run's
+    config as a parameter (for steps outside loops) and as the ``run_config`` artifact (for steps inside)."""
+    task = c.preflight(config_yaml=parameters["config_yaml"], workspace_root=parameters["workspace"],
+                       seed_uri=parameters["seed_uri"], dvc_remote=parameters["dvc_remote"],
                        compiled_knobs=compiled.to_json(), vote_on_gpu=placement.vote_on_gpu,
-                       train_on_gpu=placement.train_on_gpu, **knobs)
-    return _platform(task.set_display_name("preflight"), pvc_name, options, step="preflight", secrets=True)
+                       train_on_gpu=placement.train_on_gpu, **{name: parameters[name] for name in Knobs.keys()})
+    _platform(task.set_display_name("preflight"), parameters["pvc_name"], options, step="preflight", secrets=True)
+    return task.outputs["Output"], task.outputs["run_config"]
 
 
 def _pipeline_config(options: KubeflowConfig) -> dsl.PipelineConfig:
@@ -208,13 +211,7 @@ def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = 
                  min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
                  gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
                  learning_rate: float = knob.learning_rate) -> str:
-        knobs = dict(samples_per_prompt=samples_per_prompt, temperature=temperature, min_vote_share=min_vote_share,
-                     gate_alpha=gate_alpha, gate_min_gain=gate_min_gain, train_steps=train_steps,
-                     learning_rate=learning_rate)
-        checked = _preflight(config_yaml=config_yaml, workspace=workspace, seed_uri=seed_uri, dvc_remote=dvc_remote,
-                             pvc_name=pvc_name, options=options, placement=placement, knobs=knobs,
-                             compiled=knob)
-        run_config, run_config_file = checked.outputs["Output"], checked.outputs["run_config"]
+        run_config, run_config_file = _preflight(locals(), options=options, placement=placement, compiled=knob)
         # The run's id as a task constant: the only place the backend substitutes {{$.pipeline_job_uuid}}.
         prepared = _platform(c.prepare(config_yaml=run_config, workspace_root=workspace,
                                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("prepare"),
@@ -250,13 +247,7 @@ def make_flywheel_round(config: FlywheelConfig | None = None):
                        min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
                        gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
                        learning_rate: float = knob.learning_rate) -> str:
-        knobs = dict(samples_per_prompt=samples_per_prompt, temperature=temperature, min_vote_share=min_vote_share,
-                     gate_alpha=gate_alpha, gate_min_gain=gate_min_gain, train_steps=train_steps,
-                     learning_rate=learning_rate)
-        checked = _preflight(config_yaml=config_yaml, workspace=workspace, seed_uri=seed_uri, dvc_remote=dvc_remote,
-                             pvc_name=pvc_name, options=options, placement=placement, knobs=knobs,
-                             compiled=knob)
-        run_config, run_config_file = checked.outputs["Output"], checked.outputs["run_config"]
+        run_config, run_config_file = _preflight(locals(), options=options, placement=placement, compiled=knob)
         resolved = _platform(c.resolve_champion(config_yaml=run_config, workspace=workspace)
                              .set_display_name("resolve-champion"), pvc_name, options, step="resolve-champion",
                              secrets=True)
