@@ -277,3 +277,18 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, seed_dir, tmp_pa
 
 def test_the_suite_is_at_least_sixty_cases():
     assert len(CASES) >= 60 and len({c.name for c in CASES}) == len(CASES)
+
+
+def test_the_embedded_tokenizer_refuses_characters_it_cannot_read(seed_dir):
+    """It would map them to padding and silently change the prompt (any other tokenizer has its own fallback)."""
+    from transformers import AutoTokenizer
+
+    from flywheel.errors import InputError
+    from flywheel.modeling import check_alphabet, member_dirs
+
+    tokenizer = AutoTokenizer.from_pretrained(member_dirs(seed_dir)[0])
+    check_alphabet(tokenizer, ["12+34=", "0+0="])
+    with pytest.raises(InputError) as error:
+        check_alphabet(tokenizer, ["12+34=", "12*34="])
+    assert str(error.value) == ("prompt: '12*34=' has characters the embedded model cannot read: '*' (its alphabet: "
+                                "'+0123456789='; model.alphabet sets it when a seed is trained)")

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import torch
 
+from flywheel.modeling import check_alphabet
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -62,6 +64,7 @@ class HFBackend:
                  max_new_tokens: int) -> list[list[Completion]]:
         from tqdm.auto import tqdm
 
+        check_alphabet(self.tokenizer, prompts)
         jobs = [(i, j, prompt, seed) for i, (prompt, row) in enumerate(zip(prompts, seeds)) for j, seed in enumerate(row)]
         # Similar lengths together: less padding, and sorted order is reproducible.
         jobs.sort(key=lambda job: (len(job[2]), job[0], job[1]))

@@ -40,6 +40,22 @@ class TinyModelConfig:
             raise ConfigError("model.alphabet", "must be non-empty with no repeated characters")
 
 
+def check_alphabet(tokenizer, texts, what: str = "prompt") -> None:
+    """The embedded char-level tokenizer maps a character it has no token for to padding, which would
+    silently change a prompt: refuse it in one line instead. (Any other tokenizer has its own fallbacks.)"""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if type(model).__name__ != "WordLevel" or getattr(model, "unk_token", None) != PAD:
+        return
+    known = set(tokenizer.get_vocab())
+    for text in texts:
+        unknown = sorted({char for char in text if char not in known})
+        if unknown:
+            alphabet = "".join(sorted(k for k in known if len(k) == 1))
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise InputError(what, f"{shown!r} has characters the embedded model cannot read: {''.join(unknown)!r} "
+                             f"(its alphabet: {alphabet!r}; model.alphabet sets it when a seed is trained)")
+
+
 def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET):
     """A one-token-per-character tokenizer, built with ``tokenizers``, saved in HF format by the caller."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors

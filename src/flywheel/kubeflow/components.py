@@ -16,7 +16,7 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-VERSION = "0.1.0"
+from flywheel import __version__ as VERSION  # the images' tag
 # The images of images/ (README there), under the registry that infra/overlays/gpu points at. Set
 # FLYWHEEL_REGISTRY when compiling for your own registry; the committed YAML uses the placeholder.
 REGISTRY = os.environ.get("FLYWHEEL_REGISTRY", "registry.example.com/flywheel")

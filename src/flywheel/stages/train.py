@@ -33,7 +33,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import TrainConfig
-from flywheel.modeling import is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
+from flywheel.modeling import check_alphabet, is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
 from flywheel.precision import resolve_precision, trainer_precision_args
 from flywheel.run_state import file_md5
 from flywheel.seeding import derive_seed
@@ -159,6 +159,7 @@ def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # the map() bars of tokenisation drown the training bar
+    check_alphabet(tokenizer, (r["prompt"] + r["completion"] for r in rows), "training row")
     if task is None:
         examples = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
     else:
