@@ -44,3 +44,18 @@ def test_the_package_ships_its_type_information():
     assert (ROOT / "src" / "flywheel" / "py.typed").is_file()
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["flywheel"]
+
+
+def test_the_design_page_names_only_what_exists_and_the_code_points_at_no_outside_file():
+    import re
+
+    text = (ROOT / "docs" / "design.md").read_text()
+    shape = text.split("```")[1]
+    package = ROOT / "src" / "flywheel"
+    for line in shape.splitlines():
+        if "(planned)" in line or not line.startswith("  "):
+            continue
+        for name in re.findall(r"[\w.]+\.py|[\w]+/", line.split("  ")[1] if "  " in line.strip() else line):
+            assert (package / name).exists(), f"docs/design.md names src/flywheel/{name}, which does not exist"
+    for path in (ROOT / "src").rglob("*.py"):
+        assert "DESIGN.md" not in path.read_text(), f"{path} points at a design file outside the repository"

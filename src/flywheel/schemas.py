@@ -1,4 +1,4 @@
-"""The data contracts between stages (DESIGN.md, "Data contracts").
+"""The data contracts between stages (docs/design.md, "Data contracts").
 
 A ``Schema`` is a list of typed columns. Stages write with ``io.write_rows`` and
 read with ``io.read_rows``, which checks each row and names the first bad field.
