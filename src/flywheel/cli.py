@@ -310,9 +310,10 @@ def _dispatch(args) -> int:
         result = run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
                             previous_pool=args.previous_pool, audit_path=args.audit)
     elif args.command == "train":
-        from flywheel.stages.train import METHOD_DATA, run_train
+        from flywheel.layout import TRAIN_DATA
+        from flywheel.stages.train import run_train
 
-        data = args.data / METHOD_DATA[config.train.method][0] if args.data.is_dir() else args.data
+        data = args.data / TRAIN_DATA[config.train.method] if args.data.is_dir() else args.data
         # train.init: 'champion' continues from --init; 'base' restarts from --base (the seed), as flywheel run does.
         init = config.train.start_from(args.init, args.base or args.init)
         result = run_train(data, init, args.out, config.train, round_index=args.round, device=device,
@@ -458,23 +459,22 @@ def _check_outputs(args) -> None:
 def _track(config, root: Path, round_index: int, out: Path) -> dict:
     """``dvc repro``'s tracking stage: one parent run per data directory, a nested run per round."""
     from flywheel import io
-    from flywheel.loop import round_dir
+    from flywheel.layout import RoundLayout
     from flywheel.tracking import Tracker
     from flywheel.versioning import digest
 
     if not config.tracking.enabled:
         io.write_json(out, {"tracking": "disabled"})
         return {"tracking": "disabled"}
-    decision = round_dir(root, round_index) / "decision.json"
-    if not decision.is_file():  # before MLflow creates a parent run for a round that never ran
-        raise InputError(decision, "round not found (run its gate first)", field="--round")
+    this = RoundLayout(Path(root), round_index)
+    if not this.decision.is_file():  # before MLflow creates a parent run for a round that never ran
+        raise InputError(this.decision, "round not found (run its gate first)", field="--round")
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key=_dvc_loop_key(root))
     tracker.client.update_run(parent, status="RUNNING")  # again, if an earlier `dvc repro` ended it
     if round_index == 1:
-        tracker.register_seed(parent, round_dir(root, 0) / "champion")
-    result = tracker.log_round(parent, round_index, round_dir(root, round_index), config,
-                               digest(round_dir(root, round_index)))
+        tracker.register_seed(parent, RoundLayout(Path(root), 0).champion)
+    result = tracker.log_round(parent, round_index, this.dir, config, digest(this.dir))
     result["parent_run_id"] = parent
     io.write_json(out, result)
     return result

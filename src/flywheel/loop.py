@@ -1,18 +1,7 @@
 """The whole loop, top to bottom: seed evaluation, then N rounds of
-generate -> vote -> curate -> train -> evaluate -> gate.
+prompts -> generate -> vote -> curate -> train -> evaluate -> gate (-> track).
 
-Directory layout under ``loop.out_dir`` (``dvc.yaml`` uses the same under ``data/``):
-  eval.parquet                     held-out labeled eval set
-  rounds/0/champion/               the seed (hard links)
-  rounds/0/eval/metrics.json       the seed's scores
-  rounds/<r>/prompts.parquet       unlabeled prompts      audit.parquet  hidden truth (audit only), prompts.json
-  rounds/<r>/samples.parquet       generate               votes.parquet, agreement.parquet, vote.json
-  rounds/<r>/curated.parquet       curate (this round)    pool.parquet (all rounds), train.parquet (the mix),
-                                                          pairs.parquet (DPO), rl_prompts.parquet (GRPO)
-  rounds/<r>/candidate/            train                  eval/  evaluate    decision.json  gate
-  rounds/<r>/champion/             the winner, round r+1's champion
-  tracking/round-<r>.json          MLflow run id and model version of round r (tracking/loop.json: the parent run)
-  config.yaml  state/              the run's resolved config; completed stages, for --resume (run_state.py)
+Every path comes from ``flywheel.layout`` (the run directory's layout, shared by every front door).
 """
 
 from __future__ import annotations
@@ -24,6 +13,7 @@ from pathlib import Path
 from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
+from flywheel.layout import RoundLayout, RunLayout, start_model
 from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model
 from flywheel.pool import run_prompts
 from flywheel.run_state import ROUND_STAGES, Ledger, RunLock, open_run
@@ -31,20 +21,15 @@ from flywheel.stages.curate import run_curate
 from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
 from flywheel.stages.gate import run_gate
 from flywheel.stages.generate import run_generate
-from flywheel.stages.train import METHOD_DATA, link_or_copy_tree, run_train
+from flywheel.stages.train import link_or_copy_tree, run_train
 from flywheel.stages.vote import run_vote
 from flywheel.tasks import load_task
 
 log = logging.getLogger("flywheel")
 
 
-# What curate writes (its outputs in the ledger's records).
-CURATE_OUTPUTS = ["curated.parquet", "pool.parquet", "train.parquet", "pairs.parquet", "rl_prompts.parquet",
-                  "curation.json"]
-
-
 def round_dir(root: Path, round_index: int) -> Path:
-    return Path(root) / "rounds" / str(round_index)
+    return RoundLayout(Path(root), round_index).dir
 
 
 def check_seed(config: FlywheelConfig) -> Path:
@@ -77,18 +62,17 @@ def check_data(config: FlywheelConfig, task) -> None:
 
 def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     """Write the eval set and round 0 (the seed as champion, its scores, an empty pool). Returns the eval path."""
-    root = Path(root)
+    run = RunLayout(Path(root))
     seed_dir = check_seed(config)
-    eval_path = root / "eval.parquet"
     check_data(config, task)
-    io.write_rows(eval_path, eval_set(config, task), schemas.PROMPTS)
-    zero = round_dir(root, 0)
-    link_or_copy_tree(seed_dir, zero / "champion")
-    io.write_rows(zero / "pool.parquet", [], schemas.CURATED)
-    metrics, _ = evaluate_model(zero / "champion", io.read_rows(eval_path, schemas.PROMPTS), config.evaluate,
+    io.write_rows(run.eval_set, eval_set(config, task), schemas.PROMPTS)
+    zero = run.round(0)
+    link_or_copy_tree(seed_dir, zero.champion)
+    io.write_rows(zero.pool, [], schemas.CURATED)
+    metrics, _ = evaluate_model(zero.champion, io.read_rows(run.eval_set, schemas.PROMPTS), config.evaluate,
                                 task=task, device=config.loop.device, progress=config.loop.progress)
-    io.write_json(zero / "eval" / "metrics.json", {"champion": metrics})
-    return eval_path
+    io.write_json(zero.metrics, {"champion": metrics})
+    return run.eval_set
 
 
 def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eval_path: Path,
@@ -99,38 +83,38 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
     that are complete; without it every stage runs.
     """
     ledger = ledger or Ledger(None)
-    here, previous = round_dir(root, round_index), round_dir(root, round_index - 1)
-    champion = previous / "champion"
+    this = RoundLayout(Path(root), round_index)
+    here, champion = this.dir, this.previous().champion
     device, progress = config.loop.device, config.loop.progress
 
-    def stage(name: str, outputs: list[str], work) -> None:
-        ledger.stage(round_index, name, [here / o for o in outputs], work)
+    def stage(name: str, outputs: list[Path], work) -> None:
+        ledger.stage(round_index, name, outputs, work)
 
-    stage("prompts", ["prompts.parquet", "audit.parquet", "prompts.json"], lambda: run_prompts(
+    stage("prompts", [this.prompts, this.audit, this.prompts_summary], lambda: run_prompts(
         here, config.prompts, task=task, round_index=round_index, champion_dir=champion, data=config.data))
-    stage("generate", ["samples.parquet"], lambda: run_generate(
-        here / "prompts.parquet", champion, here / "samples.parquet", config.generate, task=task,
+    stage("generate", [this.samples], lambda: run_generate(
+        this.prompts, champion, this.samples, config.generate, task=task,
         round_index=round_index, device=device, progress=progress, code=config.code))
-    stage("vote", ["votes.parquet", "agreement.parquet", "vote.json"], lambda: run_vote(
-        here / "samples.parquet", here, config.vote, task=task, audit_path=here / "audit.parquet",
-        prompts_path=here / "prompts.parquet", model_dir=champion, device=device))
-    stage("curate", CURATE_OUTPUTS, lambda: run_curate(
+    stage("vote", [this.votes, this.agreement, this.vote_summary], lambda: run_vote(
+        this.samples, here, config.vote, task=task, audit_path=this.audit,
+        prompts_path=this.prompts, model_dir=champion, device=device))
+    stage("curate", [here / name for name in RoundLayout.CURATE_OUTPUTS], lambda: run_curate(
         here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
-        previous_pool=previous / "pool.parquet", audit_path=here / "audit.parquet"))
-    init = config.train.start_from(champion, round_dir(root, 0) / "champion")
-    stage("train", ["candidate"], lambda: run_train(
-        here / METHOD_DATA[config.train.method][0], init, here / "candidate", config.train,
+        previous_pool=this.previous().pool, audit_path=this.audit))
+    init = start_model(config, this)
+    stage("train", [this.candidate], lambda: run_train(
+        this.train_data(config.train.method), init, this.candidate, config.train,
         round_index=round_index, device=device, progress=progress, task=task))
-    stage("evaluate", ["eval"], lambda: run_evaluate(
-        eval_path, here / "candidate", champion, here / "eval", config.evaluate, task=task, device=device,
+    stage("evaluate", [this.eval_dir], lambda: run_evaluate(
+        eval_path, this.candidate, champion, this.eval_dir, config.evaluate, task=task, device=device,
         progress=progress))
-    stage("gate", ["decision.json", "champion"], lambda: run_gate(
-        here / "eval", here / "decision.json", config.gate, candidate_dir=here / "candidate",
-        champion_dir=champion, next_champion=here / "champion"))
+    stage("gate", [this.decision, this.champion], lambda: run_gate(
+        this.eval_dir, this.decision, config.gate, candidate_dir=this.candidate,
+        champion_dir=champion, next_champion=this.champion))
     seconds = ledger.seconds(round_index)
     if seconds:  # a resumed round keeps the seconds its skipped stages took when they ran
-        io.write_json(here / "timings.json", {k: seconds[k] for k in ROUND_STAGES if k in seconds})
-    return io.read_json(here / "decision.json")
+        io.write_json(this.timings, {k: seconds[k] for k in ROUND_STAGES if k in seconds})
+    return io.read_json(this.decision)
 
 
 def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str = "new") -> dict:
@@ -150,21 +134,21 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
     check_data(config, task)
     with RunLock(root):
         ledger = open_run(root, config, mode)
-        eval_path = root / "eval.parquet"
-        ledger.stage(0, "prepare", [eval_path, round_dir(root, 0) / "champion", round_dir(root, 0) / "pool.parquet",
-                                    round_dir(root, 0) / "eval"], lambda: prepare(config, root, task=task))
+        run, zero = RunLayout(root), RoundLayout(root, 0)
+        eval_path = run.eval_set
+        ledger.stage(0, "prepare", [eval_path, zero.champion, zero.pool, zero.eval_dir],
+                     lambda: prepare(config, root, task=task))
         parent = tracker.continue_loop(config, root, resume=mode == "resume") if tracker is not None else None
         try:
             if tracker is not None:
-                ledger.stage(0, "track", [root / "tracking" / "round-0.json"], lambda: io.write_json(
-                    root / "tracking" / "round-0.json",
-                    {"seed_version": tracker.register_seed(parent, round_dir(root, 0) / "champion")}))
+                ledger.stage(0, "track", [run.tracking_record(0)], lambda: io.write_json(
+                    run.tracking_record(0), {"seed_version": tracker.register_seed(parent, zero.champion)}))
             tracked = {}
             for round_index in range(1, config.loop.rounds + 1):
                 decision = run_round(config, root, round_index, task=task, eval_path=eval_path, ledger=ledger)
                 if tracker is not None:
-                    record = root / "tracking" / f"round-{round_index}.json"
-                    here = round_dir(root, round_index)
+                    record = run.tracking_record(round_index)
+                    here = run.round(round_index).dir
 
                     def track() -> None:
                         start = time.perf_counter()

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from flywheel import io
+from flywheel.layout import RoundLayout, RunLayout
 from flywheel.schemas import bucket_key
 
 
@@ -21,13 +22,14 @@ def build_report(root: Path, config) -> dict:
     root = Path(root)
     rounds = []
     index = 0
-    while (root / "rounds" / str(index)).exists():
-        here = root / "rounds" / str(index)
-        metrics = _read(here / "eval" / "metrics.json") or {}
-        decision = _read(here / "decision.json")
+    while RoundLayout(root, index).dir.exists():
+        this = RoundLayout(root, index)
+        here = this.dir
+        metrics = _read(this.metrics) or {}
+        decision = _read(this.decision)
         if index > 0 and decision is None:
             break  # a round still running or interrupted
-        vote = _read(here / "vote.json") or {}
+        vote = _read(this.vote_summary) or {}
         curation = _read(here / "curation.json") or {}
         champion_after = (metrics.get("candidate") if decision and decision["promote"] else metrics.get("champion"))
         rounds.append({
@@ -40,7 +42,7 @@ def build_report(root: Path, config) -> dict:
             "curation": curation,
             "decision": decision,
             # What the registry made of the gate's decision (flywheel.tracking): promoted, declined or stale.
-            "promotion": (_read(root / "tracking" / f"round-{index}.json") or {}).get("promotion"),
+            "promotion": (_read(RunLayout(root).tracking_record(index)) or {}).get("promotion"),
             "timings": _read(here / "timings.json"),
         })
         index += 1
@@ -244,13 +246,13 @@ def vote_confusion(votes: list[dict], truth: dict[str, str], is_correct, min_vot
 def round_markdown(root: Path, round_index: int, name: str = "") -> str:
     """One round as Markdown (Kubeflow's per-round report): curation funnel by drop reason, vote
     statistics, candidate vs champion per bucket, and the gate's decision with its reason."""
-    here = Path(root) / "rounds" / str(round_index)
-    prompts = _read(here / "prompts.json") or {}
-    vote = _read(here / "vote.json") or {}
-    curation = _read(here / "curation.json") or {}
-    decision = _read(here / "decision.json") or {}
+    this = RoundLayout(Path(root), round_index)
+    prompts = _read(this.prompts_summary) or {}
+    vote = _read(this.vote_summary) or {}
+    curation = _read(this.curation) or {}
+    decision = _read(this.decision) or {}
     lines = [f"# {name + ': ' if name else ''}round {round_index}", ""]
-    tracked = _read(Path(root) / "tracking" / f"round-{round_index}.json") or {}
+    tracked = _read(RunLayout(Path(root)).tracking_record(round_index)) or {}
     if decision:
         verdict = "**promoted**" if decision["promote"] else "**declined**"
         lines += [f"Gate: {verdict}: {decision['reason']}.", ""]

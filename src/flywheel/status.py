@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.errors import InputError
+from flywheel.layout import RoundLayout
 from flywheel.run_state import LOCK_FILE, ROUND_STAGES, RUN_CONFIG, STATE_DIR, is_stale, read_json_or_none
 
 # The stages of round 0 and of each round, in loop order ("track" only when MLflow is on).
@@ -54,7 +55,7 @@ def run_status(root: Path) -> RunStatus:
     round_index = 1
     while (state / str(round_index)).is_dir() or (root / "rounds" / str(round_index)).is_dir():
         done = [s for s in TRACKED_ROUND_STAGES if (state / str(round_index) / f"{s}.json").is_file()]
-        decision = read_json_or_none(root / "rounds" / str(round_index) / "decision.json") if "gate" in done else None
+        decision = read_json_or_none(RoundLayout(root, round_index).decision) if "gate" in done else None
         status.rounds.append(RoundStatus(round=round_index, stages_done=done,
                                          promote=None if decision is None else bool(decision["promote"]),
                                          reason="" if decision is None else decision.get("reason", "")))

@@ -29,8 +29,11 @@ def load(config_yaml: str, *, gpu: bool = False) -> FlywheelConfig:
     return config
 
 
-def round_dir(workspace: str, round_index: int) -> Path:
-    return Path(workspace) / "rounds" / str(round_index)
+def layout(workspace: str, round_index: int):
+    """Round ``round_index`` of the workspace: every path of it (``flywheel.layout.RoundLayout``)."""
+    from flywheel.layout import RoundLayout
+
+    return RoundLayout(Path(workspace), int(round_index))
 
 
 def publish_file(source: Path, artifact) -> None:

@@ -72,9 +72,9 @@ def prepare(config_yaml: str, workspace_root: str, run_id: str, eval_set: Output
     workspace = Path(workspace_root) / run_id
     eval_path = prepare_round_zero(config, workspace, task=load_task(config.task, config.code))
     artifacts.publish_file(eval_path, eval_set)
-    zero = artifacts.round_dir(str(workspace), 0)
-    artifacts.publish_model(zero / "champion", champion, round=0, role="seed")
-    artifacts.log_metrics(seed_metrics, io.read_json(zero / "eval" / "metrics.json")["champion"], "seed")
+    zero = artifacts.layout(str(workspace), 0)
+    artifacts.publish_model(zero.champion, champion, round=0, role="seed")
+    artifacts.log_metrics(seed_metrics, io.read_json(zero.metrics)["champion"], "seed")
     return str(workspace)
 
 
@@ -113,10 +113,10 @@ def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: I
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
-    here = artifacts.round_dir(workspace, round_index)
-    summary = run_prompts(here, config.prompts, task=load_task(config.task, config.code), round_index=round_index,
+    this = artifacts.layout(workspace, round_index)
+    summary = run_prompts(this.dir, config.prompts, task=load_task(config.task, config.code), round_index=round_index,
                           champion_dir=artifacts.model_path(champion), data=config.data)
-    artifacts.publish_file(here / "prompts.parquet", prompts)
+    artifacts.publish_file(this.prompts, prompts)
     prompts.metadata.update({**summary, "round": round_index})
 
 
@@ -152,9 +152,9 @@ def merge_samples(workspace: str, round_index: int, prompts: Input[Dataset], sha
     from flywheel.kubeflow import artifacts
     from flywheel.stages.generate import run_merge_samples
 
-    here = artifacts.round_dir(workspace, round_index)
-    summary = run_merge_samples(Path(prompts.path), [Path(s.path) for s in shards], here / "samples.parquet")
-    artifacts.publish_file(here / "samples.parquet", samples)
+    this = artifacts.layout(workspace, round_index)
+    summary = run_merge_samples(Path(prompts.path), [Path(s.path) for s in shards], this.samples)
+    artifacts.publish_file(this.samples, samples)
     samples.metadata.update(summary)
 
 
@@ -177,11 +177,11 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
     config = artifacts.load(config_yaml)
     if config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL:
         check_gpu(config)
-    here = artifacts.round_dir(workspace, round_index)
-    summary = run_vote(Path(samples.path), here, config.vote, task=load_task(config.task, config.code),
-                       audit_path=here / "audit.parquet", prompts_path=Path(prompts.path),
+    this = artifacts.layout(workspace, round_index)
+    summary = run_vote(Path(samples.path), this.dir, config.vote, task=load_task(config.task, config.code),
+                       audit_path=this.audit, prompts_path=Path(prompts.path),
                        model_dir=artifacts.model_path(champion), device=config.loop.device)
-    artifacts.publish_file(here / "votes.parquet", votes)
+    artifacts.publish_file(this.votes, votes)
     artifacts.log_metrics(vote_metrics, summary, "vote")
 
 
@@ -199,19 +199,17 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     from flywheel.kubeflow import artifacts
     from flywheel.report import vote_confusion
     from flywheel.stages.curate import run_curate
-    from flywheel.stages.train import METHOD_DATA
     from flywheel.stages.vote import read_truth
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
     task = load_task(config.task, config.code)
-    here = artifacts.round_dir(workspace, round_index)
-    audit_path = here / "audit.parquet"
-    report = run_curate(here, config.curate, task=task, eval_path=Path(eval_set.path), round_index=round_index,
-                        previous_pool=artifacts.round_dir(workspace, round_index - 1) / "pool.parquet",
-                        audit_path=audit_path)
+    this = artifacts.layout(workspace, round_index)
+    audit_path = this.audit
+    report = run_curate(this.dir, config.curate, task=task, eval_path=Path(eval_set.path), round_index=round_index,
+                        previous_pool=this.previous().pool, audit_path=audit_path)
     # What train.method trains on: train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo).
-    artifacts.publish_file(here / METHOD_DATA[config.train.method][0], train_set)
+    artifacts.publish_file(this.train_data(config.train.method), train_set)
     report.pop("thresholds", None)
     artifacts.log_metrics(curate_metrics, report, "curate")
     if audit_path.exists():
@@ -224,7 +222,8 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
 def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[Dataset], champion: Input[Model],
           candidate: Output[Model]):
     """Fine-tune every member on the curated set (``flywheel.stages.train.run_train``: TRL SFT, DPO or GRPO by
-    ``train.method``), starting from the champion or, with ``train.init: base``, from the seed (``seed.path``)."""
+    ``train.method``), starting from the champion or, with ``train.init: base``, from the seed
+    (``flywheel.layout.start_model``: round 0's champion, as in ``flywheel run``)."""
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
@@ -232,8 +231,11 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
-    here = artifacts.round_dir(workspace, round_index)
-    init = config.train.start_from(artifacts.model_path(champion), Path(config.seed.path))
+    from flywheel.layout import start_model
+
+    this = artifacts.layout(workspace, round_index)
+    here = this.dir
+    init = start_model(config, this)  # the same choice as flywheel run's
     if config.train.num_nodes > 1:
         # Several nodes: a Kubeflow Trainer TrainJob runs `torchrun -m flywheel.cli train` on every node
         # over the shared volume (rank 0 writes the candidate); this step (no GPU of its own) submits it,
@@ -241,15 +243,13 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         from flywheel import infra, io
         from flywheel.config import dump_config
         from flywheel.kubeflow.components import GPU_IMAGE
-        from flywheel.stages.train import METHOD_DATA
-
         config_file = here / "train-config.yaml"
         with io.atomic_path(config_file) as tmp:
             tmp.write_text(dump_config(config))
         # A new name per attempt: a retried step never meets the TrainJob of the attempt before it.
         manifest = infra.trainjob(config, GPU_IMAGE, round_index=round_index, config_file=str(config_file),
-                                  train_data=str(here / METHOD_DATA[config.train.method][0]), init_dir=str(init),
-                                  out_dir=str(here / "candidate"), timeout_s=config.kubeflow.gpu_step_timeout_s,
+                                  train_data=str(this.train_data(config.train.method)), init_dir=str(init),
+                                  out_dir=str(this.candidate), timeout_s=config.kubeflow.gpu_step_timeout_s,
                                   name=infra.trainjob_name(workspace, round_index))
         infra.run_trainjob(manifest, timeout_s=config.kubeflow.gpu_step_timeout_s)
         summary = {"train_rows": None, "num_nodes": config.train.num_nodes}
@@ -257,9 +257,9 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         from flywheel.kubeflow.preflight import check_gpu
 
         check_gpu(config)
-        summary = run_train(Path(train_set.path), init, here / "candidate", config.train, round_index=round_index,
+        summary = run_train(Path(train_set.path), init, this.candidate, config.train, round_index=round_index,
                             device=config.loop.device, task=load_task(config.task, config.code))
-    artifacts.publish_model(here / "candidate", candidate, round=round_index, role="candidate",
+    artifacts.publish_model(this.candidate, candidate, round=round_index, role="candidate",
                             train_rows=summary["train_rows"])
 
 
@@ -274,9 +274,9 @@ def evaluate(config_yaml: str, workspace: str, round_index: int, eval_set: Input
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, gpu=True)
-    here = artifacts.round_dir(workspace, round_index)
+    this = artifacts.layout(workspace, round_index)
     metrics = run_evaluate(Path(eval_set.path), artifacts.model_path(candidate), artifacts.model_path(champion),
-                           here / "eval", config.evaluate, task=load_task(config.task, config.code),
+                           this.eval_dir, config.evaluate, task=load_task(config.task, config.code),
                            device=config.loop.device)
     artifacts.log_metrics(eval_metrics, metrics)
 
@@ -294,10 +294,10 @@ def gate(config_yaml: str, workspace: str, round_index: int, candidate: Input[Mo
     from flywheel.stages.gate import run_gate
 
     config = artifacts.load(config_yaml)
-    here = artifacts.round_dir(workspace, round_index)
-    decision = run_gate(here / "eval", here / "decision.json", config.gate, candidate_dir=artifacts.model_path(candidate),
-                        champion_dir=artifacts.model_path(champion), next_champion=here / "champion")
-    artifacts.publish_model(here / "champion", next_champion, round=round_index, promoted=decision["promote"])
+    this = artifacts.layout(workspace, round_index)
+    decision = run_gate(this.eval_dir, this.decision, config.gate, candidate_dir=artifacts.model_path(candidate),
+                        champion_dir=artifacts.model_path(champion), next_champion=this.champion)
+    artifacts.publish_model(this.champion, next_champion, round=round_index, promoted=decision["promote"])
     artifacts.log_metrics(gate_metrics, {k: decision[k] for k in (
         "promote", "delta", "p_value", "champion_accuracy", "candidate_accuracy", "only_champion_correct",
         "only_candidate_correct", "n")}, "gate")
@@ -356,7 +356,7 @@ def push_data(workspace: str, round_index: int, dvc_remote: str, gate_metrics: I
     from flywheel.kubeflow import artifacts
     from flywheel.versioning import push_round
 
-    result = push_round(artifacts.round_dir(workspace, round_index), dvc_remote, Path(dvc_file.path))
+    result = push_round(artifacts.layout(workspace, round_index).dir, dvc_remote, Path(dvc_file.path))
     dvc_file.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})
 
 

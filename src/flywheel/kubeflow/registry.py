@@ -12,7 +12,8 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
-from flywheel.loop import check_seed, eval_set, round_dir
+from flywheel.layout import RoundLayout, RunLayout
+from flywheel.loop import check_seed, eval_set
 from flywheel.stages.train import link_or_copy_tree
 
 
@@ -23,7 +24,7 @@ def loop_key(workspace: str | Path) -> str:
 def next_round(workspace: str | Path) -> int:
     """1 + the last round of the workspace that reached its gate (1 for a new workspace)."""
     done = [int(p.name) for p in (Path(workspace) / "rounds").glob("*")
-            if p.name.isdigit() and int(p.name) > 0 and (p / "decision.json").exists()]
+            if p.name.isdigit() and int(p.name) > 0 and RoundLayout(Path(workspace), int(p.name)).decision.exists()]
     return max(done, default=0) + 1
 
 
@@ -36,18 +37,18 @@ def resolve_champion(config: FlywheelConfig, workspace: str | Path, *, task) -> 
     """
     root = Path(workspace)
     index = next_round(root)
-    previous = round_dir(root, index - 1)
-    eval_path = root / "eval.parquet"
+    previous = RoundLayout(root, index - 1)
+    eval_path = RunLayout(root).eval_set
     if not eval_path.exists():
         io.write_rows(eval_path, eval_set(config, task), schemas.PROMPTS)
-    if not (previous / "pool.parquet").exists():
-        io.write_rows(previous / "pool.parquet", [], schemas.CURATED)
+    if not previous.pool.exists():
+        io.write_rows(previous.pool, [], schemas.CURATED)
     version = None
     if config.tracking.enabled:
-        version = _download_champion(config, root, previous / "champion")
-    elif not (previous / "champion").exists():
-        link_or_copy_tree(check_seed(config), previous / "champion")
-    return {"round": index, "champion_dir": previous / "champion", "eval_path": eval_path, "model_version": version}
+        version = _download_champion(config, root, previous.champion)
+    elif not previous.champion.exists():
+        link_or_copy_tree(check_seed(config), previous.champion)
+    return {"round": index, "champion_dir": previous.champion, "eval_path": eval_path, "model_version": version}
 
 
 def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
@@ -83,14 +84,14 @@ def track_round(config: FlywheelConfig, workspace: str | Path, round_index: int,
 
     root = Path(workspace)
     if not config.tracking.enabled:
-        promoted = io.read_json(round_dir(root, round_index) / "decision.json")["promote"]
+        promoted = io.read_json(RoundLayout(root, round_index).decision)["promote"]
         return {"tracking": "disabled", "promotion": PROMOTED if promoted else DECLINED}
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key=loop_key(root))
     if register_seed:
-        tracker.register_seed(parent, round_dir(root, 0) / "champion")
-    here = round_dir(root, round_index)
+        tracker.register_seed(parent, RoundLayout(root, 0).champion)
+    here = RoundLayout(root, round_index).dir
     result = tracker.log_round(parent, round_index, here, config, digest(here), started_from=started_from)
     result["parent_run_id"] = parent
-    io.write_json(root / "tracking" / f"round-{round_index}.json", result)
+    io.write_json(RunLayout(root).tracking_record(round_index), result)
     return result

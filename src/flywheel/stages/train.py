@@ -33,6 +33,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import TrainConfig
+from flywheel.layout import TRAIN_DATA
 from flywheel.modeling import check_alphabet, is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
 from flywheel.precision import resolve_precision, trainer_precision_args
 from flywheel.run_state import file_md5
@@ -40,8 +41,9 @@ from flywheel.seeding import derive_seed
 from flywheel.tasks.base import sft_row
 
 # What each method trains on: the file curate writes for it and its schema.
-METHOD_DATA = {"sft": ("train.parquet", schemas.CURATED), "dpo": ("pairs.parquet", schemas.CURATED_PAIRS),
-               "grpo": ("rl_prompts.parquet", schemas.RL_PROMPTS)}
+# What each method trains on: its file in the round (flywheel.layout.TRAIN_DATA) and that file's contract.
+METHOD_DATA = {method: (TRAIN_DATA[method], schema) for method, schema in
+               (("sft", schemas.CURATED), ("dpo", schemas.CURATED_PAIRS), ("grpo", schemas.RL_PROMPTS))}
 
 
 def _trainer_args(steps: int, batch_size: int, learning_rate: float, warmup_ratio: float, scheduler: str, seed: int,

@@ -1,0 +1,148 @@
+"""The one owner of a run's file layout: where every round's files are, for every front door.
+
+``flywheel run`` (``loop.py``), the Kubeflow components and the status and report readers take their
+paths from here; ``dvc.yaml`` spells the same layout under ``data/`` (tests/test_dvc.py checks it
+against these names). A run directory (``loop.out_dir``, a Kubeflow workspace, DVC's ``data/``)::
+
+  eval.parquet                     held-out labeled eval set
+  rounds/0/champion/               the seed (hard links)       rounds/0/eval/metrics.json  its scores
+  rounds/<r>/prompts.parquet       unlabeled prompts           audit.parquet (hidden truth, audit only), prompts.json
+  rounds/<r>/samples.parquet       generate                    votes.parquet, agreement.parquet, vote.json
+  rounds/<r>/curated.parquet       curate (this round)         pool.parquet (all rounds), train.parquet (the mix),
+                                                               pairs.parquet (DPO), rl_prompts.parquet (GRPO)
+  rounds/<r>/candidate/            train                       eval/ evaluate     decision.json  gate
+  rounds/<r>/champion/             the winner, round r+1's champion
+  tracking/round-<r>.json          MLflow run id, model version and promotion of round r
+  config.yaml  state/              the run's resolved config; completed stages, for --resume (run_state.py)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# What train.method trains on, written by curate.
+TRAIN_DATA = {"sft": "train.parquet", "dpo": "pairs.parquet", "grpo": "rl_prompts.parquet"}
+
+
+@dataclass(frozen=True)
+class RoundLayout:
+    """Every path of round ``index`` under the run directory ``root``."""
+
+    root: Path
+    index: int
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.root) / "rounds" / str(self.index)
+
+    def previous(self) -> "RoundLayout":
+        return RoundLayout(self.root, self.index - 1)
+
+    # prompts
+    @property
+    def prompts(self) -> Path:
+        return self.dir / "prompts.parquet"
+
+    @property
+    def audit(self) -> Path:
+        return self.dir / "audit.parquet"
+
+    @property
+    def prompts_summary(self) -> Path:
+        return self.dir / "prompts.json"
+
+    # generate, vote
+    @property
+    def samples(self) -> Path:
+        return self.dir / "samples.parquet"
+
+    @property
+    def votes(self) -> Path:
+        return self.dir / "votes.parquet"
+
+    @property
+    def agreement(self) -> Path:
+        return self.dir / "agreement.parquet"
+
+    @property
+    def vote_summary(self) -> Path:
+        return self.dir / "vote.json"
+
+    # curate
+    @property
+    def curated(self) -> Path:
+        return self.dir / "curated.parquet"
+
+    @property
+    def pool(self) -> Path:
+        return self.dir / "pool.parquet"
+
+    def train_data(self, method: str) -> Path:
+        return self.dir / TRAIN_DATA[method]
+
+    @property
+    def curation(self) -> Path:
+        return self.dir / "curation.json"
+
+    # train, evaluate, gate
+    @property
+    def candidate(self) -> Path:
+        return self.dir / "candidate"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.dir / "eval"
+
+    @property
+    def metrics(self) -> Path:
+        return self.eval_dir / "metrics.json"
+
+    @property
+    def decision(self) -> Path:
+        return self.dir / "decision.json"
+
+    @property
+    def champion(self) -> Path:
+        """The round's winner: the next round's champion (round 0: the seed)."""
+        return self.dir / "champion"
+
+    @property
+    def timings(self) -> Path:
+        return self.dir / "timings.json"
+
+    # outputs of each stage, relative to ``dir``: what the ledger records and a re-run replaces
+    CURATE_OUTPUTS = ("curated.parquet", "pool.parquet", "train.parquet", "pairs.parquet", "rl_prompts.parquet",
+                      "curation.json")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of a whole run directory."""
+
+    root: Path
+
+    def round(self, index: int) -> RoundLayout:
+        return RoundLayout(Path(self.root), index)
+
+    @property
+    def eval_set(self) -> Path:
+        return Path(self.root) / "eval.parquet"
+
+    @property
+    def seed(self) -> Path:
+        """The seed as the run copied it (round 0's champion)."""
+        return self.round(0).champion
+
+    def tracking_record(self, index: int) -> Path:
+        return Path(self.root) / "tracking" / f"round-{index}.json"
+
+
+def start_model(config, layout: RoundLayout, seed_path: str | Path | None = None) -> Path:
+    """The model round ``layout.index`` trains from: its champion, or with ``train.init: base`` the seed (round 0's
+    champion where the run has one, else ``seed_path``, default ``seed.path``). The one place every door asks."""
+    champion = layout.previous().champion
+    seed = RunLayout(layout.root).seed
+    if not seed.exists():
+        seed = Path(seed_path or config.seed.path)
+    return config.train.start_from(champion, seed)
