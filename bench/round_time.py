@@ -30,7 +30,8 @@ def main() -> None:
 
     from flywheel.cli import _quiet_libraries
     from flywheel.config import load_config
-    from flywheel.loop import prepare, round_dir, run_round
+    from flywheel.layout import RoundLayout
+    from flywheel.loop import prepare, run_round
     from flywheel.tasks import load_task
     from flywheel.tracking import Tracker
     from flywheel.versioning import digest
@@ -46,14 +47,15 @@ def main() -> None:
         prepare_seconds = time.perf_counter() - start
         tracker = Tracker(config.tracking)
         parent = tracker.start_loop(config, loop_key="bench")
-        tracker.register_seed(parent, round_dir(root, 0) / "champion")
+        tracker.register_seed(parent, RoundLayout(root, 0).champion)
         run_round(config, root, 1, task=task, eval_path=eval_path)
-        seconds = json.loads((round_dir(root, 1) / "timings.json").read_text())
+        one = RoundLayout(root, 1)
+        seconds = json.loads(one.timings.read_text())
         start = time.perf_counter()
-        data_digest = digest(round_dir(root, 1))
+        data_digest = digest(one.dir)
         seconds["digest"] = time.perf_counter() - start
         start = time.perf_counter()
-        tracker.log_round(parent, 1, round_dir(root, 1), config, data_digest)
+        tracker.log_round(parent, 1, one.dir, config, data_digest)
         seconds["track"] = time.perf_counter() - start
 
     total = sum(seconds.values())

@@ -12,7 +12,8 @@ import yaml
 from flywheel.config import dump_config, load_config
 from flywheel.errors import InputError
 from flywheel.kubeflow import pipelines
-from flywheel.kubeflow.preflight import Knobs, apply_knobs, check_gpu, check_placement, run_checks, stage_seed
+from flywheel.kubeflow.preflight import (Knobs, Placement, apply_knobs, check_gpu, check_placement, run_checks,
+                                        stage_seed)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED = ROOT / "pipelines" / "compiled"
@@ -190,10 +191,10 @@ def test_a_knob_overrides_config_yaml_only_when_changed_and_is_named_in_errors()
 def test_a_config_that_contradicts_the_compiled_placement_is_refused():
     with pytest.raises(InputError, match="vote.method=self_judge, but this pipeline was compiled with its vote step "
                                          "on the CPU image"):
-        check_placement(load_config(None, ["vote.method=self_judge"]), vote_on_gpu=False, train_on_gpu=True)
+        check_placement(load_config(None, ["vote.method=self_judge"]), Placement(vote_on_gpu=False, train_on_gpu=True))
     with pytest.raises(InputError, match="train.num_nodes=4, but this pipeline was compiled for one node"):
-        check_placement(load_config(None, ["train.num_nodes=4"]), vote_on_gpu=False, train_on_gpu=True)
-    check_placement(load_config(), vote_on_gpu=False, train_on_gpu=True)
+        check_placement(load_config(None, ["train.num_nodes=4"]), Placement(vote_on_gpu=False, train_on_gpu=True))
+    check_placement(load_config(), Placement(vote_on_gpu=False, train_on_gpu=True))
 
 
 def test_a_relative_seed_is_copied_from_the_image_onto_the_volume_once(tmp_path, tiny_seed, monkeypatch):

@@ -20,6 +20,12 @@ component that imports one helper does not pay for the rest.
 from __future__ import annotations
 
 import importlib
+import os
+
+# MLflow 3 sends usage telemetry by default and writes ~/.config/mlflow: flywheel reaches no network but the
+# package index and its own tracking server, so it turns that off (unless the user set it) before any of its
+# modules can import MLflow.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __version__ = "0.1.0"  # the same as pyproject.toml's (a test keeps them equal) and the images' tag
 

@@ -191,7 +191,6 @@ def setup_logging(verbose: int, quiet: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports, no ~/.config/mlflow (tracking.py)
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
     try:
@@ -439,21 +438,19 @@ STAGE_OUTPUTS = {
 
 
 def _check_outputs(args) -> None:
-    from flywheel.io import check_output
+    from flywheel.io import check_output, remove_leftovers
 
-    from flywheel.io import remove_leftovers
-
-    for name, directory in STAGE_OUTPUTS.get(args.command, []):
-        value = getattr(args, name, None)
-        if value is not None:
-            check_output(value, directory=directory, flag="--" + name.replace("_", "-"))
-    for name, directory in STAGE_OUTPUTS.get(args.command, []):
-        value = getattr(args, name, None)
-        if value is not None and args.command not in ("seed", "prepare"):
-            # A re-run starts clean: what a killed run of this stage left beside (or in) its outputs goes.
-            remove_leftovers(value.parent)
-            if directory:
-                remove_leftovers(value)
+    outputs = [(getattr(args, name), name, directory) for name, directory in STAGE_OUTPUTS.get(args.command, [])
+               if getattr(args, name, None) is not None]
+    for value, name, directory in outputs:  # every output checked before anything is removed
+        check_output(value, directory=directory, flag="--" + name.replace("_", "-"))
+    if args.command in ("seed", "prepare"):
+        return
+    for value, _, directory in outputs:
+        # A re-run starts clean: what a killed run of this stage left beside (or in) its outputs goes.
+        remove_leftovers(value.parent)
+        if directory:
+            remove_leftovers(value)
 
 
 def _track(config, root: Path, round_index: int, out: Path) -> dict:

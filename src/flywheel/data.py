@@ -19,6 +19,7 @@ import random
 from pathlib import Path
 
 from flywheel.errors import InputError
+from flywheel.tasks.base import prompt_problem
 
 DEFAULT_COLUMNS = {"id": "id", "prompt": "prompt", "answer": "answer", "bucket": "bucket", "tests": "tests"}
 
@@ -83,7 +84,7 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
                              field=mapping["prompt"])
         if not prompt.strip():
             raise InputError(source, "prompt is empty", row=index, field=mapping["prompt"])
-        problem = getattr(task, "prompt_issue", lambda _: None)(prompt)
+        problem = prompt_problem(task, prompt)
         if problem:
             raise InputError(source, problem, row=index, field=mapping["prompt"])
         raw_id = record.get(mapping["id"])

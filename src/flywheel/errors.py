@@ -35,5 +35,11 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}")
 
 
+def one_line(value, limit: int = 200) -> str:
+    """``value`` as text on one line (whitespace collapsed), cut to ``limit`` characters: for error messages."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (``flywheel.run_state.install_termination_handler``): unwind like Ctrl-C, exit 143."""

@@ -55,16 +55,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         faults.point("publish")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Put directory ``source`` at ``target``: an existing ``target`` is moved aside first (two renames)."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
 
 
 @contextlib.contextmanager
@@ -87,12 +92,8 @@ def publish_together(directory: str | os.PathLike) -> Iterator[Callable[[str], P
         faults.point("publish")
         for name in names:
             source, target = staging / name, directory / name
-            if source.is_dir() and target.exists():
-                old = directory / f".{name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(source, target)
-                shutil.rmtree(old, ignore_errors=True)
+            if source.is_dir():
+                _replace_dir(source, target)
             elif source.exists():
                 os.replace(source, target)
     finally:

@@ -28,10 +28,6 @@ from flywheel.tasks import load_task
 log = logging.getLogger("flywheel")
 
 
-def round_dir(root: Path, round_index: int) -> Path:
-    return RoundLayout(Path(root), round_index).dir
-
-
 def check_seed(config: FlywheelConfig) -> Path:
     """The seed directory, or a one-line error saying how to make it."""
     seed_dir = Path(config.seed.path)

@@ -36,14 +36,11 @@ def champion_accuracy(champion_dir: Path) -> dict[str, float]:
 
     Empty when those files are not there (a champion from elsewhere): the curriculum then advances.
     """
-    from flywheel.layout import RoundLayout
-
     here = Path(champion_dir).parent  # the round whose gate wrote this champion
-    this = RoundLayout(here.parent.parent, int(here.name)) if here.name.isdigit() else None
-    if this is None or not this.metrics.is_file():
+    if not (here / "eval" / "metrics.json").is_file():
         return {}
-    metrics = io.read_json(this.metrics)
-    decision = io.read_json(this.decision) if this.decision.is_file() else None
+    metrics = io.read_json(here / "eval" / "metrics.json")
+    decision = io.read_json(here / "decision.json") if (here / "decision.json").is_file() else None
     scores = metrics.get("candidate" if decision and decision["promote"] else "champion") or {}
     return {str(bucket): float(accuracy) for bucket, accuracy in (scores.get("buckets") or {}).items()}
 

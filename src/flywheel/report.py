@@ -21,20 +21,19 @@ def build_report(root: Path, config) -> dict:
     """Collect every round's files under ``root`` into one dict (what report.json holds)."""
     root = Path(root)
     rounds = []
-    index = 0
-    while RoundLayout(root, index).dir.exists():
-        this = RoundLayout(root, index)
-        here = this.dir
+    this = RoundLayout(root, 0)
+    while this.dir.exists():
+        index = this.index
         metrics = _read(this.metrics) or {}
         decision = _read(this.decision)
         if index > 0 and decision is None:
             break  # a round still running or interrupted
         vote = _read(this.vote_summary) or {}
-        curation = _read(here / "curation.json") or {}
+        curation = _read(this.curation) or {}
         champion_after = (metrics.get("candidate") if decision and decision["promote"] else metrics.get("champion"))
         rounds.append({
             "round": index,
-            "bucket": (_read(here / "prompts.json") or {}).get("bucket"),
+            "bucket": (_read(this.prompts_summary) or {}).get("bucket"),
             "champion": metrics.get("champion"),
             "candidate": metrics.get("candidate"),
             "champion_after": champion_after,
@@ -43,9 +42,9 @@ def build_report(root: Path, config) -> dict:
             "decision": decision,
             # What the registry made of the gate's decision (flywheel.tracking): promoted, declined or stale.
             "promotion": (_read(RunLayout(root).tracking_record(index)) or {}).get("promotion"),
-            "timings": _read(here / "timings.json"),
+            "timings": _read(this.timings),
         })
-        index += 1
+        this = RoundLayout(root, index + 1)
     seed_scores = rounds[0]["champion"] if rounds else None
     final = rounds[-1]["champion_after"] if rounds else None
     summary = {"rounds": len(rounds) - 1}

@@ -343,7 +343,7 @@ def _supervise(command: list[str], *, cwd: str, env: dict, stdin: str, limits: L
                 truncated = True
             if total > flood:
                 _kill_group(process.pid)  # a flood of output: stop it rather than read a gigabyte
-        if truncated and total > flood:
+        if total > flood:
             break
     selector.close()
     _kill_group(process.pid)

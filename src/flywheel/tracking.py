@@ -23,10 +23,6 @@ from flywheel.config import FlywheelConfig, TrackingConfig
 from flywheel.mlflow_model import log_pyfunc
 from flywheel.modeling import read_model_meta
 
-# MLflow 3 sends usage telemetry by default and writes ~/.config/mlflow: flywheel reaches no network but the
-# package index and its own tracking server, so it turns that off unless the user set it.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 CHAMPION_ALIAS = "champion"
 # Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
 FILES_TAG = "flywheel.files"
@@ -214,9 +210,9 @@ class Tracker:
 
         name = self.config.registered_model
         current = self.champion_version()
-        record = f"{name}.promoted-from-v{started_from}"
         if started_from is None:  # a lineage with no registered champion (no seed version): never move
             return STALE, current
+        record = f"{name}.promoted-from-v{started_from}"
         if current != started_from and self._record(record).get("flywheel.claim") != claim:
             return STALE, current
         try:
@@ -334,7 +330,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
-    from flywheel.errors import InputError
+    from flywheel.errors import InputError, one_line
 
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
@@ -343,7 +339,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         return  # it answered (an auth proxy or an older server without /health): the client will say more
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise InputError(uri, f"MLflow tracking server does not answer within {timeout_s:g} s ({reason}); start it, "
+        raise InputError(uri, f"MLflow does not answer within {timeout_s:g} s ({one_line(reason)}); start it, "
                          "fix tracking.uri, or run with --no-track", field="tracking.uri") from None
 
 

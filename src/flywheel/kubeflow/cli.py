@@ -16,7 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from flywheel.errors import InputError
+from flywheel.errors import InputError, one_line
 
 # Standard 5-field cron: minute hour day-of-month month day-of-week, as (name, low, high, names).
 CRON_FIELDS = (
@@ -241,13 +241,8 @@ class _api_errors:
 
         if isinstance(error, (urllib3.exceptions.HTTPError, ConnectionError, OSError)):
             reason = getattr(error, "reason", None) or error
-            raise InputError(self.host, f"cannot reach Kubeflow Pipelines ({_one_line(reason)})") from None
+            raise InputError(self.host, f"cannot reach Kubeflow Pipelines ({one_line(reason)})") from None
         if isinstance(error, ApiException):
             raise InputError(self.host, f"Kubeflow Pipelines API error {error.status} "
-                                        f"({_one_line(error.reason)})") from None
+                                        f"({one_line(error.reason)})") from None
         return False
-
-
-def _one_line(value) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= 200 else text[:197] + "..."

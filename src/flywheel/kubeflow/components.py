@@ -164,7 +164,7 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
     """Vote per prompt (``flywheel.stages.vote.run_vote``: ``vote.method``), audited against the hidden truth.
 
     The champion is an input because ``vote.method: self_judge`` scores candidates with it; the pipeline
-    then runs this step on the GPU image and pool (``flywheel.kubeflow.pipelines.Placement``).
+    then runs this step on the GPU image and pool (``flywheel.kubeflow.preflight.Placement``).
     """
     from pathlib import Path
 

@@ -14,7 +14,6 @@ a Secret as environment variables. Caching is off for every task: each writes th
 workspace on the shared volume, which a cached step would leave incomplete.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
@@ -24,7 +23,7 @@ from flywheel.config import FlywheelConfig, KubeflowConfig, dump_config, load_co
 from flywheel.errors import InputError
 from flywheel.infra import GPU_RESOURCE
 from flywheel.kubeflow import components as c
-from flywheel.kubeflow.preflight import VOTE_METHODS_NEEDING_THE_MODEL, Knobs
+from flywheel.kubeflow.preflight import Knobs, Placement
 
 MOUNT_PATH = infra.MODELS_MOUNT  # the shared volume, at the same path as in the TrainJob runtime's pods
 # The names infra/ creates (docs/kubeflow-infra.md): the RWX model volume, the object-store Secret and the
@@ -57,20 +56,6 @@ def cluster_config(path=None, overrides: list[str] | tuple[str, ...] = ()) -> Fl
     """A recipe (``path``, default: the built-in defaults) as it runs on the cluster: ``CLUSTER_SETTINGS`` first,
     so ``overrides`` (``-s key=value``) win."""
     return load_config(path, [f"{key}={value}" for key, value in CLUSTER_SETTINGS.items()] + list(overrides))
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Which image and pool a step runs on: decided when the pipeline is compiled, from its config, and
-    checked again by the preflight step against the config a run actually gets."""
-
-    vote_on_gpu: bool  # vote.method loads the champion (self_judge)
-    train_on_gpu: bool  # train.num_nodes == 1; above 1 the step only submits a TrainJob and waits
-
-    @classmethod
-    def of(cls, config: FlywheelConfig) -> "Placement":
-        return cls(vote_on_gpu=config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL,
-                   train_on_gpu=config.train.num_nodes == 1)
 
 
 def _platform(task: dsl.PipelineTask, pvc_name, options: KubeflowConfig, *, step: str, gpu: bool = False,

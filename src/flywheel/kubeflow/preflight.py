@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, load_config_text, dump_config, to_dict
-from flywheel.errors import InputError
+from flywheel.errors import InputError, one_line
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
 VOTE_METHODS_NEEDING_THE_MODEL = ("self_judge",)
@@ -89,18 +89,33 @@ def apply_knobs(config_yaml: str, knobs: Knobs, compiled: Knobs) -> FlywheelConf
         raise
 
 
-def check_placement(config: FlywheelConfig, *, vote_on_gpu: bool, train_on_gpu: bool) -> None:
+@dataclass(frozen=True)
+class Placement:
+    """Which image and pool a step runs on: decided when the pipeline is compiled, from its config, and
+    checked again by the preflight step against the config a run actually gets (``check_placement``)."""
+
+    vote_on_gpu: bool  # vote.method loads the champion (self_judge)
+    train_on_gpu: bool  # train.num_nodes == 1; above 1 the step only submits a TrainJob and waits
+
+    @classmethod
+    def of(cls, config: FlywheelConfig) -> "Placement":
+        return cls(vote_on_gpu=config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL,
+                   train_on_gpu=config.train.num_nodes == 1)
+
+
+def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
     """A vote that loads the champion runs on the GPU image and pool, and a multi-node train step holds no GPU:
     the pipeline decided both when it was compiled, from its config; a run's config must agree."""
     hint = "compile the pipeline with this config (flywheel pipeline compile|upload|run -c ...)"
-    if (config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL) != vote_on_gpu:
-        where = "the CPU image" if not vote_on_gpu else "a GPU"
+    wanted = Placement.of(config)
+    if wanted.vote_on_gpu != compiled.vote_on_gpu:
+        where = "the CPU image" if not compiled.vote_on_gpu else "a GPU"
         raise InputError("pipeline parameter config_yaml", f"vote.method={config.vote.method}, but this pipeline "
                          f"was compiled with its vote step on {where}: {hint}", field="vote.method")
-    if (config.train.num_nodes == 1) != train_on_gpu:
+    if wanted.train_on_gpu != compiled.train_on_gpu:
         raise InputError("pipeline parameter config_yaml", f"train.num_nodes={config.train.num_nodes}, but this "
-                         f"pipeline was compiled for {'one node' if train_on_gpu else 'a multi-node TrainJob'}: {hint}",
-                         field="train.num_nodes")
+                         f"pipeline was compiled for {'one node' if compiled.train_on_gpu else 'a multi-node TrainJob'}: "
+                         f"{hint}", field="train.num_nodes")
 
 
 def project_home() -> Path:
@@ -120,7 +135,9 @@ def stage_seed(config: FlywheelConfig, seed_uri: str, seeds_dir: Path) -> Flywhe
     if not shipped.is_dir():
         raise InputError(config.seed.path, f"relative seed.path is not in the image ({shipped}): set seed.path to a "
                          "directory on the volume or pass seed_uri", field="seed.path")
-    target = Path(seeds_dir) / f"{path.name}-{_tree_md5(shipped)[:12]}"
+    from flywheel.versioning import digest
+
+    target = Path(seeds_dir) / f"{path.name}-{digest(shipped)[:12]}"
     _copy_once(shipped, target)
     config.seed.path = str(target)
     return config
@@ -142,7 +159,7 @@ def _import_seed(config: FlywheelConfig, uri: str, seeds_dir: Path) -> Path:
             version = (client.get_model_version_by_alias(name, alias) if alias
                        else client.get_model_version(name, number))
         except MlflowException as error:
-            raise InputError(f"pipeline parameter seed_uri {uri}", _one_line(error.message)) from None
+            raise InputError(f"pipeline parameter seed_uri {uri}", one_line(error.message, 300)) from None
         source = version.tags.get(FILES_TAG, version.source)  # the model directory inside the pyfunc
         target = seeds_dir / _safe(f"{name}-v{version.version}")
     elif re.match(r"^[a-z0-9+]+://|^runs:/", uri) or Path(uri).is_absolute():
@@ -156,27 +173,17 @@ def _import_seed(config: FlywheelConfig, uri: str, seeds_dir: Path) -> Path:
                 local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch,
                                                             tracking_uri=config.tracking.uri)
             except Exception as error:  # any store's error (S3, HTTP, MLflow) is one line about the URI
-                raise InputError(f"pipeline parameter seed_uri {uri}", f"cannot download: {_one_line(error)}") from None
+                raise InputError(f"pipeline parameter seed_uri {uri}", f"cannot download: {one_line(error, 300)}") from None
             _copy_once(Path(local), target)
     return target
 
 
 def _copy_once(source: Path, target: Path) -> None:
-    """Copy a model directory onto the volume atomically; a concurrent run that got there first wins."""
-    from flywheel.io import atomic_dir
+    """Copy a model directory onto the volume atomically, once (a run that got there first wins)."""
+    from flywheel.stages.train import link_or_copy_tree
 
-    if target.is_dir():
-        return
-    with atomic_dir(target) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-
-
-def _tree_md5(root: Path) -> str:
-    digest = hashlib.md5()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(hashlib.md5(path.read_bytes()).digest())
-    return digest.hexdigest()
+    if not target.is_dir():
+        link_or_copy_tree(source, target)
 
 
 def _safe(text: str) -> str:
@@ -189,11 +196,6 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _one_line(value) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def run_checks(config: FlywheelConfig, workspace_root: Path, *, dvc_remote: str = "") -> list[str]:
     """One line per dependency; raises one ``InputError`` naming every failed check."""
     lines, failures = [], []
@@ -204,7 +206,7 @@ def run_checks(config: FlywheelConfig, workspace_root: Path, *, dvc_remote: str 
         try:
             lines.append(f"ok    {name}: {check()}")
         except Exception as error:
-            message = error.message if isinstance(error, InputError) else _one_line(error)
+            message = error.message if isinstance(error, InputError) else one_line(error, 300)
             lines.append(f"FAIL  {name}: {message}")
             failures.append(f"{name}: {message}")
     print("\n".join(lines), flush=True)
@@ -238,14 +240,10 @@ def _check_mlflow(config: FlywheelConfig) -> str:
     uri = config.tracking.uri
     if not uri.startswith(("http://", "https://")):
         return f"{uri} (not a server: each pod would have its own store)" if "://" in uri else uri
-    import urllib.request
+    from flywheel.tracking import check_reachable
 
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
-            body = response.read(64).decode(errors="replace").strip()
-    except OSError as error:
-        raise InputError(uri, f"MLflow does not answer ({_one_line(getattr(error, 'reason', error))})") from None
-    return f"{uri} answers ({body or response.status})"
+    check_reachable(uri, timeout_s=10)
+    return f"{uri} answers"
 
 
 def _check_object_store(dvc_remote: str) -> str:
@@ -262,7 +260,7 @@ def _check_object_store(dvc_remote: str) -> str:
         client.head_bucket(Bucket=bucket)
     except Exception as error:
         raise InputError(dvc_remote, f"object store does not answer for bucket {bucket} at "
-                         f"{endpoint or 'AWS'} ({_one_line(error)})") from None
+                         f"{endpoint or 'AWS'} ({one_line(error, 300)})") from None
     return f"bucket {bucket} at {endpoint or 'AWS'} answers"
 
 
@@ -282,7 +280,7 @@ def effective_config(config_yaml: str, knobs: Knobs, compiled: Knobs, *, seed_ur
                      vote_on_gpu: bool, train_on_gpu: bool, dvc_remote: str = "") -> str:
     """The preflight step: knobs applied, seed staged, checks run; returns the config every later step reads."""
     config = apply_knobs(config_yaml, knobs, compiled)
-    check_placement(config, vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu)
+    check_placement(config, Placement(vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu))
     root = Path(workspace_root)
     stage_seed(config, seed_uri, root.parent / SEEDS_DIR)
     run_checks(config, root, dvc_remote=dvc_remote)

@@ -24,8 +24,8 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import math
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -40,7 +40,6 @@ from flywheel.run_state import file_md5
 from flywheel.seeding import derive_seed
 from flywheel.tasks.base import sft_row
 
-# What each method trains on: the file curate writes for it and its schema.
 # What each method trains on: its file in the round (flywheel.layout.TRAIN_DATA) and that file's contract.
 METHOD_DATA = {method: (TRAIN_DATA[method], schema) for method, schema in
                (("sft", schemas.CURATED), ("dpo", schemas.CURATED_PAIRS), ("grpo", schemas.RL_PROMPTS))}

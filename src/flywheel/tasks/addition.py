@@ -29,7 +29,7 @@ class ReversedAddition:
 
     def prompt_issue(self, question: str) -> str | None:
         """Why ``question`` is not an addition prompt (``<digits>+<digits>=``), else None."""
-        if len(question) > 2 * MAX_DIGITS + 2 or not _PROMPT.match(question):
+        if not _PROMPT.match(question):
             shown = question if len(question) <= 40 else question[:37] + "..."
             return (f"not an addition prompt (<digits>+<digits>=, at most {MAX_DIGITS} digits each): "
                     f"{shown!r} ({len(question)} characters)")

@@ -71,13 +71,17 @@ def check_prompts(task, rows: list[dict], source, field: str = "prompt") -> list
     method take any text): a bad row is one line naming the file, the row and the field."""
     from flywheel.errors import InputError
 
-    issue = getattr(task, "prompt_issue", None)
-    if issue is not None:
-        for index, row in enumerate(rows, start=1):
-            problem = issue(row["prompt"])
-            if problem:
-                raise InputError(source, problem, row=index, field=field)
+    for index, row in enumerate(rows, start=1):
+        problem = prompt_problem(task, row["prompt"])
+        if problem:
+            raise InputError(source, problem, row=index, field=field)
     return rows
+
+
+def prompt_problem(task, question: str) -> str | None:
+    """Why ``task`` cannot pose ``question`` (its optional ``prompt_issue``), else None."""
+    issue = getattr(task, "prompt_issue", None)
+    return issue(question) if issue is not None else None
 
 
 def judge_message(question: str, completion: str) -> str:
