@@ -29,7 +29,7 @@ def main() -> int:
 
     from flywheel import io, schemas
     from flywheel.config import load_config
-    from flywheel.seed import train_seed
+    from flywheel.seed_model import train_seed
     from flywheel.tasks import load_task
     from tests.test_bad_input import CASES, PROMPTS, SMOKE, _snapshot
 

@@ -47,7 +47,7 @@ def main() -> None:
         root = Path(scratch)
         seed = Path(args.seed).resolve() if args.seed else root / "seed"
         if not args.seed:
-            from flywheel.seed import train_seed
+            from flywheel.seed_model import train_seed
 
             train_seed(load_config(config_path, [*args.overrides, f"seed.path={seed}"]), task=load_task("addition"))
         common = [*args.overrides, f"seed.path={seed}", "loop.rounds=1", "loop.progress=false"]

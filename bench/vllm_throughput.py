@@ -37,7 +37,7 @@ def main() -> int:
         return 0
     from vllm import LLM, SamplingParams
 
-    from flywheel.seeding import derive_seed
+    from flywheel.rng import derive_seed
     from flywheel.tasks import load_task
 
     rows = load_task("addition").make_prompts(bucket=args.bucket, count=args.prompts, seed=7, id_prefix="b-",

@@ -29,7 +29,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def tiny_seed(tmp_path_factory) -> Path:
     """The smoke config's seed (2 members, ~20k parameters each), trained with labels on 1-2 digits."""
     from flywheel.config import load_config
-    from flywheel.seed import train_seed
+    from flywheel.seed_model import train_seed
     from flywheel.tasks import load_task
 
     out = tmp_path_factory.mktemp("seed") / "seed"

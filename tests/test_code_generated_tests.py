@@ -13,7 +13,7 @@ from flywheel.config import CodeConfig, GenerateConfig, load_config
 from flywheel.errors import InputError
 from flywheel.generation import Completion
 from flywheel.sandbox import Limits
-from flywheel.seeding import derive_seed
+from flywheel.rng import derive_seed
 from flywheel.stages.generate import generate, with_generated_tests
 from flywheel.stages.vote import vote
 from flywheel.tasks import load_task

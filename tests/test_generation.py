@@ -186,7 +186,7 @@ class RecordingBackend:
 
 def test_views_split_samples_across_phrasings_in_canonical_order():
     from flywheel.config import GenerateConfig
-    from flywheel.seeding import derive_seed
+    from flywheel.rng import derive_seed
     from flywheel.stages.generate import generate
     from flywheel.tasks import ReversedAddition
 
@@ -239,7 +239,7 @@ def test_addition_views_are_other_operands_with_the_same_sum():
 def test_views_with_a_real_model_answer_the_original_prompt(tiny_seed):
     from flywheel.config import GenerateConfig
     from flywheel.modeling import member_dirs
-    from flywheel.seeding import derive_seed
+    from flywheel.rng import derive_seed
     from flywheel.stages.generate import generate
     from flywheel.tasks import ReversedAddition
 

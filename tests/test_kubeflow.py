@@ -97,7 +97,7 @@ def test_side_effect_tasks_get_credentials_from_the_secret():
 
 
 def test_sharded_generation_equals_unsharded(tmp_path, tiny_seed):
-    from flywheel.pool import run_prompts
+    from flywheel.stages.prompts import run_prompts
     from flywheel.stages.generate import run_generate, run_merge_samples
     from flywheel.tasks import load_task
 
@@ -324,7 +324,7 @@ def test_round_pipeline_continues_from_the_mlflow_champion(tmp_path, tiny_seed):
 def test_round_pipeline_takes_the_eval_set_from_the_users_data(tmp_path):
     """``flywheel-round`` on a bring-your-own recipe: the eval set is ``data.eval``, as in ``flywheel run``."""
     from flywheel.data import load_eval
-    from flywheel.kubeflow.registry import resolve_champion
+    from flywheel.kubeflow.champion import resolve_champion
     from flywheel.tasks import load_task
 
     config = load_config(ROOT / "configs" / "byo.yaml", ["tracking.enabled=false", f"seed.path={ROOT / 'seed/default'}",

@@ -12,7 +12,8 @@ import yaml
 from flywheel.config import dump_config, load_config
 from flywheel.errors import InputError
 from flywheel.kubeflow import pipelines
-from flywheel.kubeflow.preflight import (Knobs, Placement, apply_knobs, check_gpu, check_placement, run_checks,
+from flywheel.preflight import check_stage
+from flywheel.kubeflow.preflight import (Knobs, Placement, apply_knobs, check_placement, run_checks,
                                         stage_seed)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,9 +263,10 @@ def test_a_gpu_step_without_a_visible_gpu_fails_in_one_line():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(InputError, match="no GPU is visible in this pod") as error:
-        check_gpu(load_config(None, ["loop.device=cuda"]))
-    assert "\n" not in str(error.value)
-    check_gpu(load_config(None, ["loop.device=cpu"]))
+        check_stage(load_config(None, ["loop.device=cuda"]), "generate", where="in this pod")
+    assert "\n" not in str(error.value) and "nvidia.com/gpu" in str(error.value)
+    check_stage(load_config(None, ["loop.device=cpu"]), "generate", where="in this pod")
+    check_stage(load_config(None, ["loop.device=cuda"]), "curate", where="in this pod")  # a CPU step: no GPU asked
 
 
 # --- flywheel pipeline upload ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from flywheel.config import load_config
-from flywheel.layout import TRAIN_DATA, RoundLayout, RunLayout, start_model
+from flywheel.layout import RoundLayout, RunLayout, start_model, train_data_files
 from tests.conftest import ROOT
 
 
@@ -17,7 +17,7 @@ def test_round_paths():
     assert (this.samples, this.decision, this.metrics) == (Path("/w/rounds/3/samples.parquet"),
                                                            Path("/w/rounds/3/decision.json"),
                                                            Path("/w/rounds/3/eval/metrics.json"))
-    assert {m: this.train_data(m).name for m in TRAIN_DATA} == TRAIN_DATA
+    assert {m: this.train_data(m).name for m in train_data_files()} == train_data_files()
     run = RunLayout(Path("/w"))
     assert run.eval_set == Path("/w/eval.parquet") and run.seed == Path("/w/rounds/0/champion")
     assert run.tracking_record(2) == Path("/w/tracking/round-2.json")
@@ -36,7 +36,7 @@ def test_every_door_starts_a_round_from_the_same_model(tmp_path):
 def test_dvc_yaml_writes_the_layouts_names():
     names = {getattr(RoundLayout(Path("."), 1), attr).name for attr in (
         "prompts", "audit", "prompts_summary", "samples", "votes", "agreement", "vote_summary", "curated", "pool",
-        "curation", "candidate", "eval_dir", "decision", "champion")} | set(TRAIN_DATA.values())
+        "curation", "candidate", "eval_dir", "decision", "champion")} | set(train_data_files().values())
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     written = set()
     for stage in stages.values():

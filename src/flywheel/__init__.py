@@ -40,7 +40,7 @@ _EXPORTS = {
     "run_loop": "flywheel.loop",
     "run_round": "flywheel.loop",
     "prepare": "flywheel.loop",
-    "run_prompts": "flywheel.pool",
+    "run_prompts": "flywheel.stages.prompts",
     "run_generate": "flywheel.stages.generate",
     "run_vote": "flywheel.stages.vote",
     "run_curate": "flywheel.stages.curate",

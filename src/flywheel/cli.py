@@ -212,146 +212,182 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    if args.command == "data":
-        return _data(args)
-    if args.command == "export":
-        from flywheel.export import export_run, push_to_hub
-
-        result = export_run(args.root, args.out, member=args.member)
-        if args.push_to_hub:
-            result.update(push_to_hub(args.out, args.push_to_hub))
-        print(json.dumps(result, indent=2))
-        return 0
-    if args.command == "status":
-        from flywheel.status import run_status, status_lines
-
-        print("\n".join(status_lines(run_status(args.root))))
-        return 0
-    from flywheel.config import describe, load_config, to_dict
+    """Commands that need no config, then the config, then the machine (``_set_up``), then the command."""
+    if args.command in PLAIN_COMMANDS:
+        return PLAIN_COMMANDS[args.command](args)
+    from flywheel.config import load_config
 
     if args.command == "report" and args.config is None and (args.root / "config.yaml").is_file():
         args.config = args.root / "config.yaml"  # the config the run was made with
     config = load_config(args.config, args.overrides)
     if args.command == "config":
-        values = to_dict(config)
-        for key, _, help in describe():
-            node = values
-            for part in key.split("."):
-                node = node[part]
-            print(f"{key} = {json.dumps(node)}\n    {help}")
-        return 0
+        return _config(config)
     if args.command == "pipeline":  # Kubeflow: compile/submit only, nothing runs here
         from flywheel.kubeflow.cli import run as run_pipeline_command
         from flywheel.kubeflow.pipelines import cluster_config
 
         return run_pipeline_command(args, cluster_config(args.config, args.overrides))
-
-    import torch
-
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
-    from flywheel.tasks import load_task
-
-    task = load_task(config.task, config.code)
-    device, progress = config.loop.device, config.loop.progress and sys.stderr.isatty()
-    config.loop.progress = progress  # no progress bars in logs (dvc repro, CI, pipes)
-    _check_device(device)
-    if args.command in ("run", "generate"):
-        from flywheel.generation import choose_backend
-
-        choose_backend(config.generate.backend)  # generate.backend=vllm without CUDA + vllm: fail before any work
-    if args.command in ("run", "train") and config.train.method == "grpo" and config.train.grpo.use_vllm:
-        from flywheel.generation import vllm_available
-
-        usable, why = vllm_available()
-        if not usable:  # before the seed's evaluation and the round's generation, not at the train stage
-            raise InputError("config", f"train.grpo.use_vllm=true but {why}", field="train.grpo.use_vllm")
-    if getattr(args, "verbose", 0) < 2:
-        _quiet_libraries()
-    if getattr(args, "quiet", 0):
-        config.loop.progress = progress = False
-
+    task = _set_up(args, config)
     _check_outputs(args)  # a bad output path fails now, not after the compute
-    if args.command == "run":
-        mode = "resume" if args.resume else "restart" if args.restart else "new"
-        return _run(config, track=not args.no_track, mode=mode)
-    if args.command == "seed":
-        from flywheel.seed import train_seed
-
-        result = train_seed(config, task=task, out_dir=args.out, device=device, progress=progress)
-        print(json.dumps(result, indent=2))
-        return 0
-    if args.command == "prepare":
-        from flywheel.loop import prepare
-        from flywheel.versioning import check_dvc_rounds
-
-        check_dvc_rounds(config)  # dvc repro's first stage: dvc.yaml's rounds must be loop.rounds
-
-        prepare(config, args.root, task=task)
-        return 0
-    if args.command == "prompts":
-        from flywheel.pool import run_prompts
-
-        result = run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round,
-                             champion_dir=args.champion, data=config.data)
-    elif args.command == "generate":
-        from flywheel.stages.generate import run_generate
-
-        result = run_generate(args.prompts, args.model, args.out, config.generate, task=task, round_index=args.round,
-                              device=device, progress=progress, code=config.code)
-    elif args.command == "vote":
-        from flywheel.stages.vote import run_vote
-
-        result = run_vote(args.samples, args.out_dir, config.vote, task=task, audit_path=args.audit,
-                          prompts_path=args.prompts, model_dir=args.model, device=device)
-    elif args.command == "curate":
-        from flywheel.stages.curate import run_curate
-
-        result = run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
-                            previous_pool=args.previous_pool, audit_path=args.audit)
-    elif args.command == "train":
-        from flywheel.layout import TRAIN_DATA
-        from flywheel.stages.train import run_train
-
-        data = args.data / TRAIN_DATA[config.train.method] if args.data.is_dir() else args.data
-        # train.init: 'champion' continues from --init; 'base' restarts from --base (the seed), as flywheel run does.
-        init = config.train.start_from(args.init, args.base or args.init)
-        result = run_train(data, init, args.out, config.train, round_index=args.round, device=device,
-                           progress=progress, task=task)
-    elif args.command == "evaluate":
-        from flywheel.stages.evaluate import run_evaluate
-
-        result = run_evaluate(args.eval, args.candidate, args.champion, args.out_dir, config.evaluate, task=task,
-                              device=device, progress=progress)
-        result = {k: {"accuracy": v["accuracy"], "frontier": v["frontier"], "reach": v["reach"]}
-                  for k, v in result.items()}
-    elif args.command == "gate":
-        from flywheel.stages.gate import run_gate
-
-        result = run_gate(args.eval_dir, args.out, config.gate, candidate_dir=args.candidate,
-                          champion_dir=args.champion, next_champion=args.next_champion)
-        result = {k: result[k] for k in ("promote", "reason", "delta", "p_value")}
-    elif args.command == "track":
-        result = _track(config, args.root, args.round, args.out)
-    elif args.command == "report":
-        from flywheel.report import build_report, table, write_report
-
-        if not (args.root / "rounds" / "0" / "eval" / "metrics.json").is_file():
-            raise InputError(args.root / "rounds" / "0", "no loop here (run `flywheel prepare` or `flywheel run` first)",
-                             field="--root")
-        report = build_report(args.root, config)
-        write_report(args.root, report)
-        if args.end_mlflow_run and config.tracking.enabled:
-            from flywheel.tracking import Tracker
-
-            tracker = Tracker(config.tracking)
-            tracker.end_loop(tracker.start_loop(config, loop_key=_dvc_loop_key(args.root)),
-                             {"final": report["summary"]})
-        print(table(report))
-        return 0
-    else:  # pragma: no cover - argparse rejects unknown commands
-        raise AssertionError(args.command)
+    result = STAGE_COMMANDS[args.command](args, config, task)
+    if isinstance(result, int):
+        return result
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _set_up(args, config):
+    """Threads, the machine checks every door shares (``flywheel.preflight``), logging and progress bars;
+    returns the task."""
+    import torch
+
+    from flywheel.preflight import check_stage
+    from flywheel.tasks import load_task
+
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
+    task = load_task(config.task, config.code)
+    check_stage(config, args.command)
+    if getattr(args, "verbose", 0) < 2:
+        _quiet_libraries()
+    # No progress bars in logs (dvc repro, CI, pipes) or with -q.
+    config.loop.progress = config.loop.progress and sys.stderr.isatty() and not getattr(args, "quiet", 0)
+    return task
+
+
+def _config(config) -> int:
+    from flywheel.config import describe, to_dict
+
+    values = to_dict(config)
+    for key, _, help in describe():
+        node = values
+        for part in key.split("."):
+            node = node[part]
+        print(f"{key} = {json.dumps(node)}\n    {help}")
+    return 0
+
+
+def _export(args) -> int:
+    from flywheel.export import export_run, push_to_hub
+
+    result = export_run(args.root, args.out, member=args.member)
+    if args.push_to_hub:
+        result.update(push_to_hub(args.out, args.push_to_hub))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _status(args) -> int:
+    from flywheel.status import run_status, status_lines
+
+    print("\n".join(status_lines(run_status(args.root))))
+    return 0
+
+
+def _run_command(args, config, task) -> int:
+    mode = "resume" if args.resume else "restart" if args.restart else "new"
+    return _run(config, track=not args.no_track, mode=mode)
+
+
+def _seed(args, config, task) -> dict:
+    from flywheel.seed_model import train_seed
+
+    return train_seed(config, task=task, out_dir=args.out, device=config.loop.device, progress=config.loop.progress)
+
+
+def _prepare(args, config, task) -> int:
+    from flywheel.loop import prepare
+    from flywheel.versioning import check_dvc_rounds
+
+    check_dvc_rounds(config)  # dvc repro's first stage: dvc.yaml's rounds must be loop.rounds
+    prepare(config, args.root, task=task)
+    return 0
+
+
+def _prompts(args, config, task) -> dict:
+    from flywheel.stages.prompts import run_prompts
+
+    return run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round, champion_dir=args.champion,
+                       data=config.data)
+
+
+def _generate(args, config, task) -> dict:
+    from flywheel.stages.generate import run_generate
+
+    return run_generate(args.prompts, args.model, args.out, config.generate, task=task, round_index=args.round,
+                        device=config.loop.device, progress=config.loop.progress, code=config.code)
+
+
+def _vote(args, config, task) -> dict:
+    from flywheel.stages.vote import run_vote
+
+    return run_vote(args.samples, args.out_dir, config.vote, task=task, audit_path=args.audit,
+                    prompts_path=args.prompts, model_dir=args.model, device=config.loop.device)
+
+
+def _curate(args, config, task) -> dict:
+    from flywheel.stages.curate import run_curate
+
+    return run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
+                      previous_pool=args.previous_pool, audit_path=args.audit)
+
+
+def _train(args, config, task) -> dict:
+    from flywheel.registry import TRAIN_METHODS
+    from flywheel.stages.train import run_train
+
+    data = args.data / TRAIN_METHODS.get(config.train.method).data_file if args.data.is_dir() else args.data
+    # train.init: 'champion' continues from --init; 'base' restarts from --base (the seed), as flywheel run does.
+    init = config.train.start_from(args.init, args.base or args.init)
+    return run_train(data, init, args.out, config.train, round_index=args.round, device=config.loop.device,
+                     progress=config.loop.progress, task=task)
+
+
+def _evaluate(args, config, task) -> dict:
+    from flywheel.stages.evaluate import run_evaluate
+
+    result = run_evaluate(args.eval, args.candidate, args.champion, args.out_dir, config.evaluate, task=task,
+                          device=config.loop.device, progress=config.loop.progress)
+    return {k: {"accuracy": v["accuracy"], "frontier": v["frontier"], "reach": v["reach"]} for k, v in result.items()}
+
+
+def _gate(args, config, task) -> dict:
+    from flywheel.stages.gate import run_gate
+
+    result = run_gate(args.eval_dir, args.out, config.gate, candidate_dir=args.candidate,
+                      champion_dir=args.champion, next_champion=args.next_champion)
+    return {k: result[k] for k in ("promote", "reason", "delta", "p_value")}
+
+
+def _track(args, config, task) -> dict:
+    from flywheel.tracking import loop_key, track_round
+
+    # dvc repro's parent run is one per data directory; round 1 registers the seed.
+    return track_round(config, args.root, args.round, loop_key=loop_key("dvc", args.root),
+                       register_seed=args.round == 1, out=args.out)
+
+
+def _report(args, config, task) -> int:
+    from flywheel.report import build_report, table, write_report
+
+    if not (args.root / "rounds" / "0" / "eval" / "metrics.json").is_file():
+        raise InputError(args.root / "rounds" / "0", "no loop here (run `flywheel prepare` or `flywheel run` first)",
+                         field="--root")
+    report = build_report(args.root, config)
+    write_report(args.root, report)
+    if args.end_mlflow_run and config.tracking.enabled:
+        from flywheel.tracking import Tracker, loop_key
+
+        tracker = Tracker(config.tracking)
+        tracker.end_loop(tracker.start_loop(config, loop_key=loop_key("dvc", args.root)), {"final": report["summary"]})
+    print(table(report))
+    return 0
+
+
+# Each command's function: those that need neither a config nor the machine, then the rest.
+PLAIN_COMMANDS = {"data": lambda args: _data(args), "export": _export, "status": _status}
+STAGE_COMMANDS = {"run": _run_command, "seed": _seed, "prepare": _prepare, "prompts": _prompts,
+                  "generate": _generate, "vote": _vote, "curate": _curate, "train": _train, "evaluate": _evaluate,
+                  "gate": _gate, "track": _track, "report": _report}
 
 
 def _quiet_libraries() -> None:
@@ -371,13 +407,6 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("config", "CUDA is not available on this machine", field="loop.device")
 
 
 def _run(config, *, track: bool, mode: str) -> int:
@@ -423,11 +452,6 @@ def _data(args) -> int:
     return 0
 
 
-def _dvc_loop_key(root: Path) -> str:
-    """``dvc repro``'s parent run is one per data directory: its track stages and its report share it."""
-    return f"dvc:{Path(root).resolve()}"
-
-
 # Each stage command's outputs: (argument, a directory?). Checked before any model loads.
 STAGE_OUTPUTS = {
     "prompts": [("out_dir", True)], "generate": [("out", False)], "vote": [("out_dir", True)],
@@ -451,30 +475,6 @@ def _check_outputs(args) -> None:
         remove_leftovers(value.parent)
         if directory:
             remove_leftovers(value)
-
-
-def _track(config, root: Path, round_index: int, out: Path) -> dict:
-    """``dvc repro``'s tracking stage: one parent run per data directory, a nested run per round."""
-    from flywheel import io
-    from flywheel.layout import RoundLayout
-    from flywheel.tracking import Tracker
-    from flywheel.versioning import digest
-
-    if not config.tracking.enabled:
-        io.write_json(out, {"tracking": "disabled"})
-        return {"tracking": "disabled"}
-    this = RoundLayout(Path(root), round_index)
-    if not this.decision.is_file():  # before MLflow creates a parent run for a round that never ran
-        raise InputError(this.decision, "round not found (run its gate first)", field="--round")
-    tracker = Tracker(config.tracking)
-    parent = tracker.start_loop(config, loop_key=_dvc_loop_key(root))
-    tracker.client.update_run(parent, status="RUNNING")  # again, if an earlier `dvc repro` ended it
-    if round_index == 1:
-        tracker.register_seed(parent, RoundLayout(Path(root), 0).champion)
-    result = tracker.log_round(parent, round_index, this.dir, config, digest(this.dir))
-    result["parent_run_id"] = parent
-    io.write_json(out, result)
-    return result
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import yaml
 from flywheel.errors import ConfigError, InputError
 from flywheel.modeling import TinyModelConfig
 from flywheel.precision import PRECISIONS
+from flywheel.registry import TASKS, TRAIN_METHODS, VOTE_METHODS
 
 
 def _f(default, help: str, **kw):
@@ -191,9 +192,6 @@ class CodeConfig:
                       file_mb=self.file_mb, processes=self.processes, mode=self.sandbox)
 
 
-VOTE_METHODS = ("majority", "weighted", "reliability", "self_judge", "reference")
-
-
 @dataclass
 class VoteConfig:
     """Majority vote over all samples of a prompt (all members' samples together)."""
@@ -212,7 +210,7 @@ class VoteConfig:
 
     def __post_init__(self):
         _check(0 <= self.min_answer_share <= 1, "vote.min_answer_share", "must be in [0, 1]")
-        _check(self.method in VOTE_METHODS, "vote.method", f"must be one of {', '.join(VOTE_METHODS)}")
+        VOTE_METHODS.check(self.method)
         _check(self.judge_batch_size > 0, "vote.judge_batch_size", "must be > 0")
 
 
@@ -309,9 +307,6 @@ class GrpoSettings:
         _check(self.beta >= 0, "train.grpo.beta", "must be >= 0")
 
 
-TRAIN_METHODS = ("sft", "dpo", "grpo")
-
-
 @dataclass
 class TrainConfig:
     """Fine-tuning with TRL: SFT on the curated set (ReST-EM), DPO on vote pairs, or GRPO with a vote reward."""
@@ -347,14 +342,11 @@ class TrainConfig:
         return base if self.init == "base" else champion
 
     def __post_init__(self):
-        _check(self.method in TRAIN_METHODS, "train.method", f"must be one of {', '.join(TRAIN_METHODS)}")
+        TRAIN_METHODS.get(self.method).check(self)
         _check(self.init in ("champion", "base"), "train.init", "must be 'champion' or 'base'")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
         _check(self.gpus_per_node >= 1, "train.gpus_per_node", "must be >= 1")
-        if self.method == "grpo":
-            _check(self.batch_size % self.grpo.num_generations == 0, "train.batch_size",
-                   "must be a multiple of train.grpo.num_generations (whole groups per step)")
         _positive(self, "steps", "batch_size", "learning_rate")
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
 
@@ -481,10 +473,8 @@ class FlywheelConfig:
     loop: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The whole loop (`flywheel run`)."})
 
     def __post_init__(self):
-        from flywheel.tasks import DATA_TASKS, TASKS
-
-        _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}")
-        if self.task in DATA_TASKS:
+        TASKS.check(self.task)
+        if not TASKS.get(self.task).generates_prompts:
             _check(bool(self.data.prompts), "data.prompts", f"task '{self.task}' has no prompt generator; set it")
             _check(bool(self.data.eval), "data.eval", f"task '{self.task}' has no eval generator; set it")
 

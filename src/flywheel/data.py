@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 
 from flywheel.errors import InputError
-from flywheel.tasks.base import prompt_problem
+
 
 DEFAULT_COLUMNS = {"id": "id", "prompt": "prompt", "answer": "answer", "bucket": "bucket", "tests": "tests"}
 
@@ -84,7 +84,7 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
                              field=mapping["prompt"])
         if not prompt.strip():
             raise InputError(source, "prompt is empty", row=index, field=mapping["prompt"])
-        problem = prompt_problem(task, prompt)
+        problem = task.prompt_issue(prompt)
         if problem:
             raise InputError(source, problem, row=index, field=mapping["prompt"])
         raw_id = record.get(mapping["id"])
@@ -95,12 +95,12 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
         answer = record.get(mapping["answer"])
         meta = None
         tests = record.get(mapping["tests"])
-        if hasattr(task, "split_tests") and answer is not None:
+        if task.takes_tests and answer is not None:
             # The code task's reference is its labeled tests (is_correct runs them); free text cannot grade.
             raise InputError(source, f"the {task.name} task grades by its tests column ({mapping['tests']!r}), "
                              "not an answer column", row=index, field=mapping["answer"])
         if tests is not None:
-            if not hasattr(task, "split_tests"):
+            if not task.takes_tests:
                 raise InputError(source, f"the {task.name} task takes no tests column", row=index,
                                  field=mapping["tests"])
             # Labeled tests become the hidden answer; only unlabeled inputs (and their style) reach meta.

@@ -303,7 +303,7 @@ def member_judge(model_dir, *, batch_size: int, device: str, task=None):
     from flywheel.tasks.base import render_message, uses_chat_template
 
     members = [load_member(path, device=device) for path in member_dirs(model_dir)]
-    yes_no = [task is not None and hasattr(task, "judge_message") and uses_chat_template(task, tokenizer)
+    yes_no = [task is not None and task.judge_message is not None and uses_chat_template(task, tokenizer)
               for _, tokenizer in members]
 
     def score(pairs: list[tuple[str, str]]) -> list[float]:

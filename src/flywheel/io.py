@@ -100,6 +100,20 @@ def publish_together(directory: str | os.PathLike) -> Iterator[Callable[[str], P
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def link_or_copy(src, dst) -> None:
+    """Hard-link a model file where the filesystem allows (models are large), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_or_copy_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a model directory atomically, file by file with ``link_or_copy``."""
+    with atomic_dir(target) as tmp:
+        shutil.copytree(source, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
+
+
 def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
     """Remove what killed writes left directly in ``directory`` (``.name.XXXX.tmp``, ``.name.old``,
     ``.publish.XXXX.tmp``): a re-run of a stage starts clean. Returns what it removed."""

@@ -21,8 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# What train.method trains on, written by curate.
-TRAIN_DATA = {"sft": "train.parquet", "dpo": "pairs.parquet", "grpo": "rl_prompts.parquet"}
+from flywheel.registry import TRAIN_METHODS
+
+
+def train_data_files() -> dict[str, str]:
+    """What each registered ``train.method`` trains on: its file in the round, written by curate."""
+    return {name: TRAIN_METHODS.get(name).data_file for name in TRAIN_METHODS.names()}
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class RoundLayout:
         return self.dir / "pool.parquet"
 
     def train_data(self, method: str) -> Path:
-        return self.dir / TRAIN_DATA[method]
+        return self.dir / TRAIN_METHODS.get(method).data_file
 
     @property
     def curation(self) -> Path:

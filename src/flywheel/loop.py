@@ -7,7 +7,6 @@ Every path comes from ``flywheel.layout`` (the run directory's layout, shared by
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from flywheel import io, schemas
@@ -15,13 +14,13 @@ from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout, start_model
 from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model
-from flywheel.pool import run_prompts
+from flywheel.stages.prompts import run_prompts
 from flywheel.run_state import ROUND_STAGES, Ledger, RunLock, open_run
 from flywheel.stages.curate import run_curate
 from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
 from flywheel.stages.gate import run_gate
 from flywheel.stages.generate import run_generate
-from flywheel.stages.train import link_or_copy_tree, run_train
+from flywheel.stages.train import run_train
 from flywheel.stages.vote import run_vote
 from flywheel.tasks import load_task
 
@@ -63,7 +62,7 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     check_data(config, task)
     io.write_rows(run.eval_set, eval_set(config, task), schemas.PROMPTS)
     zero = run.round(0)
-    link_or_copy_tree(seed_dir, zero.champion)
+    io.link_or_copy_tree(seed_dir, zero.champion)
     io.write_rows(zero.pool, [], schemas.CURATED)
     metrics, _ = evaluate_model(zero.champion, io.read_rows(run.eval_set, schemas.PROMPTS), config.evaluate,
                                 task=task, device=config.loop.device, progress=config.loop.progress)
@@ -122,7 +121,7 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
     An error, Ctrl-C or SIGTERM ends the MLflow runs as FAILED or KILLED.
     """
     from flywheel.report import build_report, write_report
-    from flywheel.versioning import digest
+    from flywheel.tracking import log_round_files
 
     task = load_task(config.task, config.code)
     root = Path(config.loop.out_dir)
@@ -144,16 +143,10 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
                 decision = run_round(config, root, round_index, task=task, eval_path=eval_path, ledger=ledger)
                 if tracker is not None:
                     record = run.tracking_record(round_index)
-                    here = run.round(round_index).dir
-
-                    def track() -> None:
-                        start = time.perf_counter()
-                        logged = tracker.log_round(parent, round_index, here, config, digest(here))
-                        # Kept outside the round directory so the round's digest stays what was logged.
-                        io.write_json(record, {**logged, "seconds": time.perf_counter() - start})
-
-                    ledger.stage(round_index, "track", [record], track)
-                    tracked[round_index] = {k: v for k, v in io.read_json(record).items() if k != "seconds"}
+                    ledger.stage(round_index, "track", [record], lambda: log_round_files(
+                        tracker, parent, root, round_index, config))
+                    tracked[round_index] = {k: v for k, v in io.read_json(record).items()
+                                            if k not in ("seconds", "parent_run_id")}
                     if tracked[round_index].get("promotion") == "stale":
                         log.warning("round %d: the gate promoted, but MLflow's '%s' alias of %s names v%s, not "
                                     "v%s that this run started from: the alias stays (stale)", round_index,

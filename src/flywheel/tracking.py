@@ -322,6 +322,56 @@ class Tracker:
                 "promotion": promotion, "started_from": started_from, "champion_version": holder}
 
 
+def loop_key(door: str, root: str | Path) -> str:
+    """The ``flywheel.loop`` tag of a run directory's MLflow parent run: one parent per directory and door
+    (``dvc``: ``dvc repro``'s data directory; ``kfp``: a Kubeflow workspace), found again by it."""
+    return f"{door}:{Path(root).resolve()}"
+
+
+def log_round_files(tracker: Tracker, parent_run_id: str, root: str | Path, round_index: int,
+                    config: FlywheelConfig, *, started_from: str | None = None, out: Path | None = None) -> dict:
+    """Log round ``round_index`` of the run at ``root`` under ``parent_run_id`` and write the record
+    (default ``RunLayout(root).tracking_record``, kept outside the round so its digest stays what was logged).
+    The record holds ``Tracker.log_round``'s result, ``parent_run_id`` and ``seconds``."""
+    from flywheel import io
+    from flywheel.layout import RoundLayout, RunLayout
+    from flywheel.versioning import digest
+
+    start = time.perf_counter()
+    here = RoundLayout(Path(root), round_index).dir
+    result = tracker.log_round(parent_run_id, round_index, here, config, digest(here), started_from=started_from)
+    result = {**result, "parent_run_id": parent_run_id, "seconds": time.perf_counter() - start}
+    io.write_json(out or RunLayout(Path(root)).tracking_record(round_index), result)
+    return result
+
+
+def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, loop_key: str, register_seed: bool,
+                started_from: str | None = None, out: Path | None = None) -> dict:
+    """Track one finished round from a door that runs a round at a time (``dvc repro``'s track stage, the
+    Kubeflow track step): open or find the parent run of ``loop_key``, register the seed (round 0's champion)
+    when ``register_seed``, and ``log_round_files``. Without tracking, the record says so and gives the
+    gate's outcome. ``promotion`` in the result: promoted, declined or stale."""
+    from flywheel import io
+    from flywheel.layout import RoundLayout, RunLayout
+
+    root = Path(root)
+    this = RoundLayout(root, round_index)
+    if not this.decision.is_file():  # before MLflow creates a parent run for a round that never ran
+        from flywheel.errors import InputError
+
+        raise InputError(this.decision, "round not found (run its gate first)", field="--round")
+    if not config.tracking.enabled:
+        result = {"tracking": "disabled", "promotion": PROMOTED if io.read_json(this.decision)["promote"] else DECLINED}
+        io.write_json(out or RunLayout(root).tracking_record(round_index), result)
+        return result
+    tracker = Tracker(config.tracking)
+    parent = tracker.start_loop(config, loop_key=loop_key)
+    tracker.client.update_run(parent, status="RUNNING")  # again, if an earlier `dvc repro` ended it
+    if register_seed:
+        tracker.register_seed(parent, RoundLayout(root, 0).champion)
+    return log_round_files(tracker, parent, root, round_index, config, started_from=started_from, out=out)
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """An MLflow server that does not answer is one line within seconds, before any work (MLflow's own client
     retries for minutes and then raises a traceback). Local stores (sqlite, file) need no check."""

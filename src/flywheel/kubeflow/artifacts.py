@@ -15,17 +15,18 @@ from flywheel.config import FlywheelConfig, load_config_text
 from flywheel.tracking import _flatten
 
 
-def load(config_yaml: str, *, gpu: bool = False) -> FlywheelConfig:
+def load(config_yaml: str, *, stage: str | None = None) -> FlywheelConfig:
     """The run's config (what the preflight step returned); no progress bars in pod logs.
 
-    ``gpu``: a step that runs on the GPU first checks that ``loop.device`` is visible in its pod.
+    ``stage``: the step first runs the machine checks every door shares (``flywheel.preflight.check_stage``:
+    a GPU visible in its pod, vLLM where the config asks for it).
     """
     config = load_config_text(config_yaml, source="pipeline parameter config_yaml")
     config.loop.progress = False
-    if gpu:
-        from flywheel.kubeflow.preflight import check_gpu
+    if stage is not None:
+        from flywheel.preflight import check_stage
 
-        check_gpu(config)
+        check_stage(config, stage, where="in this pod")
     return config
 
 

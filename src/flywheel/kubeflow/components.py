@@ -90,10 +90,10 @@ def plan_shards(shards: int) -> List[int]:
 def resolve_champion(config_yaml: str, workspace: str, eval_set: Output[Dataset], champion: Output[Model]) -> int:
     """The next round of a long-lived workspace, with the champion read from MLflow's ``champion`` alias.
 
-    Returns the round index; see ``flywheel.kubeflow.registry.resolve_champion``.
+    Returns the round index; see ``flywheel.kubeflow.champion.resolve_champion``.
     """
     from flywheel.kubeflow import artifacts
-    from flywheel.kubeflow.registry import resolve_champion as resolve
+    from flywheel.kubeflow.champion import resolve_champion as resolve
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
@@ -107,9 +107,9 @@ def resolve_champion(config_yaml: str, workspace: str, eval_set: Output[Dataset]
 @_component()
 def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: Input[Model],
                  prompts: Output[Dataset]):
-    """The round's unlabeled prompts (``flywheel.pool.run_prompts``); the truth stays in audit.parquet."""
+    """The round's unlabeled prompts (``flywheel.stages.prompts.run_prompts``); the truth stays in audit.parquet."""
     from flywheel.kubeflow import artifacts
-    from flywheel.pool import run_prompts
+    from flywheel.stages.prompts import run_prompts
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
@@ -135,7 +135,7 @@ def generate(run_config: Input[Artifact], shard: int, shards: int, prompts: Inpu
     from flywheel.stages.generate import run_generate
     from flywheel.tasks import load_task
 
-    config = artifacts.load(Path(run_config.path).read_text(), gpu=True)
+    config = artifacts.load(Path(run_config.path).read_text(), stage="generate")
     round_index = int(prompts.metadata["round"])
     summary = run_generate(Path(prompts.path), artifacts.model_path(champion), Path(samples.path), config.generate,
                            task=load_task(config.task, config.code), round_index=round_index,
@@ -172,11 +172,7 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
     from flywheel.stages.vote import run_vote
     from flywheel.tasks import load_task
 
-    from flywheel.kubeflow.preflight import VOTE_METHODS_NEEDING_THE_MODEL, check_gpu
-
-    config = artifacts.load(config_yaml)
-    if config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL:
-        check_gpu(config)
+    config = artifacts.load(config_yaml, stage="vote")  # a GPU in this pod when the vote loads the champion
     this = artifacts.layout(workspace, round_index)
     summary = run_vote(Path(samples.path), this.dir, config.vote, task=load_task(config.task, config.code),
                        audit_path=this.audit, prompts_path=Path(prompts.path),
@@ -254,9 +250,9 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         infra.run_trainjob(manifest, timeout_s=config.kubeflow.gpu_step_timeout_s)
         summary = {"train_rows": None, "num_nodes": config.train.num_nodes}
     else:
-        from flywheel.kubeflow.preflight import check_gpu
+        from flywheel.preflight import check_stage
 
-        check_gpu(config)
+        check_stage(config, "train", where="in this pod")
         summary = run_train(Path(train_set.path), init, this.candidate, config.train, round_index=round_index,
                             device=config.loop.device, task=load_task(config.task, config.code))
     artifacts.publish_model(this.candidate, candidate, round=round_index, role="candidate",
@@ -273,7 +269,7 @@ def evaluate(config_yaml: str, workspace: str, round_index: int, eval_set: Input
     from flywheel.stages.evaluate import run_evaluate
     from flywheel.tasks import load_task
 
-    config = artifacts.load(config_yaml, gpu=True)
+    config = artifacts.load(config_yaml, stage="evaluate")
     this = artifacts.layout(workspace, round_index)
     metrics = run_evaluate(Path(eval_set.path), artifacts.model_path(candidate), artifacts.model_path(champion),
                            this.eval_dir, config.evaluate, task=load_task(config.task, config.code),
@@ -320,10 +316,11 @@ def track(config_yaml: str, workspace: str, round_index: int, register_seed: boo
 
     from flywheel import io
     from flywheel.kubeflow import artifacts
-    from flywheel.kubeflow.registry import track_round
+    from flywheel.kubeflow.champion import loop_key
+    from flywheel.tracking import track_round
 
     config = artifacts.load(config_yaml)
-    result = track_round(config, workspace, round_index, register_seed=register_seed,
+    result = track_round(config, workspace, round_index, loop_key=loop_key(workspace), register_seed=register_seed,
                          started_from=champion.metadata.get("model_version"))
     io.write_json(Path(tracking.path), result)
     tracking.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})

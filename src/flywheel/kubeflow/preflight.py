@@ -9,7 +9,7 @@ and one line per thing the run depends on, checked before any GPU is asked for.
 * ``run_checks``: the volume is writable, the seed is a model, MLflow answers, the object store answers.
   Each check prints one line; any failure ends the step with one line naming every failed check.
 
-The GPU is checked where it is used: ``check_gpu`` at the start of every GPU step.
+The GPU is checked where it is used: each GPU step starts with ``flywheel.preflight.check_stage`` in its pod.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, load_config_text, dump_config, to_dict
+from flywheel import io
 from flywheel.errors import InputError, one_line
+from flywheel.registry import VOTE_METHODS
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
-VOTE_METHODS_NEEDING_THE_MODEL = ("self_judge",)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Placement:
 
     @classmethod
     def of(cls, config: FlywheelConfig) -> "Placement":
-        return cls(vote_on_gpu=config.vote.method in VOTE_METHODS_NEEDING_THE_MODEL,
+        return cls(vote_on_gpu=VOTE_METHODS.get(config.vote.method).needs_model,
                    train_on_gpu=config.train.num_nodes == 1)
 
 
@@ -180,10 +181,9 @@ def _import_seed(config: FlywheelConfig, uri: str, seeds_dir: Path) -> Path:
 
 def _copy_once(source: Path, target: Path) -> None:
     """Copy a model directory onto the volume atomically, once (a run that got there first wins)."""
-    from flywheel.stages.train import link_or_copy_tree
 
     if not target.is_dir():
-        link_or_copy_tree(source, target)
+        io.link_or_copy_tree(source, target)
 
 
 def _safe(text: str) -> str:
@@ -262,18 +262,6 @@ def _check_object_store(dvc_remote: str) -> str:
         raise InputError(dvc_remote, f"object store does not answer for bucket {bucket} at "
                          f"{endpoint or 'AWS'} ({one_line(error, 300)})") from None
     return f"bucket {bucket} at {endpoint or 'AWS'} answers"
-
-
-def check_gpu(config: FlywheelConfig) -> None:
-    """The first thing a GPU step does: a ``cuda`` device that this pod cannot see is one line, not a stack."""
-    if not config.loop.device.startswith("cuda"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise InputError("loop.device", f"is {config.loop.device}, but no GPU is visible in this pod "
-                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch "
-                         f"{torch.__version__}): the step needs the GPU pool and an nvidia.com/gpu limit")
 
 
 def effective_config(config_yaml: str, knobs: Knobs, compiled: Knobs, *, seed_uri: str, workspace_root: str,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import CurateConfig
-from flywheel.seeding import derive_seed
+from flywheel.rng import derive_seed
 
 
 def ngrams(text: str, n: int, unit: str) -> set[tuple[str, ...]]:

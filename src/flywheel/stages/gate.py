@@ -139,7 +139,6 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
 
 def _write_next_champion(target: Path, winner: Path, lineage: list, decision: dict) -> None:
     from flywheel.model_card import write_card
-    from flywheel.stages.train import link_or_copy
 
-    shutil.copytree(winner, target, copy_function=link_or_copy, dirs_exist_ok=True)
+    shutil.copytree(winner, target, copy_function=io.link_or_copy, dirs_exist_ok=True)
     write_card(target, lineage, decision["buckets"], promoted_side="candidate" if decision["promote"] else "champion")

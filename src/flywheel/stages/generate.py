@@ -23,7 +23,7 @@ from flywheel.config import CodeConfig, GenerateConfig
 from flywheel.generation import GenerationBackend, HFBackend, VLLMBackend, choose_backend
 from flywheel.modeling import load_member, member_dirs
 from flywheel.precision import resolve_precision
-from flywheel.seeding import derive_seed
+from flywheel.rng import derive_seed
 from flywheel.tasks.base import check_prompts, render_message, render_prompt
 
 
@@ -33,7 +33,7 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
 
     ``code``: the code task's settings; when they ask for generated tests, the prompts get them first.
     """
-    if code is not None and task.name == "code" and code.generated_tests != "off":
+    if code is not None and task.takes_tests and code.generated_tests != "off":
         prompts = with_generated_tests(prompts, backends, config, code, task=task, round_index=round_index)
     # One job per (prompt, view): sample j of a prompt goes to view j mod their number.
     jobs = []

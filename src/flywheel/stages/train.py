@@ -29,20 +29,20 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from flywheel import io, schemas
 from flywheel.config import TrainConfig
-from flywheel.layout import TRAIN_DATA
+from flywheel.errors import ConfigError
 from flywheel.modeling import check_alphabet, is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
 from flywheel.precision import resolve_precision, trainer_precision_args
 from flywheel.run_state import file_md5
-from flywheel.seeding import derive_seed
+from flywheel.rng import derive_seed
+from flywheel.registry import TRAIN_METHODS
+from flywheel.stages.vote import winner
 from flywheel.tasks.base import sft_row
-
-# What each method trains on: its file in the round (flywheel.layout.TRAIN_DATA) and that file's contract.
-METHOD_DATA = {method: (TRAIN_DATA[method], schema) for method, schema in
-               (("sft", schemas.CURATED), ("dpo", schemas.CURATED_PAIRS), ("grpo", schemas.RL_PROMPTS))}
 
 
 def _trainer_args(steps: int, batch_size: int, learning_rate: float, warmup_ratio: float, scheduler: str, seed: int,
@@ -214,8 +214,8 @@ def train_dpo(model, ref_model, tokenizer, rows: list[dict], *, config: TrainCon
 def majority_rewards(answers: list[str | None], groups: list) -> list[float]:
     """1.0 for an answer that is its group's majority, else 0.0 (TTRL's label-free reward).
 
-    ``groups[i]`` names sample i's group (its prompt). The majority is decided as in
-    ``stages.vote.vote``: most votes, ties to the lexicographically smallest answer, and
+    ``groups[i]`` names sample i's group (its prompt). The majority is decided by the vote's own
+    rule (``stages.vote.winner``): most votes, ties to the lexicographically smallest answer, and
     no-answer (None) is never the majority, so it always earns 0.0.
     """
     members: dict = defaultdict(list)
@@ -223,10 +223,9 @@ def majority_rewards(answers: list[str | None], groups: list) -> list[float]:
         members[group].append(index)
     rewards = [0.0] * len(answers)
     for indices in members.values():
-        counts = Counter(answers[i] for i in indices if answers[i] is not None)
-        if not counts:
+        majority = winner(Counter(answers[i] for i in indices))
+        if majority is None:
             continue
-        majority = min(counts, key=lambda a: (-counts[a], a))
         for i in indices:
             rewards[i] = 1.0 if answers[i] == majority else 0.0
     return rewards
@@ -316,28 +315,61 @@ def full_weights(member: Path, device: str):
         yield Path(scratch)
 
 
+@dataclass(frozen=True)
+class TrainMethod:
+    """A ``train.method``: the round's file it trains on (written by curate), that file's contract, and
+    ``fit(model, tokenizer, rows, init=..., config=..., task=..., seed=..., progress=..., peft_config=...,
+    device=...)`` returning (trained model, metrics). ``init`` is the init model's directory (full weights)."""
+
+    data_file: str
+    schema: schemas.Schema
+    fit: Callable[..., tuple]
+    needs_task: bool = False  # its reward or rows read answers with the task
+    uses_vllm: Callable[[TrainConfig], bool] = lambda config: False  # generates with vLLM (flywheel.preflight)
+    check: Callable[[TrainConfig], None] = lambda config: None  # the method's own config rules (config.py)
+
+
+def _fit_sft(model, tokenizer, rows, *, init, config: TrainConfig, task, seed, progress, peft_config, device):
+    return train_sft(model, tokenizer, rows, steps=config.steps, batch_size=config.batch_size,
+                     learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
+                     scheduler=config.scheduler, seed=seed, progress=progress, precision=config.precision,
+                     gradient_checkpointing=config.gradient_checkpointing, peft_config=peft_config, task=task)
+
+
+def _fit_dpo(model, tokenizer, rows, *, init, config: TrainConfig, task, seed, progress, peft_config, device):
+    # The reference is the init model; with LoRA, TRL disables the adapters instead of holding a copy.
+    reference = None if peft_config is not None else load_member(init, device=device)[0]
+    return train_dpo(model, reference, tokenizer, rows, config=config, seed=seed, progress=progress,
+                     peft_config=peft_config, task=task)
+
+
+def _fit_grpo(model, tokenizer, rows, *, init, config: TrainConfig, task, seed, progress, peft_config, device):
+    return train_grpo(model, tokenizer, rows, config=config, task=task, seed=seed, progress=progress,
+                      peft_config=peft_config)
+
+
+# The registered training methods (flywheel.registry; the module docstring says what each does).
+TRAIN_METHODS.add("sft", TrainMethod("train.parquet", schemas.CURATED, _fit_sft))
+TRAIN_METHODS.add("dpo", TrainMethod("pairs.parquet", schemas.CURATED_PAIRS, _fit_dpo))
+def _check_grpo(config: TrainConfig) -> None:
+    if config.batch_size % config.grpo.num_generations:
+        raise ConfigError("train.batch_size", "must be a multiple of train.grpo.num_generations (whole groups per step)")
+
+
+TRAIN_METHODS.add("grpo", TrainMethod("rl_prompts.parquet", schemas.RL_PROMPTS, _fit_grpo, needs_task=True,
+                                      uses_vllm=lambda config: config.grpo.use_vllm, check=_check_grpo))
+
+
 def train_member(member: Path, rows: list[dict], config: TrainConfig, *, task, seed: int, device: str,
                  progress: bool) -> tuple:
     """Train one member with ``config.method``. Returns (trained model, maybe a PeftModel; tokenizer; metrics)."""
+    method: TrainMethod = TRAIN_METHODS.get(config.method)
     peft_config = peft_lora_config(config)
     with full_weights(member, device) as path:
         model, tokenizer = load_member(path, device=device)
         model.train()
-        if config.method == "sft":
-            trained, metrics = train_sft(model, tokenizer, rows, steps=config.steps, batch_size=config.batch_size,
-                                         learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
-                                         scheduler=config.scheduler, seed=seed, progress=progress,
-                                         precision=config.precision,
-                                         gradient_checkpointing=config.gradient_checkpointing,
-                                         peft_config=peft_config, task=task)
-        elif config.method == "dpo":
-            # The reference is the init model; with LoRA, TRL disables the adapters instead of holding a copy.
-            reference = None if peft_config is not None else load_member(path, device=device)[0]
-            trained, metrics = train_dpo(model, reference, tokenizer, rows, config=config, seed=seed,
-                                         progress=progress, peft_config=peft_config, task=task)
-        else:
-            trained, metrics = train_grpo(model, tokenizer, rows, config=config, task=task, seed=seed,
-                                          progress=progress, peft_config=peft_config)
+        trained, metrics = method.fit(model, tokenizer, rows, init=path, config=config, task=task, seed=seed,
+                                      progress=progress, peft_config=peft_config, device=device)
     return trained, tokenizer, metrics
 
 
@@ -362,7 +394,8 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
     ``data_path`` is train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo);
     grpo also needs the ``task`` (its reward extracts answers).
     """
-    rows = io.read_rows(data_path, METHOD_DATA[config.method][1])
+    method: TrainMethod = TRAIN_METHODS.get(config.method)
+    rows = io.read_rows(data_path, method.schema)
     members = member_dirs(init_dir)
     if not rows:
         # Nothing survived curation (e.g. a strict vote threshold on a hard bucket). The candidate is the
@@ -371,12 +404,12 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
               file=sys.stderr)
         with _candidate_dir(out_dir) as tmp:  # rank 0 only under torchrun
             for index, member in enumerate(members):
-                shutil.copytree(member, tmp / f"member-{index}", copy_function=link_or_copy)
+                shutil.copytree(member, tmp / f"member-{index}", copy_function=io.link_or_copy)
             write_model_meta(tmp, {"members": [f"member-{i}" for i in range(len(members))], "round": round_index,
                                    "init": str(init_dir), "format": "full", "trained": False})
         return {"train_loss": None, "train_seconds": 0.0, "train_rows": 0, "members": len(members)}
-    if config.method == "grpo" and task is None:
-        raise ValueError("train.method=grpo needs the task (its reward extracts answers)")
+    if method.needs_task and task is None:
+        raise ValueError(f"train.method={config.method} needs the task (it reads answers)")
     per_member, formats = [], []
     with _candidate_dir(out_dir) as tmp:
         for index, member in enumerate(members):
@@ -414,7 +447,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
         "precision": resolve_precision(config.precision, device),
         "gradient_checkpointing": config.gradient_checkpointing,
     }
-    if config.method == "grpo":
+    if any("mean_reward" in m for m in per_member):  # methods trained on a reward (grpo) report its mean
         rewards = [m["mean_reward"] for m in per_member if m.get("mean_reward") is not None]
         result["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
     return result
@@ -437,17 +470,3 @@ def _candidate_dir(out_dir: Path):
 def _hardest_bucket(rows: list[dict], round_index: int) -> int | None:
     buckets = [int(r["bucket"]) for r in rows if r.get("round") == round_index and str(r.get("bucket")).isdigit()]
     return max(buckets, default=None)
-
-
-def link_or_copy(src, dst) -> None:
-    """Hard-link a model file where the filesystem allows (models are large), else copy it."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def link_or_copy_tree(source: Path, target: Path) -> None:
-    """Copy a model directory atomically, file by file with ``_link_or_copy``."""
-    with io.atomic_dir(target) as tmp:
-        shutil.copytree(source, tmp, copy_function=link_or_copy, dirs_exist_ok=True)

@@ -30,12 +30,23 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from flywheel import io, schemas
 from flywheel.config import VoteConfig
+from flywheel.registry import VOTE_METHODS
 
 NO_ANSWER = None
+
+
+def winner(weight: dict) -> Any:
+    """The vote's one rule for who wins: the most weight (or count), ties to the smallest key; never
+    ``NO_ANSWER``. None when nothing was answered. ``vote``, ``reference_vote`` and GRPO's
+    ``majority_rewards`` all decide with it."""
+    answered = {k: w for k, w in weight.items() if k is not NO_ANSWER}
+    return min(answered, key=lambda k: (-answered[k], k)) if answered else None
 
 
 def vote(samples: list[dict], *, min_answer_share: float = 0.0, weights: list[float] | None = None,
@@ -65,24 +76,23 @@ def vote(samples: list[dict], *, min_answer_share: float = 0.0, weights: list[fl
         answered = {k: m for k, m in mass.items() if k is not NO_ANSWER}
         n = len(group)
         total = sum(mass.values())
-        winner = min(answered, key=lambda k: (-answered[k], k)) if answered else None
+        won = winner(mass)
         if sum(c for k, c in counts.items() if k is not NO_ANSWER) < min_answer_share * n:
-            winner = None
+            won = None
         majority = None
-        if winner is not None:
-            answers = Counter(s["answer"] for s in group if keys[id(s)] == winner)
-            majority = min(answers, key=lambda a: (-answers[a], a))
+        if won is not None:
+            majority = winner(Counter(s["answer"] for s in group if keys[id(s)] == won))
         votes.append({
             "prompt_id": prompt_id,
             "majority_answer": majority,
-            "vote_share": answered.get(winner, 0.0) / total if total > 0 else 0.0,
+            "vote_share": answered.get(won, 0.0) / total if total > 0 else 0.0,
             "entropy": -sum(c / n * math.log(c / n) for c in counts.values()),
             "n_samples": n,
             "n_answers": len(answered),
         })
         for s in sorted(group, key=lambda s: (s["voter"], s["sample_idx"])):
             agreement.append({"prompt_id": prompt_id, "sample_idx": s["sample_idx"], "voter": s["voter"],
-                              "agrees": winner is not None and keys[id(s)] == winner})
+                              "agrees": won is not None and keys[id(s)] == won})
     return votes, agreement
 
 
@@ -177,7 +187,7 @@ def reference_vote(samples: list[dict], truth: dict[str, str], is_correct) -> tu
         correct = [label is not None and is_correct(s["answer"], label) for s in group]
         counts = Counter(s["answer"] for s in group)
         right = Counter(s["answer"] for s, ok in zip(group, correct) if ok)
-        majority = (min(right, key=lambda a: (-right[a], a)) if right else label)
+        majority = winner(right) if right else label
         n = len(group)
         votes.append({
             "prompt_id": prompt_id,
@@ -241,59 +251,118 @@ def read_truth(audit_path: Path) -> dict[str, str]:
     return {row["id"]: row["answer"] for row in io.read_rows(audit_path, schemas.PROMPTS)}
 
 
+@dataclass(frozen=True)
+class VoteInputs:
+    """What a vote method may read besides the samples. ``truth``: the audit file's labels, when given;
+    ``prompts`` and ``model_dir``: the round's prompts and the champion, for methods that ask it."""
+
+    task: Any
+    config: VoteConfig
+    truth: dict[str, str] | None = None
+    prompts_path: Path | None = None
+    model_dir: Path | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Ballot:
+    """A vote method's result: the votes and agreement rows, what vote.json says the labels came from,
+    and anything else it reports there (``reliability``: each voter's estimated accuracy)."""
+
+    votes: list[dict]
+    agreement: list[dict]
+    label_source: str
+    report: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VoteMethod:
+    """A ``vote.method``. ``needs_model``: it loads the champion (the Kubeflow vote step then runs on the
+    GPU pool); ``supervised``: it reads the audit file's labels, and vote.json says the round is supervised."""
+
+    run: Callable[[list[dict], VoteInputs], Ballot]
+    needs_model: bool = False
+    supervised: bool = False
+
+
+def _weighted(weights: Callable[[list[dict], VoteInputs], list[float] | None], label_source: str):
+    """A method that is ``vote`` with each sample's vote weighing ``weights(samples, inputs)``."""
+
+    def run(samples: list[dict], inputs: VoteInputs) -> Ballot:
+        votes, agreement = vote(samples, min_answer_share=inputs.config.min_answer_share,
+                                weights=weights(samples, inputs), key=inputs.task.vote_key)
+        return Ballot(votes, agreement, label_source)
+
+    return run
+
+
+def _reliability(samples: list[dict], inputs: VoteInputs) -> Ballot:
+    reliability = voter_reliability(samples, inputs.task.vote_key)
+    votes, agreement = vote(samples, min_answer_share=inputs.config.min_answer_share,
+                            weights=reliability_weights(samples, reliability), key=inputs.task.vote_key)
+    return Ballot(votes, agreement, "vote weighted by each committee member's accuracy as estimated from how often "
+                  "the members agree with each other (no labels)",
+                  {"voter_reliability": {str(v): round(p, 4) for v, p in reliability.items()}})
+
+
+def _self_judge(samples: list[dict], inputs: VoteInputs) -> Ballot:
+    from flywheel.generation import member_judge
+
+    prompts = {p["id"]: p["prompt"] for p in io.read_rows(inputs.prompts_path, schemas.PROMPTS)}
+    judge = member_judge(inputs.model_dir, batch_size=inputs.config.judge_batch_size, device=inputs.device,
+                         task=inputs.task)
+    votes, agreement = vote(samples, min_answer_share=inputs.config.min_answer_share,
+                            weights=judge_weights(samples, prompts, judge), key=inputs.task.vote_key)
+    scores = {"yes_no": "P(yes) / (P(yes) + P(no)) of its yes/no judge prompt",
+              "logprob": "exp(mean token log-prob | prompt)"}
+    return Ballot(votes, agreement, "vote weighted by the champion's own score of each candidate answer, "
+                  + " and ".join(scores[kind] for kind in judge.kinds) + " (no labels)")
+
+
+def _reference(samples: list[dict], inputs: VoteInputs) -> Ballot:
+    votes, agreement = reference_vote(samples, inputs.truth, inputs.task.is_correct)
+    return Ballot(votes, agreement, "REFERENCE LABELS from the audit file: this round is SUPERVISED (ReST-EM with "
+                  "labels / verifiable rewards), not self-training")
+
+
+# The registered vote methods (flywheel.registry; the module docstring says what each weighs).
+VOTE_METHODS.add("majority", VoteMethod(_weighted(lambda samples, inputs: None,
+                                                  "majority vote of the samples (no labels)")))
+VOTE_METHODS.add("weighted", VoteMethod(_weighted(
+    lambda samples, inputs: sample_weights(samples),
+    "vote weighted by each sample's per-token probability, exp(logprob / n_tokens) (no labels)")))
+VOTE_METHODS.add("reliability", VoteMethod(_reliability))
+VOTE_METHODS.add("self_judge", VoteMethod(_self_judge, needs_model=True))
+VOTE_METHODS.add("reference", VoteMethod(_reference, supervised=True))
+
+
 def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, audit_path: Path | None = None,
              prompts_path: Path | None = None, model_dir: Path | None = None, device: str = "cpu") -> dict:
-    """Shell: samples.parquet -> votes.parquet, agreement.parquet, vote.json.
+    """Shell: samples.parquet -> votes.parquet, agreement.parquet, vote.json, by the ``vote.method``.
 
-    ``self_judge`` also needs the prompts and the champion (``model_dir``); ``reference`` the audit file.
+    Methods that load the champion (``self_judge``) also need the prompts and ``model_dir``; supervised
+    ones (``reference``) the audit file.
     """
+    method: VoteMethod = VOTE_METHODS.get(config.method)
     samples = io.read_rows(samples_path, schemas.SAMPLES)
-    has_audit = audit_path is not None and Path(audit_path).exists()
-    label_source = "majority vote of the samples (no labels)"
-    reliability = None  # reliability voting: each voter's estimated accuracy, reported in vote.json
-    if config.method == "reference":
-        if not has_audit:
-            raise io.InputError(audit_path or "vote", "vote.method=reference needs the audit file of labels "
-                                "(--audit)", field="vote.method")
-        votes, agreement = reference_vote(samples, read_truth(audit_path), task.is_correct)
-        label_source = ("REFERENCE LABELS from the audit file: this round is SUPERVISED (ReST-EM with labels / "
-                        "verifiable rewards), not self-training")
-    else:
-        weights = None
-        if config.method == "weighted":
-            weights = sample_weights(samples)
-            label_source = "vote weighted by each sample's per-token probability, exp(logprob / n_tokens) (no labels)"
-        elif config.method == "reliability":
-            reliability = voter_reliability(samples, task.vote_key)
-            weights = reliability_weights(samples, reliability)
-            label_source = ("vote weighted by each committee member's accuracy as estimated from how often the "
-                            "members agree with each other (no labels)")
-        elif config.method == "self_judge":
-            if prompts_path is None or model_dir is None:
-                raise io.InputError("vote", "vote.method=self_judge needs the prompts and the champion "
-                                    "(--prompts, --model)", field="vote.method")
-            from flywheel.generation import member_judge
-
-            prompts = {p["id"]: p["prompt"] for p in io.read_rows(prompts_path, schemas.PROMPTS)}
-            judge = member_judge(model_dir, batch_size=config.judge_batch_size, device=device, task=task)
-            weights = judge_weights(samples, prompts, judge)
-            scores = {"yes_no": "P(yes) / (P(yes) + P(no)) of its yes/no judge prompt",
-                      "logprob": "exp(mean token log-prob | prompt)"}
-            label_source = ("vote weighted by the champion's own score of each candidate answer, "
-                            + " and ".join(scores[kind] for kind in judge.kinds) + " (no labels)")
-        votes, agreement = vote(samples, min_answer_share=config.min_answer_share, weights=weights,
-                                key=task.vote_key)
-    summary = vote_summary(votes)
+    truth = read_truth(audit_path) if audit_path is not None and Path(audit_path).exists() else None
+    if method.supervised and truth is None:
+        raise io.InputError(audit_path or "vote", f"vote.method={config.method} needs the audit file of labels "
+                            "(--audit)", field="vote.method")
+    if method.needs_model and (prompts_path is None or model_dir is None):
+        raise io.InputError("vote", f"vote.method={config.method} needs the prompts and the champion "
+                            "(--prompts, --model)", field="vote.method")
+    ballot = method.run(samples, VoteInputs(task=task, config=config, truth=truth, prompts_path=prompts_path,
+                                            model_dir=model_dir, device=device))
+    summary = vote_summary(ballot.votes)
     summary["method"] = config.method
-    summary["label_source"] = label_source
-    if reliability is not None:
-        summary["voter_reliability"] = {str(v): round(p, 4) for v, p in reliability.items()}
-    summary["supervised"] = config.method == "reference"
-    if has_audit:
-        truth = read_truth(audit_path)
-        summary["pseudo_label_precision"] = pseudo_label_precision(votes, truth, task.is_correct)
+    summary["label_source"] = ballot.label_source
+    summary.update(ballot.report)
+    summary["supervised"] = method.supervised
+    if truth is not None:
+        summary["pseudo_label_precision"] = pseudo_label_precision(ballot.votes, truth, task.is_correct)
     with io.publish_together(out_dir) as staged:
-        io.write_rows(staged("votes.parquet"), votes, schemas.VOTES)
-        io.write_rows(staged("agreement.parquet"), agreement, schemas.AGREEMENT)
+        io.write_rows(staged("votes.parquet"), ballot.votes, schemas.VOTES)
+        io.write_rows(staged("agreement.parquet"), ballot.agreement, schemas.AGREEMENT)
         io.write_json(staged("vote.json"), summary)
     return summary

@@ -17,23 +17,23 @@ import json
 import random
 import re
 
+from flywheel.registry import TASKS
+from flywheel.tasks.base import TaskBase
+
 
 # The longest operand a prompt may have: far beyond any model's context, short of Python's int() limit.
 MAX_DIGITS = 1000
 _PROMPT = re.compile(r"^[0-9]{1,%d}\+[0-9]{1,%d}=$" % (MAX_DIGITS, MAX_DIGITS))
 
 
-class ReversedAddition:
+@TASKS.register("addition")
+class ReversedAddition(TaskBase):
     name = "addition"
     chat = False  # the char-level model reads "71+52=" as is
 
     def prompt_issue(self, question: str) -> str | None:
         """Why ``question`` is not an addition prompt (``<digits>+<digits>=``), else None."""
-        if not _PROMPT.match(question):
-            shown = question if len(question) <= 40 else question[:37] + "..."
-            return (f"not an addition prompt (<digits>+<digits>=, at most {MAX_DIGITS} digits each): "
-                    f"{shown!r} ({len(question)} characters)")
-        return None
+        return shape_issue(question, _PROMPT, "an addition prompt (<digits>+<digits>=")
 
     def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
         if bucket < 1:
@@ -43,18 +43,15 @@ class ReversedAddition:
         for index in range(count):
             lengths = [bucket, rng.randint(1, bucket) if mixed else bucket]
             rng.shuffle(lengths)
-            a, b = (_random_number(rng, n) for n in lengths)
+            a, b = (random_number(rng, n) for n in lengths)
             rows.append({
                 "id": f"{id_prefix}d{bucket}-{index}",
-                "prompt": f"{_rev(a)}+{_rev(b)}=",
+                "prompt": f"{reverse_digits(a)}+{reverse_digits(b)}=",
                 "bucket": str(bucket),
                 "meta": json.dumps({"digits": bucket}),
-                "answer": _rev(a + b),
+                "answer": reverse_digits(a + b),
             })
         return rows
-
-    def user_message(self, question: str) -> str:
-        return question
 
     def extract_answer(self, completion: str, prompt: dict | None = None) -> str | None:
         answer = completion.strip()
@@ -67,9 +64,7 @@ class ReversedAddition:
         digits = max(len(operand) for operand in prompt["prompt"].rstrip("=").split("+"))
         if len(answer) not in (digits, digits + 1):
             return "format:length"
-        if len(answer) > 1 and answer.endswith("0"):
-            return "format:leading_zero"  # reversed, so a trailing "0" is a leading zero
-        return None
+        return leading_zero_issue(answer)
 
     def views(self, question: str, count: int) -> list[str]:
         # Questions with the same sum. First b+a (addition commutes; the reversed sum is the same text
@@ -88,7 +83,7 @@ class ReversedAddition:
             if low > high:
                 continue
             second = rng.randint(low, high)
-            for view in (f"{_rev(total - second)}+{_rev(second)}=", f"{_rev(second)}+{_rev(total - second)}="):
+            for view in (f"{reverse_digits(total - second)}+{reverse_digits(second)}=", f"{reverse_digits(second)}+{reverse_digits(total - second)}="):
                 if view not in out and len(out) < count:
                     out.append(view)
         return out[:count]
@@ -100,7 +95,21 @@ class ReversedAddition:
         return answer is not None and answer == truth
 
 
-def _random_number(rng: random.Random, digits: int) -> int:
+def shape_issue(question: str, pattern: re.Pattern, shape: str) -> str | None:
+    """Why ``question`` does not match ``pattern`` (``shape`` says what it should be), else None. Digit tasks."""
+    if pattern.match(question):
+        return None
+    shown = question if len(question) <= 40 else question[:37] + "..."
+    return f"not {shape}, at most {MAX_DIGITS} digits each): {shown!r} ({len(question)} characters)"
+
+
+def leading_zero_issue(answer: str) -> str | None:
+    """A reversed-digit answer ending in 0 has a leading zero: no number is written that way."""
+    return "format:leading_zero" if len(answer) > 1 and answer.endswith("0") else None
+
+
+def random_number(rng: random.Random, digits: int) -> int:
+    """A uniformly drawn number of exactly ``digits`` digits (0-9 for one digit)."""
     return rng.randint(_lowest(digits), 10**digits - 1)
 
 
@@ -108,5 +117,6 @@ def _lowest(digits: int) -> int:
     return 0 if digits == 1 else 10 ** (digits - 1)
 
 
-def _rev(number: int) -> str:
+def reverse_digits(number: int) -> str:
+    """``number`` written least-significant digit first (how these tasks write numbers)."""
     return str(number)[::-1]

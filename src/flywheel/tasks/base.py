@@ -8,7 +8,7 @@ and an instruct model with a chat template.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, ClassVar, Protocol
 
 
 class Task(Protocol):
@@ -63,25 +63,63 @@ class Task(Protocol):
         ...
 
 
+class TaskBase:
+    """The optional abilities of a task, with their defaults; a task class subclasses this and implements
+    the rest of ``Task``. Stages ask these attributes instead of a task's name (docs/extending.md).
+
+    ``generates_prompts``: ``make_prompts`` makes prompts; False: they come from the user's data
+    (``data.prompts`` and ``data.eval`` are then required). ``takes_tests``: prompt rows carry a tests
+    column (``split_tests``; code), which also enables ``code.generated_tests``. ``judge_message``: the
+    yes/no request ``vote.method=self_judge`` asks a chat model (None: the judge scores log-probs).
+    """
+
+    name: ClassVar[str]
+    chat: ClassVar[bool] = False
+    generates_prompts: ClassVar[bool] = True
+    takes_tests: ClassVar[bool] = False
+    judge_message: ClassVar[Callable[[str, str], str] | None] = None
+
+    @classmethod
+    def build(cls, code=None) -> "TaskBase":
+        """The task for a config; ``code`` (a ``CodeConfig``) matters only to tasks that run programs."""
+        return cls()
+
+    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
+        from flywheel.errors import InputError
+
+        raise InputError("config", f"the {self.name} task has no prompt generator; set data.prompts and data.eval",
+                         field="data.prompts")
+
+    def user_message(self, question: str) -> str:
+        return question
+
+    def prompt_issue(self, question: str) -> str | None:
+        """Why the task cannot pose ``question`` (checked on every prompt file), else None: any text."""
+        return None
+
+    def format_issue(self, prompt: dict, answer: str) -> str | None:
+        return None
+
+    def views(self, question: str, count: int) -> list[str]:
+        return [question]
+
+    def vote_key(self, answer: str | None) -> str | None:
+        return answer
+
+
 JUDGE_INSTRUCTION = "Is the candidate answer correct? Reply with yes or no."
 
 
 def check_prompts(task, rows: list[dict], source, field: str = "prompt") -> list[dict]:
-    """Every prompt row's question is one the task can pose (``task.prompt_issue``; tasks without that
-    method take any text): a bad row is one line naming the file, the row and the field."""
+    """Every prompt row's question is one the task can pose (``task.prompt_issue``): a bad row is one
+    line naming the file, the row and the field."""
     from flywheel.errors import InputError
 
     for index, row in enumerate(rows, start=1):
-        problem = prompt_problem(task, row["prompt"])
+        problem = task.prompt_issue(row["prompt"])
         if problem:
             raise InputError(source, problem, row=index, field=field)
     return rows
-
-
-def prompt_problem(task, question: str) -> str | None:
-    """Why ``task`` cannot pose ``question`` (its optional ``prompt_issue``), else None."""
-    issue = getattr(task, "prompt_issue", None)
-    return issue(question) if issue is not None else None
 
 
 def judge_message(question: str, completion: str) -> str:
@@ -91,7 +129,7 @@ def judge_message(question: str, completion: str) -> str:
 
 def uses_chat_template(task, tokenizer) -> bool:
     """A chat task on a model whose tokenizer carries a chat template (instruct models)."""
-    return bool(getattr(task, "chat", False) and tokenizer is not None and getattr(tokenizer, "chat_template", None))
+    return bool(task.chat and tokenizer is not None and getattr(tokenizer, "chat_template", None))
 
 
 def render_prompt(task, question: str, tokenizer) -> str:
@@ -103,7 +141,7 @@ def render_prompt(task, question: str, tokenizer) -> str:
     also adds BOS on encoding (Llama 3) would then see two, so it is removed from the
     text here -- TRL tokenizes templates with ``add_special_tokens=False`` for the same reason.
     """
-    if not getattr(task, "chat", False):
+    if not task.chat:
         return question
     return render_message(task, task.user_message(question), tokenizer)
 

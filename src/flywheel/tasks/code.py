@@ -26,7 +26,8 @@ import re
 
 from flywheel.errors import InputError
 from flywheel.sandbox import Limits, run_program
-from flywheel.tasks.base import judge_message
+from flywheel.registry import TASKS
+from flywheel.tasks.base import TaskBase, judge_message
 
 INSTRUCTION = "Write a complete Python solution in one ```python code block."
 FENCE = re.compile(r"```(?:python|py)[^\n]*\n(.*?)```", re.DOTALL)
@@ -41,9 +42,12 @@ TEST_INSTRUCTIONS = {
 }
 
 
-class CodeTask:
+@TASKS.register("code")
+class CodeTask(TaskBase):
     name = "code"
     chat = True
+    generates_prompts = False  # prompts come from the user's data (data.prompts, data.eval)
+    takes_tests = True  # prompt rows carry tests (split_tests); code.generated_tests asks the model for more
     judge_message = staticmethod(judge_message)
 
     def __init__(self, limits: Limits = Limits()):
@@ -52,9 +56,14 @@ class CodeTask:
         self._outputs: dict[tuple[str, str], list[str]] = {}
         self._grades: dict[tuple[str, str], bool] = {}
 
-    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
-        raise InputError("config", "the code task has no prompt generator; set data.prompts and data.eval",
-                         field="data.prompts")
+    @classmethod
+    def build(cls, code=None) -> "CodeTask":
+        """With ``code``'s sandbox limits; a sandbox this machine cannot provide fails here, before any stage."""
+        from flywheel.sandbox import require
+
+        task = cls() if code is None else cls(limits=code.limits())
+        require(task.limits)
+        return task
 
     def user_message(self, question: str) -> str:
         return f"{question}\n{INSTRUCTION}"
@@ -73,18 +82,12 @@ class CodeTask:
             return None
         return json.dumps({"inputs": inputs, "outputs": outputs, "program": program})
 
-    def views(self, question: str, count: int) -> list[str]:
-        return [question]
-
     def vote_key(self, answer: str | None) -> str | None:
         """The part of an answer that votes: the outputs; without inputs, the program text itself."""
         if answer is None:
             return None
         parsed = json.loads(answer)
         return json.dumps(parsed["outputs"]) if parsed["outputs"] else "program:" + parsed["program"]
-
-    def format_issue(self, prompt: dict, answer: str) -> str | None:
-        return None
 
     def is_correct(self, answer: str | None, truth: str | None) -> bool:
         """Every hidden test passes when the answer's program runs on it (evaluation and audits only)."""

@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import threading
 
-import sympy
-
-from flywheel.errors import InputError
-from flywheel.tasks.base import judge_message
+from flywheel.registry import TASKS
+from flywheel.tasks.base import TaskBase, judge_message
 
 INSTRUCTION = "Solve the problem step by step, then give the final answer as \\boxed{answer}."
 
 
-class MathTask:
+@TASKS.register("math")
+class MathTask(TaskBase):
     name = "math"
     chat = True
+    generates_prompts = False  # prompts come from the user's data (data.prompts, data.eval)
     judge_message = staticmethod(judge_message)
-
-    def make_prompts(self, *, bucket: int, count: int, seed: int, id_prefix: str, mixed: bool = False) -> list[dict]:
-        raise InputError("config", "the math task has no prompt generator; set data.prompts and data.eval",
-                         field="data.prompts")
 
     def user_message(self, question: str) -> str:
         return f"{question}\n{INSTRUCTION}"
@@ -41,14 +37,8 @@ class MathTask:
         span = answer_span(completion)
         return None if span is None else canonical(span)
 
-    def format_issue(self, prompt: dict, answer: str) -> str | None:
-        return None
-
-    def views(self, question: str, count: int) -> list[str]:
-        return [question]  # no rephrasing whose completion is sure to answer the original
-
-    def vote_key(self, answer: str | None) -> str | None:
-        return answer  # already canonical: equivalent answers are equal strings
+    # views: the question alone (no rephrasing whose completion is sure to answer the original);
+    # vote_key: the answer itself, already canonical (equivalent answers are equal strings).
 
     def is_correct(self, answer: str | None, truth: str | None) -> bool:
         """math-verify's ``verify(gold, prediction)``; a truth without a boxed/#### span is read whole."""
@@ -106,6 +96,8 @@ def _timeout() -> int | None:
 
 def _usable(value) -> bool:
     """A parse worth voting on: a sympy value whose free symbols are not text read letter by letter."""
+    import sympy  # sympy loads when a math answer is read, not when the task registry lists the tasks
+
     if not isinstance(value, sympy.Basic):
         return False
     value = _rhs(value)
@@ -114,6 +106,8 @@ def _usable(value) -> bool:
 
 
 def _rhs(value):
+    import sympy
+
     if isinstance(value, sympy.Eq) and isinstance(value.lhs, sympy.Symbol):
         return value.rhs  # "x = 3" answers 3
     return value
@@ -121,6 +115,8 @@ def _rhs(value):
 
 def canonical(span: str) -> str | None:
     """One string per value: exact rationals for numbers, sympy's printing for the rest."""
+    import sympy
+
     parsed = _parse(span)
     if not parsed:
         return None

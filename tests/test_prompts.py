@@ -5,7 +5,7 @@ import json
 from flywheel import io
 from flywheel.config import PromptsConfig
 from flywheel.modeling import write_model_meta
-from flywheel.pool import champion_accuracy, run_prompts
+from flywheel.stages.prompts import champion_accuracy, run_prompts
 from flywheel.tasks import load_task
 
 

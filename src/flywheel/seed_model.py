@@ -13,7 +13,7 @@ from pathlib import Path
 from flywheel import io
 from flywheel.config import FlywheelConfig
 from flywheel.modeling import build_tiny_model, count_parameters, write_model_meta
-from flywheel.seeding import derive_seed
+from flywheel.rng import derive_seed
 from flywheel.stages.train import sft
 
 

@@ -14,11 +14,12 @@ from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
 from flywheel.layout import RoundLayout, RunLayout
 from flywheel.loop import check_seed, eval_set
-from flywheel.stages.train import link_or_copy_tree
 
 
 def loop_key(workspace: str | Path) -> str:
-    return f"kfp:{Path(workspace).resolve()}"
+    from flywheel.tracking import loop_key as key
+
+    return key("kfp", workspace)
 
 
 def next_round(workspace: str | Path) -> int:
@@ -47,7 +48,7 @@ def resolve_champion(config: FlywheelConfig, workspace: str | Path, *, task) -> 
     if config.tracking.enabled:
         version = _download_champion(config, root, previous.champion)
     elif not previous.champion.exists():
-        link_or_copy_tree(check_seed(config), previous.champion)
+        io.link_or_copy_tree(check_seed(config), previous.champion)
     return {"round": index, "champion_dir": previous.champion, "eval_path": eval_path, "model_version": version}
 
 
@@ -70,28 +71,5 @@ def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
         files = version.tags.get(FILES_TAG, version.source)
         local = mlflow.artifacts.download_artifacts(artifact_uri=files, dst_path=scratch,
                                                     tracking_uri=config.tracking.uri)
-        link_or_copy_tree(Path(local), target)
+        io.link_or_copy_tree(Path(local), target)
     return version.version
-
-
-def track_round(config: FlywheelConfig, workspace: str | Path, round_index: int, *, register_seed: bool,
-                started_from: str | None = None) -> dict:
-    """``Tracker.log_round`` for a round of the workspace: the alias moves only on promotion, and only if it
-    still names ``started_from`` (the version ``flywheel-round`` downloaded; None: the loop's own lineage,
-    the seed it registered or its last promoted candidate). ``promotion`` in the result says what happened."""
-    from flywheel.tracking import DECLINED, PROMOTED, Tracker
-    from flywheel.versioning import digest
-
-    root = Path(workspace)
-    if not config.tracking.enabled:
-        promoted = io.read_json(RoundLayout(root, round_index).decision)["promote"]
-        return {"tracking": "disabled", "promotion": PROMOTED if promoted else DECLINED}
-    tracker = Tracker(config.tracking)
-    parent = tracker.start_loop(config, loop_key=loop_key(root))
-    if register_seed:
-        tracker.register_seed(parent, RoundLayout(root, 0).champion)
-    here = RoundLayout(root, round_index).dir
-    result = tracker.log_round(parent, round_index, here, config, digest(here), started_from=started_from)
-    result["parent_run_id"] = parent
-    io.write_json(RunLayout(root).tracking_record(round_index), result)
-    return result

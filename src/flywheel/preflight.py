@@ -1,0 +1,52 @@
+"""The machine checks every front door runs before a stage's work: a wrong machine is one line up front,
+never a stack trace in the middle of a stage (or, on Kubernetes, an hour into a round).
+
+``flywheel run`` and each ``flywheel <stage>`` (so ``dvc repro`` and the Argo door too) call
+``check_stage`` before any work; each Kubeflow step calls it first in its pod (``kubeflow.artifacts.load``).
+What a stage needs comes from the config and the registries, never from a door:
+
+- a model stage on ``loop.device=cuda`` needs a visible GPU (vote only when its method loads the champion);
+- generate with ``generate.backend=vllm`` needs CUDA and vLLM (``auto`` falls back to transformers);
+- train with a method that generates with vLLM (``TrainMethod.uses_vllm``: GRPO's ``use_vllm``) needs vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flywheel.config import FlywheelConfig
+from flywheel.errors import InputError
+from flywheel.registry import TRAIN_METHODS, VOTE_METHODS
+
+# Stages that load a model on loop.device; ``run`` is the whole loop.
+MODEL_STAGES = ("run", "seed", "prepare", "generate", "train", "evaluate")
+
+
+def check_stage(config: FlywheelConfig, stage: str, *, where: str = "on this machine") -> None:
+    """Everything ``stage`` needs from this machine; ``where`` words the error (``in this pod``)."""
+    if stage in MODEL_STAGES or (stage == "vote" and VOTE_METHODS.get(config.vote.method).needs_model):
+        check_device(config.loop.device, where=where)
+    if stage in ("run", "generate"):
+        from flywheel.generation import choose_backend
+
+        choose_backend(config.generate.backend)
+    if stage in ("run", "train") and TRAIN_METHODS.get(config.train.method).uses_vllm(config.train):
+        from flywheel.generation import vllm_available
+
+        usable, why = vllm_available()
+        if not usable:  # before the seed's evaluation and the round's generation, not at the train stage
+            raise InputError("config", f"train.method={config.train.method} generates with vLLM "
+                             f"(train.grpo.use_vllm=true) but {why}", field="train.grpo.use_vllm")
+
+
+def check_device(device: str, *, where: str = "on this machine") -> None:
+    """``loop.device`` names a device this process can use."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        hint = (": the step needs the GPU pool and an nvidia.com/gpu limit" if "pod" in where else
+                "; set loop.device=cpu")
+        raise InputError("loop.device", f"is {device}, but no GPU is visible {where} (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch {torch.__version__}){hint}")
