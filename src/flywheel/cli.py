@@ -369,8 +369,10 @@ def _track(args, config, task) -> dict:
 def _report(args, config, task) -> int:
     from flywheel.report import build_report, table, write_report
 
-    if not (args.root / "rounds" / "0" / "eval" / "metrics.json").is_file():
-        raise InputError(args.root / "rounds" / "0", "no loop here (run `flywheel prepare` or `flywheel run` first)",
+    from flywheel.layout import RoundLayout
+
+    if not RoundLayout(args.root, 0).metrics.is_file():
+        raise InputError(RoundLayout(args.root, 0).dir, "no loop here (run `flywheel prepare` or `flywheel run` first)",
                          field="--root")
     report = build_report(args.root, config)
     write_report(args.root, report)

@@ -18,22 +18,24 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.errors import InputError
+from flywheel.layout import RunLayout
+from flywheel.model_card import LINEAGE
 
 
 def last_champion(root: Path) -> tuple[int, Path]:
-    rounds = sorted((int(p.name), p) for p in (Path(root) / "rounds").glob("*")
-                    if p.name.isdigit() and (p / "champion").is_dir())
+    run = RunLayout(Path(root))
+    rounds = [index for index in run.round_indices() if run.round(index).champion.is_dir()]
     if not rounds:
         raise InputError(root, "no champion here (run `flywheel run` first)", field="run directory")
-    index, folder = rounds[-1]
-    return index, folder / "champion"
+    return rounds[-1], run.round(rounds[-1]).champion
 
 
 def curated_rows(root: Path) -> list[dict]:
     rows = []
-    for folder in sorted((p for p in (Path(root) / "rounds").glob("*") if p.name.isdigit()), key=lambda p: int(p.name)):
-        if (folder / "curated.parquet").is_file():
-            rows += io.read_rows(folder / "curated.parquet", schemas.CURATED)
+    run = RunLayout(Path(root))
+    for index in run.round_indices():
+        if run.round(index).curated.is_file():
+            rows += io.read_rows(run.round(index).curated, schemas.CURATED)
     return rows
 
 
@@ -58,7 +60,7 @@ def export_run(root: Path, out: Path, *, member: int = 0) -> dict:
         model, tokenizer = load_member(members[member], precision="fp32")  # an adapter comes back merged
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for name in ("README.md", "lineage.json"):
+        for name in ("README.md", LINEAGE):
             if (champion / name).is_file():
                 shutil.copy2(champion / name, tmp / name)
         (tmp / "flywheel-export.json").write_text(json.dumps(

@@ -29,6 +29,21 @@ def train_data_files() -> dict[str, str]:
     return {name: TRAIN_METHODS.get(name).data_file for name in TRAIN_METHODS.names()}
 
 
+class FILES:
+    """One spelling of each file of a round (relative to ``rounds/<r>/``): the stages write these names and
+    ``RoundLayout`` joins them to a round. Nothing else in the package spells them."""
+
+    prompts, audit, prompts_summary = "prompts.parquet", "audit.parquet", "prompts.json"
+    samples = "samples.parquet"
+    votes, agreement, vote_summary = "votes.parquet", "agreement.parquet", "vote.json"
+    curated, pool, curation = "curated.parquet", "pool.parquet", "curation.json"
+    mix, pairs, rl_prompts = "train.parquet", "pairs.parquet", "rl_prompts.parquet"  # what sft, dpo, grpo train on
+    candidate = "candidate"
+    eval_dir, metrics, predictions = "eval", "metrics.json", "predictions.parquet"  # metrics, predictions: in eval/
+    decision, champion = "decision.json", "champion"
+    timings = "timings.json"
+
+
 @dataclass(frozen=True)
 class RoundLayout:
     """Every path of round ``index`` under the run directory ``root``."""
@@ -46,78 +61,77 @@ class RoundLayout:
     # prompts
     @property
     def prompts(self) -> Path:
-        return self.dir / "prompts.parquet"
+        return self.dir / FILES.prompts
 
     @property
     def audit(self) -> Path:
-        return self.dir / "audit.parquet"
+        return self.dir / FILES.audit
 
     @property
     def prompts_summary(self) -> Path:
-        return self.dir / "prompts.json"
+        return self.dir / FILES.prompts_summary
 
     # generate, vote
     @property
     def samples(self) -> Path:
-        return self.dir / "samples.parquet"
+        return self.dir / FILES.samples
 
     @property
     def votes(self) -> Path:
-        return self.dir / "votes.parquet"
+        return self.dir / FILES.votes
 
     @property
     def agreement(self) -> Path:
-        return self.dir / "agreement.parquet"
+        return self.dir / FILES.agreement
 
     @property
     def vote_summary(self) -> Path:
-        return self.dir / "vote.json"
+        return self.dir / FILES.vote_summary
 
     # curate
     @property
     def curated(self) -> Path:
-        return self.dir / "curated.parquet"
+        return self.dir / FILES.curated
 
     @property
     def pool(self) -> Path:
-        return self.dir / "pool.parquet"
+        return self.dir / FILES.pool
 
     def train_data(self, method: str) -> Path:
         return self.dir / TRAIN_METHODS.get(method).data_file
 
     @property
     def curation(self) -> Path:
-        return self.dir / "curation.json"
+        return self.dir / FILES.curation
 
     # train, evaluate, gate
     @property
     def candidate(self) -> Path:
-        return self.dir / "candidate"
+        return self.dir / FILES.candidate
 
     @property
     def eval_dir(self) -> Path:
-        return self.dir / "eval"
+        return self.dir / FILES.eval_dir
 
     @property
     def metrics(self) -> Path:
-        return self.eval_dir / "metrics.json"
+        return self.eval_dir / FILES.metrics
 
     @property
     def decision(self) -> Path:
-        return self.dir / "decision.json"
+        return self.dir / FILES.decision
 
     @property
     def champion(self) -> Path:
         """The round's winner: the next round's champion (round 0: the seed)."""
-        return self.dir / "champion"
+        return self.dir / FILES.champion
 
     @property
     def timings(self) -> Path:
-        return self.dir / "timings.json"
+        return self.dir / FILES.timings
 
     # outputs of each stage, relative to ``dir``: what the ledger records and a re-run replaces
-    CURATE_OUTPUTS = ("curated.parquet", "pool.parquet", "train.parquet", "pairs.parquet", "rl_prompts.parquet",
-                      "curation.json")
+    CURATE_OUTPUTS = (FILES.curated, FILES.pool, FILES.mix, FILES.pairs, FILES.rl_prompts, FILES.curation)
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,41 @@ class RunLayout:
         return RoundLayout(Path(self.root), index)
 
     @property
+    def rounds_dir(self) -> Path:
+        return Path(self.root) / "rounds"
+
+    def round_indices(self) -> list[int]:
+        """The rounds that have a directory, in order (0: the seed)."""
+        if not self.rounds_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.rounds_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+    @property
+    def tracking_dir(self) -> Path:
+        return Path(self.root) / "tracking"
+
+    @property
+    def loop_record(self) -> Path:
+        """The MLflow parent run of ``flywheel run`` (id and loop key), for --resume."""
+        return self.tracking_dir / "loop.json"
+
+    @property
+    def report_json(self) -> Path:
+        return Path(self.root) / "report.json"
+
+    @property
+    def report_html(self) -> Path:
+        return Path(self.root) / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return Path(self.root) / "plots"
+
+    def outputs(self) -> list[Path]:
+        """Everything a run writes here besides its state (what ``--restart`` deletes, with the state)."""
+        return [self.rounds_dir, self.tracking_dir, self.eval_set, self.report_json, self.report_html, self.plots]
+
+    @property
     def eval_set(self) -> Path:
         return Path(self.root) / "eval.parquet"
 
@@ -139,7 +188,7 @@ class RunLayout:
         return self.round(0).champion
 
     def tracking_record(self, index: int) -> Path:
-        return Path(self.root) / "tracking" / f"round-{index}.json"
+        return self.tracking_dir / f"round-{index}.json"
 
 
 def start_model(config, layout: RoundLayout, seed_path: str | Path | None = None) -> Path:

@@ -217,10 +217,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_report(root: Path, report: dict) -> None:
-    io.write_json(Path(root) / "report.json", report)
+    run = RunLayout(Path(root))
+    io.write_json(run.report_json, report)
     for name, rows in plot_tables(report).items():
-        _write_csv(Path(root) / "plots" / f"{name}.csv", rows)
-    with io.atomic_path(Path(root) / "report.html") as tmp:
+        _write_csv(run.plots / f"{name}.csv", rows)
+    with io.atomic_path(run.report_html) as tmp:
         tmp.write_text(html_report(report))
 
 

@@ -30,6 +30,7 @@ from typing import Callable
 
 from flywheel import faults, io
 from flywheel.errors import InputError
+from flywheel.layout import RunLayout
 
 log = logging.getLogger("flywheel")
 
@@ -177,7 +178,7 @@ def read_run_config(root: Path):
 
 def holds_a_run(root: Path) -> bool:
     root = Path(root)
-    return (root / RUN_CONFIG).is_file() or (root / "rounds").is_dir()
+    return (root / RUN_CONFIG).is_file() or RunLayout(root).rounds_dir.is_dir()
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
@@ -222,9 +223,7 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
                              "resume with the same config, or --restart to start over", field="--resume")
         remove_stale_temporaries(root)
     else:
-        for name in ("rounds", "tracking", STATE_DIR, "eval.parquet", "report.json", "report.html", "plots",
-                     RUN_CONFIG):
-            target = root / name
+        for target in [*RunLayout(root).outputs(), root / STATE_DIR, root / RUN_CONFIG]:
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.errors import InputError
-from flywheel.layout import RoundLayout
+from flywheel.layout import RoundLayout, RunLayout
 from flywheel.run_state import LOCK_FILE, ROUND_STAGES, RUN_CONFIG, STATE_DIR, is_stale, read_json_or_none
 
 # The stages of round 0 and of each round, in loop order ("track" only when MLflow is on).
@@ -45,7 +45,7 @@ def run_status(root: Path) -> RunStatus:
     from flywheel.config import load_config
 
     config = load_config(config_path)
-    tracked = config.tracking.enabled and (root / "tracking" / "loop.json").is_file()
+    tracked = config.tracking.enabled and RunLayout(root).loop_record.is_file()
     holder = read_json_or_none(root / LOCK_FILE)
     if holder and is_stale(holder):
         holder = None  # its process was killed
@@ -53,7 +53,7 @@ def run_status(root: Path) -> RunStatus:
     state = root / STATE_DIR
     expected = [(0, s) for s in PREPARE_STAGES if s != "track" or tracked]
     round_index = 1
-    while (state / str(round_index)).is_dir() or (root / "rounds" / str(round_index)).is_dir():
+    while (state / str(round_index)).is_dir() or RunLayout(root).round(round_index).dir.is_dir():
         done = [s for s in TRACKED_ROUND_STAGES if (state / str(round_index) / f"{s}.json").is_file()]
         decision = read_json_or_none(RoundLayout(root, round_index).decision) if "gate" in done else None
         status.rounds.append(RoundStatus(round=round_index, stages_done=done,
@@ -68,7 +68,7 @@ def run_status(root: Path) -> RunStatus:
             if not (stopped_early and r > min(x.round for x in status.rounds if x.promote is False)):
                 status.next_stage = f"{r}:{stage}"
             break
-    status.finished = status.next_stage is None and (root / "report.json").is_file()
+    status.finished = status.next_stage is None and RunLayout(root).report_json.is_file()
     return status
 
 

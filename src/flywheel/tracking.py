@@ -20,9 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, TrackingConfig
+from flywheel.layout import FILES
 from flywheel.mlflow_model import log_pyfunc
 from flywheel.modeling import read_model_meta
 
+EVAL_METRICS = f"{FILES.eval_dir}/{FILES.metrics}"  # relative to the round, as MLflow's artifact path too
 CHAMPION_ALIAS = "champion"
 # Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
 FILES_TAG = "flywheel.files"
@@ -94,7 +96,9 @@ class Tracker:
         """
         from flywheel import io
 
-        record = Path(root) / "tracking" / "loop.json"
+        from flywheel.layout import RunLayout
+
+        record = RunLayout(Path(root)).loop_record
         if resume and record.is_file():
             saved = io.read_json(record)
             run_id = self.start_loop(config, loop_key=saved["loop_key"])
@@ -294,12 +298,12 @@ class Tracker:
         # Each output's DVC md5, as dvc.lock records it: from a run to `dvc checkout` of exactly its data.
         for name, md5 in output_digests(round_dir).items():
             self.client.set_tag(run_id, f"dvc.md5.{name}", md5)
-        for name in ("vote.json", "curation.json", "decision.json", "eval/metrics.json"):
+        for name in (FILES.vote_summary, FILES.curation, FILES.decision, EVAL_METRICS):
             if (round_dir / name).exists():
                 self.client.log_artifact(run_id, os.fspath(round_dir / name), os.path.dirname(name) or None)
         self._ensure_registered_model()
-        source, files = log_pyfunc(self.client, run_id, round_dir / "candidate", "candidate", **self._serving)
-        decision = json.loads((round_dir / "decision.json").read_text())
+        source, files = log_pyfunc(self.client, run_id, round_dir / FILES.candidate, "candidate", **self._serving)
+        decision = json.loads((round_dir / FILES.decision).read_text())
         version = self.client.create_model_version(
             self.config.registered_model, source, run_id,
             tags={"round": str(round_index), "promoted": str(decision["promote"]).lower(),
@@ -420,8 +424,8 @@ def git_commit() -> str | None:
 def round_metrics(round_dir: Path) -> dict[str, float]:
     """Every number a round wrote, flattened to ``stage.key`` (e.g. ``curate.drops.vote:low_share``)."""
     out: dict[str, float] = {}
-    for stage, name in (("prompts", "prompts.json"), ("vote", "vote.json"), ("curate", "curation.json"),
-                        ("evaluate", "eval/metrics.json"), ("gate", "decision.json"), ("time", "timings.json")):
+    for stage, name in (("prompts", FILES.prompts_summary), ("vote", FILES.vote_summary), ("curate", FILES.curation),
+                        ("evaluate", EVAL_METRICS), ("gate", FILES.decision), ("time", FILES.timings)):
         path = round_dir / name
         if path.exists():
             data = json.loads(path.read_text())

@@ -24,8 +24,8 @@ def loop_key(workspace: str | Path) -> str:
 
 def next_round(workspace: str | Path) -> int:
     """1 + the last round of the workspace that reached its gate (1 for a new workspace)."""
-    done = [int(p.name) for p in (Path(workspace) / "rounds").glob("*")
-            if p.name.isdigit() and int(p.name) > 0 and RoundLayout(Path(workspace), int(p.name)).decision.exists()]
+    run = RunLayout(Path(workspace))
+    done = [index for index in run.round_indices() if index > 0 and run.round(index).decision.exists()]
     return max(done, default=0) + 1
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import CurateConfig
+from flywheel.layout import FILES
 from flywheel.rng import derive_seed
 
 
@@ -261,9 +262,9 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     pairs.parquet, rl_prompts.parquet, curation.json. ``eval_path``: one eval set or several."""
     from flywheel.stages.vote import audit, read_truth
 
-    prompts = io.read_rows(round_dir / "prompts.parquet", schemas.PROMPTS)
-    samples = io.read_rows(round_dir / "samples.parquet", schemas.SAMPLES)
-    votes = io.read_rows(round_dir / "votes.parquet", schemas.VOTES)
+    prompts = io.read_rows(round_dir / FILES.prompts, schemas.PROMPTS)
+    samples = io.read_rows(round_dir / FILES.samples, schemas.SAMPLES)
+    votes = io.read_rows(round_dir / FILES.votes, schemas.VOTES)
     eval_paths = eval_path if isinstance(eval_path, (list, tuple)) else [eval_path]
     eval_prompts = {row["prompt"] for path in eval_paths for row in io.read_rows(path, schemas.PROMPTS)}
     kept, drops = curate(prompts, samples, votes, config, task=task, eval_prompts=eval_prompts,
@@ -298,10 +299,10 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
                 for r in audited) / len(audited)
             if audited else None)
     with io.publish_together(round_dir) as staged:
-        io.write_rows(staged("curated.parquet"), kept, schemas.CURATED)
-        io.write_rows(staged("pool.parquet"), pool + kept, schemas.CURATED)
-        io.write_rows(staged("train.parquet"), mix, schemas.CURATED)
-        io.write_rows(staged("pairs.parquet"), pairs, schemas.CURATED_PAIRS)
-        io.write_rows(staged("rl_prompts.parquet"), rl_rows, schemas.RL_PROMPTS)
-        io.write_json(staged("curation.json"), report)
+        io.write_rows(staged(FILES.curated), kept, schemas.CURATED)
+        io.write_rows(staged(FILES.pool), pool + kept, schemas.CURATED)
+        io.write_rows(staged(FILES.mix), mix, schemas.CURATED)
+        io.write_rows(staged(FILES.pairs), pairs, schemas.CURATED_PAIRS)
+        io.write_rows(staged(FILES.rl_prompts), rl_rows, schemas.RL_PROMPTS)
+        io.write_json(staged(FILES.curation), report)
     return report

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import EvaluateConfig, GenerateConfig
+from flywheel.layout import FILES
 from flywheel.schemas import Column, Schema, bucket_key
 from flywheel.stages.generate import generate, load_backends
 from flywheel.stages.vote import vote
 
-PREDICTIONS = "predictions.parquet"
+PREDICTIONS = FILES.predictions
 PREDICTION_SCHEMA = Schema("prediction", (
     Column("prompt_id", str),
     Column("bucket", str),
@@ -106,7 +107,7 @@ def run_evaluate(eval_path: Path, candidate_dir: Path, champion_dir: Path, out_d
     metrics = {"candidate": candidate, "champion": champion}
     with io.publish_together(out_dir) as staged:
         io.write_rows(staged(PREDICTIONS), predictions, PREDICTION_SCHEMA)
-        io.write_json(staged("metrics.json"), metrics)
+        io.write_json(staged(FILES.metrics), metrics)
     return metrics
 
 

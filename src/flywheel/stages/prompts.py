@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import DataConfig, PromptsConfig
+from flywheel.layout import FILES
 from flywheel.modeling import read_model_meta
 
 
@@ -37,10 +38,11 @@ def champion_accuracy(champion_dir: Path) -> dict[str, float]:
     Empty when those files are not there (a champion from elsewhere): the curriculum then advances.
     """
     here = Path(champion_dir).parent  # the round whose gate wrote this champion
-    if not (here / "eval" / "metrics.json").is_file():
+    metrics_path, decision_path = here / FILES.eval_dir / FILES.metrics, here / FILES.decision
+    if not metrics_path.is_file():
         return {}
-    metrics = io.read_json(here / "eval" / "metrics.json")
-    decision = io.read_json(here / "decision.json") if (here / "decision.json").is_file() else None
+    metrics = io.read_json(metrics_path)
+    decision = io.read_json(decision_path) if decision_path.is_file() else None
     scores = metrics.get("candidate" if decision and decision["promote"] else "champion") or {}
     return {str(bucket): float(accuracy) for bucket, accuracy in (scores.get("buckets") or {}).items()}
 
@@ -60,7 +62,7 @@ def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: in
         rows = round_prompts(task, config, round_index, bucket)
     summary = {"prompts": len(rows), "bucket": bucket}
     with io.publish_together(round_dir) as staged:  # the prompts and their hidden answers, never one without
-        io.write_rows(staged("prompts.parquet"), [{**r, "answer": None} for r in rows], schemas.PROMPTS)
-        io.write_rows(staged("audit.parquet"), [r for r in rows if r.get("answer") is not None], schemas.PROMPTS)
-        io.write_json(staged("prompts.json"), summary)
+        io.write_rows(staged(FILES.prompts), [{**r, "answer": None} for r in rows], schemas.PROMPTS)
+        io.write_rows(staged(FILES.audit), [r for r in rows if r.get("answer") is not None], schemas.PROMPTS)
+        io.write_json(staged(FILES.prompts_summary), summary)
     return summary

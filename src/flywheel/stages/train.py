@@ -35,6 +35,7 @@ from typing import Callable
 
 from flywheel import io, schemas
 from flywheel.config import TrainConfig
+from flywheel.layout import FILES
 from flywheel.errors import ConfigError
 from flywheel.modeling import check_alphabet, is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
 from flywheel.precision import resolve_precision, trainer_precision_args
@@ -349,14 +350,14 @@ def _fit_grpo(model, tokenizer, rows, *, init, config: TrainConfig, task, seed, 
 
 
 # The registered training methods (flywheel.registry; the module docstring says what each does).
-TRAIN_METHODS.add("sft", TrainMethod("train.parquet", schemas.CURATED, _fit_sft))
-TRAIN_METHODS.add("dpo", TrainMethod("pairs.parquet", schemas.CURATED_PAIRS, _fit_dpo))
+TRAIN_METHODS.add("sft", TrainMethod(FILES.mix, schemas.CURATED, _fit_sft))
+TRAIN_METHODS.add("dpo", TrainMethod(FILES.pairs, schemas.CURATED_PAIRS, _fit_dpo))
 def _check_grpo(config: TrainConfig) -> None:
     if config.batch_size % config.grpo.num_generations:
         raise ConfigError("train.batch_size", "must be a multiple of train.grpo.num_generations (whole groups per step)")
 
 
-TRAIN_METHODS.add("grpo", TrainMethod("rl_prompts.parquet", schemas.RL_PROMPTS, _fit_grpo, needs_task=True,
+TRAIN_METHODS.add("grpo", TrainMethod(FILES.rl_prompts, schemas.RL_PROMPTS, _fit_grpo, needs_task=True,
                                       uses_vllm=lambda config: config.grpo.use_vllm, check=_check_grpo))
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from flywheel import io, schemas
 from flywheel.config import VoteConfig
+from flywheel.layout import FILES
 from flywheel.registry import VOTE_METHODS
 
 NO_ANSWER = None
@@ -362,7 +363,7 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
     if truth is not None:
         summary["pseudo_label_precision"] = pseudo_label_precision(ballot.votes, truth, task.is_correct)
     with io.publish_together(out_dir) as staged:
-        io.write_rows(staged("votes.parquet"), ballot.votes, schemas.VOTES)
-        io.write_rows(staged("agreement.parquet"), ballot.agreement, schemas.AGREEMENT)
-        io.write_json(staged("vote.json"), summary)
+        io.write_rows(staged(FILES.votes), ballot.votes, schemas.VOTES)
+        io.write_rows(staged(FILES.agreement), ballot.agreement, schemas.AGREEMENT)
+        io.write_json(staged(FILES.vote_summary), summary)
     return summary
