@@ -13,13 +13,15 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens
 
 
 def test_compile_reproduces_the_committed_yaml_byte_for_byte(tmp_path, capsys):
-    assert main(["pipeline", "compile", "--out-dir", str(tmp_path)]) == 0
-    written = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["pipeline", "compile", "--out-dir", str(tmp_path), "--components-dir", str(tmp_path / "c")]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert written == ["flywheel.yaml", "flywheel_round.yaml"]
     for name in written:
         assert (tmp_path / name).read_bytes() == (COMPILED / name).read_bytes(), (
             f"pipelines/compiled/{name} is stale: run `flywheel pipeline compile`")
-    assert capsys.readouterr().out.split() == [str(tmp_path / "flywheel_round.yaml"), str(tmp_path / "flywheel.yaml")]
+    printed = capsys.readouterr().out.split()
+    assert printed[:2] == [str(tmp_path / "flywheel_round.yaml"), str(tmp_path / "flywheel.yaml")]
+    assert sorted(printed[2:]) == sorted(str(p) for p in (tmp_path / "c").glob("*.yaml")) and len(printed) == 2 + 15
 
 
 def _one_line_error(capsys) -> str:

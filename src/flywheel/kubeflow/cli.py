@@ -35,9 +35,12 @@ def add_parser(sub, common) -> None:
                            description="Compile, run or schedule the flywheel as Kubeflow pipelines (KFP v2).")
     commands = group.add_subparsers(dest="pipeline_command", required=True, metavar="PIPELINE_COMMAND")
 
-    p = commands.add_parser("compile", help="Write flywheel_round.yaml and flywheel.yaml (IR YAML for the KFP UI/API).")
+    p = commands.add_parser("compile", help="Write flywheel_round.yaml and flywheel.yaml (IR YAML for the KFP UI/API) "
+                            "and one reusable component spec per step.")
     common(p)
     p.add_argument("--out-dir", type=Path, default=Path("pipelines/compiled"), help="default: pipelines/compiled")
+    p.add_argument("--components-dir", type=Path, default=Path("components"),
+                   help="where the component specs go (default: components)")
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds unrolled in flywheel.yaml (default: 3, what is committed)")
 
@@ -113,6 +116,8 @@ def run(args: argparse.Namespace, config) -> int:
     if args.pipeline_command == "compile":
         rounds = pipelines.DEFAULT_ROUNDS if args.rounds is None else args.rounds
         for path in pipelines.compile_all(args.out_dir, rounds=rounds, config=config):
+            print(path)
+        for path in pipelines.compile_components(args.components_dir):
             print(path)
         return 0
     if args.pipeline_command == "upload":

@@ -50,6 +50,10 @@ CLUSTER_SETTINGS = {"loop.device": "cuda", "tracking.uri": IN_CLUSTER_MLFLOW}
 # Never gate (it decides) or track (it moves the champion alias): a retry of those is a person's call.
 NOT_RETRIED = ("gate", "track")
 COMPILED_DIR = Path(__file__).resolve().parents[3] / "pipelines" / "compiled"
+COMPONENTS_DIR = Path(__file__).resolve().parents[3] / "components"
+# The reusable component specs written to components/ (one per step; flywheel's pipelines use the same functions).
+COMPONENT_NAMES = ("preflight", "prepare", "resolve_champion", "plan_shards", "make_prompts", "generate",
+                   "merge_samples", "vote", "curate", "train", "evaluate", "gate", "track", "report", "push_data")
 
 
 def cluster_config(path=None, overrides: list[str] | tuple[str, ...] = ()) -> FlywheelConfig:
@@ -273,6 +277,19 @@ def compile_all(out_dir: Path = COMPILED_DIR, rounds: int = DEFAULT_ROUNDS,
     for name, pipeline in built:
         path = out_dir / f"{name}.yaml"
         compile_checked(pipeline, path)
+        paths.append(path)
+    return paths
+
+
+def compile_components(out_dir: Path = COMPONENTS_DIR) -> list[Path]:
+    """Write every step's component spec to ``out_dir/<name>.yaml``: another team's pipeline loads one with
+    ``kfp.components.load_component_from_file`` and gets the same step flywheel's pipelines run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in COMPONENT_NAMES:
+        path = out_dir / f"{name}.yaml"
+        compiler.Compiler().compile(getattr(c, name), str(path))
         paths.append(path)
     return paths
 
