@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-improving data flywheel: each round the champion answers unlabeled prompts K times, "
                     "votes, keeps what it trusts, is fine-tuned on it, and the candidate replaces it only if "
                     "it wins the gate.")
+    from flywheel.run_state import ROUND_STAGES
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -123,7 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("track", "Log a round's files to MLflow (nested run, dataset digest, model version, alias).")
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--root", type=Path, required=True, help="the loop's data directory (holds rounds/)")
-    p.add_argument("--out", type=Path, required=True, help="tracking.json to write")
+    p.add_argument("--out", type=Path, default=None, help="the record to write (default: <root>/tracking/round-N.json)")
+    p.add_argument("--door", choices=("dvc", "argo"), default="dvc",
+                   help="whose MLflow parent run the round nests under: one per directory and door (default: dvc)")
+
+    p = add("step", "Run one step of a workspace's round, every path from the run layout: what each pod of the "
+                    "Argo Workflows door runs (docs/argo.md).")
+    p.add_argument("stage", choices=("start", *ROUND_STAGES),
+                   help="start: write <root>/config.yaml (from -c), prepare round 0 if the workspace has none, "
+                        "print the next round; or one stage of --round")
+    p.add_argument("--root", type=Path, required=True, help="the workspace (holds rounds/)")
+    p.add_argument("--round", type=int, default=None, help="the round (every stage but start)")
 
     p = add("report", "Build report.json and report.html from a loop's directory (with the config.yaml it holds).")
     p.add_argument("--root", type=Path, required=True)
@@ -170,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flywheel.kubeflow.cli import add_parser as add_pipeline_parser
 
     add_pipeline_parser(sub, _common)
+    from flywheel.argo.cli import add_parser as add_argo_parser
+
+    add_argo_parser(sub, _common)
     return parser
 
 
@@ -217,16 +232,22 @@ def _dispatch(args) -> int:
         return PLAIN_COMMANDS[args.command](args)
     from flywheel.config import load_config
 
-    if args.command == "report" and args.config is None and (args.root / "config.yaml").is_file():
-        args.config = args.root / "config.yaml"  # the config the run was made with
+    if args.command in ("report", "step", "track") and args.config is None:
+        from flywheel.layout import RunLayout
+
+        if RunLayout(args.root).config.is_file():
+            args.config = RunLayout(args.root).config  # the config the run was made with
     config = load_config(args.config, args.overrides)
     if args.command == "config":
         return _config(config)
-    if args.command == "pipeline":  # Kubeflow: compile/submit only, nothing runs here
-        from flywheel.kubeflow.cli import run as run_pipeline_command
-        from flywheel.kubeflow.pipelines import cluster_config
+    if args.command in ("pipeline", "argo"):  # Kubernetes: compile/submit only, nothing runs here
+        from flywheel.infra import cluster_config
 
-        return run_pipeline_command(args, cluster_config(args.config, args.overrides))
+        if args.command == "argo":
+            from flywheel.argo.cli import run as run_door
+        else:
+            from flywheel.kubeflow.cli import run as run_door
+        return run_door(args, cluster_config(args.config, args.overrides))
     task = _set_up(args, config)
     _check_outputs(args)  # a bad output path fails now, not after the compute
     result = STAGE_COMMANDS[args.command](args, config, task)
@@ -246,7 +267,8 @@ def _set_up(args, config):
 
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
     task = load_task(config.task, config.code)
-    check_stage(config, args.command)
+    stage = args.stage if args.command == "step" else args.command
+    check_stage(config, "prepare" if stage == "start" else stage)
     if getattr(args, "verbose", 0) < 2:
         _quiet_libraries()
     # No progress bars in logs (dvc repro, CI, pipes) or with -q.
@@ -361,9 +383,30 @@ def _gate(args, config, task) -> dict:
 def _track(args, config, task) -> dict:
     from flywheel.tracking import loop_key, track_round
 
-    # dvc repro's parent run is one per data directory; round 1 registers the seed.
-    return track_round(config, args.root, args.round, loop_key=loop_key("dvc", args.root),
+    # One parent run per directory and door; round 1 registers the seed.
+    return track_round(config, args.root, args.round, loop_key=loop_key(args.door, args.root),
                        register_seed=args.round == 1, out=args.out)
+
+
+def _step(args, config, task) -> dict | int:
+    """One step of a workspace's round (the Argo door's pods): ``start`` or a stage of ``flywheel.loop``."""
+    from flywheel import io
+    from flywheel.config import dump_config
+    from flywheel.layout import RunLayout
+    from flywheel.loop import prepare, round_stages
+
+    run = RunLayout(args.root)
+    if args.stage == "start":
+        io.write_text(run.config, dump_config(config))  # every later step reads it (-c defaults to it)
+        if not run.round(0).metrics.is_file():
+            prepare(config, args.root, task=task)
+        print(run.next_round())  # the step's whole stdout: Argo reads it as the round to run
+        return 0
+    if args.round is None or args.round < 1:
+        raise InputError("--round", f"flywheel step {args.stage} needs --round N (N >= 1)")
+    stage = next(s for s in round_stages(config, args.root, args.round, task=task, eval_path=run.eval_set)
+                 if s.name == args.stage)
+    return stage.run()
 
 
 def _report(args, config, task) -> int:
@@ -389,7 +432,7 @@ def _report(args, config, task) -> int:
 PLAIN_COMMANDS = {"data": lambda args: _data(args), "export": _export, "status": _status}
 STAGE_COMMANDS = {"run": _run_command, "seed": _seed, "prepare": _prepare, "prompts": _prompts,
                   "generate": _generate, "vote": _vote, "curate": _curate, "train": _train, "evaluate": _evaluate,
-                  "gate": _gate, "track": _track, "report": _report}
+                  "gate": _gate, "track": _track, "report": _report, "step": _step}
 
 
 def _quiet_libraries() -> None:

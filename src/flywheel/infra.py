@@ -28,6 +28,44 @@ MAX_TRAINJOB_NAME = 47
 RUN_NAMESPACE = "kubeflow"  # KFP standalone runs pipeline pods (and so submits TrainJobs) here
 MODELS_MOUNT = "/models"  # the shared ReadWriteMany model volume in the runtime's pods
 
+# What infra/ creates for the pipelines' pods, shared by every Kubernetes door (Kubeflow, Argo;
+# docs/kubeflow-infra.md): the RWX model volume, the object-store Secret, the ConfigMap that says where MLflow,
+# the object store and the DVC remote are, and the in-cluster MLflow service.
+MODELS_PVC = "flywheel-models"
+S3_SECRET = "flywheel-s3"  # object-store credentials, as environment variables (boto3, DVC, MLflow artifacts)
+S3_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CLUSTER_CONFIG_MAP = "flywheel-cluster"
+# FLYWHEEL_REGISTRY: a train step names the CUDA image in the TrainJob it submits (train.num_nodes > 1).
+CLUSTER_CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "FLYWHEEL_DVC_REMOTE", "HF_HUB_OFFLINE",
+                          "FLYWHEEL_REGISTRY")
+IN_CLUSTER_MLFLOW = "http://mlflow.flywheel.svc.cluster.local:5000"  # infra/base/services
+SHM_SIZE = "16Gi"  # PyTorch data loaders and NCCL use shared memory; the container default (64 MiB) is too small
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# What a cluster run needs that a laptop run does not: the GPU, and an MLflow every pod reaches. The Kubernetes
+# doors (`flywheel pipeline ...`, `flywheel argo ...`) apply these unless -s sets the key; a relative seed.path is
+# the seed shipped in the image (FLYWHEEL_HOME).
+CLUSTER_SETTINGS = {"loop.device": "cuda", "tracking.uri": IN_CLUSTER_MLFLOW}
+
+
+def cluster_config(path=None, overrides: list[str] | tuple[str, ...] = ()) -> FlywheelConfig:
+    """A recipe (``path``, default: the built-in defaults) as it runs on the cluster: ``CLUSTER_SETTINGS`` first,
+    so ``overrides`` (``-s key=value``) win."""
+    from flywheel.config import load_config
+
+    return load_config(path, [f"{key}={value}" for key, value in CLUSTER_SETTINGS.items()] + list(overrides))
+
+
+def images() -> tuple[str, str]:
+    """(CPU image, CUDA image) of images/, tagged with the package version, under ``FLYWHEEL_REGISTRY`` (default:
+    the placeholder registry the committed manifests name; infra/overlays/gpu points at yours)."""
+    import os
+
+    from flywheel import __version__
+
+    registry = os.environ.get("FLYWHEEL_REGISTRY", "registry.example.com/flywheel")
+    return f"{registry}/flywheel-cpu:{__version__}", f"{registry}/flywheel-cuda:{__version__}"
+
+
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 

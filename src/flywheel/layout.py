@@ -174,6 +174,16 @@ class RunLayout:
     def plots(self) -> Path:
         return Path(self.root) / "plots"
 
+    @property
+    def config(self) -> Path:
+        """The run's resolved config (``flywheel run`` writes it; an Argo workspace's steps read it)."""
+        return Path(self.root) / "config.yaml"
+
+    def next_round(self) -> int:
+        """1 + the last round that reached its gate (1 for a new run): where a run one round at a time goes on."""
+        done = [index for index in self.round_indices() if index > 0 and self.round(index).decision.exists()]
+        return max(done, default=0) + 1
+
     def outputs(self) -> list[Path]:
         """Everything a run writes here besides its state (what ``--restart`` deletes, with the state)."""
         return [self.rounds_dir, self.tracking_dir, self.eval_set, self.report_json, self.report_html, self.plots]

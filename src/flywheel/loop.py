@@ -7,7 +7,9 @@ Every path comes from ``flywheel.layout`` (the run directory's layout, shared by
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
@@ -70,6 +72,48 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     return run.eval_set
 
 
+@dataclass(frozen=True)
+class RoundStage:
+    """One stage of a round: its name, the files it writes, and the call that writes them from the files
+    the stages before it wrote."""
+
+    name: str
+    outputs: list[Path]
+    run: Callable[[], dict]
+
+
+def round_stages(config: FlywheelConfig, root: Path, round_index: int, *, task, eval_path: Path) -> list[RoundStage]:
+    """The stages of round ``round_index`` of the run at ``root``, in order: the one place a round's files are
+    wired to the stage functions. ``flywheel run`` runs them all (``run_round``); ``flywheel step`` runs one
+    (the Argo Workflows door, one pod per stage)."""
+    this = RoundLayout(Path(root), round_index)
+    here, champion = this.dir, this.previous().champion
+    device, progress = config.loop.device, config.loop.progress
+    init = start_model(config, this)
+    return [
+        RoundStage("prompts", [this.prompts, this.audit, this.prompts_summary], lambda: run_prompts(
+            here, config.prompts, task=task, round_index=round_index, champion_dir=champion, data=config.data)),
+        RoundStage("generate", [this.samples], lambda: run_generate(
+            this.prompts, champion, this.samples, config.generate, task=task,
+            round_index=round_index, device=device, progress=progress, code=config.code)),
+        RoundStage("vote", [this.votes, this.agreement, this.vote_summary], lambda: run_vote(
+            this.samples, here, config.vote, task=task, audit_path=this.audit,
+            prompts_path=this.prompts, model_dir=champion, device=device)),
+        RoundStage("curate", [here / name for name in RoundLayout.CURATE_OUTPUTS], lambda: run_curate(
+            here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
+            previous_pool=this.previous().pool, audit_path=this.audit)),
+        RoundStage("train", [this.candidate], lambda: run_train(
+            this.train_data(config.train.method), init, this.candidate, config.train,
+            round_index=round_index, device=device, progress=progress, task=task)),
+        RoundStage("evaluate", [this.eval_dir], lambda: run_evaluate(
+            eval_path, this.candidate, champion, this.eval_dir, config.evaluate, task=task, device=device,
+            progress=progress)),
+        RoundStage("gate", [this.decision, this.champion], lambda: run_gate(
+            this.eval_dir, this.decision, config.gate, candidate_dir=this.candidate,
+            champion_dir=champion, next_champion=this.champion)),
+    ]
+
+
 def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eval_path: Path,
               ledger: Ledger | None = None) -> dict:
     """One round; every stage reads the previous stage's files. Returns the gate's decision.
@@ -78,34 +122,9 @@ def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eva
     that are complete; without it every stage runs.
     """
     ledger = ledger or Ledger(None)
+    for stage in round_stages(config, root, round_index, task=task, eval_path=eval_path):
+        ledger.stage(round_index, stage.name, stage.outputs, stage.run)
     this = RoundLayout(Path(root), round_index)
-    here, champion = this.dir, this.previous().champion
-    device, progress = config.loop.device, config.loop.progress
-
-    def stage(name: str, outputs: list[Path], work) -> None:
-        ledger.stage(round_index, name, outputs, work)
-
-    stage("prompts", [this.prompts, this.audit, this.prompts_summary], lambda: run_prompts(
-        here, config.prompts, task=task, round_index=round_index, champion_dir=champion, data=config.data))
-    stage("generate", [this.samples], lambda: run_generate(
-        this.prompts, champion, this.samples, config.generate, task=task,
-        round_index=round_index, device=device, progress=progress, code=config.code))
-    stage("vote", [this.votes, this.agreement, this.vote_summary], lambda: run_vote(
-        this.samples, here, config.vote, task=task, audit_path=this.audit,
-        prompts_path=this.prompts, model_dir=champion, device=device))
-    stage("curate", [here / name for name in RoundLayout.CURATE_OUTPUTS], lambda: run_curate(
-        here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
-        previous_pool=this.previous().pool, audit_path=this.audit))
-    init = start_model(config, this)
-    stage("train", [this.candidate], lambda: run_train(
-        this.train_data(config.train.method), init, this.candidate, config.train,
-        round_index=round_index, device=device, progress=progress, task=task))
-    stage("evaluate", [this.eval_dir], lambda: run_evaluate(
-        eval_path, this.candidate, champion, this.eval_dir, config.evaluate, task=task, device=device,
-        progress=progress))
-    stage("gate", [this.decision, this.champion], lambda: run_gate(
-        this.eval_dir, this.decision, config.gate, candidate_dir=this.candidate,
-        champion_dir=champion, next_champion=this.champion))
     seconds = ledger.seconds(round_index)
     if seconds:  # a resumed round keeps the seconds its skipped stages took when they ran
         io.write_json(this.timings, {k: seconds[k] for k in ROUND_STAGES if k in seconds})

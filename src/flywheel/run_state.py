@@ -34,7 +34,7 @@ from flywheel.layout import RunLayout
 
 log = logging.getLogger("flywheel")
 
-RUN_CONFIG = "config.yaml"
+RUN_CONFIG = RunLayout(Path(".")).config.name  # config.yaml
 STATE_DIR = "state"
 LOCK_FILE = ".flywheel.lock"
 # Keys a resumed run may change: how many rounds to run and how the console looks, never a result.

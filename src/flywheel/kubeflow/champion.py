@@ -24,9 +24,7 @@ def loop_key(workspace: str | Path) -> str:
 
 def next_round(workspace: str | Path) -> int:
     """1 + the last round of the workspace that reached its gate (1 for a new workspace)."""
-    run = RunLayout(Path(workspace))
-    done = [index for index in run.round_indices() if index > 0 and run.round(index).decision.exists()]
-    return max(done, default=0) + 1
+    return RunLayout(Path(workspace)).next_round()
 
 
 def resolve_champion(config: FlywheelConfig, workspace: str | Path, *, task) -> dict:

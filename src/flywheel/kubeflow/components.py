@@ -9,19 +9,17 @@ stage's section. ``workspace`` is the run's directory on the shared volume; a ro
 ``<workspace>/rounds/<round>/`` exactly as ``flywheel run`` writes them (see ``flywheel.loop``).
 """
 
-import os
 from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-from flywheel import __version__ as VERSION  # the images' tag
-# The images of images/ (README there), under the registry that infra/overlays/gpu points at. Set
+from flywheel.infra import images
+
+# The images of images/ (README there): images/cpu.Dockerfile, images/cuda.Dockerfile (CUDA + vLLM), under
 # FLYWHEEL_REGISTRY when compiling for your own registry; the committed YAML uses the placeholder.
-REGISTRY = os.environ.get("FLYWHEEL_REGISTRY", "registry.example.com/flywheel")
-IMAGE = f"{REGISTRY}/flywheel-cpu:{VERSION}"  # images/cpu.Dockerfile
-GPU_IMAGE = f"{REGISTRY}/flywheel-cuda:{VERSION}"  # images/cuda.Dockerfile (CUDA + vLLM)
+IMAGE, GPU_IMAGE = images()
 
 
 def _component(image: str = IMAGE):

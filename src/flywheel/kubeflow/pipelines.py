@@ -19,33 +19,25 @@ from pathlib import Path
 from kfp import compiler, dsl, kubernetes
 
 from flywheel import infra
-from flywheel.config import FlywheelConfig, KubeflowConfig, dump_config, load_config
+from flywheel.config import FlywheelConfig, KubeflowConfig, dump_config
 from flywheel.errors import InputError
 from flywheel.infra import GPU_RESOURCE
 from flywheel.kubeflow import components as c
 from flywheel.kubeflow.preflight import Knobs, Placement
 
 MOUNT_PATH = infra.MODELS_MOUNT  # the shared volume, at the same path as in the TrainJob runtime's pods
-# The names infra/ creates (docs/kubeflow-infra.md): the RWX model volume, the object-store Secret and the
-# ConfigMap that says where MLflow, the object store and the DVC remote are.
-DEFAULT_PVC = "flywheel-models"
-SECRET = "flywheel-s3"  # object-store credentials, as environment variables (boto3, DVC, MLflow artifacts)
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-CONFIG_MAP = "flywheel-cluster"
-# FLYWHEEL_REGISTRY: the train step names the CUDA image in the TrainJob it submits (train.num_nodes > 1).
-CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "FLYWHEEL_DVC_REMOTE", "HF_HUB_OFFLINE",
-                  "FLYWHEEL_REGISTRY")
-IN_CLUSTER_MLFLOW = "http://mlflow.flywheel.svc.cluster.local:5000"  # infra/base/services
+# The names infra/ creates (flywheel.infra): the RWX model volume, the object-store Secret, the cluster ConfigMap.
+DEFAULT_PVC = infra.MODELS_PVC
+SECRET, SECRET_ENV = infra.S3_SECRET, infra.S3_SECRET_ENV
+CONFIG_MAP, CONFIG_MAP_ENV = infra.CLUSTER_CONFIG_MAP, infra.CLUSTER_CONFIG_MAP_ENV
+IN_CLUSTER_MLFLOW = infra.IN_CLUSTER_MLFLOW
 ACCELERATOR = GPU_RESOURCE
 GPU_TOLERATION = infra.GPU_TOLERATION
 GPU_NODE_SELECTOR = next(iter(infra.GPU_NODE_SELECTOR.items()))  # the label the GPU pool's nodes carry
-SHM_SIZE = "16Gi"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SHM_SIZE = infra.SHM_SIZE
+KUEUE_QUEUE_LABEL = infra.KUEUE_QUEUE_LABEL
 DEFAULT_ROUNDS = 3
-# What a cluster run needs that a laptop run does not: the GPU, and an MLflow every pod reaches. `flywheel
-# pipeline compile|run|schedule|upload` apply these unless -s sets the key; a relative seed.path is the seed
-# shipped in the image (FLYWHEEL_HOME), which the preflight step copies onto the shared volume.
-CLUSTER_SETTINGS = {"loop.device": "cuda", "tracking.uri": IN_CLUSTER_MLFLOW}
+CLUSTER_SETTINGS = infra.CLUSTER_SETTINGS
 # Steps that may run again after a failure: every stage writes atomically, so a retry starts clean.
 # Never gate (it decides) or track (it moves the champion alias): a retry of those is a person's call.
 NOT_RETRIED = ("gate", "track")
@@ -56,10 +48,7 @@ COMPONENT_NAMES = ("preflight", "prepare", "resolve_champion", "plan_shards", "m
                    "merge_samples", "vote", "curate", "train", "evaluate", "gate", "track", "report", "push_data")
 
 
-def cluster_config(path=None, overrides: list[str] | tuple[str, ...] = ()) -> FlywheelConfig:
-    """A recipe (``path``, default: the built-in defaults) as it runs on the cluster: ``CLUSTER_SETTINGS`` first,
-    so ``overrides`` (``-s key=value``) win."""
-    return load_config(path, [f"{key}={value}" for key, value in CLUSTER_SETTINGS.items()] + list(overrides))
+cluster_config = infra.cluster_config  # every Kubernetes door runs the recipe as it runs on the cluster
 
 
 def _platform(task: dsl.PipelineTask, pvc_name, options: KubeflowConfig, *, step: str, gpu: bool = False,

@@ -1,0 +1,224 @@
+"""The Argo Workflows door: manifests valid against Argo's own schema, the GPU pool contract on every GPU step,
+recursion instead of unrolling, the promotion mutex, committed manifests that recompile byte for byte, a package
+with no paths or tracking of its own, and the steps' commands run in order on a tiny model."""
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from hera.workflows import models as m
+
+from flywheel import infra
+from flywheel.argo import workflows
+from flywheel.cli import main
+from flywheel.config import load_config
+from flywheel.layout import FILES
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "pipelines" / "argo"
+SCHEMA = json.loads((ROOT / "tests" / "data" / "argo-v4.0.5.schema.json").read_text())
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+def strict(schema: dict) -> dict:
+    """Argo's schema with unknown fields refused (what the API server's strict field validation does): a
+    misspelled key fails here instead of being dropped by the cluster."""
+    schema = copy.deepcopy(schema)
+    # IntOrString: the JSON schema says string; the CRDs say x-kubernetes-int-or-string (either is accepted).
+    schema["definitions"]["io.k8s.apimachinery.pkg.util.intstr.IntOrString"] = {
+        "anyOf": [{"type": "integer"}, {"type": "string"}]}
+    for definition in schema["definitions"].values():
+        if definition.get("type") == "object" and "properties" in definition:
+            definition.setdefault("additionalProperties", False)
+    return schema
+
+
+STRICT = strict(SCHEMA)
+
+
+def validate(manifest: dict, kind: str) -> None:
+    root = {"$ref": f"#/definitions/io.argoproj.workflow.v1alpha1.{kind}", "definitions": STRICT["definitions"]}
+    jsonschema.Draft202012Validator(root).validate(manifest)
+
+
+def compiled(*overrides: str) -> dict:
+    return workflows.to_dict(workflows.workflow_template(infra.cluster_config(None, list(overrides))))
+
+
+def templates(manifest: dict) -> dict:
+    return {t["name"]: t for t in manifest["spec"]["templates"]}
+
+
+VARIANTS = [(), ("train.num_nodes=2", "train.gpus_per_node=4"), ("vote.method=self_judge",),
+            ("kubeflow.kueue_queue=gpu-queue", "kubeflow.image_pull_secrets=[regcred]", "kubeflow.retries=0")]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_the_manifests_validate_against_argos_schema_and_hera_models(overrides):
+    manifest = compiled(*overrides)
+    validate(manifest, "WorkflowTemplate")
+    assert workflows.to_dict(m.WorkflowTemplate.model_validate(manifest)) == manifest  # hera's models, round trip
+    cron = workflows.to_dict(workflows.cron_workflow(load_config(None, list(overrides)), name="nightly",
+                                                     schedule="0 3 * * *"))
+    validate(cron, "CronWorkflow")
+    assert workflows.to_dict(m.CronWorkflow.model_validate(cron)) == cron
+
+
+def test_the_strict_schema_catches_a_misspelled_field():
+    manifest = compiled()
+    manifest["spec"]["templates"][0]["stepz"] = manifest["spec"]["templates"][0].pop("steps")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(manifest, "WorkflowTemplate")
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_every_gpu_step_carries_the_pool_contract_and_no_cpu_step_does(overrides):
+    config = infra.cluster_config(None, list(overrides))
+    for template in compiled(*overrides)["spec"]["templates"]:
+        container = template.get("container")
+        if container is None:
+            continue
+        gpu = infra.GPU_RESOURCE in container["resources"]["limits"]
+        if gpu:
+            assert container["resources"]["requests"][infra.GPU_RESOURCE] == "1"
+            assert template["tolerations"] == [infra.GPU_TOLERATION]
+            assert template["nodeSelector"] == infra.GPU_NODE_SELECTOR
+            assert template["activeDeadlineSeconds"] == config.kubeflow.gpu_step_timeout_s
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+            assert container["image"] == infra.images()[1]
+            if config.kubeflow.kueue_queue:
+                assert template["metadata"]["labels"] == {infra.KUEUE_QUEUE_LABEL: config.kubeflow.kueue_queue}
+        else:
+            assert "tolerations" not in template and "nodeSelector" not in template
+            assert template["activeDeadlineSeconds"] == config.kubeflow.step_timeout_s
+            assert container["image"] == infra.images()[0]
+        assert {"name": "models", "mountPath": infra.MODELS_MOUNT} in container["volumeMounts"]
+    steps = {s["name"]: s["template"] for group in templates(compiled(*overrides))["round"]["steps"] for s in group}
+    assert steps["generate"] == steps["evaluate"] == "gpu-stage"
+    assert steps["vote"] == ("gpu-stage" if "vote.method=self_judge" in overrides else "cpu-stage")
+    assert steps["train"] == ("train-job" if config.train.num_nodes > 1 else "gpu-stage")
+
+
+def test_a_multi_node_round_creates_a_trainjob_and_waits_without_a_gpu():
+    job = templates(compiled("train.num_nodes=2", "train.gpus_per_node=4"))["train-job"]
+    assert "container" not in job and job["resource"]["action"] == "create" and job["resource"]["setOwnerReference"]
+    assert job["resource"]["successCondition"] == "status.jobsStatus.0.succeeded > 0"
+    manifest = yaml.safe_load(job["resource"]["manifest"])
+    assert manifest["kind"] == "TrainJob" and manifest["metadata"]["generateName"] == "flywheel-r{{inputs.parameters.round}}-"
+    assert manifest["spec"]["trainer"]["numNodes"] == 2 and manifest["spec"]["trainer"]["numProcPerNode"] == 4
+    command = manifest["spec"]["trainer"]["command"]
+    assert command[:4] == ["torchrun", "--module", "flywheel.cli", "train"]
+    ws, r = "{{workflow.parameters.workspace}}", "{{inputs.parameters.round}}"
+    assert command[command.index("--data") + 1] == f"{ws}/rounds/{r}/{FILES.mix}"
+    assert command[command.index("--init") + 1] == f"{ws}/rounds/{{{{inputs.parameters.previous}}}}/{FILES.champion}"
+    assert command[command.index("--out") + 1] == f"{ws}/rounds/{r}/{FILES.candidate}"
+
+
+def test_rounds_recurse_instead_of_unrolling():
+    small, large = compiled("loop.rounds=2"), compiled("loop.rounds=90")
+    assert small["spec"]["templates"] == large["spec"]["templates"]  # the same templates; only defaults differ
+    round_ = templates(small)["round"]
+    last = round_["steps"][-1][0]
+    assert last["template"] == "round" and "jsonpath(steps.promote.outputs.parameters.record, '$.promotion')" in \
+        last["when"] and "asInt(inputs.parameters.round) < asInt(inputs.parameters.last)" in last["when"]
+    names = [s["name"] for group in round_["steps"] for s in group]
+    assert names == ["prompts", "generate", "vote", "curate", "train", "evaluate", "promote", "next"]
+
+
+def test_promotion_is_one_at_a_time_and_never_retried_while_the_stages_are():
+    by_name = templates(compiled())
+    assert by_name["promote"]["synchronization"] == {"mutexes": [{"name": "flywheel-promote-flywheel-addition"}]}
+    assert [s["template"] for group in by_name["promote"]["steps"] for s in group] == ["gate", "track"]
+    assert "retryStrategy" not in by_name["gate"] and "retryStrategy" not in by_name["track"]
+    for name in ("start", "cpu-stage", "gpu-stage"):
+        assert by_name[name]["retryStrategy"]["limit"] == "2"
+    spec = compiled()["spec"]
+    assert spec["activeDeadlineSeconds"] == 7 * 86400 and spec["ttlStrategy"] == {"secondsAfterCompletion": 7 * 86400}
+    cron = workflows.to_dict(workflows.cron_workflow(load_config(None, []), name="n", schedule="0 3 * * *"))
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["workflowSpec"]["workflowTemplateRef"] == {"name": "flywheel"}
+
+
+def test_the_committed_manifests_recompile_byte_for_byte(tmp_path, capsys):
+    assert main(["argo", "compile", "--out-dir", str(tmp_path)]) == 0
+    for name in ("workflow-template.yaml", "cron-workflow.yaml"):
+        assert (tmp_path / name).read_bytes() == (COMMITTED / name).read_bytes(), (
+            f"pipelines/argo/{name} is stale: run `flywheel argo compile`")
+        validate(yaml.safe_load((COMMITTED / name).read_text()), yaml.safe_load((COMMITTED / name).read_text())["kind"])
+
+
+def test_the_door_adds_no_paths_and_no_tracking_glue():
+    """Paths come from flywheel.layout, the stage wiring from flywheel.loop, MLflow from flywheel.tracking."""
+    package = ROOT / "src" / "flywheel" / "argo"
+    names = [value for key, value in vars(FILES).items() if not key.startswith("_") and isinstance(value, str)]
+    for path in package.glob("*.py"):
+        text = path.read_text()
+        for needle in [*(f'"{n}"' for n in names), *(f"/{n}" for n in names), "rounds/", "tracking/", ".parquet",
+                       "mlflow", "Tracker", "log_round", "register_seed", "import flywheel.stages", "flywheel.stages"]:
+            assert needle not in text, f"{path.name} spells {needle!r}"
+
+
+def test_the_steps_commands_run_a_round_in_order(tiny_seed, tmp_path, monkeypatch, capsys):
+    """Each template's command, with Argo's placeholders filled in as Argo would, run in the order the templates
+    call them: start prints the round, the stages write the round, track prints the record the `when` reads."""
+    workspace, db = tmp_path / "ws", tmp_path / "mlflow.db"
+    config = load_config(ROOT / "configs" / "smoke.yaml", [f"seed.path={tiny_seed}", "loop.device=cpu",
+                                                           f"tracking.uri=sqlite:///{db}", "loop.progress=false"])
+    from flywheel.config import dump_config
+
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    manifest = workflows.to_dict(workflows.workflow_template(config))
+    by_name = templates(manifest)
+
+    def run(template: str, **params) -> str:
+        command = by_name[template]["container"]["command"]
+        filled = [re.sub(r"\{\{(workflow|inputs)\.parameters\.(\w+)\}\}",
+                         lambda g: {"workspace": str(workspace), **params}[g.group(2)], part) for part in command]
+        filled = [str(tmp_path / "config.yaml") if part == workflows.CONFIG_IN_POD else part for part in filled]
+        assert filled[0] == "flywheel"
+        capsys.readouterr()
+        assert main(filled[1:]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    assert run("start").strip() == "1"
+    steps = {s["name"]: s["template"] for group in by_name["round"]["steps"] for s in group}
+    for stage in ("prompts", "generate", "vote", "curate", "train", "evaluate"):
+        run(steps[stage], stage=stage, round="1")
+    run("gate", round="1")
+    record = json.loads(run("track", round="1"))
+    assert record["promotion"] in ("promoted", "declined") and record["model_version"] == 2
+    assert run("start").strip() == "2"  # a second run (or the next trigger) continues with round 2
+
+
+def test_submit_and_schedule_fail_in_one_line(capsys):
+    for argv in (["argo", "submit", "--host", UNREACHABLE], ["argo", "submit", "--host", UNREACHABLE, "--rounds", "97"],
+                 ["argo", "schedule", "--host", UNREACHABLE, "--cron", "0 25 * * *"],
+                 ["argo", "schedule", "--host", UNREACHABLE, "--cron", "0 3 * * *"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("flywheel: error: ") and "\n" not in err and "Traceback" not in err, err
+
+
+# What runs under the workflow's ServiceAccount (flywheel-argo) in Argo v4.0.5: the emissary executor reports
+# each step's outputs (manifests/quick-start/base/executor/emissary/executor-role.yaml), and the resource
+# template's executor creates the TrainJob and polls it (workflow/executor/resource.go: create, then get).
+ARGO_ACCESS = [("argoproj.io", "workflowtaskresults", "create"), ("argoproj.io", "workflowtaskresults", "patch"),
+               ("trainer.kubeflow.org", "trainjobs", "create"), ("trainer.kubeflow.org", "trainjobs", "get")]
+
+
+@pytest.mark.parametrize("access", ARGO_ACCESS, ids=lambda a: f"{a[2]}-{a[1]}")
+def test_the_workflow_service_account_may_do_what_its_pods_do(access):
+    objects = [doc for doc in yaml.safe_load_all((ROOT / "infra" / "argo" / "rbac.yaml").read_text()) if doc]
+    kinds = {o["kind"]: o for o in objects}
+    assert compiled()["spec"]["serviceAccountName"] == kinds["ServiceAccount"]["metadata"]["name"] == \
+        workflows.SERVICE_ACCOUNT
+    namespace = yaml.safe_load((ROOT / "infra" / "argo" / "kustomization.yaml").read_text())["namespace"]
+    assert kinds["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": workflows.SERVICE_ACCOUNT,
+                                                 "namespace": namespace}]
+    group, resource, verb = access
+    assert any(group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+               for rule in kinds["Role"]["rules"]), access
