@@ -10,10 +10,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from hera.workflows import models as m
 
 from flywheel import infra
 from flywheel.argo import workflows
+from flywheel.argo.workflows import m  # hera's models, imported without hera's change to PyYAML
 from flywheel.cli import main
 from flywheel.config import load_config
 from flywheel.layout import FILES
@@ -222,3 +222,17 @@ def test_the_workflow_service_account_may_do_what_its_pods_do(access):
     group, resource, verb = access
     assert any(group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
                for rule in kinds["Role"]["rules"]), access
+
+
+def test_loading_the_door_leaves_pyyaml_as_it_was():
+    """hera changes PyYAML's global string style when it loads; flywheel.argo undoes that, or every YAML
+    written later in the process (KFP's compiled pipelines) would change."""
+    import subprocess
+    import sys
+
+    code = ("import yaml; before = yaml.safe_dump({'a': 'x\\ny'}) + yaml.dump({'a': 'x\\ny'}); "
+            "import flywheel.argo.workflows, flywheel.argo.cli, hera.workflows; "
+            "after = yaml.safe_dump({'a': 'x\\ny'}) + yaml.dump({'a': 'x\\ny'}); "
+            "assert before == after, (before, after)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

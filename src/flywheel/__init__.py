@@ -12,6 +12,10 @@ The public surface for scripts (the CLI is built on the same functions)::
     report = flywheel.run_loop(config, mode="restart")          # the whole loop, as `flywheel run`
     task = flywheel.load_task(config.task, config.code)
     flywheel.run_generate(prompts, champion, out, config.generate, task=task, round_index=1)  # one stage
+    for stage in flywheel.round_stages(config, root, 1, task=task, eval_path=flywheel.RunLayout(root).eval_set):
+        stage.run()                                             # a round stage by stage, as `flywheel step`
+
+Extension points (docs/extending.md): ``flywheel.TASKS``, ``VOTE_METHODS``, ``TRAIN_METHODS``.
 
 Names resolve on first use, so ``import flywheel`` stays cheap (no torch, no MLflow) and a Kubeflow
 component that imports one helper does not pay for the rest.
@@ -39,7 +43,13 @@ _EXPORTS = {
     "load_task": "flywheel.tasks",
     "run_loop": "flywheel.loop",
     "run_round": "flywheel.loop",
+    "round_stages": "flywheel.loop",
     "prepare": "flywheel.loop",
+    "RoundLayout": "flywheel.layout",
+    "RunLayout": "flywheel.layout",
+    "TASKS": "flywheel.registry",
+    "VOTE_METHODS": "flywheel.registry",
+    "TRAIN_METHODS": "flywheel.registry",
     "run_prompts": "flywheel.stages.prompts",
     "run_generate": "flywheel.stages.generate",
     "run_vote": "flywheel.stages.vote",
@@ -48,6 +58,7 @@ _EXPORTS = {
     "run_evaluate": "flywheel.stages.evaluate",
     "run_gate": "flywheel.stages.gate",
     "Tracker": "flywheel.tracking",
+    "track_round": "flywheel.tracking",
     "build_report": "flywheel.report",
 }
 

@@ -24,12 +24,31 @@ import re
 from pathlib import Path
 
 import yaml
-from hera.workflows import models as m
 
 from flywheel import infra
 from flywheel.config import FlywheelConfig, dump_config
 from flywheel.layout import RoundLayout, RunLayout
 from flywheel.registry import VOTE_METHODS
+
+
+def _import_hera_models():
+    """hera's models of Argo's API, with PyYAML left as it was: loading hera registers a ``str`` representer on
+    PyYAML's global dumpers (block style for multi-line strings), which would change how everything else in
+    the process writes YAML (KFP's compiled pipelines and component specs, byte for byte)."""
+    classes = (yaml.Dumper, yaml.SafeDumper, yaml.representer.SafeRepresenter, yaml.representer.Representer)
+    saved = {cls: cls.__dict__.get("yaml_representers") for cls in classes}
+    saved = {cls: None if table is None else dict(table) for cls, table in saved.items()}
+    from hera.workflows import models
+
+    for cls, table in saved.items():
+        if table is not None:
+            cls.yaml_representers = table
+        elif "yaml_representers" in cls.__dict__:
+            del cls.yaml_representers
+    return models
+
+
+m = _import_hera_models()
 
 API_VERSION = "argoproj.io/v1alpha1"
 TEMPLATE_NAME = "flywheel"
@@ -112,8 +131,19 @@ def to_dict(manifest) -> dict:
     return manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+class _ManifestDumper(yaml.SafeDumper):
+    """Multi-line strings (the config, the TrainJob manifest) as readable ``|`` blocks; this dumper only."""
+
+
+def _str(dumper, data: str):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_ManifestDumper.add_representer(str, _str)
+
+
 def to_yaml(manifest) -> str:
-    return yaml.safe_dump(to_dict(manifest), sort_keys=False, width=120)
+    return yaml.dump(to_dict(manifest), Dumper=_ManifestDumper, sort_keys=False, width=120)
 
 
 def compile_all(out_dir: Path, config: FlywheelConfig, *, schedule: str = "0 3 * * *") -> list[Path]:

@@ -181,7 +181,7 @@ def run_arguments(args: argparse.Namespace, config) -> dict:
 
 def version_name(package: Path) -> str:
     """A pipeline version's name: the project version and the compiled package's digest (same YAML, same name)."""
-    from flywheel.kubeflow.components import VERSION
+    from flywheel import __version__ as VERSION
 
     return f"v{VERSION}-{hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]}"
 
