@@ -260,17 +260,19 @@ def _dispatch(args) -> int:
 def _set_up(args, config):
     """Threads, the machine checks every door shares (``flywheel.preflight``), logging and progress bars;
     returns the task."""
-    import torch
-
-    from flywheel.preflight import check_stage
+    from flywheel.preflight import check_stage, uses_model
     from flywheel.tasks import load_task
 
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
-    task = load_task(config.task, config.code)
     stage = args.stage if args.command == "step" else args.command
-    check_stage(config, "prepare" if stage == "start" else stage)
+    stage = "prepare" if stage == "start" else stage
+    if uses_model(config, stage):  # torch only where a model runs: vote and curate start 2 s sooner without it
+        import torch
+
+        torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
+    task = load_task(config.task, config.code)
+    check_stage(config, stage)
     if getattr(args, "verbose", 0) < 2:
-        _quiet_libraries()
+        _quiet_libraries(models=uses_model(config, stage))
     # No progress bars in logs (dvc repro, CI, pipes) or with -q.
     config.loop.progress = config.loop.progress and sys.stderr.isatty() and not getattr(args, "quiet", 0)
     return task
@@ -435,20 +437,23 @@ STAGE_COMMANDS = {"run": _run_command, "seed": _seed, "prepare": _prepare, "prom
                   "gate": _gate, "track": _track, "report": _report, "step": _step}
 
 
-def _quiet_libraries() -> None:
-    """Keep the output to our own progress bars and tables."""
+def _quiet_libraries(models: bool = True) -> None:
+    """Keep the output to our own progress bars and tables. ``models``: also transformers and datasets (imported
+    here only for the stages that load a model)."""
     import logging
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside TRL/transformers
-    import datasets
-    import transformers
-
     # MLflow sets up its own loggers when it is imported, at this level: "Creating initial MLflow database
     # tables..." stays out. Not importing it here keeps the stages that never log (2.5 s per process) fast.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if not models:
+        return
+    import datasets
+    import transformers
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()

@@ -22,9 +22,14 @@ from flywheel.registry import TRAIN_METHODS, VOTE_METHODS
 MODEL_STAGES = ("run", "seed", "prepare", "generate", "train", "evaluate")
 
 
+def uses_model(config: FlywheelConfig, stage: str) -> bool:
+    """Whether ``stage`` loads a model (and so torch) on ``loop.device``."""
+    return stage in MODEL_STAGES or (stage == "vote" and VOTE_METHODS.get(config.vote.method).needs_model)
+
+
 def check_stage(config: FlywheelConfig, stage: str, *, where: str = "on this machine") -> None:
     """Everything ``stage`` needs from this machine; ``where`` words the error (``in this pod``)."""
-    if stage in MODEL_STAGES or (stage == "vote" and VOTE_METHODS.get(config.vote.method).needs_model):
+    if uses_model(config, stage):
         check_device(config.loop.device, where=where)
     if stage in ("run", "generate"):
         from flywheel.generation import choose_backend

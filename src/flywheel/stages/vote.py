@@ -34,10 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from flywheel import io, schemas
 from flywheel.config import VoteConfig
 from flywheel.layout import FILES
 from flywheel.registry import VOTE_METHODS
+from flywheel.tasks.base import vote_key_of
 
 NO_ANSWER = None
 
@@ -67,12 +70,12 @@ def vote(samples: list[dict], *, min_answer_share: float = 0.0, weights: list[fl
         by_prompt[sample["prompt_id"]].append((sample, 1.0 if weights is None else float(weights[index])))
     votes, agreement = [], []
     for prompt_id in sorted(by_prompt):
-        weighed = by_prompt[prompt_id]
+        weighed = sorted(by_prompt[prompt_id], key=lambda sw: (sw[0]["voter"], sw[0]["sample_idx"]))  # fixed order
         group = [s for s, _ in weighed]
         keys = {id(s): key(s["answer"]) for s in group}
         counts = Counter(keys[id(s)] for s in group)
         mass: dict = defaultdict(float)
-        for s, w in sorted(weighed, key=lambda sw: (sw[0]["voter"], sw[0]["sample_idx"])):  # fixed summation order
+        for s, w in weighed:
             mass[keys[id(s)]] += w
         answered = {k: m for k, m in mass.items() if k is not NO_ANSWER}
         n = len(group)
@@ -95,6 +98,137 @@ def vote(samples: list[dict], *, min_answer_share: float = 0.0, weights: list[fl
             agreement.append({"prompt_id": prompt_id, "sample_idx": s["sample_idx"], "voter": s["voter"],
                               "agrees": won is not None and keys[id(s)] == won})
     return votes, agreement
+
+
+class DuplicateSample(ValueError):
+    """Two rows of the samples table share their key; ``run_vote`` then lets the row reader name them."""
+
+
+def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0):
+    """``vote`` on an Arrow table of samples (``schemas.SAMPLES``): the same votes and agreement, bit for bit, as
+    Arrow tables, without a Python object per sample (tests/test_vote_columnar.py compares them on random rounds).
+
+    ``weights``: a float array in the table's row order (default 1 each). ``key``: the task's ``vote_key``,
+    applied once per distinct answer. Every sum runs in the order ``vote`` uses (samples by voter and index
+    within a prompt; classes by first appearance), and the entropy's terms come from ``math.log``, so the
+    floats are the reference's own.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Samples in the reference's order: by prompt id, then voter, then sample index. The ids are sorted once
+    # as distinct values (their codes then order the rows), never row by row.
+    prompt_ids = samples.column("prompt_id").combine_chunks().dictionary_encode()
+    prompt_rank = _ranks(prompt_ids.dictionary)
+    code = prompt_rank[prompt_ids.indices.to_numpy()]
+    voter, index = samples.column("voter").to_numpy(), samples.column("sample_idx").to_numpy()
+    voter, index = voter - voter.min(initial=0), index - index.min(initial=0)
+    voters, indices = int(voter.max(initial=0)) + 1, int(index.max(initial=0)) + 1
+    if len(prompt_rank) * voters * indices < 2**62:  # one int64 per row: one sort instead of three
+        row_key = (code * voters + voter) * indices + index
+        order = np.argsort(row_key)
+        row_key = row_key[order]
+        repeated = len(row_key) > 1 and bool((row_key[1:] == row_key[:-1]).any())
+    else:
+        order = np.lexsort((index, voter, code))
+        keys = np.stack([code[order], voter[order], index[order]])
+        repeated = len(order) > 1 and bool((keys[:, 1:] == keys[:, :-1]).all(axis=0).any())
+    if repeated:
+        raise DuplicateSample("two samples share (prompt_id, voter, sample_idx)")
+    del voter, index
+    g = code[order]  # the prompt's rank: ascending down the rows
+    del code
+    prompt_names = prompt_ids.dictionary.take(pa.array(np.argsort(prompt_rank)))
+    w = np.ones(len(order)) if weights is None else np.asarray(weights, dtype=np.float64)[order]
+    answers = samples.column("answer").combine_chunks().take(pa.array(order)).dictionary_encode()
+    answer_code = pc.fill_null(answers.indices, -1).to_numpy().astype(np.int64)
+    if key is None:  # the key is the answer itself
+        k, key_dictionary = answer_code, answers.dictionary
+    else:
+        keys = pa.array([key(a) for a in answers.dictionary.to_pylist()], pa.string()).dictionary_encode()
+        k = np.append(pc.fill_null(keys.indices, -1).to_numpy().astype(np.int64), -1)[answer_code]
+        key_dictionary = keys.dictionary
+    key_rank = _ranks(key_dictionary)
+    n_prompts, width = len(prompt_names), len(key_dictionary) + 1
+
+    # One class per (prompt, key), numbered in order of first appearance (a hash, no sort): since the rows are in
+    # prompt order, each prompt's classes are consecutive, in the order the reference meets them.
+    classes = pa.array(g * width + k + 1).dictionary_encode()
+    inverse = classes.indices.to_numpy().astype(np.int64)
+    pair = classes.dictionary.to_numpy()
+    count = np.bincount(inverse, minlength=len(pair))
+    if weights is None:
+        mass = count.astype(np.float64)  # a sum of ones is exact in any order
+    else:
+        mass = np.zeros(len(pair))
+        np.add.at(mass, inverse, w)  # sequential, in row order: the reference's sums
+    pg, pk = pair // width, pair % width - 1
+    starts = np.flatnonzero(np.r_[True, pg[1:] != pg[:-1]])  # each prompt's first class
+    n = np.bincount(g, minlength=n_prompts)
+    total = np.zeros(n_prompts)
+    np.add.at(total, pg, mass)
+    term_of = {}
+    for c, m in set(zip(count.tolist(), n[pg].tolist())):
+        term_of[c, m] = c / m * math.log(c / m)
+    terms = np.array([term_of[c, m] for c, m in zip(count.tolist(), n[pg].tolist())])
+    entropy = np.zeros(n_prompts)
+    np.add.at(entropy, pg, terms)
+    entropy = -entropy  # -(0.0) is -0.0, as the reference writes a unanimous prompt
+
+    answered = pk >= 0
+    answered_count = np.bincount(pg[answered], weights=count[answered], minlength=n_prompts)
+    n_answers = np.bincount(pg[answered], minlength=n_prompts)
+    # The winner: the most weight, ties to the least key (code-point order), within each prompt's classes
+    # (``starts``: where each prompt's run of classes begins; every prompt has one, so index by prompt = pg).
+    weight = np.where(answered, mass, -np.inf)
+    most = np.maximum.reduceat(weight, starts)[pg]
+    rank = np.where(answered & (weight == most), key_rank[np.maximum(pk, 0)], np.iinfo(np.int64).max)
+    least = np.minimum.reduceat(rank, starts)[pg]
+    best = np.flatnonzero(answered & (rank == least))
+    winner_pair = np.full(n_prompts, -1)
+    winner_pair[pg[best]] = best
+    winner_pair[answered_count < min_answer_share * n] = -1
+    has_winner = winner_pair >= 0
+    winner_key = np.where(has_winner, pk[np.maximum(winner_pair, 0)], -2)
+    share = np.where(has_winner, mass[np.maximum(winner_pair, 0)], 0.0)
+    share = np.divide(share, total, out=np.zeros(n_prompts), where=total > 0)
+    agrees = winner_key[g] == k
+
+    # The majority answer: the most frequent answer among the winning key's samples, ties to the least answer.
+    majority = np.full(n_prompts, -1)
+    in_winner = np.flatnonzero(agrees) if key is not None else np.empty(0, dtype=np.int64)
+    if key is None:  # one answer per key: the winning key is the answer
+        majority = winner_key.copy()
+        majority[~has_winner] = -1
+    elif len(in_winner):
+        answer_rank = _ranks(answers.dictionary)
+        width_a = len(answers.dictionary)
+        apair, acount = np.unique(g[in_winner] * width_a + answer_code[in_winner], return_counts=True)
+        ag, aa = apair // width_a, apair % width_a
+        ranked = np.lexsort((answer_rank[aa], -acount, ag))
+        first_of = ranked[np.unique(ag[ranked], return_index=True)[1]]
+        majority[ag[first_of]] = aa[first_of]
+    majority_answer = pa.array(np.maximum(majority, 0)).cast(pa.int32())
+    majority_answer = pc.if_else(pa.array(majority >= 0), answers.dictionary.take(majority_answer),
+                                 pa.scalar(None, pa.string()))
+    votes = pa.table({"prompt_id": prompt_names, "majority_answer": majority_answer,
+                      "vote_share": pa.array(share), "entropy": pa.array(entropy),
+                      "n_samples": pa.array(n.astype(np.int64)), "n_answers": pa.array(n_answers.astype(np.int64))})
+    agreement = pa.table({"prompt_id": prompt_names.take(pa.array(g)),
+                          "sample_idx": samples.column("sample_idx").take(pa.array(order)),
+                          "voter": samples.column("voter").take(pa.array(order)), "agrees": pa.array(agrees)})
+    return votes, agreement
+
+
+def _ranks(values):
+    """Each value's position in code-point order (Python's string order; Arrow sorts UTF-8 bytes the same way)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[pc.sort_indices(values).to_numpy()] = np.arange(len(values))
+    return rank
 
 
 def sample_weights(samples: list[dict]) -> list[float]:
@@ -206,15 +340,21 @@ def reference_vote(samples: list[dict], truth: dict[str, str], is_correct) -> tu
 
 def vote_summary(votes: list[dict]) -> dict:
     """Label-free statistics of a vote (TTRL's ``majority_ratio``)."""
-    n = len(votes)
+    return summary_of([v["vote_share"] for v in votes], [v["entropy"] for v in votes],
+                      [v["majority_answer"] for v in votes])
+
+
+def summary_of(shares: list[float], entropies: list[float], majorities: list) -> dict:
+    """``vote_summary`` from the votes' columns (the columnar vote passes them without building rows)."""
+    n = len(shares)
     if n == 0:
         return {"prompts": 0, "majority_ratio": 0.0, "mean_entropy": 0.0, "no_answer_rate": 0.0}
     return {
         "prompts": n,
-        "majority_ratio": sum(v["vote_share"] for v in votes) / n,
-        "mean_entropy": sum(v["entropy"] for v in votes) / n,
-        "no_answer_rate": sum(v["majority_answer"] is None for v in votes) / n,
-        "unanimous_rate": sum(v["vote_share"] == 1.0 for v in votes) / n,
+        "majority_ratio": sum(shares) / n,
+        "mean_entropy": sum(entropies) / n,
+        "no_answer_rate": sum(m is None for m in majorities) / n,
+        "unanimous_rate": sum(share == 1.0 for share in shares) / n,
     }
 
 
@@ -241,15 +381,21 @@ def audit(votes: list[dict], truth: dict[str, str], is_correct, thresholds: list
 
 def pseudo_label_precision(votes: list[dict], truth: dict[str, str], is_correct) -> float | None:
     """Share of audited prompts with a majority answer whose majority is correct."""
-    labeled = [v for v in votes if v["prompt_id"] in truth and v["majority_answer"] is not None]
+    return precision_of([v["prompt_id"] for v in votes], [v["majority_answer"] for v in votes], truth, is_correct)
+
+
+def precision_of(prompt_ids: list[str], majorities: list, truth: dict[str, str], is_correct) -> float | None:
+    """``pseudo_label_precision`` from the votes' columns."""
+    labeled = [(p, m) for p, m in zip(prompt_ids, majorities) if p in truth and m is not None]
     if not labeled:
         return None
-    return sum(is_correct(v["majority_answer"], truth[v["prompt_id"]]) for v in labeled) / len(labeled)
+    return sum(is_correct(m, truth[p]) for p, m in labeled) / len(labeled)
 
 
 def read_truth(audit_path: Path) -> dict[str, str]:
     """Hidden answers by prompt id, from a round's audit file (audits only, never training)."""
-    return {row["id"]: row["answer"] for row in io.read_rows(audit_path, schemas.PROMPTS)}
+    audit = io.read_table(audit_path, schemas.PROMPTS)
+    return dict(zip(audit.column("id").to_pylist(), audit.column("answer").to_pylist()))
 
 
 @dataclass(frozen=True)
@@ -278,46 +424,55 @@ class Ballot:
 
 @dataclass(frozen=True)
 class VoteMethod:
-    """A ``vote.method``. ``needs_model``: it loads the champion (the Kubeflow vote step then runs on the
-    GPU pool); ``supervised``: it reads the audit file's labels, and vote.json says the round is supervised."""
+    """A ``vote.method``. Either ``weigh(samples_table, inputs) -> (weights or None, label_source, report)``: a
+    weighing of the samples that the columnar ``vote_table`` then counts (every method of the embedded
+    default); or ``run(sample_rows, inputs) -> Ballot``: anything else, on rows. ``needs_model``: it loads
+    the champion (the Kubeflow vote step then runs on the GPU pool); ``supervised``: it reads the audit
+    file's labels, and vote.json says the round is supervised."""
 
-    run: Callable[[list[dict], VoteInputs], Ballot]
+    run: Callable[[list[dict], VoteInputs], Ballot] | None = None
+    weigh: Callable[..., tuple] | None = None
     needs_model: bool = False
     supervised: bool = False
+    columns: tuple[str, ...] = ("prompt_id", "sample_idx", "voter", "answer")  # of samples.parquet that it reads
 
 
-def _weighted(weights: Callable[[list[dict], VoteInputs], list[float] | None], label_source: str):
-    """A method that is ``vote`` with each sample's vote weighing ``weights(samples, inputs)``."""
-
-    def run(samples: list[dict], inputs: VoteInputs) -> Ballot:
-        votes, agreement = vote(samples, min_answer_share=inputs.config.min_answer_share,
-                                weights=weights(samples, inputs), key=inputs.task.vote_key)
-        return Ballot(votes, agreement, label_source)
-
-    return run
+def _majority(table, inputs: VoteInputs) -> tuple:
+    return None, "majority vote of the samples (no labels)", {}
 
 
-def _reliability(samples: list[dict], inputs: VoteInputs) -> Ballot:
-    reliability = voter_reliability(samples, inputs.task.vote_key)
-    votes, agreement = vote(samples, min_answer_share=inputs.config.min_answer_share,
-                            weights=reliability_weights(samples, reliability), key=inputs.task.vote_key)
-    return Ballot(votes, agreement, "vote weighted by each committee member's accuracy as estimated from how often "
-                  "the members agree with each other (no labels)",
-                  {"voter_reliability": {str(v): round(p, 4) for v, p in reliability.items()}})
+def _weighted(table, inputs: VoteInputs) -> tuple:
+    import numpy as np
+
+    ratio = table.column("logprob").to_numpy() / np.maximum(1, table.column("n_tokens").to_numpy())
+    weights = np.fromiter(map(math.exp, ratio.tolist()), float, len(ratio))  # math.exp: numpy's differs in the last bit
+    return weights, "vote weighted by each sample's per-token probability, exp(logprob / n_tokens) (no labels)", {}
 
 
-def _self_judge(samples: list[dict], inputs: VoteInputs) -> Ballot:
+def _reliability(table, inputs: VoteInputs) -> tuple:
+    import numpy as np
+
+    rows = table.select(["prompt_id", "voter", "answer"]).to_pylist()
+    reliability = voter_reliability(rows, inputs.task.vote_key)
+    weights = np.array([reliability[v] for v in table.column("voter").to_pylist()], dtype=float)
+    return weights, ("vote weighted by each committee member's accuracy as estimated from how often the members "
+                     "agree with each other (no labels)"), {
+        "voter_reliability": {str(v): round(p, 4) for v, p in reliability.items()}}
+
+
+def _self_judge(table, inputs: VoteInputs) -> tuple:
+    import numpy as np
+
     from flywheel.generation import member_judge
 
     prompts = {p["id"]: p["prompt"] for p in io.read_rows(inputs.prompts_path, schemas.PROMPTS)}
     judge = member_judge(inputs.model_dir, batch_size=inputs.config.judge_batch_size, device=inputs.device,
                          task=inputs.task)
-    votes, agreement = vote(samples, min_answer_share=inputs.config.min_answer_share,
-                            weights=judge_weights(samples, prompts, judge), key=inputs.task.vote_key)
+    weights = np.array(judge_weights(table.to_pylist(), prompts, judge), dtype=float)
     scores = {"yes_no": "P(yes) / (P(yes) + P(no)) of its yes/no judge prompt",
               "logprob": "exp(mean token log-prob | prompt)"}
-    return Ballot(votes, agreement, "vote weighted by the champion's own score of each candidate answer, "
-                  + " and ".join(scores[kind] for kind in judge.kinds) + " (no labels)")
+    return weights, ("vote weighted by the champion's own score of each candidate answer, "
+                     + " and ".join(scores[kind] for kind in judge.kinds) + " (no labels)"), {}
 
 
 def _reference(samples: list[dict], inputs: VoteInputs) -> Ballot:
@@ -327,14 +482,12 @@ def _reference(samples: list[dict], inputs: VoteInputs) -> Ballot:
 
 
 # The registered vote methods (flywheel.registry; the module docstring says what each weighs).
-VOTE_METHODS.add("majority", VoteMethod(_weighted(lambda samples, inputs: None,
-                                                  "majority vote of the samples (no labels)")))
-VOTE_METHODS.add("weighted", VoteMethod(_weighted(
-    lambda samples, inputs: sample_weights(samples),
-    "vote weighted by each sample's per-token probability, exp(logprob / n_tokens) (no labels)")))
-VOTE_METHODS.add("reliability", VoteMethod(_reliability))
-VOTE_METHODS.add("self_judge", VoteMethod(_self_judge, needs_model=True))
-VOTE_METHODS.add("reference", VoteMethod(_reference, supervised=True))
+VOTE_METHODS.add("majority", VoteMethod(weigh=_majority))
+VOTE_METHODS.add("weighted", VoteMethod(weigh=_weighted, columns=("prompt_id", "sample_idx", "voter", "answer",
+                                                                   "n_tokens", "logprob")))
+VOTE_METHODS.add("reliability", VoteMethod(weigh=_reliability))
+VOTE_METHODS.add("self_judge", VoteMethod(weigh=_self_judge, needs_model=True, columns=tuple(schemas.SAMPLES.names)))
+VOTE_METHODS.add("reference", VoteMethod(run=_reference, supervised=True))
 
 
 def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, audit_path: Path | None = None,
@@ -342,10 +495,9 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
     """Shell: samples.parquet -> votes.parquet, agreement.parquet, vote.json, by the ``vote.method``.
 
     Methods that load the champion (``self_judge``) also need the prompts and ``model_dir``; supervised
-    ones (``reference``) the audit file.
+    ones (``reference``) the audit file. Weighing methods vote on Arrow columns (``vote_table``).
     """
     method: VoteMethod = VOTE_METHODS.get(config.method)
-    samples = io.read_rows(samples_path, schemas.SAMPLES)
     truth = read_truth(audit_path) if audit_path is not None and Path(audit_path).exists() else None
     if method.supervised and truth is None:
         raise io.InputError(audit_path or "vote", f"vote.method={config.method} needs the audit file of labels "
@@ -353,17 +505,35 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
     if method.needs_model and (prompts_path is None or model_dir is None):
         raise io.InputError("vote", f"vote.method={config.method} needs the prompts and the champion "
                             "(--prompts, --model)", field="vote.method")
-    ballot = method.run(samples, VoteInputs(task=task, config=config, truth=truth, prompts_path=prompts_path,
-                                            model_dir=model_dir, device=device))
-    summary = vote_summary(ballot.votes)
+    inputs = VoteInputs(task=task, config=config, truth=truth, prompts_path=prompts_path, model_dir=model_dir,
+                        device=device)
+    if method.weigh is not None:
+        table = io.read_table(samples_path, schemas.SAMPLES, columns=method.columns, check_key=False)
+        try:
+            weights, label_source, report = method.weigh(table, inputs)
+            votes, agreement = vote_table(table, weights=weights, key=vote_key_of(task),
+                                          min_answer_share=config.min_answer_share)
+        except DuplicateSample:
+            io.read_rows(samples_path, schemas.SAMPLES)  # the one-line error naming both rows
+            raise
+        del table
+        ids, majorities = votes.column("prompt_id").to_pylist(), votes.column("majority_answer").to_pylist()
+        summary = summary_of(votes.column("vote_share").to_pylist(), votes.column("entropy").to_pylist(), majorities)
+    else:
+        ballot = method.run(io.read_rows(samples_path, schemas.SAMPLES), inputs)
+        label_source, report = ballot.label_source, ballot.report
+        votes, agreement = (pa.Table.from_pylist(ballot.votes, schema=schemas.VOTES.arrow()),
+                            pa.Table.from_pylist(ballot.agreement, schema=schemas.AGREEMENT.arrow()))
+        ids, majorities = [v["prompt_id"] for v in ballot.votes], [v["majority_answer"] for v in ballot.votes]
+        summary = vote_summary(ballot.votes)
     summary["method"] = config.method
-    summary["label_source"] = ballot.label_source
-    summary.update(ballot.report)
+    summary["label_source"] = label_source
+    summary.update(report)
     summary["supervised"] = method.supervised
     if truth is not None:
-        summary["pseudo_label_precision"] = pseudo_label_precision(ballot.votes, truth, task.is_correct)
+        summary["pseudo_label_precision"] = precision_of(ids, majorities, truth, task.is_correct)
     with io.publish_together(out_dir) as staged:
-        io.write_rows(staged(FILES.votes), ballot.votes, schemas.VOTES)
-        io.write_rows(staged(FILES.agreement), ballot.agreement, schemas.AGREEMENT)
+        io.write_table(staged(FILES.votes), votes, schemas.VOTES)
+        io.write_table(staged(FILES.agreement), agreement, schemas.AGREEMENT)
         io.write_json(staged(FILES.vote_summary), summary)
     return summary

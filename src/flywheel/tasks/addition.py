@@ -88,9 +88,6 @@ class ReversedAddition(TaskBase):
                     out.append(view)
         return out[:count]
 
-    def vote_key(self, answer: str | None) -> str | None:
-        return answer
-
     def is_correct(self, answer: str | None, truth: str | None) -> bool:
         return answer is not None and answer == truth
 

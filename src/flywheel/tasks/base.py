@@ -107,6 +107,12 @@ class TaskBase:
         return answer
 
 
+def vote_key_of(task):
+    """The task's ``vote_key``, or None when it is the answer itself (the columnar vote then skips mapping every
+    distinct answer through Python)."""
+    return None if getattr(type(task), "vote_key", None) is TaskBase.vote_key else task.vote_key
+
+
 JUDGE_INSTRUCTION = "Is the candidate answer correct? Reply with yes or no."
 
 

@@ -1,0 +1,86 @@
+"""The columnar vote (``vote_table``, what ``run_vote`` runs) against the row implementation it replaced, kept as
+the reference (``vote``, ``sample_weights``, ``voter_reliability``): identical votes, agreement and vote.json, bit
+for bit, on randomized rounds (shuffled files, several voters, missing answers, keys that merge answers, weights,
+answer-share floors, non-ASCII answers)."""
+
+import json
+import math
+import random
+
+import pyarrow as pa
+import pytest
+
+from flywheel import io, schemas
+from flywheel.config import VoteConfig
+from flywheel.stages.vote import (reliability_weights, run_vote, sample_weights, vote, vote_summary, vote_table,
+                                  voter_reliability)
+from flywheel.tasks import load_task
+
+
+def bits(rows: list[dict]) -> list[dict]:
+    """Rows with every float as its exact bits (so -0.0 and 0.0, or a last-bit difference, do not compare equal)."""
+    return [{k: v.hex() if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def random_round(rng: random.Random) -> list[dict]:
+    rows, seen = [], set()
+    answers = [None, "1", "2", "10", "01", "x", "é", "ß", "100"]
+    for p in range(rng.randint(1, 40)):
+        prompt_id = f"p{rng.randint(0, 9)}-{p}"
+        favourite = rng.choice(answers[1:])
+        for voter in range(rng.randint(1, 4)):
+            for index in range(rng.randint(1, 8)):
+                if (prompt_id, voter, index) in seen:
+                    continue
+                seen.add((prompt_id, voter, index))
+                answer = favourite if rng.random() < 0.5 else rng.choice(answers)
+                rows.append({"prompt_id": prompt_id, "sample_idx": index, "voter": voter, "completion": f"c{answer}",
+                             "answer": answer, "n_tokens": rng.randint(0, 6), "logprob": -rng.random() * 5})
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vote_table_equals_the_row_vote(seed):
+    rng = random.Random(seed)
+    for _ in range(60):
+        rows = random_round(rng)
+        key = rng.choice([None, lambda a: None if a is None else str(len(a)), lambda a: a and a.lstrip("0")])
+        weights = rng.choice([None, sample_weights(rows), [rng.random() for _ in rows]])
+        share = rng.choice([0.0, 0.3, 0.5, 0.99])
+        expected_votes, expected_agreement = vote(rows, min_answer_share=share, weights=weights, key=key)
+        votes, agreement = vote_table(pa.Table.from_pylist(rows, schema=schemas.SAMPLES.arrow()), weights=weights,
+                                      key=key, min_answer_share=share)
+        assert bits(votes.to_pylist()) == bits(expected_votes)
+        assert agreement.to_pylist() == expected_agreement
+
+
+@pytest.mark.parametrize("method", ["majority", "weighted", "reliability"])
+def test_run_vote_writes_what_the_row_reference_computes(method, tmp_path):
+    rng = random.Random(method)
+    task = load_task("addition")
+    for trial in range(15):
+        rows = random_round(rng)
+        here = tmp_path / str(trial)
+        io.write_rows(here / "samples.parquet", rows, schemas.SAMPLES)
+        config = VoteConfig(method=method, min_answer_share=rng.choice([0.0, 0.5]))
+        summary = run_vote(here / "samples.parquet", here, config, task=task)
+        weights = {"majority": None, "weighted": sample_weights(rows),
+                   "reliability": reliability_weights(rows, voter_reliability(rows, task.vote_key))}[method]
+        expected_votes, expected_agreement = vote(rows, min_answer_share=config.min_answer_share, weights=weights,
+                                                  key=task.vote_key)
+        assert bits(io.read_rows(here / "votes.parquet", schemas.VOTES)) == bits(expected_votes)
+        assert io.read_rows(here / "agreement.parquet", schemas.AGREEMENT) == expected_agreement
+        expected_summary = vote_summary(expected_votes)
+        assert {k: summary[k] for k in expected_summary} == expected_summary
+        assert json.loads((here / "vote.json").read_text())["prompts"] == len(expected_votes)
+        if method == "reliability":
+            reliability = voter_reliability(rows, task.vote_key)
+            assert summary["voter_reliability"] == {str(v): round(p, 4) for v, p in reliability.items()}
+
+
+def test_a_unanimous_prompt_has_entropy_minus_zero_as_before():
+    rows = [{"prompt_id": "p", "sample_idx": i, "voter": 0, "completion": "5", "answer": "5", "n_tokens": 1,
+             "logprob": -0.1} for i in range(3)]
+    votes, _ = vote_table(pa.Table.from_pylist(rows, schema=schemas.SAMPLES.arrow()))
+    assert math.copysign(1.0, votes.column("entropy")[0].as_py()) == math.copysign(1.0, vote(rows)[0][0]["entropy"])
