@@ -80,6 +80,32 @@ def timed(command: list[str], env: dict) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
+REFERENCE_VOTE = """
+from pathlib import Path
+from flywheel import io, schemas
+from flywheel.config import load_config
+from flywheel.stages.vote import reliability_weights, sample_weights, vote, vote_summary, voter_reliability
+from flywheel.tasks import load_task
+config, task = load_config("{config}", ["vote.method={method}"]), load_task("addition")
+rows = io.read_rows("{samples}", schemas.SAMPLES)
+weights = {{"majority": lambda: None, "weighted": lambda: sample_weights(rows),
+           "reliability": lambda: reliability_weights(rows, voter_reliability(rows, task.vote_key))}}["{method}"]()
+votes, agreement = vote(rows, min_answer_share=config.vote.min_answer_share, weights=weights, key=task.vote_key)
+summary = vote_summary(votes)
+io.write_rows(Path("{out}") / "votes.rows.parquet", votes, schemas.VOTES)
+io.write_rows(Path("{out}") / "agreement.rows.parquet", agreement, schemas.AGREEMENT)
+"""
+REFERENCE_CURATE = """
+from pathlib import Path
+from flywheel.config import load_config
+from flywheel.stages.curate import run_curate_rows
+from flywheel.tasks import load_task
+here = Path("{here}")
+run_curate_rows(here, load_config("{config}").curate, task=load_task("addition"), eval_path=Path("{eval}"),
+                round_index=1, previous_pool=None, audit_path=here / "audit.parquet")
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=125_000)
@@ -87,6 +113,8 @@ def main() -> None:
     parser.add_argument("--method", default="majority", help="vote.method (majority, weighted, reliability)")
     parser.add_argument("-c", "--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--stages", default="vote,curate", help="which to run (curate reads vote's output)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the row implementations the columnar ones replaced (tests compare the two)")
     args = parser.parse_args()
 
     from flywheel.layout import RoundLayout, RunLayout
@@ -107,11 +135,23 @@ def main() -> None:
             "curate": ["curate", *common, "--round", "1", "--round-dir", str(this.dir),
                        "--eval", str(RunLayout(Path(scratch)).eval_set), "--audit", str(this.audit)]}
         results = {name: timed(flywheel + commands[name], env) for name in args.stages.split(",")}
-        print(f"{'stage':<8} {'seconds':>8} {'peak MiB':>9}")
+        if args.reference:
+            # The same work on Python rows: stages.vote.vote and stages.curate.run_curate_rows, as run_vote and
+            # run_curate did before they went columnar (same inputs, same outputs).
+            reference = {
+                "vote (rows)": REFERENCE_VOTE.format(samples=this.samples, out=this.dir, config=args.config,
+                                                     method=args.method),
+                "curate (rows)": REFERENCE_CURATE.format(here=this.dir, config=args.config,
+                                                         eval=RunLayout(Path(scratch)).eval_set)}
+            for name, code in reference.items():
+                if name.split()[0] in args.stages.split(","):
+                    results[name] = timed([sys.executable, "-c", code], env)
+        print(f"{'stage':<14} {'seconds':>8} {'peak MiB':>9}")
         for name, (seconds, mib) in results.items():
-            print(f"{name:<8} {seconds:>8.1f} {mib:>9.0f}")
-        if len(results) > 1:
-            print(f"{'all':<8} {sum(r[0] for r in results.values()):>8.1f} {max(r[1] for r in results.values()):>9.0f}")
+            print(f"{name:<14} {seconds:>8.1f} {mib:>9.0f}")
+        columnar = [results[name] for name in ("vote", "curate") if name in results]
+        if len(columnar) > 1:
+            print(f"{'vote+curate':<14} {sum(r[0] for r in columnar):>8.1f} {max(r[1] for r in columnar):>9.0f}")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ def bits(rows: list[dict]) -> list[dict]:
 
 def random_round(rng: random.Random) -> list[dict]:
     rows, seen = [], set()
-    answers = [None, "1", "2", "10", "01", "x", "é", "ß", "100"]
+    answers = rng.choice([[None, "1", "2", "10", "01", "x", "é", "ß", "100"], [None], [None, "1"]])
     for p in range(rng.randint(1, 40)):
         prompt_id = f"p{rng.randint(0, 9)}-{p}"
-        favourite = rng.choice(answers[1:])
+        favourite = rng.choice(answers)
         for voter in range(rng.randint(1, 4)):
             for index in range(rng.randint(1, 8)):
                 if (prompt_id, voter, index) in seen:
@@ -77,6 +77,15 @@ def test_run_vote_writes_what_the_row_reference_computes(method, tmp_path):
         if method == "reliability":
             reliability = voter_reliability(rows, task.vote_key)
             assert summary["voter_reliability"] == {str(v): round(p, 4) for v, p in reliability.items()}
+
+
+def test_rounds_without_any_answer_or_without_samples():
+    rows = [{"prompt_id": p, "sample_idx": i, "voter": 0, "completion": "?", "answer": None, "n_tokens": 1,
+             "logprob": -0.1} for p in ("a", "b") for i in range(3)]
+    for chosen in (rows, rows[:1], []):
+        votes, agreement = vote_table(pa.Table.from_pylist(chosen, schema=schemas.SAMPLES.arrow()))
+        expected_votes, expected_agreement = vote(chosen)
+        assert bits(votes.to_pylist()) == bits(expected_votes) and agreement.to_pylist() == expected_agreement
 
 
 def test_a_unanimous_prompt_has_entropy_minus_zero_as_before():

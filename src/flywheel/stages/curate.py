@@ -181,11 +181,19 @@ def rl_prompts(prompts: list[dict], votes: list[dict], config: CurateConfig, *, 
                round_index: int) -> tuple[list[dict], Counter]:
     """GRPO prompts (``schemas.RL_PROMPTS``) whose vote share lies in [rl_min, rl_max), and drops by reason."""
     vote_by_id = {v["prompt_id"]: v for v in votes}
+    return _rl_rows(((p, vote_by_id.get(p["id"])) for p in sorted(prompts, key=lambda p: p["id"])), config,
+                    task=task, eval_prompts=eval_prompts, keep=lambda prompt, verdict: {
+                        "prompt": prompt["prompt"], "prompt_id": prompt["id"], "vote_share": verdict["vote_share"],
+                        "round": round_index, "bucket": prompt.get("bucket"), "meta": prompt.get("meta")})
+
+
+def _rl_rows(prompt_verdicts, config: CurateConfig, *, task, eval_prompts: set[str], keep) -> tuple[list, Counter]:
+    """``rl_prompts`` over (prompt row, its verdict or None) in prompt-id order; ``keep(prompt, verdict)`` is
+    what is listed for a kept prompt (a row, or for the columnar curate just its position)."""
     near = _near_duplicates(config)
     index = ngram_index(config, eval_prompts)
     kept, drops = [], Counter()
-    for prompt in sorted(prompts, key=lambda p: p["id"]):
-        verdict = vote_by_id.get(prompt["id"])
+    for prompt, verdict in prompt_verdicts:
         if verdict is None:
             continue
         reason = None
@@ -202,8 +210,7 @@ def rl_prompts(prompts: list[dict], votes: list[dict], config: CurateConfig, *, 
         if reason is not None:
             drops[reason] += 1
             continue
-        kept.append({"prompt": prompt["prompt"], "prompt_id": prompt["id"], "vote_share": verdict["vote_share"],
-                     "round": round_index, "bucket": prompt.get("bucket"), "meta": prompt.get("meta")})
+        kept.append(keep(prompt, verdict))
     return kept, drops
 
 
@@ -256,10 +263,10 @@ def training_mix(new: list[dict], pool: list[dict], config: CurateConfig, *, see
     return mix
 
 
-def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
-               previous_pool: Path | None, audit_path: Path | None = None) -> dict:
-    """Shell: prompts, samples, votes of ``round_dir`` -> curated.parquet, pool.parquet, train.parquet,
-    pairs.parquet, rl_prompts.parquet, curation.json. ``eval_path``: one eval set or several."""
+def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
+                    previous_pool: Path | None, audit_path: Path | None = None) -> dict:
+    """``run_curate`` on Python rows: the reference the columnar ``run_curate`` is tested against, and what it
+    runs for the options it does not vectorise (``near_dedup``; prompts that share a text)."""
     from flywheel.stages.vote import audit, read_truth
 
     prompts = io.read_rows(round_dir / FILES.prompts, schemas.PROMPTS)
@@ -306,3 +313,241 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
         io.write_rows(staged(FILES.rl_prompts), rl_rows, schemas.RL_PROMPTS)
         io.write_json(staged(FILES.curation), report)
     return report
+
+
+# --- columnar ---------------------------------------------------------------------------------------------------
+
+def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
+               previous_pool: Path | None, audit_path: Path | None = None) -> dict:
+    """Shell: prompts, samples, votes of ``round_dir`` -> curated.parquet, pool.parquet, train.parquet,
+    pairs.parquet, rl_prompts.parquet, curation.json. ``eval_path``: one eval set or several.
+
+    Samples stay Arrow columns (a round of ten million fits in bounded memory); the per-prompt rules run once
+    per prompt. Every file and figure equals ``run_curate_rows``'s (tests/test_curate_columnar.py); with
+    ``near_dedup``, or prompts sharing a text, that reference runs instead (its order-dependent rules).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from flywheel.stages.vote import DuplicateSample, audit_of, read_truth, sample_order
+    from flywheel.tasks.base import vote_key_of
+
+    prompts = io.read_table(round_dir / FILES.prompts, schemas.PROMPTS)
+    texts = prompts.column("prompt").to_pylist()
+    if config.near_dedup or len(set(texts)) != len(texts):
+        return run_curate_rows(round_dir, config, task=task, eval_path=eval_path, round_index=round_index,
+                               previous_pool=previous_pool, audit_path=audit_path)
+    ids, buckets, metas = (prompts.column(name).to_pylist() for name in ("id", "bucket", "meta"))
+    votes = io.read_table(round_dir / FILES.votes, schemas.VOTES)
+    samples = io.read_table(round_dir / FILES.samples, schemas.SAMPLES,
+                            columns=["prompt_id", "sample_idx", "voter", "completion", "answer", "n_tokens"],
+                            check_key=False)
+    eval_paths = eval_path if isinstance(eval_path, (list, tuple)) else [eval_path]
+    eval_prompts = {text for path in eval_paths for text in io.read_table(path, schemas.PROMPTS).column("prompt")
+                    .to_pylist()}
+    try:
+        order, g, sample_prompts = sample_order(samples)
+    except DuplicateSample:
+        io.read_rows(round_dir / FILES.samples, schemas.SAMPLES)  # the one-line error naming both rows
+        raise
+    position = {pid: i for i, pid in enumerate(ids)}
+    prompt_of = np.array([position[pid] for pid in sample_prompts.to_pylist()], dtype=np.int64)[g]  # per row
+    vote_ids = votes.column("prompt_id").to_pylist()
+    majorities_by_vote, shares_by_vote = votes.column("majority_answer").to_pylist(), \
+        votes.column("vote_share").to_pylist()
+    verdict = {pid: i for i, pid in enumerate(vote_ids)}
+    index = ngram_index(config, eval_prompts)
+
+    def row(i: int) -> dict:  # a prompt as the task's rules read it
+        return {"id": ids[i], "prompt": texts[i], "bucket": buckets[i], "meta": metas[i], "answer": None}
+
+    def verdict_of(i: int) -> dict | None:
+        j = verdict.get(ids[i])
+        return None if j is None else {"prompt_id": ids[i], "majority_answer": majorities_by_vote[j],
+                                       "vote_share": shares_by_vote[j]}
+
+    has_verdict = np.array([pid in verdict for pid in ids], dtype=bool)
+    names = ["", "vote:disagrees", "length:too_long", "dedup:exact", "cap:per_prompt"]
+    prompt_reason = np.zeros(len(ids), dtype=np.int64)  # 0: none; else an index into names
+    for i in np.flatnonzero(has_verdict).tolist():
+        reason = _prompt_reason(row(i), verdict_of(i), config, task, eval_prompts, index)
+        if reason is not None:
+            if reason not in names:
+                names.append(reason)
+            prompt_reason[i] = names.index(reason)
+
+    # Per sample, in the reference's order: does it vote with its prompt's majority, is it short enough.
+    completions = samples.column("completion").combine_chunks().take(pa.array(order))
+    answers = samples.column("answer").combine_chunks().take(pa.array(order))
+    n_tokens = samples.column("n_tokens").to_numpy()[order]
+    del samples
+    majority = pa.array([majorities_by_vote[verdict[pid]] if pid in verdict else None for pid in ids], pa.string())
+    key = vote_key_of(task)
+    if key is None:
+        agrees = pc.fill_null(pc.equal(answers, majority.take(pa.array(prompt_of))), False).to_numpy(zero_copy_only=False)
+    else:
+        answer_keys = _keys(answers, key)
+        majority_keys = _keys(majority, key).take(pa.array(prompt_of))
+        agrees = (pc.fill_null(pc.equal(answer_keys, majority_keys), False).to_numpy(zero_copy_only=False)
+                  & answers.is_valid().to_numpy(zero_copy_only=False))
+    short = n_tokens <= config.max_completion_tokens
+
+    # SFT rows: the prompt's reason, else the sample's; then exact dedup and the per-prompt cap among the rest.
+    reason = prompt_reason[prompt_of]
+    reason = np.where(reason > 0, reason, np.where(~agrees, 1, np.where(~short, 2, 0)))
+    candidate = np.flatnonzero(reason == 0)
+    completion_code = completions.dictionary_encode().indices.to_numpy().astype(np.int64)
+    width = int(completion_code.max(initial=0)) + 1
+    group = prompt_of[candidate]
+    starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1] if len(candidate) else np.empty(0, np.int64)
+    start_of = np.repeat(starts, np.diff(np.r_[starts, len(candidate)])) if len(candidate) else starts
+    if config.dedup:
+        pair = pa.array(group * width + completion_code[candidate]).dictionary_encode().indices.to_numpy()
+        first = np.zeros(len(candidate), dtype=bool)
+        first[np.unique(pair, return_index=True)[1]] = True
+        # A prompt's first candidate is always a first occurrence, so this counts the distinct completions
+        # before each first occurrence in its prompt.
+        seen_before = np.cumsum(first)
+        distinct_rank = seen_before - seen_before[start_of]
+        first_rank = np.empty(int(pair.max(initial=-1)) + 1, dtype=np.int64)
+        first_rank[pair[first]] = distinct_rank[first]
+        kept_first = first_rank[pair] < config.max_per_prompt
+        reason[candidate] = np.where(first, np.where(kept_first, 0, 4), np.where(kept_first, 3, 4))
+    else:
+        rank = np.arange(len(candidate)) - start_of
+        reason[candidate] = np.where(rank < config.max_per_prompt, 0, 4)
+    kept_rows = np.flatnonzero(reason == 0)
+    drops = Counter({names[code]: int(count) for code, count in enumerate(np.bincount(reason, minlength=len(names)))
+                     if code and count})
+    kept_prompt = prompt_of[kept_rows]
+    kept = pa.table({"prompt": pa.array(texts, pa.string()).take(pa.array(kept_prompt)),
+                     "completion": completions.take(pa.array(kept_rows)),
+                     "prompt_id": pa.array(ids, pa.string()).take(pa.array(kept_prompt)),
+                     "round": pa.array(np.full(len(kept_rows), round_index, dtype=np.int64)),
+                     "bucket": pa.array(buckets, pa.string()).take(pa.array(kept_prompt))})
+
+    pairs, pair_drops = _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prompt_reason, names,
+                                        has_verdict, texts, ids, buckets, config, round_index)
+    rl_kept, rl_drops = _rl_rows(((row(i), verdict_of(i)) for i in sorted(range(len(ids)), key=ids.__getitem__)),
+                                 config, task=task, eval_prompts=eval_prompts,
+                                 keep=lambda prompt, verdict: (position[prompt["id"]], verdict["vote_share"]))
+    rl_index = pa.array([i for i, _ in rl_kept], pa.int64())
+    rl_rows = pa.table({"prompt": pa.array(texts, pa.string()).take(rl_index),
+                        "prompt_id": pa.array(ids, pa.string()).take(rl_index),
+                        "vote_share": pa.array([share for _, share in rl_kept], pa.float64()),
+                        "round": pa.array([round_index] * len(rl_kept), pa.int64()),
+                        "bucket": pa.array(buckets, pa.string()).take(rl_index),
+                        "meta": pa.array(metas, pa.string()).take(rl_index)})
+    del rl_kept
+    pool = (io.read_table(previous_pool, schemas.CURATED) if previous_pool and Path(previous_pool).exists()
+            else pa.table({n: pa.array([], t) for n, t in zip(schemas.CURATED.names, schemas.CURATED.arrow().types)}))
+    mix = _training_mix_table(kept, pool, config, seed=derive_seed("mix", round_index))
+    report = {
+        "samples_in": len(order),
+        "samples_kept": len(kept),
+        "prompts_in": len(ids),
+        "prompts_kept": len(np.unique(kept_prompt)),
+        "drops": dict(sorted(drops.items())),
+        "train_rows": len(mix),
+        "train_rows_new": len(kept),
+        "train_rows_earlier": len(mix) - len(kept),
+        # The other methods' views of the same vote (counts in prompts).
+        "pairs": {"pairs": len(pairs), "prompts_kept": len(set(pairs.column("prompt_id").to_pylist())),
+                  "drops": dict(sorted(pair_drops.items()))},
+        "rl_prompts": {"prompts_kept": len(rl_rows), "drops": dict(sorted(rl_drops.items()))},
+    }
+    if audit_path is not None and Path(audit_path).exists():
+        truth = read_truth(audit_path)
+        report["thresholds"] = audit_of(vote_ids, majorities_by_vote, shares_by_vote, truth, task.is_correct,
+                                        config.audit_thresholds)
+        audited = [(i, c) for i, c in zip(kept_prompt.tolist(), kept.column("completion").to_pylist())
+                   if ids[i] in truth]  # user data may label only some prompts
+        report["kept_label_precision"] = (
+            sum(task.is_correct(task.extract_answer(c, row(i)), truth[ids[i]]) for i, c in audited) / len(audited)
+            if audited else None)
+    with io.publish_together(round_dir) as staged:
+        io.write_table(staged(FILES.curated), kept, schemas.CURATED)
+        io.write_table(staged(FILES.pool), pa.concat_tables([pool, kept.cast(pool.schema)]), schemas.CURATED)
+        io.write_table(staged(FILES.mix), mix, schemas.CURATED)
+        io.write_table(staged(FILES.pairs), pairs, schemas.CURATED_PAIRS)
+        io.write_table(staged(FILES.rl_prompts), rl_rows, schemas.RL_PROMPTS)
+        io.write_json(staged(FILES.curation), report)
+    return report
+
+
+def _keys(answers, key):
+    """``key`` of every answer, applied once per distinct answer (null stays null)."""
+    import pyarrow as pa
+
+    encoded = answers.dictionary_encode()
+    return pa.array([key(a) for a in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+
+
+def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prompt_reason, names, has_verdict, texts,
+                    ids, buckets, config: CurateConfig, round_index: int):
+    """``preference_pairs`` on columns: per prompt (with samples and a verdict) its reason, else the distinct
+    agreeing short completions paired in order with the distinct disagreeing ones."""
+    import numpy as np
+    import pyarrow as pa
+
+    present = np.unique(prompt_of)
+    present = present[has_verdict[present]]
+    width = int(completion_code.max(initial=0)) + 1
+
+    def distinct_ranked(mask):
+        rows = np.flatnonzero(mask)
+        pair = prompt_of[rows] * width + completion_code[rows]
+        rows = rows[np.sort(np.unique(pair, return_index=True)[1])]  # first occurrences, in row order
+        group = prompt_of[rows]
+        starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1] if len(rows) else np.empty(0, np.int64)
+        rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        return rows, group, rank
+
+    chosen, chosen_group, chosen_rank = distinct_ranked(agrees & short)
+    rejected, rejected_group, rejected_rank = distinct_ranked(~agrees)
+    n_chosen = np.bincount(chosen_group, minlength=len(ids))
+    n_rejected = np.bincount(rejected_group, minlength=len(ids))
+    drops: Counter = Counter()
+    valid = np.zeros(len(ids), dtype=bool)
+    for i in present.tolist():
+        if prompt_reason[i]:
+            drops[names[prompt_reason[i]]] += 1
+        elif not n_rejected[i]:
+            drops["pair:no_rejected"] += 1
+        elif not n_chosen[i]:
+            drops["pair:no_chosen"] += 1
+        else:
+            valid[i] = True
+    take_chosen = valid[chosen_group] & (chosen_rank < config.max_pairs_per_prompt)
+    take_rejected = valid[rejected_group] & (rejected_rank < config.max_pairs_per_prompt)
+    chosen_at = {(g, r): row for g, r, row in zip(chosen_group[take_chosen].tolist(), chosen_rank[take_chosen].tolist(),
+                                                  chosen[take_chosen].tolist())}
+    matched = [(g, r, chosen_at[g, r], row) for g, r, row in
+               zip(rejected_group[take_rejected].tolist(), rejected_rank[take_rejected].tolist(),
+                   rejected[take_rejected].tolist()) if (g, r) in chosen_at]
+    matched.sort(key=lambda m: (ids[m[0]], m[1]))  # by prompt id, as the reference walks the prompts
+    prompt_index = pa.array([m[0] for m in matched], pa.int64())
+    table = pa.table({"prompt": pa.array(texts, pa.string()).take(prompt_index),
+                      "chosen": completions.take(pa.array([m[2] for m in matched], pa.int64())),
+                      "rejected": completions.take(pa.array([m[3] for m in matched], pa.int64())),
+                      "prompt_id": pa.array(ids, pa.string()).take(prompt_index),
+                      "round": pa.array([round_index] * len(matched), pa.int64()),
+                      "bucket": pa.array(buckets, pa.string()).take(prompt_index)})
+    return table, drops
+
+
+def _training_mix_table(new, pool, config: CurateConfig, *, seed: int):
+    """``training_mix`` on tables: the same rows in the same order (``random.sample`` and ``shuffle`` draw
+    positions from the lengths alone, so drawing them over indices picks what they pick over rows)."""
+    import pyarrow as pa
+
+    if not config.accumulate or not len(pool) or config.new_fraction >= 1:
+        return new
+    wanted = round(len(new) * (1 - config.new_fraction) / config.new_fraction)
+    rng = random.Random(seed)
+    earlier = rng.sample(range(len(pool)), min(wanted, len(pool)))
+    mix = pa.concat_tables([new.cast(pool.schema), pool.take(pa.array(earlier, pa.int64()))])
+    positions = list(range(len(mix)))
+    rng.shuffle(positions)
+    return mix.take(pa.array(positions, pa.int64()))

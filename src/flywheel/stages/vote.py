@@ -117,29 +117,10 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    # Samples in the reference's order: by prompt id, then voter, then sample index. The ids are sorted once
-    # as distinct values (their codes then order the rows), never row by row.
-    prompt_ids = samples.column("prompt_id").combine_chunks().dictionary_encode()
-    prompt_rank = _ranks(prompt_ids.dictionary)
-    code = prompt_rank[prompt_ids.indices.to_numpy()]
-    voter, index = samples.column("voter").to_numpy(), samples.column("sample_idx").to_numpy()
-    voter, index = voter - voter.min(initial=0), index - index.min(initial=0)
-    voters, indices = int(voter.max(initial=0)) + 1, int(index.max(initial=0)) + 1
-    if len(prompt_rank) * voters * indices < 2**62:  # one int64 per row: one sort instead of three
-        row_key = (code * voters + voter) * indices + index
-        order = np.argsort(row_key)
-        row_key = row_key[order]
-        repeated = len(row_key) > 1 and bool((row_key[1:] == row_key[:-1]).any())
-    else:
-        order = np.lexsort((index, voter, code))
-        keys = np.stack([code[order], voter[order], index[order]])
-        repeated = len(order) > 1 and bool((keys[:, 1:] == keys[:, :-1]).all(axis=0).any())
-    if repeated:
-        raise DuplicateSample("two samples share (prompt_id, voter, sample_idx)")
-    del voter, index
-    g = code[order]  # the prompt's rank: ascending down the rows
-    del code
-    prompt_names = prompt_ids.dictionary.take(pa.array(np.argsort(prompt_rank)))
+    if len(samples) == 0:
+        return (pa.Table.from_pylist([], schema=schemas.VOTES.arrow()),
+                pa.Table.from_pylist([], schema=schemas.AGREEMENT.arrow()))
+    order, g, prompt_names = sample_order(samples)
     w = np.ones(len(order)) if weights is None else np.asarray(weights, dtype=np.float64)[order]
     answers = samples.column("answer").combine_chunks().take(pa.array(order)).dictionary_encode()
     answer_code = pc.fill_null(answers.indices, -1).to_numpy().astype(np.int64)
@@ -183,7 +164,8 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
     # (``starts``: where each prompt's run of classes begins; every prompt has one, so index by prompt = pg).
     weight = np.where(answered, mass, -np.inf)
     most = np.maximum.reduceat(weight, starts)[pg]
-    rank = np.where(answered & (weight == most), key_rank[np.maximum(pk, 0)], np.iinfo(np.int64).max)
+    never = np.iinfo(np.int64).max
+    rank = np.where(answered & (weight == most), np.append(key_rank, never)[pk], never)  # pk -1: no answer
     least = np.minimum.reduceat(rank, starts)[pg]
     best = np.flatnonzero(answered & (rank == least))
     winner_pair = np.full(n_prompts, -1)
@@ -209,9 +191,8 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
         ranked = np.lexsort((answer_rank[aa], -acount, ag))
         first_of = ranked[np.unique(ag[ranked], return_index=True)[1]]
         majority[ag[first_of]] = aa[first_of]
-    majority_answer = pa.array(np.maximum(majority, 0)).cast(pa.int32())
-    majority_answer = pc.if_else(pa.array(majority >= 0), answers.dictionary.take(majority_answer),
-                                 pa.scalar(None, pa.string()))
+    majority_answer = pa.DictionaryArray.from_arrays(pa.array(majority, pa.int32(), mask=majority < 0),
+                                                     answers.dictionary).cast(pa.string())
     votes = pa.table({"prompt_id": prompt_names, "majority_answer": majority_answer,
                       "vote_share": pa.array(share), "entropy": pa.array(entropy),
                       "n_samples": pa.array(n.astype(np.int64)), "n_answers": pa.array(n_answers.astype(np.int64))})
@@ -219,6 +200,34 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
                           "sample_idx": samples.column("sample_idx").take(pa.array(order)),
                           "voter": samples.column("voter").take(pa.array(order)), "agrees": pa.array(agrees)})
     return votes, agreement
+
+
+def sample_order(samples):
+    """(row order, each ordered row's prompt code, the prompt ids by code) of a samples table: the reference's
+    order, by prompt id, then voter, then sample index. The ids are sorted once as distinct values (their codes
+    then order the rows), never row by row. Raises ``DuplicateSample`` when two rows share that key."""
+    import numpy as np
+    import pyarrow as pa
+
+    prompt_ids = samples.column("prompt_id").combine_chunks().dictionary_encode()
+    prompt_rank = _ranks(prompt_ids.dictionary)
+    code = prompt_rank[prompt_ids.indices.to_numpy()]
+    voter, index = samples.column("voter").to_numpy(), samples.column("sample_idx").to_numpy()
+    voter, index = voter - voter.min(initial=0), index - index.min(initial=0)
+    voters, indices = int(voter.max(initial=0)) + 1, int(index.max(initial=0)) + 1
+    if len(prompt_rank) * voters * indices < 2**62:  # one int64 per row: one sort instead of three
+        row_key = (code * voters + voter) * indices + index
+        order = np.argsort(row_key)
+        row_key = row_key[order]
+        repeated = len(row_key) > 1 and bool((row_key[1:] == row_key[:-1]).any())
+    else:
+        order = np.lexsort((index, voter, code))
+        keys = np.stack([code[order], voter[order], index[order]])
+        repeated = len(order) > 1 and bool((keys[:, 1:] == keys[:, :-1]).all(axis=0).any())
+    if repeated:
+        raise DuplicateSample("two samples share (prompt_id, voter, sample_idx)")
+    prompt_names = prompt_ids.dictionary.take(pa.array(np.argsort(prompt_rank)))
+    return order, code[order], prompt_names
 
 
 def _ranks(values):
@@ -365,11 +374,18 @@ def audit(votes: list[dict], truth: dict[str, str], is_correct, thresholds: list
     majority holds at least the threshold; ``precision`` the share of those whose
     majority answer is correct (None when nothing passes).
     """
-    audited = [v for v in votes if v["prompt_id"] in truth]
+    return audit_of([v["prompt_id"] for v in votes], [v["majority_answer"] for v in votes],
+                    [v["vote_share"] for v in votes], truth, is_correct, thresholds)
+
+
+def audit_of(ids: list[str], majorities: list, shares: list[float], truth: dict[str, str], is_correct,
+             thresholds: list[float]) -> list[dict]:
+    """``audit`` from the votes' columns."""
+    audited = [(p, m, s) for p, m, s in zip(ids, majorities, shares) if p in truth]
     rows = []
     for threshold in sorted(thresholds):
-        kept = [v for v in audited if v["majority_answer"] is not None and v["vote_share"] >= threshold]
-        correct = sum(is_correct(v["majority_answer"], truth[v["prompt_id"]]) for v in kept)
+        kept = [(p, m) for p, m, s in audited if m is not None and s >= threshold]
+        correct = sum(is_correct(m, truth[p]) for p, m in kept)
         rows.append({
             "threshold": threshold,
             "yield": len(kept) / len(audited) if audited else 0.0,
