@@ -105,3 +105,26 @@ def test_a_round_without_samples_or_answers_curates_like_the_rows(tmp_path):
                             previous_pool=None)
             outputs.append((report, [io.read_rows(here / f, s) for f, s in zip(FILES, SCHEMAS)]))
         assert outputs[0] == outputs[1], name
+
+
+def test_a_sample_of_an_unknown_prompt_is_one_line_naming_its_row(tmp_path):
+    from flywheel.config import VoteConfig
+    from flywheel.errors import InputError
+    from flywheel.stages.vote import run_vote
+
+    task = load_task("addition")
+    prompts = task.make_prompts(bucket=2, count=2, seed=5, id_prefix="r1-")
+    samples = [{"prompt_id": pid, "sample_idx": 0, "voter": 0, "completion": "5", "answer": "5", "n_tokens": 1,
+                "logprob": -1.0} for pid in (prompts[0]["id"], "stranger", prompts[1]["id"])]
+    for curate in (run_curate_rows, run_curate):
+        here = tmp_path / curate.__name__
+        here.mkdir()
+        io.write_rows(here / "prompts.parquet", [{**p, "answer": None} for p in prompts], schemas.PROMPTS)
+        io.write_rows(here / "samples.parquet", samples, schemas.SAMPLES)
+        run_vote(here / "samples.parquet", here, VoteConfig(), task=task)
+        io.write_rows(here / "eval.parquet", prompts[:1], schemas.PROMPTS)
+        with pytest.raises(InputError) as error:
+            curate(here, CurateConfig(), task=task, eval_path=here / "eval.parquet", round_index=1, previous_pool=None)
+        assert str(error.value) == f"{here / 'samples.parquet'}: row 2: field 'prompt_id': prompt 'stranger' is not in " \
+                                   "prompts.parquet"
+        assert not (here / "curated.parquet").exists()

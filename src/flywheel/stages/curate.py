@@ -271,6 +271,11 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
 
     prompts = io.read_rows(round_dir / FILES.prompts, schemas.PROMPTS)
     samples = io.read_rows(round_dir / FILES.samples, schemas.SAMPLES)
+    known = {p["id"] for p in prompts}
+    for index, sample in enumerate(samples, start=1):
+        if sample["prompt_id"] not in known:
+            raise io.InputError(round_dir / FILES.samples, f"prompt {sample['prompt_id']!r} is not in {FILES.prompts}",
+                                row=index, field="prompt_id")
     votes = io.read_rows(round_dir / FILES.votes, schemas.VOTES)
     eval_paths = eval_path if isinstance(eval_path, (list, tuple)) else [eval_path]
     eval_prompts = {row["prompt"] for path in eval_paths for row in io.read_rows(path, schemas.PROMPTS)}
@@ -352,6 +357,11 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
         io.read_rows(round_dir / FILES.samples, schemas.SAMPLES)  # the one-line error naming both rows
         raise
     position = {pid: i for i, pid in enumerate(ids)}
+    unknown = next((pid for pid in sample_prompts.to_pylist() if pid not in position), None)
+    if unknown is not None:
+        row = pc.index(samples.column("prompt_id"), unknown).as_py() + 1
+        raise io.InputError(round_dir / FILES.samples, f"prompt {unknown!r} is not in {FILES.prompts}", row=row,
+                            field="prompt_id")
     prompt_of = np.array([position[pid] for pid in sample_prompts.to_pylist()], dtype=np.int64)[g]  # per row
     vote_ids = votes.column("prompt_id").to_pylist()
     majorities_by_vote, shares_by_vote = votes.column("majority_answer").to_pylist(), \
