@@ -312,11 +312,20 @@ def _unique(key_columns: list) -> bool:
 
 
 def write_table(path: str | os.PathLike, table: pa.Table, schema: Schema) -> None:
-    """``write_rows`` for an Arrow table: the contract's column order and types, written atomically."""
-    table = pa.Table.from_arrays([table.column(name).cast(field.type) for name, field in
-                                  zip(schema.names, schema.arrow())], schema=schema.arrow())
+    """``write_rows`` for an Arrow table: the contract's column order and types, written atomically. A
+    dictionary-encoded column of the contract's type is written as it is (Parquet stores it dictionary-encoded
+    anyway) without materialising every value; the file keeps no Arrow schema, so readers get the plain type."""
+    columns, fields = [], []
+    for field in schema.arrow():
+        column = table.column(field.name)
+        if pa.types.is_dictionary(column.type) and column.type.value_type == field.type:
+            field = field.with_type(column.type)
+        else:
+            column = column.cast(field.type)
+        columns.append(column)
+        fields.append(field)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(pa.table(columns, schema=pa.schema(fields)), tmp, store_schema=False)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -122,8 +122,8 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
                 pa.Table.from_pylist([], schema=schemas.AGREEMENT.arrow()))
     order, g, prompt_names = sample_order(samples)
     w = np.ones(len(order)) if weights is None else np.asarray(weights, dtype=np.float64)[order]
-    answers = samples.column("answer").combine_chunks().take(pa.array(order)).dictionary_encode()
-    answer_code = pc.fill_null(answers.indices, -1).to_numpy().astype(np.int64)
+    answers = samples.column("answer").combine_chunks().dictionary_encode()  # codes, then ordered: no string copy
+    answer_code = pc.fill_null(answers.indices, -1).to_numpy()[order].astype(np.int64)
     if key is None:  # the key is the answer itself
         k, key_dictionary = answer_code, answers.dictionary
     else:
@@ -135,8 +135,12 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
 
     # One class per (prompt, key), numbered in order of first appearance (a hash, no sort): since the rows are in
     # prompt order, each prompt's classes are consecutive, in the order the reference meets them.
-    classes = pa.array(g * width + k + 1).dictionary_encode()
-    inverse = classes.indices.to_numpy().astype(np.int64)
+    class_code = g * width  # in place: one array, not three temporaries
+    class_code += k
+    class_code += 1
+    classes = pa.array(class_code).dictionary_encode()
+    del class_code
+    inverse = classes.indices.to_numpy()
     pair = classes.dictionary.to_numpy()
     count = np.bincount(inverse, minlength=len(pair))
     if weights is None:
@@ -144,15 +148,28 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
     else:
         mass = np.zeros(len(pair))
         np.add.at(mass, inverse, w)  # sequential, in row order: the reference's sums
+    del classes, inverse  # a round's memory is these arrays: each goes when it is done
     pg, pk = pair // width, pair % width - 1
     starts = np.flatnonzero(np.r_[True, pg[1:] != pg[:-1]])  # each prompt's first class
     n = np.bincount(g, minlength=n_prompts)
     total = np.zeros(n_prompts)
     np.add.at(total, pg, mass)
-    term_of = {}
-    for c, m in set(zip(count.tolist(), n[pg].tolist())):
-        term_of[c, m] = c / m * math.log(c / m)
-    terms = np.array([term_of[c, m] for c, m in zip(count.tolist(), n[pg].tolist())])
+    # c/n log(c/n) with math.log, once per (count, n) that can occur: a small table, however many classes.
+    n_of_class = n[pg]
+    most_samples = int(n.max(initial=0))
+    if most_samples <= 2048:
+        table = np.zeros((most_samples + 1, most_samples + 1))
+        for m in range(1, most_samples + 1):
+            for c in range(1, m + 1):
+                table[c, m] = c / m * math.log(c / m)
+        terms = table[count, n_of_class]
+        combined = which = None
+    else:
+        combined = count * (most_samples + 1) + n_of_class
+        distinct, which = np.unique(combined, return_inverse=True)
+        terms = np.array([c / m * math.log(c / m) for c, m in zip((distinct // (most_samples + 1)).tolist(),
+                                                                    (distinct % (most_samples + 1)).tolist())])[which]
+    del n_of_class, combined, which
     entropy = np.zeros(n_prompts)
     np.add.at(entropy, pg, terms)
     entropy = -entropy  # -(0.0) is -0.0, as the reference writes a unanimous prompt
@@ -196,7 +213,7 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
     votes = pa.table({"prompt_id": prompt_names, "majority_answer": majority_answer,
                       "vote_share": pa.array(share), "entropy": pa.array(entropy),
                       "n_samples": pa.array(n.astype(np.int64)), "n_answers": pa.array(n_answers.astype(np.int64))})
-    agreement = pa.table({"prompt_id": prompt_names.take(pa.array(g)),
+    agreement = pa.table({"prompt_id": pa.DictionaryArray.from_arrays(pa.array(g, pa.int32()), prompt_names),
                           "sample_idx": samples.column("sample_idx").take(pa.array(order)),
                           "voter": samples.column("voter").take(pa.array(order)), "agrees": pa.array(agrees)})
     return votes, agreement
@@ -213,10 +230,14 @@ def sample_order(samples):
     prompt_rank = _ranks(prompt_ids.dictionary)
     code = prompt_rank[prompt_ids.indices.to_numpy()]
     voter, index = samples.column("voter").to_numpy(), samples.column("sample_idx").to_numpy()
-    voter, index = voter - voter.min(initial=0), index - index.min(initial=0)
+    if voter.min(initial=0) < 0 or index.min(initial=0) < 0:  # (zero-copy views otherwise: no 80 MB copies)
+        voter, index = voter - voter.min(initial=0), index - index.min(initial=0)
     voters, indices = int(voter.max(initial=0)) + 1, int(index.max(initial=0)) + 1
     if len(prompt_rank) * voters * indices < 2**62:  # one int64 per row: one sort instead of three
-        row_key = (code * voters + voter) * indices + index
+        row_key = code * voters  # built in place: one array, not four temporaries
+        row_key += voter
+        row_key *= indices
+        row_key += index
         order = np.argsort(row_key)
         row_key = row_key[order]
         repeated = len(row_key) > 1 and bool((row_key[1:] == row_key[:-1]).any())
