@@ -378,7 +378,7 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
                                        "vote_share": shares_by_vote[j]}
 
     has_verdict = np.array([pid in verdict for pid in ids], dtype=bool)
-    names = ["", "vote:disagrees", "length:too_long", "dedup:exact", "cap:per_prompt"]
+    names = list(SAMPLE_REASONS)
     prompt_reason = np.zeros(len(ids), dtype=np.int64)  # 0: none; else an index into names
     for i in np.flatnonzero(has_verdict).tolist():
         reason = _prompt_reason(row(i), verdict_of(i), config, task, eval_prompts, index)
@@ -404,29 +404,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     short = n_tokens <= config.max_completion_tokens
 
     # SFT rows: the prompt's reason, else the sample's; then exact dedup and the per-prompt cap among the rest.
-    reason = prompt_reason[prompt_of]
-    reason = np.where(reason > 0, reason, np.where(~agrees, 1, np.where(~short, 2, 0)))
-    candidate = np.flatnonzero(reason == 0)
     completion_code = completions.dictionary_encode().indices.to_numpy().astype(np.int64)
-    width = int(completion_code.max(initial=0)) + 1
-    group = prompt_of[candidate]
-    starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1] if len(candidate) else np.empty(0, np.int64)
-    start_of = np.repeat(starts, np.diff(np.r_[starts, len(candidate)])) if len(candidate) else starts
-    if config.dedup:
-        pair = pa.array(group * width + completion_code[candidate]).dictionary_encode().indices.to_numpy()
-        first = np.zeros(len(candidate), dtype=bool)
-        first[np.unique(pair, return_index=True)[1]] = True
-        # A prompt's first candidate is always a first occurrence, so this counts the distinct completions
-        # before each first occurrence in its prompt.
-        seen_before = np.cumsum(first)
-        distinct_rank = seen_before - seen_before[start_of]
-        first_rank = np.empty(int(pair.max(initial=-1)) + 1, dtype=np.int64)
-        first_rank[pair[first]] = distinct_rank[first]
-        kept_first = first_rank[pair] < config.max_per_prompt
-        reason[candidate] = np.where(first, np.where(kept_first, 0, 4), np.where(kept_first, 3, 4))
-    else:
-        rank = np.arange(len(candidate)) - start_of
-        reason[candidate] = np.where(rank < config.max_per_prompt, 0, 4)
+    reason = _sft_reasons(prompt_reason[prompt_of], prompt_of, agrees, short, completion_code, config)
     kept_rows = np.flatnonzero(reason == 0)
     drops = Counter({names[code]: int(count) for code, count in enumerate(np.bincount(reason, minlength=len(names)))
                      if code and count})
@@ -484,6 +463,45 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
         io.write_table(staged(FILES.rl_prompts), rl_rows, schemas.RL_PROMPTS)
         io.write_json(staged(FILES.curation), report)
     return report
+
+
+# The reasons a sample of a kept prompt is dropped (codes 1..4 of ``_sft_reasons``; 0 is kept, and the prompts'
+# own reasons are numbered after these).
+SAMPLE_REASONS = ("", "vote:disagrees", "length:too_long", "dedup:exact", "cap:per_prompt")
+DISAGREES, TOO_LONG, DUPLICATE, CAPPED = 1, 2, 3, 4
+
+
+def _sft_reasons(prompt_reason, prompt_of, agrees, short, completion_code, config: CurateConfig):
+    """Each sample's drop code (0: kept) for the SFT rows, in the reference's row order: its prompt's reason,
+    else disagreeing or too long, else exact dedup and the per-prompt cap. The reference keeps a set of the
+    kept rows' (prompt, completion); within one prompt that means: a row is a duplicate iff the first
+    occurrence of its completion was kept, and a first occurrence is kept iff fewer than ``max_per_prompt``
+    distinct completions came before it."""
+    import numpy as np
+    import pyarrow as pa
+
+    reason = np.where(prompt_reason > 0, prompt_reason,
+                      np.where(~agrees, DISAGREES, np.where(~short, TOO_LONG, 0)))
+    candidate = np.flatnonzero(reason == 0)
+    if not len(candidate):
+        return reason
+    group = prompt_of[candidate]
+    starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1]
+    start_of = np.repeat(starts, np.diff(np.r_[starts, len(candidate)]))
+    if not config.dedup:
+        reason[candidate] = np.where(np.arange(len(candidate)) - start_of < config.max_per_prompt, 0, CAPPED)
+        return reason
+    width = int(completion_code.max(initial=0)) + 1
+    pair = pa.array(group * width + completion_code[candidate]).dictionary_encode().indices.to_numpy()
+    first = np.zeros(len(candidate), dtype=bool)
+    first[np.unique(pair, return_index=True)[1]] = True
+    seen_before = np.cumsum(first)  # a prompt's first candidate is always a first occurrence
+    distinct_rank = seen_before - seen_before[start_of]
+    first_rank = np.empty(int(pair.max(initial=-1)) + 1, dtype=np.int64)
+    first_rank[pair[first]] = distinct_rank[first]
+    kept_first = first_rank[pair] < config.max_per_prompt
+    reason[candidate] = np.where(first, np.where(kept_first, 0, CAPPED), np.where(kept_first, DUPLICATE, CAPPED))
+    return reason
 
 
 def _keys(answers, key):
