@@ -17,10 +17,10 @@ LAYERS = [
     ["io", "layout", "tasks", "tasks.*"],
     ["modeling", "versioning", "data"],
     ["config"],
-    ["generation", "run_state", "infra", "export", "status", "report"],
+    ["generation", "run_state", "infra", "export", "report"],
     ["stages", "stages.*", "seed_model"],
     ["mlflow_model", "preflight"],
-    ["tracking", "loop"],
+    ["tracking", "loop", "status"],
     ["kubeflow", "kubeflow.*", "argo", "argo.*", "cli"],  # the doors
 ]
 

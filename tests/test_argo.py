@@ -192,6 +192,11 @@ def test_the_steps_commands_run_a_round_in_order(tiny_seed, tmp_path, monkeypatc
     record = json.loads(run("track", round="1"))
     assert record["promotion"] in ("promoted", "declined") and record["model_version"] == 2
     assert run("start").strip() == "2"  # a second run (or the next trigger) continues with round 2
+    capsys.readouterr()
+    assert main(["status", str(workspace)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith(f"round 1: {'promote' if record['promotion'] == 'promoted' else 'decline'}")
+    assert lines[-1].endswith("next: round:stage 2:prompts") and "--resume" not in lines[-1]
 
 
 def test_submit_and_schedule_fail_in_one_line(capsys):

@@ -35,6 +35,7 @@ class RunStatus:
     holder: dict | None = None  # the lock's content while a process runs the loop
     finished: bool = False  # the report of the last planned round is written
     next_stage: str | None = None  # "<round>:<stage>" where the loop stopped (or is now)
+    stepwise: bool = False  # no `flywheel run` ledger: a dvc or Argo workspace, read from its outputs
 
 
 def run_status(root: Path) -> RunStatus:
@@ -51,6 +52,8 @@ def run_status(root: Path) -> RunStatus:
         holder = None  # its process was killed
     status = RunStatus(root=root, rounds_planned=config.loop.rounds, tracked=tracked, holder=holder)
     state = root / STATE_DIR
+    if not state.is_dir() and RunLayout(root).round(0).metrics.is_file():
+        return _stepwise_status(status, config, root)
     expected = [(0, s) for s in PREPARE_STAGES if s != "track" or tracked]
     round_index = 1
     while (state / str(round_index)).is_dir() or RunLayout(root).round(round_index).dir.is_dir():
@@ -72,6 +75,28 @@ def run_status(root: Path) -> RunStatus:
     return status
 
 
+def _stepwise_status(status: RunStatus, config, root: Path) -> RunStatus:
+    """A workspace run a stage at a time (``dvc repro``, ``flywheel step`` in the Argo door's pods): no ledger, so
+    a stage is done when its outputs exist (``flywheel.loop.round_stages`` names them)."""
+    from flywheel.loop import round_stages
+
+    run = RunLayout(root)
+    status.stepwise = True
+    for index in [i for i in run.round_indices() if i > 0]:
+        stages = round_stages(config, root, index, task=None, eval_path=run.eval_set)
+        done = [stage.name for stage in stages if all(path.exists() for path in stage.outputs)]
+        decision = read_json_or_none(run.round(index).decision) if "gate" in done else None
+        status.rounds.append(RoundStatus(round=index, stages_done=done,
+                                         promote=None if decision is None else bool(decision["promote"]),
+                                         reason="" if decision is None else decision.get("reason", "")))
+        missing = [stage.name for stage in stages if stage.name not in done]
+        if missing and status.next_stage is None:
+            status.next_stage = f"{index}:{missing[0]}"
+    if status.next_stage is None:
+        status.next_stage = f"{run.next_round()}:prompts"
+    return status
+
+
 def status_lines(status: RunStatus) -> list[str]:
     lines = [f"run: {status.root}  (rounds planned: {status.rounds_planned}, "
              f"MLflow: {'on' if status.tracked else 'off'})"]
@@ -85,6 +110,9 @@ def status_lines(status: RunStatus) -> list[str]:
                      f"since {status.holder.get('since')}, at round:stage {status.next_stage}")
     elif status.finished:
         lines.append("finished: report.json and report.html are written")
+    elif status.stepwise:
+        lines.append(f"run a stage at a time (dvc repro, or the Argo door's flywheel step); next: round:stage "
+                     f"{status.next_stage}")
     else:
         lines.append(f"stopped before round:stage {status.next_stage or 'the report'}; "
                      "continue with `flywheel run -c <its config> --resume`")
