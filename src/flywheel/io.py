@@ -24,8 +24,6 @@ from flywheel import faults
 from flywheel.errors import InputError
 from flywheel.schemas import Schema
 
-_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -255,6 +253,7 @@ def read_table(path: str | os.PathLike, schema: Schema, columns: list[str] | Non
         raise InputError(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     expected = {str: pa.types.is_string, int: pa.types.is_integer, float: pa.types.is_floating,
                 bool: pa.types.is_boolean}
+    types = {field.name: field.type for field in schema.arrow()}
     rows, kept, clean = parquet.metadata.num_rows, {}, True
     for column in schema.columns:
         if column.name not in present:
@@ -277,15 +276,14 @@ def read_table(path: str | os.PathLike, schema: Schema, columns: list[str] | Non
         if not clean:
             break
         if columns is None or column.name in columns or column.name in schema.key:
-            kept[column.name] = values.cast(_ARROW_TYPES[column.type])
+            kept[column.name] = values.cast(types[column.name])
     if clean and check_key and schema.key and rows:
         clean = _unique([kept[name] for name in schema.key])
     if not clean:
         read_rows(path, schema)  # raises the row reader's one-line error for the first bad row
         raise AssertionError(f"{path}: the column checks and the row checks of {schema.name} disagree")
     names = [c.name for c in schema.columns if columns is None or c.name in columns]
-    return pa.table({name: kept[name] if name in kept else pa.nulls(rows, schema.arrow().field(name).type)
-                     for name in names})
+    return pa.table({name: kept[name] if name in kept else pa.nulls(rows, types[name]) for name in names})
 
 
 def _unique(key_columns: list) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, TrackingConfig
-from flywheel.layout import FILES
+from flywheel.layout import FILES, RoundLayout, RunLayout
 from flywheel.mlflow_model import log_pyfunc
 from flywheel.modeling import read_model_meta
 
@@ -95,8 +95,6 @@ class Tracker:
         Its id and key are kept in ``<root>/tracking/loop.json``, beside the run they belong to.
         """
         from flywheel import io
-
-        from flywheel.layout import RunLayout
 
         record = RunLayout(Path(root)).loop_record
         if resume and record.is_file():
@@ -338,7 +336,6 @@ def log_round_files(tracker: Tracker, parent_run_id: str, root: str | Path, roun
     (default ``RunLayout(root).tracking_record``, kept outside the round so its digest stays what was logged).
     The record holds ``Tracker.log_round``'s result, ``parent_run_id`` and ``seconds``."""
     from flywheel import io
-    from flywheel.layout import RoundLayout, RunLayout
     from flywheel.versioning import digest
 
     start = time.perf_counter()
@@ -356,7 +353,6 @@ def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, l
     when ``register_seed``, and ``log_round_files``. Without tracking, the record says so and gives the
     gate's outcome. ``promotion`` in the result: promoted, declined or stale."""
     from flywheel import io
-    from flywheel.layout import RoundLayout, RunLayout
 
     root = Path(root)
     this = RoundLayout(root, round_index)

@@ -36,10 +36,16 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from flywheel import io, schemas
 from flywheel.config import CurateConfig
 from flywheel.layout import FILES
 from flywheel.rng import derive_seed
+from flywheel.stages.vote import DuplicateSample, audit, audit_of, read_truth, run_starts, sample_order
+from flywheel.tasks.base import vote_key_of
 
 
 def ngrams(text: str, n: int, unit: str) -> set[tuple[str, ...]]:
@@ -267,8 +273,6 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
                     previous_pool: Path | None, audit_path: Path | None = None) -> dict:
     """``run_curate`` on Python rows: the reference the columnar ``run_curate`` is tested against, and what it
     runs for the options it does not vectorise (``near_dedup``; prompts that share a text)."""
-    from flywheel.stages.vote import audit, read_truth
-
     prompts = io.read_rows(round_dir / FILES.prompts, schemas.PROMPTS)
     samples = io.read_rows(round_dir / FILES.samples, schemas.SAMPLES)
     known = {p["id"] for p in prompts}
@@ -331,12 +335,6 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     per prompt. Every file and figure equals ``run_curate_rows``'s (tests/test_curate_columnar.py); with
     ``near_dedup``, or prompts sharing a text, that reference runs instead (its order-dependent rules).
     """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from flywheel.stages.vote import DuplicateSample, audit_of, read_truth, sample_order
-    from flywheel.tasks.base import vote_key_of
 
     prompts = io.read_table(round_dir / FILES.prompts, schemas.PROMPTS)
     texts = prompts.column("prompt").to_pylist()
@@ -477,8 +475,6 @@ def _sft_reasons(prompt_reason, prompt_of, agrees, short, completion_code, confi
     kept rows' (prompt, completion); within one prompt that means: a row is a duplicate iff the first
     occurrence of its completion was kept, and a first occurrence is kept iff fewer than ``max_per_prompt``
     distinct completions came before it."""
-    import numpy as np
-    import pyarrow as pa
 
     reason = np.where(prompt_reason > 0, prompt_reason,
                       np.where(~agrees, DISAGREES, np.where(~short, TOO_LONG, 0)))
@@ -486,8 +482,7 @@ def _sft_reasons(prompt_reason, prompt_of, agrees, short, completion_code, confi
     if not len(candidate):
         return reason
     group = prompt_of[candidate]
-    starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1]
-    start_of = np.repeat(starts, np.diff(np.r_[starts, len(candidate)]))
+    _, start_of = run_starts(group)
     if not config.dedup:
         reason[candidate] = np.where(np.arange(len(candidate)) - start_of < config.max_per_prompt, 0, CAPPED)
         return reason
@@ -506,7 +501,6 @@ def _sft_reasons(prompt_reason, prompt_of, agrees, short, completion_code, confi
 
 def _keys(answers, key):
     """``key`` of every answer, applied once per distinct answer (null stays null)."""
-    import pyarrow as pa
 
     encoded = answers.dictionary_encode()
     return pa.array([key(a) for a in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
@@ -516,8 +510,6 @@ def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prom
                     ids, buckets, config: CurateConfig, round_index: int):
     """``preference_pairs`` on columns: per prompt (with samples and a verdict) its reason, else the distinct
     agreeing short completions paired in order with the distinct disagreeing ones."""
-    import numpy as np
-    import pyarrow as pa
 
     present = np.unique(prompt_of)
     present = present[has_verdict[present]]
@@ -528,8 +520,7 @@ def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prom
         pair = prompt_of[rows] * width + completion_code[rows]
         rows = rows[np.sort(np.unique(pair, return_index=True)[1])]  # first occurrences, in row order
         group = prompt_of[rows]
-        starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1] if len(rows) else np.empty(0, np.int64)
-        rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        rank = np.arange(len(rows)) - run_starts(group)[1]
         return rows, group, rank
 
     chosen, chosen_group, chosen_rank = distinct_ranked(agrees & short)
@@ -568,7 +559,6 @@ def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prom
 def _training_mix_table(new, pool, config: CurateConfig, *, seed: int):
     """``training_mix`` on tables: the same rows in the same order (``random.sample`` and ``shuffle`` draw
     positions from the lengths alone, so drawing them over indices picks what they pick over rows)."""
-    import pyarrow as pa
 
     if not config.accumulate or not len(pool) or config.new_fraction >= 1:
         return new

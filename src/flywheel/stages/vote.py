@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flywheel import io, schemas
 from flywheel.config import VoteConfig
@@ -113,9 +115,6 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
     within a prompt; classes by first appearance), and the entropy's terms come from ``math.log``, so the
     floats are the reference's own.
     """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     if len(samples) == 0:
         return (pa.Table.from_pylist([], schema=schemas.VOTES.arrow()),
@@ -150,7 +149,7 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
         np.add.at(mass, inverse, w)  # sequential, in row order: the reference's sums
     del classes, inverse  # a round's memory is these arrays: each goes when it is done
     pg, pk = pair // width, pair % width - 1
-    starts = np.flatnonzero(np.r_[True, pg[1:] != pg[:-1]])  # each prompt's first class
+    starts, _ = run_starts(pg)  # each prompt's first class
     n = np.bincount(g, minlength=n_prompts)
     total = np.zeros(n_prompts)
     np.add.at(total, pg, mass)
@@ -223,8 +222,6 @@ def sample_order(samples):
     """(row order, each ordered row's prompt code, the prompt ids by code) of a samples table: the reference's
     order, by prompt id, then voter, then sample index. The ids are sorted once as distinct values (their codes
     then order the rows), never row by row. Raises ``DuplicateSample`` when two rows share that key."""
-    import numpy as np
-    import pyarrow as pa
 
     prompt_ids = samples.column("prompt_id").combine_chunks().dictionary_encode()
     prompt_rank = _ranks(prompt_ids.dictionary)
@@ -251,10 +248,17 @@ def sample_order(samples):
     return order, code[order], prompt_names
 
 
+def run_starts(codes):
+    """Where each run of equal values in ``codes`` (sorted, or grouped) begins, and for each element the start
+    of its run: the columnar stages' per-prompt cumulative counts and reductions."""
+    if not len(codes):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return starts, np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+
+
 def _ranks(values):
     """Each value's position in code-point order (Python's string order; Arrow sorts UTF-8 bytes the same way)."""
-    import numpy as np
-    import pyarrow.compute as pc
 
     rank = np.empty(len(values), dtype=np.int64)
     rank[pc.sort_indices(values).to_numpy()] = np.arange(len(values))
@@ -297,7 +301,6 @@ def voter_reliability(samples: list[dict], key=None) -> dict[int, float]:
     exact triad solution). One voter, or two (one pair cannot tell them apart): 1.0 each, i.e. plain
     majority.
     """
-    import numpy as np
 
     voters = sorted({s["voter"] for s in samples})
     if len(voters) < 3:
@@ -479,7 +482,6 @@ def _majority(table, inputs: VoteInputs) -> tuple:
 
 
 def _weighted(table, inputs: VoteInputs) -> tuple:
-    import numpy as np
 
     ratio = table.column("logprob").to_numpy() / np.maximum(1, table.column("n_tokens").to_numpy())
     weights = np.fromiter(map(math.exp, ratio.tolist()), float, len(ratio))  # math.exp: numpy's differs in the last bit
@@ -487,7 +489,6 @@ def _weighted(table, inputs: VoteInputs) -> tuple:
 
 
 def _reliability(table, inputs: VoteInputs) -> tuple:
-    import numpy as np
 
     rows = table.select(["prompt_id", "voter", "answer"]).to_pylist()
     reliability = voter_reliability(rows, inputs.task.vote_key)
@@ -498,7 +499,6 @@ def _reliability(table, inputs: VoteInputs) -> tuple:
 
 
 def _self_judge(table, inputs: VoteInputs) -> tuple:
-    import numpy as np
 
     from flywheel.generation import member_judge
 
