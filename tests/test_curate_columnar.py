@@ -25,6 +25,8 @@ def random_round(rng: random.Random, here, task) -> None:
     prompts = list({p["prompt"]: p for p in prompts}.values())  # distinct texts (shared texts: the row path)
     samples = []
     for p in prompts:
+        if rng.random() < 0.1:
+            continue  # a prompt without samples has no verdict
         for voter in range(rng.randint(1, 3)):
             for index in range(rng.randint(1, 6)):
                 answer = rng.choice([p["answer"], p["answer"], p["answer"][::-1], "7", "70", None])
@@ -50,8 +52,10 @@ class ZerosAgree(type(load_task("addition"))):
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_columnar_curate_writes_what_the_rows_write(seed, tmp_path):
+def test_columnar_curate_writes_what_the_rows_write(seed, tmp_path, monkeypatch):
     rng = random.Random(seed)
+    if seed % 4 == 3:  # the task's rules read rows a batch at a time: batch edges in the middle of a round
+        monkeypatch.setattr("flywheel.stages.curate.BATCH", 3)
     task = load_task("addition") if seed % 2 else ZerosAgree()
     for trial in range(6):
         here = tmp_path / f"t{trial}"

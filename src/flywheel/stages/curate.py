@@ -44,7 +44,7 @@ from flywheel import io, schemas
 from flywheel.config import CurateConfig
 from flywheel.layout import FILES
 from flywheel.rng import derive_seed
-from flywheel.stages.vote import DuplicateSample, audit, audit_of, read_truth, run_starts, sample_order
+from flywheel.stages.vote import DuplicateSample, audit, audit_columns, ranks, read_truth, run_starts, sample_order
 from flywheel.tasks.base import vote_key_of
 
 
@@ -326,71 +326,76 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
 
 # --- columnar ---------------------------------------------------------------------------------------------------
 
+# Prompts turned into Python rows at a time by the columnar curate: the task's rules read rows, and a batch of
+# them, never the whole round, is Python objects at once (a round of a million prompts as dicts is ~1 GB).
+BATCH = 65_536
+
+
 def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
                previous_pool: Path | None, audit_path: Path | None = None) -> dict:
     """Shell: prompts, samples, votes of ``round_dir`` -> curated.parquet, pool.parquet, train.parquet,
     pairs.parquet, rl_prompts.parquet, curation.json. ``eval_path``: one eval set or several.
 
-    Samples stay Arrow columns (a round of ten million fits in bounded memory); the per-prompt rules run once
-    per prompt. Every file and figure equals ``run_curate_rows``'s (tests/test_curate_columnar.py); with
-    ``near_dedup``, or prompts sharing a text, that reference runs instead (its order-dependent rules).
+    Samples and prompts stay Arrow columns and numpy arrays (a round of ten million samples curates in under
+    2 GB); the task's per-prompt rules run on a batch of rows at a time. Every file and figure equals
+    ``run_curate_rows``'s (tests/test_curate_columnar.py); with ``near_dedup``, or prompts sharing a text, that
+    reference runs instead (its order-dependent rules).
     """
 
     prompts = io.read_table(round_dir / FILES.prompts, schemas.PROMPTS)
-    texts = prompts.column("prompt").to_pylist()
-    if config.near_dedup or len(set(texts)) != len(texts):
+    texts = prompts.column("prompt").combine_chunks()
+    if config.near_dedup or pc.count_distinct(texts).as_py() != len(texts):
         return run_curate_rows(round_dir, config, task=task, eval_path=eval_path, round_index=round_index,
                                previous_pool=previous_pool, audit_path=audit_path)
-    ids, buckets, metas = (prompts.column(name).to_pylist() for name in ("id", "bucket", "meta"))
+    ids = prompts.column("id").combine_chunks()
     votes = io.read_table(round_dir / FILES.votes, schemas.VOTES)
-    samples = io.read_table(round_dir / FILES.samples, schemas.SAMPLES,
-                            columns=["prompt_id", "sample_idx", "voter", "completion", "answer", "n_tokens"],
-                            check_key=False)
+    vote_at = pc.index_in(ids, value_set=votes.column("prompt_id").combine_chunks())  # per prompt: its vote's row
+    # One row per prompt: what the task's rules read of it and of its verdict (null where it has none).
+    per_prompt = pa.table({"id": ids, "prompt": texts, "bucket": prompts.column("bucket"),
+                           "meta": prompts.column("meta"),
+                           "majority_answer": votes.column("majority_answer").take(vote_at),
+                           "vote_share": votes.column("vote_share").take(vote_at)})
+    has_verdict = vote_at.is_valid().to_numpy(zero_copy_only=False)
+    id_rank = ranks(ids)  # the reference walks prompts in id order
+    del prompts, vote_at
     eval_paths = eval_path if isinstance(eval_path, (list, tuple)) else [eval_path]
     eval_prompts = {text for path in eval_paths for text in io.read_table(path, schemas.PROMPTS).column("prompt")
                     .to_pylist()}
-    try:
-        order, g, sample_prompts = sample_order(samples)
-    except DuplicateSample:
-        io.read_rows(round_dir / FILES.samples, schemas.SAMPLES)  # the one-line error naming both rows
-        raise
-    position = {pid: i for i, pid in enumerate(ids)}
-    unknown = next((pid for pid in sample_prompts.to_pylist() if pid not in position), None)
-    if unknown is not None:
-        row = pc.index(samples.column("prompt_id"), unknown).as_py() + 1
-        raise io.InputError(round_dir / FILES.samples, f"prompt {unknown!r} is not in {FILES.prompts}", row=row,
-                            field="prompt_id")
-    prompt_of = np.array([position[pid] for pid in sample_prompts.to_pylist()], dtype=np.int64)[g]  # per row
-    vote_ids = votes.column("prompt_id").to_pylist()
-    majorities_by_vote, shares_by_vote = votes.column("majority_answer").to_pylist(), \
-        votes.column("vote_share").to_pylist()
-    verdict = {pid: i for i, pid in enumerate(vote_ids)}
     index = ngram_index(config, eval_prompts)
 
-    def row(i: int) -> dict:  # a prompt as the task's rules read it
-        return {"id": ids[i], "prompt": texts[i], "bucket": buckets[i], "meta": metas[i], "answer": None}
-
-    def verdict_of(i: int) -> dict | None:
-        j = verdict.get(ids[i])
-        return None if j is None else {"prompt_id": ids[i], "majority_answer": majorities_by_vote[j],
-                                       "vote_share": shares_by_vote[j]}
-
-    has_verdict = np.array([pid in verdict for pid in ids], dtype=bool)
     names = list(SAMPLE_REASONS)
     prompt_reason = np.zeros(len(ids), dtype=np.int64)  # 0: none; else an index into names
-    for i in np.flatnonzero(has_verdict).tolist():
-        reason = _prompt_reason(row(i), verdict_of(i), config, task, eval_prompts, index)
+    for i, row, verdict in _rows_at(per_prompt, np.flatnonzero(has_verdict)):
+        reason = _prompt_reason(row, verdict, config, task, eval_prompts, index)
         if reason is not None:
             if reason not in names:
                 names.append(reason)
             prompt_reason[i] = names.index(reason)
 
+    samples = io.read_table(round_dir / FILES.samples, schemas.SAMPLES,
+                            columns=["prompt_id", "sample_idx", "voter", "completion", "answer", "n_tokens"],
+                            check_key=False)
+    try:
+        order, g, sample_prompts = sample_order(samples)
+    except DuplicateSample:
+        io.read_rows(round_dir / FILES.samples, schemas.SAMPLES)  # the one-line error naming both rows
+        raise
+    where = pc.index_in(sample_prompts, value_set=ids)
+    if where.null_count:
+        unknown = sample_prompts.filter(where.is_null())[0].as_py()
+        row = pc.index(samples.column("prompt_id"), unknown).as_py() + 1
+        raise io.InputError(round_dir / FILES.samples, f"prompt {unknown!r} is not in {FILES.prompts}", row=row,
+                            field="prompt_id")
+    prompt_of = where.to_numpy()[g]  # per sample, in the reference's order: its prompt's position
+    del g, where, sample_prompts
+
     # Per sample, in the reference's order: does it vote with its prompt's majority, is it short enough.
     completions = samples.column("completion").combine_chunks().take(pa.array(order))
     answers = samples.column("answer").combine_chunks().take(pa.array(order))
-    n_tokens = samples.column("n_tokens").to_numpy()[order]
-    del samples
-    majority = pa.array([majorities_by_vote[verdict[pid]] if pid in verdict else None for pid in ids], pa.string())
+    short = samples.column("n_tokens").to_numpy()[order] <= config.max_completion_tokens
+    n_samples = len(order)
+    del samples, order
+    majority = per_prompt.column("majority_answer").combine_chunks()
     key = vote_key_of(task)
     if key is None:
         agrees = pc.fill_null(pc.equal(answers, majority.take(pa.array(prompt_of))), False).to_numpy(zero_copy_only=False)
@@ -399,7 +404,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
         majority_keys = _keys(majority, key).take(pa.array(prompt_of))
         agrees = (pc.fill_null(pc.equal(answer_keys, majority_keys), False).to_numpy(zero_copy_only=False)
                   & answers.is_valid().to_numpy(zero_copy_only=False))
-    short = n_tokens <= config.max_completion_tokens
+        del answer_keys, majority_keys
+    del answers
 
     # SFT rows: the prompt's reason, else the sample's; then exact dedup and the per-prompt cap among the rest.
     completion_code = completions.dictionary_encode().indices.to_numpy().astype(np.int64)
@@ -407,31 +413,35 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     kept_rows = np.flatnonzero(reason == 0)
     drops = Counter({names[code]: int(count) for code, count in enumerate(np.bincount(reason, minlength=len(names)))
                      if code and count})
+    del reason
     kept_prompt = prompt_of[kept_rows]
-    kept = pa.table({"prompt": pa.array(texts, pa.string()).take(pa.array(kept_prompt)),
-                     "completion": completions.take(pa.array(kept_rows)),
-                     "prompt_id": pa.array(ids, pa.string()).take(pa.array(kept_prompt)),
+    at_kept = pa.array(kept_prompt)
+    kept = pa.table({"prompt": texts.take(at_kept), "completion": completions.take(pa.array(kept_rows)),
+                     "prompt_id": ids.take(at_kept),
                      "round": pa.array(np.full(len(kept_rows), round_index, dtype=np.int64)),
-                     "bucket": pa.array(buckets, pa.string()).take(pa.array(kept_prompt))})
-
+                     "bucket": per_prompt.column("bucket").take(at_kept)})
+    del kept_rows, at_kept
     pairs, pair_drops = _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prompt_reason, names,
-                                        has_verdict, texts, ids, buckets, config, round_index)
-    rl_kept, rl_drops = _rl_rows(((row(i), verdict_of(i)) for i in sorted(range(len(ids)), key=ids.__getitem__)),
+                                        has_verdict, id_rank, per_prompt, config, round_index)
+    del prompt_of, agrees, short, completion_code, completions
+
+    # GRPO prompts: the reference's rules in its order (by prompt id), a batch of rows at a time.
+    by_id = np.argsort(id_rank)
+    rl_kept, rl_drops = _rl_rows(((row, verdict) for _, row, verdict in _rows_at(per_prompt, by_id[has_verdict[by_id]])),
                                  config, task=task, eval_prompts=eval_prompts,
-                                 keep=lambda prompt, verdict: (position[prompt["id"]], verdict["vote_share"]))
-    rl_index = pa.array([i for i, _ in rl_kept], pa.int64())
-    rl_rows = pa.table({"prompt": pa.array(texts, pa.string()).take(rl_index),
-                        "prompt_id": pa.array(ids, pa.string()).take(rl_index),
-                        "vote_share": pa.array([share for _, share in rl_kept], pa.float64()),
-                        "round": pa.array([round_index] * len(rl_kept), pa.int64()),
-                        "bucket": pa.array(buckets, pa.string()).take(rl_index),
-                        "meta": pa.array(metas, pa.string()).take(rl_index)})
+                                 keep=lambda prompt, verdict: prompt["id"])
+    rl_index = pc.index_in(pa.array(rl_kept, pa.string()), value_set=ids)
     del rl_kept
+    rl_rows = pa.table({"prompt": texts.take(rl_index), "prompt_id": ids.take(rl_index),
+                        "vote_share": per_prompt.column("vote_share").take(rl_index),
+                        "round": pa.array(np.full(len(rl_index), round_index, dtype=np.int64)),
+                        "bucket": per_prompt.column("bucket").take(rl_index),
+                        "meta": per_prompt.column("meta").take(rl_index)})
     pool = (io.read_table(previous_pool, schemas.CURATED) if previous_pool and Path(previous_pool).exists()
             else pa.table({n: pa.array([], t) for n, t in zip(schemas.CURATED.names, schemas.CURATED.arrow().types)}))
     mix = _training_mix_table(kept, pool, config, seed=derive_seed("mix", round_index))
     report = {
-        "samples_in": len(order),
+        "samples_in": n_samples,
         "samples_kept": len(kept),
         "prompts_in": len(ids),
         "prompts_kept": len(np.unique(kept_prompt)),
@@ -440,19 +450,17 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
         "train_rows_new": len(kept),
         "train_rows_earlier": len(mix) - len(kept),
         # The other methods' views of the same vote (counts in prompts).
-        "pairs": {"pairs": len(pairs), "prompts_kept": len(set(pairs.column("prompt_id").to_pylist())),
+        "pairs": {"pairs": len(pairs), "prompts_kept": pc.count_distinct(pairs.column("prompt_id")).as_py(),
                   "drops": dict(sorted(pair_drops.items()))},
         "rl_prompts": {"prompts_kept": len(rl_rows), "drops": dict(sorted(rl_drops.items()))},
     }
     if audit_path is not None and Path(audit_path).exists():
-        truth = read_truth(audit_path)
-        report["thresholds"] = audit_of(vote_ids, majorities_by_vote, shares_by_vote, truth, task.is_correct,
-                                        config.audit_thresholds)
-        audited = [(i, c) for i, c in zip(kept_prompt.tolist(), kept.column("completion").to_pylist())
-                   if ids[i] in truth]  # user data may label only some prompts
-        report["kept_label_precision"] = (
-            sum(task.is_correct(task.extract_answer(c, row(i)), truth[ids[i]]) for i, c in audited) / len(audited)
-            if audited else None)
+        truth = io.read_table(audit_path, schemas.PROMPTS)
+        voted = per_prompt.filter(pa.array(has_verdict))
+        report["thresholds"] = audit_columns(voted.column("id"), voted.column("majority_answer").combine_chunks(),
+                                             voted.column("vote_share"), truth, task.is_correct,
+                                             config.audit_thresholds)
+        report["kept_label_precision"] = _kept_label_precision(kept, kept_prompt, per_prompt, truth, task)
     with io.publish_together(round_dir) as staged:
         io.write_table(staged(FILES.curated), kept, schemas.CURATED)
         io.write_table(staged(FILES.pool), pa.concat_tables([pool, kept.cast(pool.schema)]), schemas.CURATED)
@@ -461,6 +469,38 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
         io.write_table(staged(FILES.rl_prompts), rl_rows, schemas.RL_PROMPTS)
         io.write_json(staged(FILES.curation), report)
     return report
+
+
+def _rows_at(per_prompt, positions):
+    """(position, prompt row, verdict) of the prompts at ``positions`` as the row rules read them, converted a
+    ``BATCH`` at a time."""
+
+    for start in range(0, len(positions), BATCH):
+        chunk = positions[start:start + BATCH]
+        for i, r in zip(chunk.tolist(), per_prompt.take(pa.array(chunk, pa.int64())).to_pylist()):
+            yield i, _prompt_row(r), {"prompt_id": r["id"], "majority_answer": r["majority_answer"],
+                                      "vote_share": r["vote_share"]}
+
+
+def _prompt_row(r: dict) -> dict:
+    """A prompt as the task's rules read it (the answer hidden, as in the round's prompts.parquet)."""
+    return {"id": r["id"], "prompt": r["prompt"], "bucket": r["bucket"], "meta": r["meta"], "answer": None}
+
+
+def _kept_label_precision(kept, kept_prompt, per_prompt, truth, task) -> float | None:
+    """Share of the kept rows (of prompts the audit file labels) whose completion's answer is right."""
+
+    label_at = pc.index_in(kept.column("prompt_id"), value_set=truth.column("id").combine_chunks())
+    audited = np.flatnonzero(label_at.is_valid().to_numpy(zero_copy_only=False))
+    correct = 0
+    for start in range(0, len(audited), BATCH):
+        rows = pa.array(audited[start:start + BATCH])
+        prompt_rows = per_prompt.take(pa.array(kept_prompt[rows.to_numpy()])).to_pylist()
+        completions = kept.column("completion").take(rows).to_pylist()
+        labels = truth.column("answer").take(label_at.take(rows)).to_pylist()
+        correct += sum(task.is_correct(task.extract_answer(c, _prompt_row(p)), label)
+                       for p, c, label in zip(prompt_rows, completions, labels))
+    return correct / len(audited) if len(audited) else None
 
 
 # The reasons a sample of a kept prompt is dropped (codes 1..4 of ``_sft_reasons``; 0 is kept, and the prompts'
@@ -506,11 +546,12 @@ def _keys(answers, key):
     return pa.array([key(a) for a in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
 
 
-def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prompt_reason, names, has_verdict, texts,
-                    ids, buckets, config: CurateConfig, round_index: int):
+def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prompt_reason, names, has_verdict,
+                    id_rank, per_prompt, config: CurateConfig, round_index: int):
     """``preference_pairs`` on columns: per prompt (with samples and a verdict) its reason, else the distinct
     agreeing short completions paired in order with the distinct disagreeing ones."""
 
+    n_prompts = len(has_verdict)
     present = np.unique(prompt_of)
     present = present[has_verdict[present]]
     width = int(completion_code.max(initial=0)) + 1
@@ -525,34 +566,38 @@ def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prom
 
     chosen, chosen_group, chosen_rank = distinct_ranked(agrees & short)
     rejected, rejected_group, rejected_rank = distinct_ranked(~agrees)
-    n_chosen = np.bincount(chosen_group, minlength=len(ids))
-    n_rejected = np.bincount(rejected_group, minlength=len(ids))
-    drops: Counter = Counter()
-    valid = np.zeros(len(ids), dtype=bool)
-    for i in present.tolist():
-        if prompt_reason[i]:
-            drops[names[prompt_reason[i]]] += 1
-        elif not n_rejected[i]:
-            drops["pair:no_rejected"] += 1
-        elif not n_chosen[i]:
-            drops["pair:no_chosen"] += 1
-        else:
-            valid[i] = True
+    n_chosen = np.bincount(chosen_group, minlength=n_prompts)
+    n_rejected = np.bincount(rejected_group, minlength=n_prompts)
+    # Each present prompt's fate, first rule that applies: its own reason, no rejected, no chosen, else valid.
+    own = prompt_reason[present]
+    drops = Counter({names[code]: int(count) for code, count in enumerate(np.bincount(own, minlength=len(names)))
+                     if code and count})
+    rest = present[own == 0]
+    drops["pair:no_rejected"] += int((n_rejected[rest] == 0).sum())
+    drops["pair:no_chosen"] += int(((n_rejected[rest] > 0) & (n_chosen[rest] == 0)).sum())
+    drops = +drops  # without the zero counts, as the reference never adds them
+    valid = np.zeros(n_prompts, dtype=bool)
+    valid[rest[(n_rejected[rest] > 0) & (n_chosen[rest] > 0)]] = True
+    # The r-th chosen of a prompt pairs with its r-th rejected, for r < max_pairs_per_prompt: match on (prompt, r).
     take_chosen = valid[chosen_group] & (chosen_rank < config.max_pairs_per_prompt)
     take_rejected = valid[rejected_group] & (rejected_rank < config.max_pairs_per_prompt)
-    chosen_at = {(g, r): row for g, r, row in zip(chosen_group[take_chosen].tolist(), chosen_rank[take_chosen].tolist(),
-                                                  chosen[take_chosen].tolist())}
-    matched = [(g, r, chosen_at[g, r], row) for g, r, row in
-               zip(rejected_group[take_rejected].tolist(), rejected_rank[take_rejected].tolist(),
-                   rejected[take_rejected].tolist()) if (g, r) in chosen_at]
-    matched.sort(key=lambda m: (ids[m[0]], m[1]))  # by prompt id, as the reference walks the prompts
-    prompt_index = pa.array([m[0] for m in matched], pa.int64())
-    table = pa.table({"prompt": pa.array(texts, pa.string()).take(prompt_index),
-                      "chosen": completions.take(pa.array([m[2] for m in matched], pa.int64())),
-                      "rejected": completions.take(pa.array([m[3] for m in matched], pa.int64())),
-                      "prompt_id": pa.array(ids, pa.string()).take(prompt_index),
-                      "round": pa.array([round_index] * len(matched), pa.int64()),
-                      "bucket": pa.array(buckets, pa.string()).take(prompt_index)})
+    ranks_wide = int(max(chosen_rank.max(initial=0), rejected_rank.max(initial=0))) + 1
+    chosen_key = chosen_group[take_chosen] * ranks_wide + chosen_rank[take_chosen]  # distinct
+    by_key = np.argsort(chosen_key)
+    rejected_key = rejected_group[take_rejected] * ranks_wide + rejected_rank[take_rejected]
+    at = by_key[np.minimum(np.searchsorted(chosen_key, rejected_key, sorter=by_key), max(len(chosen_key) - 1, 0))] \
+        if len(chosen_key) else np.zeros(len(rejected_key), dtype=np.int64)
+    hit = chosen_key[at] == rejected_key if len(chosen_key) else np.zeros(len(rejected_key), dtype=bool)
+    group, rank = rejected_group[take_rejected][hit], rejected_rank[take_rejected][hit]
+    chosen_row, rejected_row = chosen[take_chosen][at[hit]], rejected[take_rejected][hit]
+    order = np.lexsort((rank, id_rank[group]))  # by prompt id, as the reference walks the prompts
+    prompt_index = pa.array(group[order])
+    table = pa.table({"prompt": per_prompt.column("prompt").take(prompt_index),
+                      "chosen": completions.take(pa.array(chosen_row[order])),
+                      "rejected": completions.take(pa.array(rejected_row[order])),
+                      "prompt_id": per_prompt.column("id").take(prompt_index),
+                      "round": pa.array(np.full(len(order), round_index, dtype=np.int64)),
+                      "bucket": per_prompt.column("bucket").take(prompt_index)})
     return table, drops
 
 

@@ -129,7 +129,7 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
         keys = pa.array([key(a) for a in answers.dictionary.to_pylist()], pa.string()).dictionary_encode()
         k = np.append(pc.fill_null(keys.indices, -1).to_numpy().astype(np.int64), -1)[answer_code]
         key_dictionary = keys.dictionary
-    key_rank = _ranks(key_dictionary)
+    key_rank = ranks(key_dictionary)
     n_prompts, width = len(prompt_names), len(key_dictionary) + 1
 
     # One class per (prompt, key), numbered in order of first appearance (a hash, no sort): since the rows are in
@@ -200,7 +200,7 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
         majority = winner_key.copy()
         majority[~has_winner] = -1
     elif len(in_winner):
-        answer_rank = _ranks(answers.dictionary)
+        answer_rank = ranks(answers.dictionary)
         width_a = len(answers.dictionary)
         apair, acount = np.unique(g[in_winner] * width_a + answer_code[in_winner], return_counts=True)
         ag, aa = apair // width_a, apair % width_a
@@ -224,7 +224,7 @@ def sample_order(samples):
     then order the rows), never row by row. Raises ``DuplicateSample`` when two rows share that key."""
 
     prompt_ids = samples.column("prompt_id").combine_chunks().dictionary_encode()
-    prompt_rank = _ranks(prompt_ids.dictionary)
+    prompt_rank = ranks(prompt_ids.dictionary)
     code = prompt_rank[prompt_ids.indices.to_numpy()]
     voter, index = samples.column("voter").to_numpy(), samples.column("sample_idx").to_numpy()
     if voter.min(initial=0) < 0 or index.min(initial=0) < 0:  # (zero-copy views otherwise: no 80 MB copies)
@@ -257,7 +257,7 @@ def run_starts(codes):
     return starts, np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
 
 
-def _ranks(values):
+def ranks(values):
     """Each value's position in code-point order (Python's string order; Arrow sorts UTF-8 bytes the same way)."""
 
     rank = np.empty(len(values), dtype=np.int64)
@@ -416,6 +416,30 @@ def audit_of(ids: list[str], majorities: list, shares: list[float], truth: dict[
             "kept": len(kept),
             "precision": correct / len(kept) if kept else None,
         })
+    return rows
+
+
+def audit_columns(prompt_ids, majorities, shares, truth, is_correct, thresholds: list[float]) -> list[dict]:
+    """``audit`` on Arrow columns of the votes and the audit file's table (``truth``: id, answer): each
+    majority judged once, a batch of Python values at a time; the thresholds then count numpy masks."""
+
+    at = pc.index_in(prompt_ids, value_set=truth.column("id").combine_chunks())
+    audited = at.is_valid().to_numpy(zero_copy_only=False)
+    answered = audited & majorities.is_valid().to_numpy(zero_copy_only=False)
+    correct = np.zeros(len(audited), dtype=bool)
+    judged = np.flatnonzero(answered)
+    for start in range(0, len(judged), 65_536):
+        rows = judged[start:start + 65_536]
+        taken = pa.array(rows)
+        correct[rows] = [bool(is_correct(m, t)) for m, t in zip(majorities.take(taken).to_pylist(),
+                                                                truth.column("answer").take(at.take(taken)).to_pylist())]
+    share = shares.to_numpy(zero_copy_only=False)
+    rows, n_audited = [], int(audited.sum())
+    for threshold in sorted(thresholds):
+        kept = answered & (share >= threshold)
+        n_kept = int(kept.sum())
+        rows.append({"threshold": threshold, "yield": n_kept / n_audited if n_audited else 0.0, "kept": n_kept,
+                     "precision": int((correct & kept).sum()) / n_kept if n_kept else None})
     return rows
 
 
