@@ -40,9 +40,10 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m slow
 
-## bench: time per stage of one round at two sizes (3000 and 12000 prompts), generation tokens/s, vote and curate at 1M samples
+## bench: time per stage of one round at two sizes (3000 and 12000 prompts), generation tokens/s by batching, vote and curate at 1M samples
 bench: setup
 	$(BIN)/python bench/round_time.py --sizes 3000,12000
+	$(BIN)/python bench/generate_batching.py
 	$(BIN)/python bench/vote_curate.py --prompts 125000 --reference
 
 ## smoke: the whole loop on a tiny model in well under a minute

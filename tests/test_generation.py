@@ -270,3 +270,50 @@ def test_label_quality_bench_prints_precision_and_yield_per_views(tiny_seed, cap
         assert len(cells) == 5 and all(p == "-" or 0 <= float(p) <= 1 for p, _ in cells)
         assert all(0 <= float(y) <= 1 for _, y in cells)
     assert "views  4: mixed" in out
+
+
+def test_token_batches_hold_many_short_or_few_long_sequences():
+    from flywheel.generation import token_batches
+
+    lengths = [2, 2, 3, 3, 3, 5, 8, 8, 40]
+    batches = token_batches(lengths, max_new_tokens=4, batch_size=3, batch_tokens=30)
+    assert [list(b) for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7], [8]]  # rows cap, then 2 x (40 + 4) > 30
+    assert [i for b in batches for i in b] == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * (lengths[b[-1]] + 4) <= 30)
+    assert token_batches([], max_new_tokens=4, batch_size=3, batch_tokens=30) == []
+
+
+def test_token_budgets_change_the_batches_not_the_samples():
+    model, tokenizer = build_tiny_model(CONFIG, seed=0)
+    model.eval()
+    prompts = ["5+5=", "12+34=", "999+1=", "1+2=", "123456+654321="]
+    seeds = [[i, i + 10, i + 20] for i in range(len(prompts))]
+    runs = [HFBackend(model, tokenizer, batch_size=64, batch_tokens=budget).generate(
+        prompts, seeds, temperature=1.0, max_new_tokens=6) for budget in (8, 40, 10_000)]
+    assert [[c.text for c in row] for row in runs[0]] == [[c.text for c in row] for row in runs[2]]
+    assert [[c.text for c in row] for row in runs[1]] == [[c.text for c in row] for row in runs[2]]
+
+
+def test_recorded_logprobs_equal_those_of_the_kept_logits():
+    """The step-by-step recorder gives what transformers' ``output_logits`` history gave (log-softmax of the raw
+    logits / T at each generated token, summed over the completion), without keeping steps x vocabulary."""
+    from flywheel.generation import GumbelSampler, _generated_length
+
+    model, tokenizer = build_tiny_model(CONFIG, seed=0)
+    model.eval()
+    jobs = [(0, j, prompt, 100 + j) for j, prompt in enumerate(["5+5=", "12+34=", "999+1=", "7+8="])]
+    recorded = HFBackend(model, tokenizer)._generate_batch(jobs, 0.7, 10)
+    encoded = tokenizer([job[2] for job in jobs], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**encoded, do_sample=False, max_new_tokens=10, return_dict_in_generate=True,
+                             output_logits=True,
+                             logits_processor=[GumbelSampler([j[3] for j in jobs], 0.7, len(tokenizer))],
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             temperature=None, top_p=None, top_k=None)
+    new = out.sequences[:, encoded["input_ids"].shape[1]:]
+    kept = torch.log_softmax(torch.stack(out.logits, dim=1).float() / 0.7, -1).gather(-1, new[..., None])[..., 0]
+    for completion, tokens, row in zip(recorded, new.tolist(), kept):
+        length = _generated_length(tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        assert completion.n_tokens == length
+        assert completion.logprob == float(row[:length].sum())

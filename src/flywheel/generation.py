@@ -49,13 +49,68 @@ class GumbelSampler:
         return scores.float() / self.temperature + gumbel.to(scores.device)
 
 
-class HFBackend:
-    """Batched sampling with transformers. One backend holds one model (one committee member)."""
+class LogprobRecorder:
+    """Each generated token's log-probability under softmax(logits / T), recorded step by step.
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 256, progress: bool = False, desc: str = "generate"):
+    A logits processor that sees the raw logits first: it keeps one (batch, vocabulary) log-softmax, and at
+    the next step, when the chosen token is the last input id, keeps that token's entry. ``output_logits``
+    would keep every step's logits instead: steps x vocabulary x 4 bytes per sequence, 300 MB per sequence
+    for a 150k-token vocabulary and 512 new tokens, which would cap the batch of a chat model on its own.
+    """
+
+    def __init__(self, temperature: float):
+        self.scale = temperature if temperature > 0 else 1.0
+        self.previous: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self._keep(input_ids[:, -1:])
+        self.previous = torch.log_softmax(scores.float() / self.scale, dim=-1)
+        return scores
+
+    def _keep(self, tokens: torch.Tensor) -> None:
+        self.steps.append(self.previous.gather(-1, tokens).squeeze(-1))
+
+    def token_logprobs(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(batch, new tokens): after generate, with the last step's token taken from ``sequences``."""
+        if self.previous is not None:
+            self._keep(sequences[:, -1:])
+            self.previous = None
+        if not self.steps:
+            return sequences.new_zeros((len(sequences), 0), dtype=torch.float)
+        return torch.stack(self.steps, dim=1)
+
+
+def token_batches(lengths: list[int], *, max_new_tokens: int, batch_size: int, batch_tokens: int) -> list[range]:
+    """Consecutive runs of jobs (sorted by prompt length) whose padded size, rows x (longest prompt +
+    ``max_new_tokens``), stays within ``batch_tokens``, and at most ``batch_size`` rows: many short sequences
+    or few long ones per generate() call instead of a fixed number. A job longer than the budget runs alone."""
+
+    batches, start = [], 0
+    for end, length in enumerate(lengths):
+        rows = end - start + 1
+        if rows > 1 and (rows > batch_size or rows * (length + max_new_tokens) > batch_tokens):
+            batches.append(range(start, end))
+            start = end
+    if lengths:
+        batches.append(range(start, len(lengths)))
+    return batches
+
+
+class HFBackend:
+    """Batched sampling with transformers. One backend holds one model (one committee member).
+
+    Jobs (prompt, sample) are sorted by the prompt's length in tokens, so a batch pads little and its rows
+    tend to finish together; ``token_batches`` sizes each batch to its sequences (``batch_tokens``).
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 256, batch_tokens: int = 32_768,
+                 progress: bool = False, desc: str = "generate"):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.progress = progress
         self.desc = desc
 
@@ -65,13 +120,17 @@ class HFBackend:
         from tqdm.auto import tqdm
 
         check_alphabet(self.tokenizer, prompts)
-        jobs = [(i, j, prompt, seed) for i, (prompt, row) in enumerate(zip(prompts, seeds)) for j, seed in enumerate(row)]
+        distinct = list(dict.fromkeys(prompts))
+        length_of = dict(zip(distinct, (len(ids) for ids in self.tokenizer(distinct)["input_ids"]))) if distinct else {}
+        jobs = [(i, j, prompt, seed) for i, (prompt, row) in enumerate(zip(prompts, seeds))
+                for j, seed in enumerate(row)]
         # Similar lengths together: less padding, and sorted order is reproducible.
-        jobs.sort(key=lambda job: (len(job[2]), job[0], job[1]))
+        jobs.sort(key=lambda job: (length_of[job[2]], job[0], job[1]))
         results: list[list[Completion | None]] = [[None] * len(row) for row in seeds]
-        batches = range(0, len(jobs), self.batch_size)
-        for start in tqdm(batches, desc=self.desc, unit="batch", disable=not self.progress, leave=False):
-            batch = jobs[start:start + self.batch_size]
+        batches = token_batches([length_of[job[2]] for job in jobs], max_new_tokens=max_new_tokens,
+                                batch_size=self.batch_size, batch_tokens=self.batch_tokens)
+        for positions in tqdm(batches, desc=self.desc, unit="batch", disable=not self.progress, leave=False):
+            batch = jobs[positions.start:positions.stop]
             for (i, j, _, _), completion in zip(batch, self._generate_batch(batch, temperature, max_new_tokens)):
                 results[i][j] = completion
         return results  # type: ignore[return-value]
@@ -80,24 +139,21 @@ class HFBackend:
         tok = self.tokenizer
         encoded = tok([job[2] for job in batch], return_tensors="pt", padding=True)
         encoded = encoded.to(self.model.device)
-        processors = []
+        recorder = LogprobRecorder(temperature)  # first: it reads the logits before sampling changes them
+        processors = [recorder]
         if temperature > 0:
             processors.append(GumbelSampler([job[3] for job in batch], temperature, len(tok)))
-        out = self.model.generate(
+        sequences = self.model.generate(
             **encoded,
             do_sample=False,
             max_new_tokens=max_new_tokens,
             logits_processor=processors,
-            return_dict_in_generate=True,
-            output_logits=True,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             temperature=None, top_p=None, top_k=None,
         )
-        new_tokens = out.sequences[:, encoded["input_ids"].shape[1]:]
-        logits = torch.stack(out.logits, dim=1).float()  # (batch, steps, vocab)
-        scale = temperature if temperature > 0 else 1.0
-        token_logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        new_tokens = sequences[:, encoded["input_ids"].shape[1]:]
+        token_logprobs = recorder.token_logprobs(sequences)
         completions = []
         for row_tokens, row_logprobs in zip(new_tokens.tolist(), token_logprobs):
             length = _generated_length(row_tokens, tok.eos_token_id, tok.pad_token_id)

@@ -398,7 +398,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     majority = per_prompt.column("majority_answer").combine_chunks()
     key = vote_key_of(task)
     if key is None:
-        agrees = pc.fill_null(pc.equal(answers, majority.take(pa.array(prompt_of))), False).to_numpy(zero_copy_only=False)
+        agrees = pc.fill_null(pc.equal(answers, majority.take(pa.array(prompt_of))), False) \
+            .to_numpy(zero_copy_only=False)
     else:
         answer_keys = _keys(answers, key)
         majority_keys = _keys(majority, key).take(pa.array(prompt_of))
@@ -427,7 +428,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
 
     # GRPO prompts: the reference's rules in its order (by prompt id), a batch of rows at a time.
     by_id = np.argsort(id_rank)
-    rl_kept, rl_drops = _rl_rows(((row, verdict) for _, row, verdict in _rows_at(per_prompt, by_id[has_verdict[by_id]])),
+    voted_by_id = by_id[has_verdict[by_id]]
+    rl_kept, rl_drops = _rl_rows(((row, verdict) for _, row, verdict in _rows_at(per_prompt, voted_by_id)),
                                  config, task=task, eval_prompts=eval_prompts,
                                  keep=lambda prompt, verdict: prompt["id"])
     rl_index = pc.index_in(pa.array(rl_kept, pa.string()), value_set=ids)

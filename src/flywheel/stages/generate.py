@@ -105,7 +105,7 @@ def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend],
 
 
 def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool, precision: str,
-                  config: GenerateConfig | None = None) -> list[GenerationBackend]:
+                  config: GenerateConfig | None = None, batch_tokens: int = GenerateConfig.batch_tokens) -> list[GenerationBackend]:
     """One backend per member; ``config.backend`` picks transformers or vLLM (evaluate passes no config: HF).
 
     ``precision`` is the weights' dtype (``generate.dtype`` / ``evaluate.dtype``, resolved for ``device``).
@@ -118,8 +118,8 @@ def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bo
     backends = []
     for index, path in enumerate(member_dirs(model_dir)):
         model, tokenizer = load_member(path, device=device, precision=precision)
-        backends.append(HFBackend(model, tokenizer, batch_size=batch_size, progress=progress,
-                                  desc=f"generate member {index}"))
+        backends.append(HFBackend(model, tokenizer, batch_size=batch_size, batch_tokens=batch_tokens,
+                                  progress=progress, desc=f"generate member {index}"))
     return backends
 
 
@@ -157,7 +157,7 @@ def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: Ge
     prompts = check_prompts(task, io.read_rows(prompts_path, schemas.PROMPTS), prompts_path)
     prompts = shard_rows(prompts, shard, shards)
     backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress,
-                             precision=config.dtype, config=config)
+                             precision=config.dtype, config=config, batch_tokens=config.batch_tokens)
     rows = generate(prompts, backends, config, task=task, round_index=round_index, code=code)
     io.write_rows(out_path, rows, schemas.SAMPLES)
     n = len(rows)
