@@ -132,6 +132,31 @@ def test_reference_vote_uses_the_label_by_hand():
     assert [a["agrees"] for a in agreement] == [False, False, True, False, False, False]
 
 
+def test_label_noise_replaces_a_share_of_the_labels_by_the_commonest_wrong_answer():
+    from flywheel.config import ConfigError, VoteConfig
+    from flywheel.stages.vote import reference_vote
+
+    ids = [f"p{i}" for i in range(400)]
+    samples = [s(pid, j, answer) for pid in ids for j, answer in enumerate(["12", "12", "13", "14", None])]
+    truth = {pid: "12" for pid in ids}
+    clean, _ = reference_vote(samples, truth, ReversedAddition().is_correct)
+    noisy, agreement = reference_vote(samples, truth, ReversedAddition().is_correct, label_noise=0.3)
+    assert {v["majority_answer"] for v in clean} == {"12"}
+    flipped = [v for v in noisy if v["majority_answer"] != "12"]
+    assert 0.25 < len(flipped) / len(ids) < 0.35
+    assert {v["majority_answer"] for v in flipped} == {"13"}  # the commonest wrong answer (ties: smallest)
+    assert all(v["vote_share"] == 0.2 for v in flipped)
+    assert sum(a["agrees"] for a in agreement) == 2 * (len(ids) - len(flipped)) + len(flipped)
+    again, _ = reference_vote(samples, truth, ReversedAddition().is_correct, label_noise=0.3)
+    assert again == noisy  # drawn per (seed, prompt id): the same prompts every time
+    other, _ = reference_vote(samples, truth, ReversedAddition().is_correct, label_noise=0.3, noise_seed=1)
+    assert other != noisy
+    unanimous, _ = reference_vote([s("p", 0, "12")], {"p": "12"}, ReversedAddition().is_correct, label_noise=0.999)
+    assert unanimous[0]["majority_answer"] is None  # nothing wrong to swap in: no label
+    with pytest.raises(ConfigError, match="vote.label_noise"):
+        VoteConfig(label_noise=0.1)
+
+
 def test_run_vote_modes_and_the_loud_reference_flag(tmp_path, tiny_seed):
     from flywheel import io, schemas
     from flywheel.config import VoteConfig

@@ -126,7 +126,11 @@ class GenerateConfig:
     samples_per_prompt: int = _f(4, "K: completions per prompt per committee member.")
     temperature: float = _f(0.7, "Sampling temperature; 0 means greedy (then K should be 1).")
     max_new_tokens: int = _f(32, "Longest completion in tokens.")
-    batch_size: int = _f(512, "Sequences per generate() call.")
+    batch_size: int = _f(2048, "Most sequences per generate() call (batch_tokens usually binds first).")
+    batch_tokens: int = _f(32768, "Tokens per generate() call: sequences sorted by prompt length share a call while "
+                           "rows x (longest prompt + max_new_tokens) stays within this, so a call holds many "
+                           "short sequences or few long ones. 32768 measured fastest for the default model on "
+                           "2 CPU cores (bench/generate_batching.py); on a GPU, raise it to what memory holds.")
     views: int = _f(1, "Questions each prompt's K samples are split across: the prompt and up to views-1 others "
                     "the task knows have the same answer (addition: b+a=, then the sum split into other "
                     "operands; math, code: none). Sample j goes to question j mod their number, and the vote "
@@ -142,7 +146,7 @@ class GenerateConfig:
 
     def __post_init__(self):
         _check(self.dtype in PRECISIONS, "generate.dtype", f"must be one of {', '.join(PRECISIONS)}")
-        _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "views")
+        _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "batch_tokens", "views")
         _check(self.temperature >= 0, "generate.temperature", "must be >= 0")
         _check(self.backend in ("hf", "vllm", "auto"), "generate.backend", "must be 'hf', 'vllm' or 'auto'")
         _check(0 < self.vllm_gpu_memory_utilization <= 1, "generate.vllm_gpu_memory_utilization", "must be in (0, 1]")
@@ -207,9 +211,17 @@ class VoteConfig:
                      "'reference' (SUPERVISED: the hidden "
                      "label is the pseudo-label; reads the audit file).")
     judge_batch_size: int = _f(256, "self_judge: sequences per scoring forward pass.")
+    label_noise: float = _f(0.0, "reference only, a control of bench/efficacy.py: the share of prompts whose label "
+                            "is replaced by a wrong one (the most frequent wrong answer among its samples; a prompt "
+                            "with none gets no label), drawn per prompt from a seed derived from its id and "
+                            "label_noise_seed.")
+    label_noise_seed: int = _f(0, "Seed of label_noise's draws.")
 
     def __post_init__(self):
         _check(0 <= self.min_answer_share <= 1, "vote.min_answer_share", "must be in [0, 1]")
+        _check(0 <= self.label_noise < 1, "vote.label_noise", "must be in [0, 1)")
+        _check(self.label_noise == 0 or self.method == "reference", "vote.label_noise",
+               "injects noise into reference labels: needs vote.method=reference")
         VOTE_METHODS.check(self.method)
         _check(self.judge_batch_size > 0, "vote.judge_batch_size", "must be > 0")
 
@@ -359,7 +371,8 @@ class EvaluateConfig:
     max_bucket: int = _f(10, "Longest eval bucket.")
     per_bucket: int = _f(100, "Eval prompts per bucket.")
     seed: int = _f(12345, "Seed of the eval set (never the prompts' seed).")
-    batch_size: int = _f(512, "Sequences per generate() call.")
+    batch_size: int = _f(2048, "Most sequences per generate() call (batch_tokens usually binds first).")
+    batch_tokens: int = _f(32768, "Tokens per generate() call (as generate.batch_tokens).")
     max_new_tokens: int = _f(32, "Longest completion in tokens.")
     dtype: str = _f("auto", "Weights' dtype while scoring: 'fp32', 'bf16', 'fp16', or 'auto' (fp32 on CPU, bf16 on "
                     "a GPU that supports it). Candidate and champion are always scored in the same dtype.")
@@ -367,7 +380,7 @@ class EvaluateConfig:
     def __post_init__(self):
         _check(self.dtype in PRECISIONS, "evaluate.dtype", f"must be one of {', '.join(PRECISIONS)}")
         _check(1 <= self.min_bucket <= self.max_bucket, "evaluate.max_bucket", "must be >= evaluate.min_bucket >= 1")
-        _positive(self, "per_bucket", "batch_size", "max_new_tokens")
+        _positive(self, "per_bucket", "batch_size", "batch_tokens", "max_new_tokens")
 
 
 @dataclass

@@ -29,6 +29,7 @@ of the total weight; ``entropy`` always counts samples):
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from flywheel import io, schemas
 from flywheel.config import VoteConfig
 from flywheel.layout import FILES
 from flywheel.registry import VOTE_METHODS
+from flywheel.rng import derive_seed
 from flywheel.tasks.base import vote_key_of
 
 NO_ANSWER = None
@@ -338,12 +340,15 @@ def judge_weights(samples: list[dict], prompts: dict[str, str], score) -> list[f
                    else (s["prompt_id"], None, s["completion"])] for s in samples]
 
 
-def reference_vote(samples: list[dict], truth: dict[str, str], is_correct) -> tuple[list[dict], list[dict]]:
+def reference_vote(samples: list[dict], truth: dict[str, str], is_correct, *, label_noise: float = 0.0,
+                   noise_seed: int = 0) -> tuple[list[dict], list[dict]]:
     """``reference`` voting (SUPERVISED): the label is the pseudo-label. Same outputs as ``vote``.
 
     ``majority_answer`` is the most frequent sample answer that ``is_correct`` accepts (so it
     compares equal to samples' normalised answers), else the label itself; prompts without a
     label get none. ``vote_share`` is the share of samples that are correct.
+    ``label_noise`` (a control): that share of the prompts, drawn per (``noise_seed``, prompt id), gets a
+    wrong label instead, the most frequent wrong sample answer, or none if every answer is right.
     """
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for sample in samples:
@@ -352,6 +357,9 @@ def reference_vote(samples: list[dict], truth: dict[str, str], is_correct) -> tu
     for prompt_id in sorted(by_prompt):
         group = sorted(by_prompt[prompt_id], key=lambda s: (s["voter"], s["sample_idx"]))
         label = truth.get(prompt_id)
+        flipped = label_noise and random.Random(derive_seed("label-noise", noise_seed, prompt_id)).random() < label_noise
+        if label is not None and flipped:
+            label = winner(Counter(s["answer"] for s in group if not is_correct(s["answer"], label)))
         correct = [label is not None and is_correct(s["answer"], label) for s in group]
         counts = Counter(s["answer"] for s in group)
         right = Counter(s["answer"] for s, ok in zip(group, correct) if ok)
@@ -537,9 +545,12 @@ def _self_judge(table, inputs: VoteInputs) -> tuple:
 
 
 def _reference(samples: list[dict], inputs: VoteInputs) -> Ballot:
-    votes, agreement = reference_vote(samples, inputs.truth, inputs.task.is_correct)
+    noise = inputs.config.label_noise
+    votes, agreement = reference_vote(samples, inputs.truth, inputs.task.is_correct, label_noise=noise,
+                                      noise_seed=inputs.config.label_noise_seed)
     return Ballot(votes, agreement, "REFERENCE LABELS from the audit file: this round is SUPERVISED (ReST-EM with "
-                  "labels / verifiable rewards), not self-training")
+                  "labels / verifiable rewards), not self-training"
+                  + (f"; {noise:.0%} of the labels replaced by wrong answers (a control)" if noise else ""))
 
 
 # The registered vote methods (flywheel.registry; the module docstring says what each weighs).

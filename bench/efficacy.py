@@ -1,0 +1,212 @@
+"""Benchmark: which part of the recipe does the work, and how much a result moves with the seed.
+
+    python bench/efficacy.py                                   # every arm, 3 seeds, configs/default.yaml (hours)
+    python bench/efficacy.py --smoke                           # the smoke arm set on configs/smoke.yaml (seconds)
+    python bench/efficacy.py --arms default,oracle --seeds 0,1,2 -s loop.rounds=2 -s prompts.per_round=1000
+    python bench/efficacy.py --committee-seed runs/committee-seed  # adds the committee arm (3 seed members)
+
+Every arm starts from the same seed model and, for a given seed, the same prompts; it runs the same rounds
+with the same budget and differs from the default only by the overrides listed in ARMS. A seed s sets
+``prompts.seed`` (which prompts each round offers) and ``train.seed`` (the training draws); seed 0 is the
+config as written. Each (arm, seed) is one ``flywheel run --no-track`` in this process, into
+``--out/<arm>/seed<s>``. Prints one table, mean and spread (sample standard deviation, n-1) across seeds:
+accuracy per digit length after the last gate, lengths won (seed model under 10%, at least 80% after the
+rounds), frontier, reach, the precision of the vote's labels and of the rows it trained on, the yield
+(prompts kept / offered; means over rounds) and the wall time of a run; then the mean accuracy per digit after each round. ``--json`` writes every run's figures.
+
+Controls: ``frozen`` (nothing is ever promoted: the seed model throughout), ``oracle`` (``vote.method=reference``: true labels
+in place of the vote) and ``noise10``/``noise30`` (true labels, 10% or 30% of them replaced by the commonest
+wrong sample answer; ``vote.label_noise``). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Arm:
+    overrides: tuple[str, ...]
+    what: str
+    needs: str = ""  # an option the arm cannot run without (its name), or ""
+
+
+ARMS: dict[str, Arm] = {
+    "default": Arm((), "the recipe as configured"),
+    "no_vote_filter": Arm(("curate.min_vote_share=0",), "every majority is a label, however thin"),
+    "length_filter_only": Arm(("generate.views=1", "curate.min_vote_share=0", "curate.format_filter=true"),
+                              "one question per prompt, no vote-share filter: only the answer-length check"),
+    "vote_filter_no_views": Arm(("generate.views=1",), "the vote filter, every sample on the prompt as written"),
+    "views_no_filter": Arm(("curate.min_vote_share=0", "curate.format_filter=false"),
+                           "views alone: every majority over the views, no vote-share or length filter"),
+    "committee": Arm(("seed.path={committee_seed}",), "a committee of seed models votes together",
+                     needs="committee_seed"),
+    # The rounds run as usual, but no candidate can gain 1.5 accuracy: the seed model generates, votes and
+    # is measured in every round (its labels' precision and yield are the baseline of the others').
+    "frozen": Arm(("gate.min_gain=1.5",), "control: candidates trained, never promoted: the seed all along"),
+    # With true labels a prompt's "vote share" is the share of its samples that are right: no filter on it,
+    # every sample that matches its label is kept (ReST-EM with a verifier).
+    "oracle": Arm(("vote.method=reference", "curate.min_vote_share=0"),
+                  "control: true labels in place of the vote (supervised)"),
+    "noise10": Arm(("vote.method=reference", "vote.label_noise=0.1", "vote.label_noise_seed={seed}",
+                    "curate.min_vote_share=0"),
+                   "control: true labels, 10% of them made wrong"),
+    "noise30": Arm(("vote.method=reference", "vote.label_noise=0.3", "vote.label_noise_seed={seed}",
+                    "curate.min_vote_share=0"),
+                   "control: true labels, 30% of them made wrong"),
+}
+SMOKE_ARMS = ("default", "no_vote_filter", "frozen", "oracle", "noise30")
+
+
+@dataclass
+class RunFigures:
+    """What one (arm, seed) run measured, from its report.json."""
+
+    arm: str
+    seed: int
+    seconds: float
+    accuracy_by_round: list[dict[str, float]]  # per digit length, after each gate (round 0: the seed model)
+    lengths_won: list[str]
+    frontier: int
+    reach: int
+    vote_precision: float | None  # of the vote's labels (every prompt with one), mean over rounds
+    label_precision: float | None  # of the rows it trained on, mean over rounds
+    label_yield: float | None  # prompts kept / prompts offered, mean over rounds
+    promotions: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def figures_of(report: dict, arm: str, seed: int, seconds: float) -> RunFigures:
+    rounds = report["rounds"]
+    seed_buckets = rounds[0]["champion"]["buckets"]
+    after = [r["champion_after"]["buckets"] for r in rounds]
+    final = rounds[-1]["champion_after"]
+    won = [b for b, acc in after[-1].items() if b.isdigit() and seed_buckets.get(b, 0) < 0.10 and acc >= 0.80]
+    precisions = [p for p in (r["curation"].get("kept_label_precision") for r in rounds[1:]) if p is not None]
+    votes = [p for p in (r["vote"].get("pseudo_label_precision") for r in rounds[1:]) if p is not None]
+    yields = [r["curation"]["prompts_kept"] / r["curation"]["prompts_in"] for r in rounds[1:]
+              if r["curation"].get("prompts_in")]
+    return RunFigures(arm=arm, seed=seed, seconds=seconds, accuracy_by_round=after,
+                      lengths_won=sorted(won, key=int), frontier=final["frontier"], reach=final["reach"],
+                      vote_precision=statistics.fmean(votes) if votes else None,
+                      label_precision=statistics.fmean(precisions) if precisions else None,
+                      label_yield=statistics.fmean(yields) if yields else None,
+                      promotions=sum(1 for r in rounds[1:] if r["decision"]["promote"]))
+
+
+def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path,
+            committee_seed: str) -> RunFigures:
+    """One ``flywheel run --restart --no-track`` of an arm at a seed, in this process."""
+    from flywheel.config import load_config
+    from flywheel.loop import run_loop
+
+    base = load_config(config_path, common)
+    overrides = [*common, f"prompts.seed={base.prompts.seed + seed}", f"train.seed={base.train.seed + seed}",
+                 *(o.format(committee_seed=committee_seed, seed=seed) for o in arm.overrides),
+                 f"loop.out_dir={out / arm_name / f'seed{seed}'}", "loop.progress=false"]
+    config = load_config(config_path, overrides)
+    start = time.perf_counter()
+    report = run_loop(config, tracker=None, mode="restart")
+    return figures_of(report, arm_name, seed, time.perf_counter() - start)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return format(mean, fmt) if len(values) < 2 else f"{format(mean, fmt)}±{format(statistics.stdev(values), fmt)}"
+
+
+def table(runs: list[RunFigures], digits: list[str]) -> str:
+    """One row per arm: mean±sd across its seeds."""
+    arms = list(dict.fromkeys(r.arm for r in runs))
+    head = (f"{'arm':<21}{'seeds':>5} " + " ".join(f"{d + ' dig':>9}" for d in digits)
+            + f" {'won':>7} {'frontier':>8} {'reach':>7} {'vote prec':>11} {'train prec':>11} {'yield':>10}"
+            + f" {'s/run':>8}")
+    lines = [head]
+    for arm in arms:
+        mine = [r for r in runs if r.arm == arm]
+        accuracy = [_spread([100 * r.accuracy_by_round[-1].get(d, 0.0) for r in mine], ".0f") for d in digits]
+        lines.append(
+            f"{arm:<21}{len(mine):>5} " + " ".join(f"{a:>9}" for a in accuracy)
+            + f" {_spread([len(r.lengths_won) for r in mine], '.1f'):>7}"
+            + f" {_spread([r.frontier for r in mine], '.1f'):>8} {_spread([r.reach for r in mine], '.1f'):>7}"
+            + f" {_spread([r.vote_precision for r in mine if r.vote_precision is not None], '.3f'):>11}"
+            + f" {_spread([r.label_precision for r in mine if r.label_precision is not None], '.3f'):>11}"
+            + f" {_spread([r.label_yield for r in mine if r.label_yield is not None], '.2f'):>10}"
+            + f" {_spread([r.seconds for r in mine], '.0f'):>8}")
+    return "\n".join(lines)
+
+
+def rounds_table(runs: list[RunFigures], digits: list[str]) -> str:
+    """Mean accuracy (%) per digit length after each round, per arm (round 0: the seed model)."""
+    lines = [f"{'arm':<21}{'round':>6} " + " ".join(f"{d:>5}" for d in digits)]
+    for arm in dict.fromkeys(r.arm for r in runs):
+        mine = [r for r in runs if r.arm == arm]
+        for index in range(max(len(r.accuracy_by_round) for r in mine)):
+            present = [r.accuracy_by_round[index] for r in mine if index < len(r.accuracy_by_round)]
+            lines.append(f"{arm:<21}{index:>6} " + " ".join(
+                f"{statistics.fmean(100 * b.get(d, 0.0) for b in present):>5.0f}" for d in digits))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[RunFigures]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", default=None, help="default: configs/default.yaml (--smoke: smoke.yaml)")
+    parser.add_argument("-s", "--set", dest="overrides", action="append", default=[],
+                        help="an override for every arm, e.g. loop.rounds=2")
+    parser.add_argument("--arms", default=None, help=f"comma-separated, of: {', '.join(ARMS)} (default: all)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"configs/smoke.yaml, one round, arms {', '.join(SMOKE_ARMS)} (make test runs it)")
+    parser.add_argument("--committee-seed", default="", help="a seed directory with several members (committee arm)")
+    parser.add_argument("--digits", default=None, help="digit lengths to show, e.g. 6,7,8 (default: all evaluated)")
+    parser.add_argument("--out", default="runs/efficacy", help="where the runs go (each arm/seed{s})")
+    parser.add_argument("--json", default="", help="also write every run's figures to this file")
+    args = parser.parse_args(argv)
+
+    from flywheel.cli import _quiet_libraries
+
+    _quiet_libraries()
+    config = args.config or str(ROOT / "configs" / ("smoke.yaml" if args.smoke else "default.yaml"))
+    common = (["loop.rounds=1"] if args.smoke else []) + args.overrides
+    names = args.arms.split(",") if args.arms else list(SMOKE_ARMS if args.smoke else ARMS)
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm {unknown[0]!r}; arms: {', '.join(ARMS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs, skipped = [], []
+    for name in names:
+        arm = ARMS[name]
+        if arm.needs and not getattr(args, arm.needs):
+            skipped.append(f"{name} (needs --{arm.needs.replace('_', '-')})")
+            continue
+        for seed in seeds:
+            figures = run_arm(config, name, arm, seed, common, Path(args.out), args.committee_seed)
+            print(f"{name} seed {seed}: {figures.seconds:.0f} s, frontier {figures.frontier}, reach {figures.reach}, "
+                  f"won {','.join(figures.lengths_won) or '-'}", file=sys.stderr, flush=True)
+            runs.append(figures)
+    digits = args.digits.split(",") if args.digits else sorted(
+        {d for r in runs for d in r.accuracy_by_round[0] if d.isdigit()}, key=int)
+    print(f"config {config} {' '.join(common)}; seeds {args.seeds}; mean±sd across seeds; accuracy (%) after the "
+          f"last gate")
+    print(table(runs, digits))
+    print()
+    print(rounds_table(runs, digits))
+    for name in skipped:
+        print(f"not run: {name}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in runs], indent=1))
+    return runs
+
+
+if __name__ == "__main__":
+    main()
