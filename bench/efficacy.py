@@ -47,6 +47,8 @@ ARMS: dict[str, Arm] = {
     "vote_filter_no_views": Arm(("generate.views=1",), "the vote filter, every sample on the prompt as written"),
     "views_no_filter": Arm(("curate.min_vote_share=0", "curate.format_filter=false"),
                            "views alone: every majority over the views, no vote-share or length filter"),
+    "middo_select": Arm(("curate.select=loss+diversity",),
+                        "Middo: the champion drops the 30% of rows it finds easiest, then trims crowded clusters"),
     "committee": Arm(("seed.path={committee_seed}",), "a committee of seed models votes together",
                      needs="committee_seed"),
     # The rounds run as usual, but no candidate can gain 1.5 accuracy: the seed model generates, votes and

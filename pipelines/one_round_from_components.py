@@ -30,7 +30,8 @@ def one_round(config_yaml: str, workspace_root: str = "/models/runs", seed_uri: 
                  train_steps=0, learning_rate=0.0)
     preflight = load("preflight")(
         config_yaml=config_yaml, workspace_root=workspace_root, seed_uri=seed_uri, dvc_remote="",
-        compiled_knobs=json.dumps(knobs, sort_keys=True), vote_on_gpu=False, train_on_gpu=True, **knobs)
+        compiled_knobs=json.dumps(knobs, sort_keys=True), vote_on_gpu=False, train_on_gpu=True, curate_on_gpu=False,
+        **knobs)
     config = preflight.outputs["Output"]
     prepared = load("prepare")(config_yaml=config, workspace_root=workspace_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     workspace, champion = prepared.outputs["Output"], prepared.outputs["champion"]
@@ -43,7 +44,8 @@ def one_round(config_yaml: str, workspace_root: str = "/models/runs", seed_uri: 
                                    shards=dsl.Collected(generated.outputs["samples"]))
     voted = load("vote")(**common, prompts=prompts.outputs["prompts"], samples=merged.outputs["samples"],
                          champion=champion)
-    curated = load("curate")(**common, votes=voted.outputs["votes"], eval_set=prepared.outputs["eval_set"])
+    curated = load("curate")(**common, votes=voted.outputs["votes"], eval_set=prepared.outputs["eval_set"],
+                             champion=champion)
     trained = load("train")(**common, train_set=curated.outputs["train_set"], champion=champion)
     evaluated = load("evaluate")(**common, eval_set=prepared.outputs["eval_set"], candidate=trained.outputs["candidate"],
                                  champion=champion)

@@ -53,7 +53,7 @@ def templates(manifest: dict) -> dict:
     return {t["name"]: t for t in manifest["spec"]["templates"]}
 
 
-VARIANTS = [(), ("train.num_nodes=2", "train.gpus_per_node=4"), ("vote.method=self_judge",),
+VARIANTS = [(), ("train.num_nodes=2", "train.gpus_per_node=4"), ("vote.method=self_judge", "curate.select=loss"),
             ("kubeflow.kueue_queue=gpu-queue", "kubeflow.image_pull_secrets=[regcred]", "kubeflow.retries=0")]
 
 
@@ -100,6 +100,7 @@ def test_every_gpu_step_carries_the_pool_contract_and_no_cpu_step_does(overrides
     steps = {s["name"]: s["template"] for group in templates(compiled(*overrides))["round"]["steps"] for s in group}
     assert steps["generate"] == steps["evaluate"] == "gpu-stage"
     assert steps["vote"] == ("gpu-stage" if "vote.method=self_judge" in overrides else "cpu-stage")
+    assert steps["curate"] == ("gpu-stage" if "curate.select=loss" in overrides else "cpu-stage")
     assert steps["train"] == ("train-job" if config.train.num_nodes > 1 else "gpu-stage")
 
 

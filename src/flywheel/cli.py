@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", type=Path, required=True, nargs="+", help="eval set(s), for decontamination")
     p.add_argument("--previous-pool", type=Path, default=None, help="earlier rounds' pool.parquet")
     p.add_argument("--audit", type=Path, default=None)
+    p.add_argument("--model", type=Path, default=None, help="the champion, for curate.select (Middo selection)")
 
     p = add("train", "Fine-tune every champion member with TRL (train.method: sft, dpo or grpo).")
     p.add_argument("--round", type=int, required=True)
@@ -352,7 +353,8 @@ def _curate(args, config, task) -> dict:
     from flywheel.stages.curate import run_curate
 
     return run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
-                      previous_pool=args.previous_pool, audit_path=args.audit)
+                      previous_pool=args.previous_pool, audit_path=args.audit, model_dir=args.model,
+                      device=config.loop.device)
 
 
 def _train(args, config, task) -> dict:

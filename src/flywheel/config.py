@@ -252,6 +252,15 @@ class CurateConfig:
     rl_min_vote_share: float = _f(0.0, "GRPO: keep a prompt only if its vote share is >= this (ReST-RL).")
     rl_max_vote_share: float = _f(1.0, "GRPO: ... and < this; a unanimous prompt (share 1.0) gives every "
                                   "completion the same reward, so no gradient.")
+    select: str = _f("off", "Model-informed selection of the SFT rows (Middo; flywheel.stages.select): 'loss' "
+                     "drops the select_known_share the champion finds easiest, 'diversity' trims crowded "
+                     "clusters of the champion's hidden states, 'loss+diversity' both, 'off'. Loads the "
+                     "champion in curate.")
+    select_known_share: float = _f(0.3, "select 'loss': share of the kept rows with the lowest champion loss "
+                                   "dropped as already known (select:known).")
+    select_clusters: int = _f(16, "select 'diversity': k-means clusters of the rows' embeddings.")
+    select_cluster_cap: float = _f(2.0, "select 'diversity': a cluster keeps at most this times the average "
+                                   "cluster's rows; beyond it its easiest rows go (select:redundant).")
 
     def __post_init__(self):
         _check(0 <= self.min_vote_share <= 1, "curate.min_vote_share", "must be in [0, 1]")
@@ -260,6 +269,11 @@ class CurateConfig:
                   "ngram_n", "max_pairs_per_prompt")
         _check(all(0 <= t <= 1 for t in self.audit_thresholds), "curate.audit_thresholds", "must be in [0, 1]")
         _check(0 < self.near_dedup_threshold <= 1, "curate.near_dedup_threshold", "must be in (0, 1]")
+        _check(self.select in ("off", "loss", "diversity", "loss+diversity"), "curate.select",
+               "must be 'off', 'loss', 'diversity' or 'loss+diversity'")
+        _check(0 <= self.select_known_share < 1, "curate.select_known_share", "must be in [0, 1)")
+        _check(self.select_clusters >= 1, "curate.select_clusters", "must be >= 1")
+        _check(self.select_cluster_cap >= 1, "curate.select_cluster_cap", "must be >= 1")
         _check(self.ngram_unit in ("word", "char"), "curate.ngram_unit", "must be 'word' or 'char'")
         _check(0 <= self.rl_min_vote_share < self.rl_max_vote_share <= 1, "curate.rl_max_vote_share",
                "must satisfy 0 <= curate.rl_min_vote_share < curate.rl_max_vote_share <= 1")

@@ -101,7 +101,7 @@ def round_stages(config: FlywheelConfig, root: Path, round_index: int, *, task, 
             prompts_path=this.prompts, model_dir=champion, device=device)),
         RoundStage("curate", [here / name for name in RoundLayout.CURATE_OUTPUTS], lambda: run_curate(
             here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
-            previous_pool=this.previous().pool, audit_path=this.audit)),
+            previous_pool=this.previous().pool, audit_path=this.audit, model_dir=champion, device=device)),
         RoundStage("train", [this.candidate], lambda: run_train(
             this.train_data(config.train.method), init, this.candidate, config.train,
             round_index=round_index, device=device, progress=progress, task=task)),

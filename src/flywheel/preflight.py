@@ -24,7 +24,8 @@ MODEL_STAGES = ("run", "seed", "prepare", "generate", "train", "evaluate")
 
 def uses_model(config: FlywheelConfig, stage: str) -> bool:
     """Whether ``stage`` loads a model (and so torch) on ``loop.device``."""
-    return stage in MODEL_STAGES or (stage == "vote" and VOTE_METHODS.get(config.vote.method).needs_model)
+    return (stage in MODEL_STAGES or (stage == "vote" and VOTE_METHODS.get(config.vote.method).needs_model)
+            or (stage == "curate" and config.curate.select != "off"))
 
 
 def check_stage(config: FlywheelConfig, stage: str, *, where: str = "on this machine") -> None:

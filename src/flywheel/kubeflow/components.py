@@ -28,7 +28,7 @@ def _component(image: str = IMAGE):
 
 @_component()
 def preflight(config_yaml: str, workspace_root: str, seed_uri: str, dvc_remote: str, compiled_knobs: str,
-              vote_on_gpu: bool, train_on_gpu: bool, samples_per_prompt: int, temperature: float,
+              vote_on_gpu: bool, train_on_gpu: bool, curate_on_gpu: bool, samples_per_prompt: int, temperature: float,
               min_vote_share: float, gate_alpha: float, gate_min_gain: float, train_steps: int,
               learning_rate: float, run_config: Output[Artifact]) -> str:
     """The run's effective config (``flywheel.kubeflow.preflight.effective_config``): the typed knobs a user
@@ -44,7 +44,7 @@ def preflight(config_yaml: str, workspace_root: str, seed_uri: str, dvc_remote: 
                   learning_rate=learning_rate)
     effective = effective_config(config_yaml, knobs, Knobs.from_json(compiled_knobs), seed_uri=seed_uri,
                                  workspace_root=workspace_root, vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu,
-                                 dvc_remote=dvc_remote)
+                                 curate_on_gpu=curate_on_gpu, dvc_remote=dvc_remote)
     # Also as an artifact (the UI shows it): what steps inside a ParallelFor read (see generate).
     Path(run_config.path).parent.mkdir(parents=True, exist_ok=True)
     Path(run_config.path).write_text(effective + "\n")
@@ -181,11 +181,13 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
 
 @_component()
 def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Dataset], eval_set: Input[Dataset],
-           train_set: Output[Dataset], curate_metrics: Output[Metrics], vote_audit: Output[ClassificationMetrics]):
+           champion: Input[Model], train_set: Output[Dataset], curate_metrics: Output[Metrics],
+           vote_audit: Output[ClassificationMetrics]):
     """Keep what the vote trusts (``flywheel.stages.curate.run_curate``); count every drop by reason.
 
     ``vote_audit``: the vote's verdict (trusted at ``curate.min_vote_share`` or not) against whether the
-    majority answer is truly correct, where the round has an audit set.
+    majority answer is truly correct, where the round has an audit set. The champion is an input because
+    ``curate.select`` scores the kept rows with it; the pipeline then runs this step on the GPU image and pool.
     """
     from pathlib import Path
 
@@ -196,12 +198,13 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     from flywheel.stages.vote import read_truth
     from flywheel.tasks import load_task
 
-    config = artifacts.load(config_yaml)
+    config = artifacts.load(config_yaml, stage="curate")  # a GPU in this pod when curate.select loads the champion
     task = load_task(config.task, config.code)
     this = artifacts.layout(workspace, round_index)
     audit_path = this.audit
     report = run_curate(this.dir, config.curate, task=task, eval_path=Path(eval_set.path), round_index=round_index,
-                        previous_pool=this.previous().pool, audit_path=audit_path)
+                        previous_pool=this.previous().pool, audit_path=audit_path,
+                        model_dir=artifacts.model_path(champion), device=config.loop.device)
     # What train.method trains on: train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo).
     artifacts.publish_file(this.train_data(config.train.method), train_set)
     report.pop("thresholds", None)

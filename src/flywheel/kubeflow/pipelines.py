@@ -111,7 +111,10 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
     if placement.vote_on_gpu:  # the vote loads the champion: the GPU image, on the GPU pool
         vote.set_container_image(c.GPU_IMAGE)
     voted = named(vote, "vote", gpu=placement.vote_on_gpu)
-    curated = named(c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set), "curate")
+    curate = c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set, champion=champion)
+    if placement.curate_on_gpu:  # curate.select loads the champion
+        curate.set_container_image(c.GPU_IMAGE)
+    curated = named(curate, "curate", gpu=placement.curate_on_gpu)
     # One node: the step trains on its GPU. More: it submits a TrainJob (RBAC, FLYWHEEL_REGISTRY from the
     # ConfigMap) and waits on the CPU pool, holding no GPU of its own.
     trained = named(c.train(**common, train_set=curated.outputs["train_set"], champion=champion),
@@ -137,7 +140,8 @@ def _preflight(parameters: dict, *, options: KubeflowConfig, placement: Placemen
     task = c.preflight(config_yaml=parameters["config_yaml"], workspace_root=parameters["workspace"],
                        seed_uri=parameters["seed_uri"], dvc_remote=parameters["dvc_remote"],
                        compiled_knobs=compiled.to_json(), vote_on_gpu=placement.vote_on_gpu,
-                       train_on_gpu=placement.train_on_gpu, **{name: parameters[name] for name in Knobs.keys()})
+                       train_on_gpu=placement.train_on_gpu, curate_on_gpu=placement.curate_on_gpu,
+                       **{name: parameters[name] for name in Knobs.keys()})
     _platform(task.set_display_name("preflight"), parameters["pvc_name"], options, step="preflight", secrets=True)
     return task.outputs["Output"], task.outputs["run_config"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from flywheel.config import FlywheelConfig, load_config_text, dump_config, to_dict
 from flywheel import io
 from flywheel.errors import InputError, one_line
-from flywheel.registry import VOTE_METHODS
+from flywheel.preflight import uses_model
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
 
@@ -97,11 +97,12 @@ class Placement:
 
     vote_on_gpu: bool  # vote.method loads the champion (self_judge)
     train_on_gpu: bool  # train.num_nodes == 1; above 1 the step only submits a TrainJob and waits
+    curate_on_gpu: bool = False  # curate.select scores the rows with the champion (Middo)
 
     @classmethod
     def of(cls, config: FlywheelConfig) -> "Placement":
-        return cls(vote_on_gpu=VOTE_METHODS.get(config.vote.method).needs_model,
-                   train_on_gpu=config.train.num_nodes == 1)
+        return cls(vote_on_gpu=uses_model(config, "vote"), train_on_gpu=config.train.num_nodes == 1,
+                   curate_on_gpu=uses_model(config, "curate"))
 
 
 def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
@@ -113,6 +114,10 @@ def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
         where = "the CPU image" if not compiled.vote_on_gpu else "a GPU"
         raise InputError("pipeline parameter config_yaml", f"vote.method={config.vote.method}, but this pipeline "
                          f"was compiled with its vote step on {where}: {hint}", field="vote.method")
+    if wanted.curate_on_gpu != compiled.curate_on_gpu:
+        where = "the CPU image" if not compiled.curate_on_gpu else "a GPU"
+        raise InputError("pipeline parameter config_yaml", f"curate.select={config.curate.select}, but this "
+                         f"pipeline was compiled with its curate step on {where}: {hint}", field="curate.select")
     if wanted.train_on_gpu != compiled.train_on_gpu:
         raise InputError("pipeline parameter config_yaml", f"train.num_nodes={config.train.num_nodes}, but this "
                          f"pipeline was compiled for {'one node' if compiled.train_on_gpu else 'a multi-node TrainJob'}: "
@@ -265,10 +270,12 @@ def _check_object_store(dvc_remote: str) -> str:
 
 
 def effective_config(config_yaml: str, knobs: Knobs, compiled: Knobs, *, seed_uri: str, workspace_root: str,
-                     vote_on_gpu: bool, train_on_gpu: bool, dvc_remote: str = "") -> str:
+                     vote_on_gpu: bool, train_on_gpu: bool, curate_on_gpu: bool = False,
+                     dvc_remote: str = "") -> str:
     """The preflight step: knobs applied, seed staged, checks run; returns the config every later step reads."""
     config = apply_knobs(config_yaml, knobs, compiled)
-    check_placement(config, Placement(vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu))
+    check_placement(config, Placement(vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu,
+                                      curate_on_gpu=curate_on_gpu))
     root = Path(workspace_root)
     stage_seed(config, seed_uri, root.parent / SEEDS_DIR)
     run_checks(config, root, dvc_remote=dvc_remote)

@@ -14,6 +14,8 @@ SFT rows: order of filters, per prompt then per sample (the first that applies i
   dedup:exact             the same (prompt, completion) was already kept
   cap:per_prompt          the prompt already has ``max_per_prompt`` kept completions
   dedup:near              it is a near-duplicate of a kept row (MinHash LSH, ``near_dedup``)
+  select:known            the champion already knows it (``select``: lowest loss; flywheel.stages.select)
+  select:redundant        its cluster of the champion's hidden states is crowded (``select``)
 Counts are in samples; ``prompts_kept`` counts prompts with at least one kept sample.
 
 DPO pairs (counts in prompts): the prompt filters above, then
@@ -44,6 +46,7 @@ from flywheel import io, schemas
 from flywheel.config import CurateConfig
 from flywheel.layout import FILES
 from flywheel.rng import derive_seed
+from flywheel.stages.select import run_select
 from flywheel.stages.vote import DuplicateSample, audit, audit_columns, ranks, read_truth, run_starts, sample_order
 from flywheel.tasks.base import vote_key_of
 
@@ -270,7 +273,8 @@ def training_mix(new: list[dict], pool: list[dict], config: CurateConfig, *, see
 
 
 def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
-                    previous_pool: Path | None, audit_path: Path | None = None) -> dict:
+                    previous_pool: Path | None, audit_path: Path | None = None, model_dir: Path | None = None,
+                    device: str = "cpu") -> dict:
     """``run_curate`` on Python rows: the reference the columnar ``run_curate`` is tested against, and what it
     runs for the options it does not vectorise (``near_dedup``; prompts that share a text)."""
     prompts = io.read_rows(round_dir / FILES.prompts, schemas.PROMPTS)
@@ -285,6 +289,11 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
     eval_prompts = {row["prompt"] for path in eval_paths for row in io.read_rows(path, schemas.PROMPTS)}
     kept, drops = curate(prompts, samples, votes, config, task=task, eval_prompts=eval_prompts,
                          round_index=round_index)
+    if config.select != "off":
+        chosen = run_select([r["prompt"] for r in kept], [r["completion"] for r in kept], config, task=task,
+                            model_dir=model_dir, device=device, round_index=round_index)
+        kept = [row for row, stays in zip(kept, chosen.keep) if stays]
+        drops.update(chosen.drops)
     pairs, pair_drops = preference_pairs(prompts, samples, votes, config, task=task, eval_prompts=eval_prompts,
                                          round_index=round_index)
     rl_rows, rl_drops = rl_prompts(prompts, votes, config, task=task, eval_prompts=eval_prompts,
@@ -332,21 +341,24 @@ BATCH = 65_536
 
 
 def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
-               previous_pool: Path | None, audit_path: Path | None = None) -> dict:
+               previous_pool: Path | None, audit_path: Path | None = None, model_dir: Path | None = None,
+               device: str = "cpu") -> dict:
     """Shell: prompts, samples, votes of ``round_dir`` -> curated.parquet, pool.parquet, train.parquet,
     pairs.parquet, rl_prompts.parquet, curation.json. ``eval_path``: one eval set or several.
 
     Samples and prompts stay Arrow columns and numpy arrays (a round of ten million samples curates in under
     2 GB); the task's per-prompt rules run on a batch of rows at a time. Every file and figure equals
     ``run_curate_rows``'s (tests/test_curate_columnar.py); with ``near_dedup``, or prompts sharing a text, that
-    reference runs instead (its order-dependent rules).
+    reference runs instead (its order-dependent rules). ``curate.select`` then scores the kept rows with the
+    champion at ``model_dir`` (``flywheel.stages.select``).
     """
 
     prompts = io.read_table(round_dir / FILES.prompts, schemas.PROMPTS)
     texts = prompts.column("prompt").combine_chunks()
     if config.near_dedup or pc.count_distinct(texts).as_py() != len(texts):
         return run_curate_rows(round_dir, config, task=task, eval_path=eval_path, round_index=round_index,
-                               previous_pool=previous_pool, audit_path=audit_path)
+                               previous_pool=previous_pool, audit_path=audit_path, model_dir=model_dir,
+                               device=device)
     ids = prompts.column("id").combine_chunks()
     votes = io.read_table(round_dir / FILES.votes, schemas.VOTES)
     vote_at = pc.index_in(ids, value_set=votes.column("prompt_id").combine_chunks())  # per prompt: its vote's row
@@ -422,6 +434,11 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
                      "round": pa.array(np.full(len(kept_rows), round_index, dtype=np.int64)),
                      "bucket": per_prompt.column("bucket").take(at_kept)})
     del kept_rows, at_kept
+    if config.select != "off":
+        chosen = run_select(kept.column("prompt").to_pylist(), kept.column("completion").to_pylist(), config,
+                            task=task, model_dir=model_dir, device=device, round_index=round_index)
+        kept, kept_prompt = kept.filter(pa.array(chosen.keep)), kept_prompt[chosen.keep]
+        drops.update(chosen.drops)
     pairs, pair_drops = _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prompt_reason, names,
                                         has_verdict, id_rank, per_prompt, config, round_index)
     del prompt_of, agrees, short, completion_code, completions
