@@ -12,8 +12,8 @@ import pytest
 
 from flywheel import io, schemas
 from flywheel.config import VoteConfig
-from flywheel.stages.vote import (reliability_weights, run_vote, sample_weights, vote, vote_summary, vote_table,
-                                  voter_reliability)
+from flywheel.stages.vote import (pseudo_label_precision, reliability_weights, run_vote, sample_weights, vote,
+                                  vote_summary, vote_table, voter_reliability)
 from flywheel.tasks import load_task
 
 
@@ -63,8 +63,13 @@ def test_run_vote_writes_what_the_row_reference_computes(method, tmp_path):
         rows = random_round(rng)
         here = tmp_path / str(trial)
         io.write_rows(here / "samples.parquet", rows, schemas.SAMPLES)
+        # Labels for some prompts (user data may label only some), some answers right
+        truth = {pid: rng.choice(["1", "2", "10", "é"]) for pid in sorted({r["prompt_id"] for r in rows})
+                 if rng.random() < 0.7}
+        io.write_rows(here / "audit.parquet", [{"id": pid, "prompt": f"q{pid}", "bucket": "1", "meta": None,
+                                                "answer": answer} for pid, answer in truth.items()], schemas.PROMPTS)
         config = VoteConfig(method=method, min_answer_share=rng.choice([0.0, 0.5]))
-        summary = run_vote(here / "samples.parquet", here, config, task=task)
+        summary = run_vote(here / "samples.parquet", here, config, task=task, audit_path=here / "audit.parquet")
         weights = {"majority": None, "weighted": sample_weights(rows),
                    "reliability": reliability_weights(rows, voter_reliability(rows, task.vote_key))}[method]
         expected_votes, expected_agreement = vote(rows, min_answer_share=config.min_answer_share, weights=weights,
@@ -73,6 +78,7 @@ def test_run_vote_writes_what_the_row_reference_computes(method, tmp_path):
         assert io.read_rows(here / "agreement.parquet", schemas.AGREEMENT) == expected_agreement
         expected_summary = vote_summary(expected_votes)
         assert {k: summary[k] for k in expected_summary} == expected_summary
+        assert summary["pseudo_label_precision"] == pseudo_label_precision(expected_votes, truth, task.is_correct)
         assert json.loads((here / "vote.json").read_text())["prompts"] == len(expected_votes)
         if method == "reliability":
             reliability = voter_reliability(rows, task.vote_key)

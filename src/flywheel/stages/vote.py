@@ -570,8 +570,11 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
     ones (``reference``) the audit file. Weighing methods vote on Arrow columns (``vote_table``).
     """
     method: VoteMethod = VOTE_METHODS.get(config.method)
-    truth = read_truth(audit_path) if audit_path is not None and Path(audit_path).exists() else None
-    if method.supervised and truth is None:
+    audited = audit_path is not None and Path(audit_path).exists()
+    # Labels as a dict only for the row methods that vote with them; the columnar path reads the audit file
+    # after voting, as a table (a million prompts' labels as a dict would be ~200 MB held through the vote).
+    truth = read_truth(audit_path) if audited and method.weigh is None else None
+    if method.supervised and not audited:
         raise io.InputError(audit_path or "vote", f"vote.method={config.method} needs the audit file of labels "
                             "(--audit)", field="vote.method")
     if method.needs_model and (prompts_path is None or model_dir is None):
@@ -589,21 +592,27 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
             io.read_rows(samples_path, schemas.SAMPLES)  # the one-line error naming both rows
             raise
         del table
-        ids, majorities = votes.column("prompt_id").to_pylist(), votes.column("majority_answer").to_pylist()
-        summary = summary_of(votes.column("vote_share").to_pylist(), votes.column("entropy").to_pylist(), majorities)
+        summary = summary_of(votes.column("vote_share").to_pylist(), votes.column("entropy").to_pylist(),
+                             votes.column("majority_answer").to_pylist())
+        if audited:  # the precision at threshold 0: of every answered, labeled prompt
+            (everything,) = audit_columns(votes.column("prompt_id").combine_chunks(),
+                                          votes.column("majority_answer").combine_chunks(), votes.column("vote_share"),
+                                          io.read_table(audit_path, schemas.PROMPTS), task.is_correct, [0.0])
+            precision = everything["precision"]
     else:
         ballot = method.run(io.read_rows(samples_path, schemas.SAMPLES), inputs)
         label_source, report = ballot.label_source, ballot.report
         votes, agreement = (pa.Table.from_pylist(ballot.votes, schema=schemas.VOTES.arrow()),
                             pa.Table.from_pylist(ballot.agreement, schema=schemas.AGREEMENT.arrow()))
-        ids, majorities = [v["prompt_id"] for v in ballot.votes], [v["majority_answer"] for v in ballot.votes]
         summary = vote_summary(ballot.votes)
+        if audited:
+            precision = pseudo_label_precision(ballot.votes, truth, task.is_correct)
     summary["method"] = config.method
     summary["label_source"] = label_source
     summary.update(report)
     summary["supervised"] = method.supervised
-    if truth is not None:
-        summary["pseudo_label_precision"] = precision_of(ids, majorities, truth, task.is_correct)
+    if audited:
+        summary["pseudo_label_precision"] = precision
     with io.publish_together(out_dir) as staged:
         io.write_table(staged(FILES.votes), votes, schemas.VOTES)
         io.write_table(staged(FILES.agreement), agreement, schemas.AGREEMENT)
