@@ -220,9 +220,9 @@ class VoteConfig:
     def __post_init__(self):
         _check(0 <= self.min_answer_share <= 1, "vote.min_answer_share", "must be in [0, 1]")
         _check(0 <= self.label_noise < 1, "vote.label_noise", "must be in [0, 1)")
-        _check(self.label_noise == 0 or self.method == "reference", "vote.label_noise",
-               "injects noise into reference labels: needs vote.method=reference")
         VOTE_METHODS.check(self.method)
+        _check(self.label_noise == 0 or VOTE_METHODS.get(self.method).supervised, "vote.label_noise",
+               "swaps true labels for wrong ones: needs a supervised vote.method (reference)")
         _check(self.judge_batch_size > 0, "vote.judge_batch_size", "must be > 0")
 
 
