@@ -56,6 +56,7 @@ def test_columnar_curate_writes_what_the_rows_write(seed, tmp_path, monkeypatch)
     rng = random.Random(seed)
     if seed % 4 == 3:  # the task's rules read rows a batch at a time: batch edges in the middle of a round
         monkeypatch.setattr("flywheel.stages.curate.BATCH", 3)
+        monkeypatch.setattr("flywheel.stages.vote.BATCH", 3)  # the audit's batches too
     task = load_task("addition") if seed % 2 else ZerosAgree()
     for trial in range(6):
         here = tmp_path / f"t{trial}"

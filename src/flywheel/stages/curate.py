@@ -47,7 +47,8 @@ from flywheel.config import CurateConfig
 from flywheel.layout import FILES
 from flywheel.rng import derive_seed
 from flywheel.stages.select import run_select
-from flywheel.stages.vote import DuplicateSample, audit, audit_columns, ranks, read_truth, run_starts, sample_order
+from flywheel.stages.vote import (BATCH, DuplicateSample, audit, audit_columns, ranks, read_truth, run_starts,
+                                  sample_order)
 from flywheel.tasks.base import vote_key_of
 
 
@@ -198,7 +199,7 @@ def rl_prompts(prompts: list[dict], votes: list[dict], config: CurateConfig, *, 
 
 def _rl_rows(prompt_verdicts, config: CurateConfig, *, task, eval_prompts: set[str], keep) -> tuple[list, Counter]:
     """``rl_prompts`` over (prompt row, its verdict or None) in prompt-id order; ``keep(prompt, verdict)`` is
-    what is listed for a kept prompt (a row, or for the columnar curate just its position)."""
+    what is listed for a kept prompt (a row, or for the columnar curate just its id)."""
     near = _near_duplicates(config)
     index = ngram_index(config, eval_prompts)
     kept, drops = [], Counter()
@@ -334,11 +335,6 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
 
 
 # --- columnar ---------------------------------------------------------------------------------------------------
-
-# Prompts turned into Python rows at a time by the columnar curate: the task's rules read rows, and a batch of
-# them, never the whole round, is Python objects at once (a round of a million prompts as dicts is ~1 GB).
-BATCH = 65_536
-
 
 def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
                previous_pool: Path | None, audit_path: Path | None = None, model_dir: Path | None = None,
@@ -513,8 +509,9 @@ def _kept_label_precision(kept, kept_prompt, per_prompt, truth, task) -> float |
     audited = np.flatnonzero(label_at.is_valid().to_numpy(zero_copy_only=False))
     correct = 0
     for start in range(0, len(audited), BATCH):
-        rows = pa.array(audited[start:start + BATCH])
-        prompt_rows = per_prompt.take(pa.array(kept_prompt[rows.to_numpy()])).to_pylist()
+        batch = audited[start:start + BATCH]
+        rows = pa.array(batch)
+        prompt_rows = per_prompt.take(pa.array(kept_prompt[batch])).to_pylist()
         completions = kept.column("completion").take(rows).to_pylist()
         labels = truth.column("answer").take(label_at.take(rows)).to_pylist()
         correct += sum(task.is_correct(task.extract_answer(c, _prompt_row(p)), label)
@@ -602,11 +599,13 @@ def _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prom
     take_rejected = valid[rejected_group] & (rejected_rank < config.max_pairs_per_prompt)
     ranks_wide = int(max(chosen_rank.max(initial=0), rejected_rank.max(initial=0))) + 1
     chosen_key = chosen_group[take_chosen] * ranks_wide + chosen_rank[take_chosen]  # distinct
-    by_key = np.argsort(chosen_key)
     rejected_key = rejected_group[take_rejected] * ranks_wide + rejected_rank[take_rejected]
-    at = by_key[np.minimum(np.searchsorted(chosen_key, rejected_key, sorter=by_key), max(len(chosen_key) - 1, 0))] \
-        if len(chosen_key) else np.zeros(len(rejected_key), dtype=np.int64)
-    hit = chosen_key[at] == rejected_key if len(chosen_key) else np.zeros(len(rejected_key), dtype=bool)
+    at = np.zeros(len(rejected_key), dtype=np.int64)  # the chosen row with the same key, where ``hit``
+    hit = np.zeros(len(rejected_key), dtype=bool)
+    if len(chosen_key):
+        by_key = np.argsort(chosen_key)
+        at = by_key[np.minimum(np.searchsorted(chosen_key, rejected_key, sorter=by_key), len(chosen_key) - 1)]
+        hit = chosen_key[at] == rejected_key
     group, rank = rejected_group[take_rejected][hit], rejected_rank[take_rejected][hit]
     chosen_row, rejected_row = chosen[take_chosen][at[hit]], rejected[take_rejected][hit]
     order = np.lexsort((rank, id_rank[group]))  # by prompt id, as the reference walks the prompts

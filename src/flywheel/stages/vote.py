@@ -48,6 +48,11 @@ from flywheel.tasks.base import vote_key_of
 
 NO_ANSWER = None
 
+# Rows turned into Python values at a time where the columnar stages call the task's Python rules (audits, and
+# curate's per-prompt rules): a batch, never the whole round, is Python objects at once (a million prompts as
+# dicts is ~1 GB).
+BATCH = 65_536
+
 
 def winner(weight: dict) -> Any:
     """The vote's one rule for who wins: the most weight (or count), ties to the smallest key; never
@@ -406,18 +411,11 @@ def audit(votes: list[dict], truth: dict[str, str], is_correct, thresholds: list
     majority holds at least the threshold; ``precision`` the share of those whose
     majority answer is correct (None when nothing passes).
     """
-    return audit_of([v["prompt_id"] for v in votes], [v["majority_answer"] for v in votes],
-                    [v["vote_share"] for v in votes], truth, is_correct, thresholds)
-
-
-def audit_of(ids: list[str], majorities: list, shares: list[float], truth: dict[str, str], is_correct,
-             thresholds: list[float]) -> list[dict]:
-    """``audit`` from the votes' columns."""
-    audited = [(p, m, s) for p, m, s in zip(ids, majorities, shares) if p in truth]
+    audited = [v for v in votes if v["prompt_id"] in truth]
     rows = []
     for threshold in sorted(thresholds):
-        kept = [(p, m) for p, m, s in audited if m is not None and s >= threshold]
-        correct = sum(is_correct(m, truth[p]) for p, m in kept)
+        kept = [v for v in audited if v["majority_answer"] is not None and v["vote_share"] >= threshold]
+        correct = sum(is_correct(v["majority_answer"], truth[v["prompt_id"]]) for v in kept)
         rows.append({
             "threshold": threshold,
             "yield": len(kept) / len(audited) if audited else 0.0,
@@ -436,8 +434,8 @@ def audit_columns(prompt_ids, majorities, shares, truth, is_correct, thresholds:
     answered = audited & majorities.is_valid().to_numpy(zero_copy_only=False)
     correct = np.zeros(len(audited), dtype=bool)
     judged = np.flatnonzero(answered)
-    for start in range(0, len(judged), 65_536):
-        rows = judged[start:start + 65_536]
+    for start in range(0, len(judged), BATCH):
+        rows = judged[start:start + BATCH]
         taken = pa.array(rows)
         correct[rows] = [bool(is_correct(m, t)) for m, t in zip(majorities.take(taken).to_pylist(),
                                                                 truth.column("answer").take(at.take(taken)).to_pylist())]
@@ -453,15 +451,10 @@ def audit_columns(prompt_ids, majorities, shares, truth, is_correct, thresholds:
 
 def pseudo_label_precision(votes: list[dict], truth: dict[str, str], is_correct) -> float | None:
     """Share of audited prompts with a majority answer whose majority is correct."""
-    return precision_of([v["prompt_id"] for v in votes], [v["majority_answer"] for v in votes], truth, is_correct)
-
-
-def precision_of(prompt_ids: list[str], majorities: list, truth: dict[str, str], is_correct) -> float | None:
-    """``pseudo_label_precision`` from the votes' columns."""
-    labeled = [(p, m) for p, m in zip(prompt_ids, majorities) if p in truth and m is not None]
+    labeled = [v for v in votes if v["prompt_id"] in truth and v["majority_answer"] is not None]
     if not labeled:
         return None
-    return sum(is_correct(m, truth[p]) for p, m in labeled) / len(labeled)
+    return sum(is_correct(v["majority_answer"], truth[v["prompt_id"]]) for v in labeled) / len(labeled)
 
 
 def read_truth(audit_path: Path) -> dict[str, str]:
