@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from flywheel.config import GenerateConfig
 from flywheel.modeling import check_alphabet
 
 
@@ -105,7 +106,7 @@ class HFBackend:
     tend to finish together; ``token_batches`` sizes each batch to its sequences (``batch_tokens``).
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 256, batch_tokens: int = 32_768,
+    def __init__(self, model, tokenizer, *, batch_size: int = 256, batch_tokens: int = GenerateConfig.batch_tokens,
                  progress: bool = False, desc: str = "generate"):
         self.model = model
         self.tokenizer = tokenizer

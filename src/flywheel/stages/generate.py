@@ -105,7 +105,8 @@ def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend],
 
 
 def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool, precision: str,
-                  config: GenerateConfig | None = None, batch_tokens: int = GenerateConfig.batch_tokens) -> list[GenerationBackend]:
+                  config: GenerateConfig | None = None,
+                  batch_tokens: int = GenerateConfig.batch_tokens) -> list[GenerationBackend]:
     """One backend per member; ``config.backend`` picks transformers or vLLM (evaluate passes no config: HF).
 
     ``precision`` is the weights' dtype (``generate.dtype`` / ``evaluate.dtype``, resolved for ``device``).
