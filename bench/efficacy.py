@@ -12,11 +12,12 @@ config as written. Each (arm, seed) is one ``flywheel run --no-track`` in this p
 ``--out/<arm>/seed<s>``. Prints one table, mean and spread (sample standard deviation, n-1) across seeds:
 accuracy per digit length after the last gate, lengths won (seed model under 10%, at least 80% after the
 rounds), frontier, reach, the precision of the vote's labels and of the rows it trained on, the yield
-(prompts kept / offered; means over rounds) and the wall time of a run; then the mean accuracy per digit after each round. ``--json`` writes every run's figures.
+(prompts kept / offered; means over rounds) and the wall time of a run; then the mean accuracy per digit
+after each round. ``--json`` writes every run's figures.
 
-Controls: ``frozen`` (nothing is ever promoted: the seed model throughout), ``oracle`` (``vote.method=reference``: true labels
-in place of the vote) and ``noise10``/``noise30`` (true labels, 10% or 30% of them replaced by the commonest
-wrong sample answer; ``vote.label_noise``). Prints figures; asserts nothing.
+Controls: ``frozen`` (nothing is ever promoted: the seed model throughout), ``oracle``
+(``vote.method=reference``: true labels in place of the vote) and ``noise10``/``noise30`` (true labels, 10%
+or 30% of them replaced by the commonest wrong sample answer; ``vote.label_noise``). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,25 +84,22 @@ class RunFigures:
     label_precision: float | None  # of the rows it trained on, mean over rounds
     label_yield: float | None  # prompts kept / prompts offered, mean over rounds
     promotions: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def figures_of(report: dict, arm: str, seed: int, seconds: float) -> RunFigures:
-    rounds = report["rounds"]
-    seed_buckets = rounds[0]["champion"]["buckets"]
-    after = [r["champion_after"]["buckets"] for r in rounds]
-    final = rounds[-1]["champion_after"]
-    won = [b for b, acc in after[-1].items() if b.isdigit() and seed_buckets.get(b, 0) < 0.10 and acc >= 0.80]
+    rounds, summary = report["rounds"], report["summary"]
+    won = [b for b in summary["buckets_lifted_from_below_10_to_80"] if b.isdigit()]  # digit lengths, in order
     precisions = [p for p in (r["curation"].get("kept_label_precision") for r in rounds[1:]) if p is not None]
     votes = [p for p in (r["vote"].get("pseudo_label_precision") for r in rounds[1:]) if p is not None]
     yields = [r["curation"]["prompts_kept"] / r["curation"]["prompts_in"] for r in rounds[1:]
               if r["curation"].get("prompts_in")]
-    return RunFigures(arm=arm, seed=seed, seconds=seconds, accuracy_by_round=after,
-                      lengths_won=sorted(won, key=int), frontier=final["frontier"], reach=final["reach"],
+    return RunFigures(arm=arm, seed=seed, seconds=seconds,
+                      accuracy_by_round=[r["champion_after"]["buckets"] for r in rounds],
+                      lengths_won=won, frontier=summary["final_frontier"], reach=summary["final_reach"],
                       vote_precision=statistics.fmean(votes) if votes else None,
                       label_precision=statistics.fmean(precisions) if precisions else None,
                       label_yield=statistics.fmean(yields) if yields else None,
-                      promotions=sum(1 for r in rounds[1:] if r["decision"]["promote"]))
+                      promotions=summary["promotions"])
 
 
 def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path,

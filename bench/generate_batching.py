@@ -29,13 +29,13 @@ def jobs_of(prompts: list[str], samples: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(2**31) for _ in range(samples)] for _ in prompts]
 
 
-def waste(backend, prompts: list[str], results, max_new_tokens: int) -> float:
-    """Share of the positions a policy computes (rows x (longest prompt + steps run)) that hold neither a
-    prompt token nor a generated token: padding, and steps after a row's end while others still run."""
+def calls_and_waste(backend, prompt_lengths: list[int], results, max_new_tokens: int) -> tuple[int, float]:
+    """(generate() calls, waste) of a policy: the share of the positions it computes (rows x (longest prompt +
+    steps run)) that hold neither a prompt token nor a generated token: padding, and steps after a row's end
+    while others still run. ``prompt_lengths``: each prompt's length in tokens."""
     from flywheel.generation import token_batches
 
-    lengths = {p: len(ids) for p, ids in zip(prompts, backend.tokenizer(prompts)["input_ids"])}
-    jobs = sorted(((lengths[p], results[i][j].n_tokens) for i, p in enumerate(prompts) for j in range(len(results[i]))))
+    jobs = sorted((length, completion.n_tokens) for length, row in zip(prompt_lengths, results) for completion in row)
     batches = token_batches([length for length, _ in jobs], max_new_tokens=max_new_tokens,
                             batch_size=backend.batch_size, batch_tokens=backend.batch_tokens)
     computed = useful = 0
@@ -44,7 +44,7 @@ def waste(backend, prompts: list[str], results, max_new_tokens: int) -> float:
         width = max(length for length, _ in rows) + max(n for _, n in rows)
         computed += len(rows) * width
         useful += sum(length + n for length, n in rows)
-    return 1 - useful / computed
+    return len(batches), 1 - useful / computed
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
 
     import torch
 
-    from flywheel.generation import HFBackend, token_batches
+    from flywheel.generation import HFBackend
     from flywheel.modeling import load_member, member_dirs
     from flywheel.tasks import load_task
 
@@ -74,6 +74,7 @@ def main() -> None:
     random.Random(0).shuffle(prompts)
     seeds = jobs_of(prompts, args.samples, seed=1)
     model, tokenizer = load_member(member_dirs(args.model)[0], device="cpu", precision="fp32")
+    prompt_lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     policies = [(f"{rows} rows", HFBackend(model, tokenizer, batch_size=rows, batch_tokens=2**62))
                 for rows in (int(r) for r in args.rows.split(","))]
     policies += [(f"{budget} tokens", HFBackend(model, tokenizer, batch_size=1 << 20, batch_tokens=budget))
@@ -92,12 +93,9 @@ def main() -> None:
         reference = reference or texts
         same = sum(a == b for x, y in zip(texts, reference) for a, b in zip(x, y)) / sum(map(len, texts))
         tokens = sum(c.n_tokens for row in results for c in row)
-        lengths = sorted(len(ids) for ids in tokenizer(prompts)["input_ids"] for _ in range(args.samples))
-        calls = len(token_batches(lengths, max_new_tokens=args.max_new_tokens, batch_size=backend.batch_size,
-                                  batch_tokens=backend.batch_tokens))
+        calls, wasted = calls_and_waste(backend, prompt_lengths, results, args.max_new_tokens)
         seconds = statistics.median(times)
-        print(f"{name:<14} {calls:>6} {seconds:>8.2f} {tokens / seconds:>9,.0f} "
-              f"{waste(backend, prompts, results, args.max_new_tokens):>6.1%}"
+        print(f"{name:<14} {calls:>6} {seconds:>8.2f} {tokens / seconds:>9,.0f} {wasted:>6.1%}"
               + ("" if same == 1 else f"  ({same:.2%} of samples as the first policy's)"))
     print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
