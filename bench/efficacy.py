@@ -4,6 +4,8 @@
     python bench/efficacy.py --smoke                           # the smoke arm set on configs/smoke.yaml (seconds)
     python bench/efficacy.py --arms default,oracle --seeds 0,1,2 -s loop.rounds=2 -s prompts.per_round=1000
     python bench/efficacy.py --committee-seed runs/committee-seed  # adds the committee arm (3 seed members)
+    python bench/efficacy.py --weak-seed seed/weak                 # adds weak_to_strong (configs/weak-to-strong.yaml)
+    python bench/efficacy.py --reuse ...                           # keeps finished runs of the same config in --out
 
 Every arm starts from the same seed model and, for a given seed, the same prompts; it runs the same rounds
 with the same budget and differs from the default only by the overrides listed in ARMS. A seed s sets
@@ -14,6 +16,13 @@ accuracy per digit length after the last gate, lengths won (seed model under 10%
 rounds), frontier, reach, the precision of the vote's labels and of the rows it trained on, the yield
 (prompts kept / offered; means over rounds) and the wall time of a run; then the mean accuracy per digit
 after each round. ``--json`` writes every run's figures.
+
+Methods: ``middo_select`` (curate.select), ``ttsi`` (prompts.similar_per_uncertain), ``process_rewards``
+(curate.step_rollouts) and ``weak_to_strong`` (round 0's champion is the ``--weak-seed`` model; candidates are
+fine-tuned from the config's seed, the larger student; its table gives the performance gap recovered, PGR =
+(student - weak) / (ceiling - weak) per digit length, with ``oracle`` as the ceiling: the same student trained
+on true labels). The ``Mtok`` column is every token the run generated (samples, TT-SI's probe and written
+prompts, process rewards' rollouts), in millions: what a method costs beside plain sampling.
 
 Controls: ``frozen`` (nothing is ever promoted: the seed model throughout), ``oracle``
 (``vote.method=reference``: true labels in place of the vote) and ``noise10``/``noise30`` (true labels, 10%
@@ -52,6 +61,13 @@ ARMS: dict[str, Arm] = {
                         "Middo: the champion drops the 30% of rows it finds easiest, then trims crowded clusters"),
     "committee": Arm(("seed.path={committee_seed}",), "a committee of seed models votes together",
                      needs="committee_seed"),
+    "ttsi": Arm(("prompts.similar_per_uncertain=2", "prompts.uncertain_below=0.75", "prompts.probe_samples=4",
+                 "prompts.max_uncertain=500"),
+                "TT-SI: 2 new prompts (same lengths and carries) per prompt the champion's probe is unsure of"),
+    "process_rewards": Arm(("curate.step_rollouts=4", "curate.min_step_score=0.5"),
+                           "process rewards: drop rows whose weakest digit's rollouts mostly miss the voted sum"),
+    "weak_to_strong": Arm(("seed.path={weak_seed}", "train.student={seed_path}"),
+                          "a weaker seed votes; the default's seed is the student it trains", needs="weak_seed"),
     # The rounds run as usual, but no candidate can gain 1.5 accuracy: the seed model generates, votes and
     # is measured in every round (its labels' precision and yield are the baseline of the others').
     "frozen": Arm(("gate.min_gain=1.5",), "control: candidates trained, never promoted: the seed all along"),
@@ -84,6 +100,28 @@ class RunFigures:
     label_precision: float | None  # of the rows it trained on, mean over rounds
     label_yield: float | None  # prompts kept / prompts offered, mean over rounds
     promotions: int = 0
+    tokens: int | None = None  # generated: samples, TT-SI's probe and written prompts, process rewards' rollouts
+
+
+def generated_tokens(root: Path, rounds: int) -> int:
+    """Every token a run generated: its rounds' samples, TT-SI's probe and written prompts, process rewards'
+    rollouts (the seed's and the candidates' evaluations aside: every arm spends the same on them)."""
+    import pyarrow.parquet as pq
+
+    from flywheel import io
+    from flywheel.layout import RoundLayout
+
+    total = 0
+    for index in range(1, rounds + 1):
+        this = RoundLayout(root, index)
+        if this.samples.is_file():
+            total += int(pq.read_table(this.samples, columns=["n_tokens"]).column("n_tokens").to_numpy().sum())
+        ttsi = io.read_json(this.prompts_summary).get("ttsi") if this.prompts_summary.is_file() else None
+        if ttsi:
+            total += ttsi["probe_tokens"] + ttsi["written_tokens"]
+        curation = io.read_json(this.curation) if this.curation.is_file() else {}
+        total += (curation.get("process_rewards") or {}).get("rollout_tokens", 0)
+    return total
 
 
 def figures_of(report: dict, arm: str, seed: int, seconds: float) -> RunFigures:
@@ -102,20 +140,32 @@ def figures_of(report: dict, arm: str, seed: int, seconds: float) -> RunFigures:
                       promotions=summary["promotions"])
 
 
-def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path,
-            committee_seed: str) -> RunFigures:
-    """One ``flywheel run --restart --no-track`` of an arm at a seed, in this process."""
-    from flywheel.config import load_config
+def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path, *,
+            committee_seed: str = "", weak_seed: str = "", reuse: bool = False) -> RunFigures:
+    """One ``flywheel run --restart --no-track`` of an arm at a seed, in this process. ``reuse``: a finished run
+    in its directory made with the same config is read instead (its figures.json), so a long benchmark resumes."""
+    from flywheel import io
+    from flywheel.config import dump_config, load_config
     from flywheel.loop import run_loop
+    from flywheel.run_state import read_run_config
 
     base = load_config(config_path, common)
+    root = out / arm_name / f"seed{seed}"
     overrides = [*common, f"prompts.seed={base.prompts.seed + seed}", f"train.seed={base.train.seed + seed}",
-                 *(o.format(committee_seed=committee_seed, seed=seed) for o in arm.overrides),
-                 f"loop.out_dir={out / arm_name / f'seed{seed}'}", "loop.progress=false"]
+                 *(o.format(committee_seed=committee_seed, weak_seed=weak_seed, seed=seed,
+                            seed_path=base.seed.path) for o in arm.overrides),
+                 f"loop.out_dir={root}", "loop.progress=false"]
     config = load_config(config_path, overrides)
+    done = root / "figures.json"
+    made_with = read_run_config(root) if reuse and done.is_file() else None
+    if made_with is not None and dump_config(made_with) == dump_config(config):
+        return RunFigures(**io.read_json(done))
     start = time.perf_counter()
     report = run_loop(config, tracker=None, mode="restart")
-    return figures_of(report, arm_name, seed, time.perf_counter() - start)
+    figures = figures_of(report, arm_name, seed, time.perf_counter() - start)
+    figures.tokens = generated_tokens(root, config.loop.rounds)
+    io.write_json(done, figures.__dict__)
+    return figures
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -130,7 +180,7 @@ def table(runs: list[RunFigures], digits: list[str]) -> str:
     arms = list(dict.fromkeys(r.arm for r in runs))
     head = (f"{'arm':<21}{'seeds':>5} " + " ".join(f"{d + ' dig':>9}" for d in digits)
             + f" {'won':>7} {'frontier':>8} {'reach':>7} {'vote prec':>11} {'train prec':>11} {'yield':>10}"
-            + f" {'s/run':>8}")
+            + f" {'Mtok':>10} {'s/run':>8}")
     lines = [head]
     for arm in arms:
         mine = [r for r in runs if r.arm == arm]
@@ -142,7 +192,28 @@ def table(runs: list[RunFigures], digits: list[str]) -> str:
             + f" {_spread([r.vote_precision for r in mine if r.vote_precision is not None], '.3f'):>11}"
             + f" {_spread([r.label_precision for r in mine if r.label_precision is not None], '.3f'):>11}"
             + f" {_spread([r.label_yield for r in mine if r.label_yield is not None], '.2f'):>10}"
+            + f" {_spread([r.tokens / 1e6 for r in mine if r.tokens is not None], '.2f'):>10}"
             + f" {_spread([r.seconds for r in mine], '.0f'):>8}")
+    return "\n".join(lines)
+
+
+def gap_recovered(runs: list[RunFigures], digits: list[str], *, weak: str = "weak_to_strong",
+                  ceiling: str = "oracle") -> str:
+    """Burns et al.'s performance gap recovered per digit length, from mean accuracies after the last round:
+    (student - weak) / (ceiling - weak); weak: the weak seed (round 0 of the weak-to-strong runs), student: the
+    weak-to-strong runs after their rounds, ceiling: the ``ceiling`` arm (the student trained on true labels)."""
+    students = [r for r in runs if r.arm == weak]
+    ceilings = [r for r in runs if r.arm == ceiling]
+    if not students or not ceilings:
+        return ""
+    lines = [f"performance gap recovered ({weak} vs its weak seed, {ceiling} as the ceiling)",
+             f"{'digits':>6} {'weak':>6} {'student':>8} {'ceiling':>8} {'PGR':>6}"]
+    for d in digits:
+        weak_accuracy = statistics.fmean(100 * r.accuracy_by_round[0].get(d, 0.0) for r in students)
+        student = statistics.fmean(100 * r.accuracy_by_round[-1].get(d, 0.0) for r in students)
+        top = statistics.fmean(100 * r.accuracy_by_round[-1].get(d, 0.0) for r in ceilings)
+        pgr = f"{(student - weak_accuracy) / (top - weak_accuracy):.2f}" if top - weak_accuracy >= 5 else "-"
+        lines.append(f"{d:>6} {weak_accuracy:>6.0f} {student:>8.0f} {top:>8.0f} {pgr:>6}")
     return "\n".join(lines)
 
 
@@ -168,6 +239,9 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
     parser.add_argument("--smoke", action="store_true",
                         help=f"configs/smoke.yaml, one round, arms {', '.join(SMOKE_ARMS)} (make test runs it)")
     parser.add_argument("--committee-seed", default="", help="a seed directory with several members (committee arm)")
+    parser.add_argument("--weak-seed", default="", help="a seed smaller than the config's (weak_to_strong arm: "
+                        "flywheel seed -c configs/weak-to-strong.yaml)")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs in --out made with the same config")
     parser.add_argument("--digits", default=None, help="digit lengths to show, e.g. 6,7,8 (default: all evaluated)")
     parser.add_argument("--out", default="runs/efficacy", help="where the runs go (each arm/seed{s})")
     parser.add_argument("--json", default="", help="also write every run's figures to this file")
@@ -190,7 +264,8 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
             skipped.append(f"{name} (needs --{arm.needs.replace('_', '-')})")
             continue
         for seed in seeds:
-            figures = run_arm(config, name, arm, seed, common, Path(args.out), args.committee_seed)
+            figures = run_arm(config, name, arm, seed, common, Path(args.out), committee_seed=args.committee_seed,
+                              weak_seed=args.weak_seed, reuse=args.reuse)
             print(f"{name} seed {seed}: {figures.seconds:.0f} s, frontier {figures.frontier}, reach {figures.reach}, "
                   f"won {','.join(figures.lengths_won) or '-'}", file=sys.stderr, flush=True)
             runs.append(figures)
@@ -201,6 +276,10 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
     print(table(runs, digits))
     print()
     print(rounds_table(runs, digits))
+    gap = gap_recovered(runs, digits)
+    if gap:
+        print()
+        print(gap)
     for name in skipped:
         print(f"not run: {name}")
     if args.json:

@@ -31,7 +31,7 @@ def one_round(config_yaml: str, workspace_root: str = "/models/runs", seed_uri: 
     preflight = load("preflight")(
         config_yaml=config_yaml, workspace_root=workspace_root, seed_uri=seed_uri, dvc_remote="",
         compiled_knobs=json.dumps(knobs, sort_keys=True), vote_on_gpu=False, train_on_gpu=True, curate_on_gpu=False,
-        **knobs)
+        prompts_on_gpu=False, **knobs)
     config = preflight.outputs["Output"]
     prepared = load("prepare")(config_yaml=config, workspace_root=workspace_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     workspace, champion = prepared.outputs["Output"], prepared.outputs["champion"]

@@ -53,7 +53,8 @@ def templates(manifest: dict) -> dict:
     return {t["name"]: t for t in manifest["spec"]["templates"]}
 
 
-VARIANTS = [(), ("train.num_nodes=2", "train.gpus_per_node=4"), ("vote.method=self_judge", "curate.select=loss"),
+VARIANTS = [(), ("train.num_nodes=2", "train.gpus_per_node=4"), ("vote.method=self_judge", "curate.select=loss",
+                                                                       "prompts.similar_per_uncertain=1"),
             ("kubeflow.kueue_queue=gpu-queue", "kubeflow.image_pull_secrets=[regcred]", "kubeflow.retries=0")]
 
 
@@ -101,6 +102,7 @@ def test_every_gpu_step_carries_the_pool_contract_and_no_cpu_step_does(overrides
     assert steps["generate"] == steps["evaluate"] == "gpu-stage"
     assert steps["vote"] == ("gpu-stage" if "vote.method=self_judge" in overrides else "cpu-stage")
     assert steps["curate"] == ("gpu-stage" if "curate.select=loss" in overrides else "cpu-stage")
+    assert steps["prompts"] == ("gpu-stage" if "prompts.similar_per_uncertain=1" in overrides else "cpu-stage")
     assert steps["train"] == ("train-job" if config.train.num_nodes > 1 else "gpu-stage")
 
 

@@ -29,7 +29,31 @@ def test_smoke_arms_run_per_seed_and_the_controls_hold(tiny_seed, tmp_path, caps
     assert len({r.label_yield for r in by_arm["default"]}) > 1
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("arm") and "frontier" in line)
-    assert "vote prec" in header and "train prec" in header and "s/run" in header
+    assert "vote prec" in header and "train prec" in header and "s/run" in header and "Mtok" in header
+    assert all(r.tokens and r.tokens > 0 for r in runs)
     row = next(line for line in lines if line.startswith("oracle "))
     assert "1.000±0.000" in row  # mean±sd across the three seeds
     assert (tmp_path / "figures.json").exists()
+
+    # --reuse reads a finished run made with the same config, and runs one whose config differs.
+    common = ["--smoke", "--arms", "frozen", "--seeds", "1", "-s", f"seed.path={tiny_seed}", "--out",
+              str(tmp_path / "runs"), "--reuse"]
+    first = next(r for r in by_arm["frozen"] if r.seed == 1)
+    assert bench["main"](common)[0].__dict__ == first.__dict__
+    assert bench["main"](common + ["-s", "train.steps=6"])[0].seconds != first.seconds
+
+
+def test_the_gap_recovered_is_measured_against_the_weak_seed_and_the_ceiling():
+    bench = runpy.run_path(str(ROOT / "bench" / "efficacy.py"))
+    figures = bench["RunFigures"]
+
+    def run(arm, before, after):
+        return figures(arm=arm, seed=0, seconds=1.0, accuracy_by_round=[before, after], lengths_won=[], frontier=0,
+                       reach=0, vote_precision=None, label_precision=None, label_yield=None)
+
+    runs = [run("weak_to_strong", {"6": 0.2, "7": 0.0}, {"6": 0.7, "7": 0.02}),
+            run("weak_to_strong", {"6": 0.2, "7": 0.0}, {"6": 0.5, "7": 0.0}),
+            run("oracle", {"6": 0.9, "7": 0.0}, {"6": 1.0, "7": 0.03})]
+    table = bench["gap_recovered"](runs, ["6", "7"])
+    assert "     6     20       60      100   0.50" in table  # (60 - 20) / (100 - 20)
+    assert table.splitlines()[-1].endswith("-")  # a ceiling under 5 points above the weak seed: no ratio

@@ -122,7 +122,8 @@ def test_committed_pipelines_run_on_the_gpu_with_the_in_cluster_mlflow():
 def test_a_vote_that_loads_the_champion_runs_on_the_gpu_and_a_trainjob_launcher_holds_no_gpu(tmp_path):
     from flywheel.kubeflow.components import GPU_IMAGE
 
-    config = pipelines.cluster_config(None, ["vote.method=self_judge", "train.num_nodes=2", "curate.select=loss"])
+    config = pipelines.cluster_config(None, ["vote.method=self_judge", "train.num_nodes=2", "curate.select=loss",
+                                             "prompts.similar_per_uncertain=1"])
     pipeline, platform = _compile(tmp_path, config)
     executors = pipeline["deploymentSpec"]["executors"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -133,6 +134,8 @@ def test_a_vote_that_loads_the_champion_runs_on_the_gpu_and_a_trainjob_launcher_
     assert k8s[by_step["vote"]]["nodeSelector"] and k8s[by_step["vote"]]["tolerations"]
     curate = executors[by_step["curate"]]["container"]  # curate.select scores rows with the champion
     assert curate["image"] == GPU_IMAGE and curate["resources"]["accelerator"]["resourceCount"] == "1"
+    prompts = executors[by_step["make-prompts"]]["container"]  # TT-SI probes the prompts with the champion
+    assert prompts["image"] == GPU_IMAGE and prompts["resources"]["accelerator"]["resourceCount"] == "1"
     train = executors[by_step["train"]]["container"]
     assert "accelerator" not in train["resources"] and "nodeSelector" not in k8s[by_step["train"]]
     # The committed (majority vote, one node) pipeline places them the other way round.
@@ -140,6 +143,7 @@ def test_a_vote_that_loads_the_champion_runs_on_the_gpu_and_a_trainjob_launcher_
     labels = {name: label for name, _, label in _executor_tasks(committed)}
     assert "accelerator" not in committed["deploymentSpec"]["executors"][labels["vote"]]["container"]["resources"]
     assert "accelerator" not in committed["deploymentSpec"]["executors"][labels["curate"]]["container"]["resources"]
+    assert "accelerator" not in committed["deploymentSpec"]["executors"][labels["make-prompts"]]["container"]["resources"]
     assert "accelerator" in committed["deploymentSpec"]["executors"][labels["train"]]["container"]["resources"]
 
 

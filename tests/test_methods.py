@@ -181,6 +181,82 @@ def test_one_round_of_each_method_through_the_cli(tmp_path, init_member, recipe,
         assert 0.0 <= meta["train_metrics"][0]["mean_reward"] <= 1.0
 
 
+def _ttsi_ran(here):
+    ttsi = json.loads((here / "prompts.json").read_text())["ttsi"]
+    assert ttsi["probed"] == 24 and ttsi["similar"] == 2 * ttsi["uncertain"] > 0
+
+
+def _middo_ran(here):
+    assert json.loads((here / "curation.json").read_text())["drops"].get("select:known", 0) > 0
+
+
+def _process_rewards_ran(here):
+    steps = json.loads((here / "curation.json").read_text())["process_rewards"]
+    assert steps["rows_scored"] > 0 and steps["rollout_tokens"] > 0
+
+
+SELF_TRAINING_RECIPES = {  # the efficacy benchmark's methods (docs/methods.md): overrides, what shows it ran
+    "ttsi.yaml": (["prompts.uncertain_below=1.0"], _ttsi_ran),
+    "middo.yaml": (["curate.min_vote_share=0"], _middo_ran),
+    "process-rewards.yaml": (["curate.min_vote_share=0"], _process_rewards_ran),
+}  # configs/weak-to-strong.yaml: test_weak_to_strong_trains_the_student_until_one_is_promoted
+
+
+@pytest.mark.parametrize("recipe", sorted(SELF_TRAINING_RECIPES))
+def test_one_round_of_each_self_training_recipe_through_the_cli(tmp_path, init_member, recipe):
+    from flywheel.cli import main
+
+    out = tmp_path / "out"
+    argv = ["run", "-c", str(ROOT / "configs" / recipe), "--no-track"]
+    extra, ran = SELF_TRAINING_RECIPES[recipe]
+    for override in smoke_overrides(init_member, out) + extra:
+        argv += ["-s", override]
+    assert main(argv) == 0
+    ran(out / "rounds" / "1")
+    assert (out / "rounds" / "1" / "decision.json").is_file()
+
+
+def test_weak_to_strong_trains_the_student_until_one_is_promoted(tmp_path, init_member):
+    """configs/weak-to-strong.yaml: the tiny seed's member (the weak champion) votes; the candidate is the larger
+    student fine-tuned on those votes; once a trained student is champion, rounds continue from the champion."""
+    from flywheel.cli import main
+    from flywheel.config import load_config
+    from flywheel.modeling import build_tiny_model, count_parameters, write_model_meta
+    from flywheel.stages.train import student_or
+
+    smoke = load_config(ROOT / "configs" / "smoke.yaml")
+    model, tokenizer = build_tiny_model(type(smoke.model)(**{**smoke.model.__dict__, "hidden_size": 48,
+                                                             "intermediate_size": 96}), seed=5)
+    student = tmp_path / "student"
+    model.save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    out = tmp_path / "out"
+    argv = ["run", "-c", str(ROOT / "configs" / "weak-to-strong.yaml"), "--no-track"]
+    for override in smoke_overrides(init_member, out) + [f"train.student={student}", "curate.min_vote_share=0"]:
+        argv += ["-s", override]
+    assert main(argv) == 0
+    candidate = out / "rounds" / "1" / "candidate"
+    meta = json.loads((candidate / "flywheel-model.json").read_text())
+    assert meta["init"] == str(student) and meta["trained"] is True
+    assert count_parameters(load_member(member_dirs(candidate)[0])[0]) == count_parameters(model)
+    assert count_parameters(load_member(init_member)[0]) < count_parameters(model)  # weak votes, strong student
+    config = load_config(None, [f"train.student={student}"]).train
+    assert student_or(init_member, config) == student  # the seed (no round recorded) is still champion
+    (tmp_path / "promoted").mkdir()
+    write_model_meta(tmp_path / "promoted", {"round": 1})
+    assert student_or(tmp_path / "promoted", config) == tmp_path / "promoted"
+    assert student_or(init_member, load_config(None, []).train) == init_member  # no student: as before
+
+
+def test_a_missing_student_is_a_one_line_error_before_any_work(tmp_path):
+    from flywheel.config import load_config
+    from flywheel.errors import InputError
+    from flywheel.preflight import check_stage
+
+    with pytest.raises(InputError, match="train.student .* is not a model directory"):
+        check_stage(load_config(None, [f"train.student={tmp_path / 'nowhere'}"]), "train")
+
+
 def test_grpo_reward_on_code_runs_programs_on_the_prompts_test_inputs():
     """Programs agree by their outputs (as in the vote stage), not by their text: the rows carry meta."""
     import json

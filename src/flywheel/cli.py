@@ -332,7 +332,7 @@ def _prompts(args, config, task) -> dict:
     from flywheel.stages.prompts import run_prompts
 
     return run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round, champion_dir=args.champion,
-                       data=config.data)
+                       data=config.data, generate=config.generate, device=config.loop.device)
 
 
 def _generate(args, config, task) -> dict:
@@ -354,7 +354,7 @@ def _curate(args, config, task) -> dict:
 
     return run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
                       previous_pool=args.previous_pool, audit_path=args.audit, model_dir=args.model,
-                      device=config.loop.device)
+                      device=config.loop.device, generate=config.generate)
 
 
 def _train(args, config, task) -> dict:

@@ -72,9 +72,23 @@ class PromptsConfig:
                            "it was trained on reaches this; below it, the round re-offers that bucket with fresh "
                            "prompts. 0: advance after every promotion. (Model selection on the eval set, like "
                            "the gate; no label reaches training.)")
+    similar_per_uncertain: int = _f(0, "TT-SI: new prompts synthesised for each prompt the champion is unsure of, "
+                                    "added to the round's prompts so they are voted on and trained on in the same "
+                                    "round (task generator, or the champion writes them; docs/methods.md). 0: off.")
+    uncertain_below: float = _f(0.75, "TT-SI: a prompt is uncertain when its commonest probe answer has less than "
+                                "this share of the probe samples.")
+    probe_samples: int = _f(4, "TT-SI: samples per member that measure each prompt's share (the question as "
+                            "written, generate.temperature).")
+    max_uncertain: int = _f(0, "TT-SI: most prompts that get similar ones, least sure first. 0: every uncertain one.")
+    similar_max_new_tokens: int = _f(256, "TT-SI, chat tasks: longest new prompt the champion writes, in tokens.")
 
     def __post_init__(self):
         _check(self.start_bucket >= 1, "prompts.start_bucket", "must be >= 1")
+        _check(self.similar_per_uncertain >= 0, "prompts.similar_per_uncertain", "must be >= 0")
+        _check(0 < self.uncertain_below <= 1, "prompts.uncertain_below", "must be in (0, 1]")
+        _check(self.probe_samples >= 2, "prompts.probe_samples", "must be >= 2 (one sample has no share)")
+        _check(self.max_uncertain >= 0, "prompts.max_uncertain", "must be >= 0")
+        _positive(self, "similar_max_new_tokens")
         _check(0 <= self.advance_at <= 1, "prompts.advance_at", "must be in [0, 1]")
         _positive(self, "per_round")
         _check(self.replay_per_round >= 0, "prompts.replay_per_round", "must be >= 0")
@@ -261,6 +275,12 @@ class CurateConfig:
     select_clusters: int = _f(16, "select 'diversity': k-means clusters of the rows' embeddings.")
     select_cluster_cap: float = _f(2.0, "select 'diversity': a cluster keeps at most this times the average "
                                    "cluster's rows; beyond it its easiest rows go (select:redundant).")
+    step_rollouts: int = _f(0, "Process rewards (OmegaPRM-style): the champion continues each kept row from the "
+                            "end of every step but the last (addition: a digit; math: a line) this many times; a "
+                            "step's score is the share of those rollouts that reach the row's voted answer. 0: off "
+                            "(docs/methods.md).")
+    min_step_score: float = _f(0.5, "step_rollouts: a row whose weakest step scores below this is dropped "
+                               "(step:weak).")
 
     def __post_init__(self):
         _check(0 <= self.min_vote_share <= 1, "curate.min_vote_share", "must be in [0, 1]")
@@ -274,6 +294,8 @@ class CurateConfig:
         _check(0 <= self.select_known_share < 1, "curate.select_known_share", "must be in [0, 1)")
         _check(self.select_clusters >= 1, "curate.select_clusters", "must be >= 1")
         _check(self.select_cluster_cap >= 1, "curate.select_cluster_cap", "must be >= 1")
+        _check(self.step_rollouts >= 0, "curate.step_rollouts", "must be >= 0")
+        _check(0 <= self.min_step_score <= 1, "curate.min_step_score", "must be in [0, 1]")
         _check(self.ngram_unit in ("word", "char"), "curate.ngram_unit", "must be 'word' or 'char'")
         _check(0 <= self.rl_min_vote_share < self.rl_max_vote_share <= 1, "curate.rl_max_vote_share",
                "must satisfy 0 <= curate.rl_min_vote_share < curate.rl_max_vote_share <= 1")
@@ -338,6 +360,10 @@ class TrainConfig:
     """Fine-tuning with TRL: SFT on the curated set (ReST-EM), DPO on vote pairs, or GRPO with a vote reward."""
 
     init: str = _f("champion", "Start from 'champion' (continue training, Lee et al.) or 'base' (the seed).")
+    student: str = _f("", "Weak-to-strong (Burns et al., 2023): a model directory, usually larger than the seed, "
+                      "that rounds fine-tune instead of their champion or base while the champion is still round "
+                      "0's model; once a trained student is promoted, rounds continue from it (docs/methods.md). "
+                      "On a cluster: a path every pod sees (the models volume). Empty: off.")
     steps: int = _f(1500, "Optimizer steps per member.")
     batch_size: int = _f(64, "Sequences per step.")
     learning_rate: float = _f(5e-4, "Peak learning rate.")

@@ -92,7 +92,8 @@ def round_stages(config: FlywheelConfig, root: Path, round_index: int, *, task, 
     init = start_model(config, this)
     return [
         RoundStage("prompts", [this.prompts, this.audit, this.prompts_summary], lambda: run_prompts(
-            here, config.prompts, task=task, round_index=round_index, champion_dir=champion, data=config.data)),
+            here, config.prompts, task=task, round_index=round_index, champion_dir=champion, data=config.data,
+            generate=config.generate, device=device)),
         RoundStage("generate", [this.samples], lambda: run_generate(
             this.prompts, champion, this.samples, config.generate, task=task,
             round_index=round_index, device=device, progress=progress, code=config.code)),
@@ -101,7 +102,8 @@ def round_stages(config: FlywheelConfig, root: Path, round_index: int, *, task, 
             prompts_path=this.prompts, model_dir=champion, device=device)),
         RoundStage("curate", [here / name for name in RoundLayout.CURATE_OUTPUTS], lambda: run_curate(
             here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
-            previous_pool=this.previous().pool, audit_path=this.audit, model_dir=champion, device=device)),
+            previous_pool=this.previous().pool, audit_path=this.audit, model_dir=champion, device=device,
+            generate=config.generate)),
         RoundStage("train", [this.candidate], lambda: run_train(
             this.train_data(config.train.method), init, this.candidate, config.train,
             round_index=round_index, device=device, progress=progress, task=task)),

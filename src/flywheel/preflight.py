@@ -7,7 +7,8 @@ What a stage needs comes from the config and the registries, never from a door:
 
 - a model stage on ``loop.device=cuda`` needs a visible GPU (vote only when its method loads the champion);
 - generate with ``generate.backend=vllm`` needs CUDA and vLLM (``auto`` falls back to transformers);
-- train with a method that generates with vLLM (``TrainMethod.uses_vllm``: GRPO's ``use_vllm``) needs vLLM.
+- train with a method that generates with vLLM (``TrainMethod.uses_vllm``: GRPO's ``use_vllm``) needs vLLM;
+- train with ``train.student`` (weak-to-strong) needs the student's directory.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ MODEL_STAGES = ("run", "seed", "prepare", "generate", "train", "evaluate")
 def uses_model(config: FlywheelConfig, stage: str) -> bool:
     """Whether ``stage`` loads a model (and so torch) on ``loop.device``."""
     return (stage in MODEL_STAGES or (stage == "vote" and VOTE_METHODS.get(config.vote.method).needs_model)
-            or (stage == "curate" and config.curate.select != "off"))
+            or (stage == "curate" and (config.curate.select != "off" or config.curate.step_rollouts > 0))
+            or (stage == "prompts" and config.prompts.similar_per_uncertain > 0))
 
 
 def check_stage(config: FlywheelConfig, stage: str, *, where: str = "on this machine") -> None:
@@ -36,6 +38,9 @@ def check_stage(config: FlywheelConfig, stage: str, *, where: str = "on this mac
         from flywheel.generation import choose_backend
 
         choose_backend(config.generate.backend)
+    if stage in ("run", "train") and config.train.student and not os.path.isdir(config.train.student):
+        raise InputError("config", f"train.student {config.train.student!r} is not a model directory {where}",
+                         field="train.student")
     if stage in ("run", "train") and TRAIN_METHODS.get(config.train.method).uses_vllm(config.train):
         from flywheel.generation import vllm_available
 

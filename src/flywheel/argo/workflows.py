@@ -71,8 +71,8 @@ def workflow_template(config: FlywheelConfig) -> m.WorkflowTemplate:
     train = _train_job(config) if config.train.num_nodes > 1 else None
     templates = [
         _main(),
-        _round(vote_on_gpu=uses_model(config, "vote"), curate_on_gpu=uses_model(config, "curate"),
-               train_job=train is not None),
+        _round(prompts_on_gpu=uses_model(config, "prompts"), vote_on_gpu=uses_model(config, "vote"),
+               curate_on_gpu=uses_model(config, "curate"), train_job=train is not None),
         _promote(config),
         _start(config),
         _stage("cpu-stage", config, gpu=False, retried=True),
@@ -172,7 +172,7 @@ def _main() -> m.Template:
     ])
 
 
-def _round(*, vote_on_gpu: bool, curate_on_gpu: bool, train_job: bool) -> m.Template:
+def _round(*, prompts_on_gpu: bool, vote_on_gpu: bool, curate_on_gpu: bool, train_job: bool) -> m.Template:
     """One round, then itself for the next while the gate promotes and ``last`` is not reached."""
     def stage(name: str, gpu: bool) -> m.ParallelSteps:
         return m.ParallelSteps([m.WorkflowStep(name=name, template="gpu-stage" if gpu else "cpu-stage",
@@ -183,7 +183,7 @@ def _round(*, vote_on_gpu: bool, curate_on_gpu: bool, train_job: bool) -> m.Temp
     again = ("{{=jsonpath(steps.promote.outputs.parameters.record, '$.promotion') == 'promoted' && "
              "asInt(inputs.parameters.round) < asInt(inputs.parameters.last)}}")
     return m.Template(name="round", inputs=_inputs("round", "last"), steps=[
-        stage("prompts", False), stage("generate", True), stage("vote", vote_on_gpu), stage("curate", curate_on_gpu),
+        stage("prompts", prompts_on_gpu), stage("generate", True), stage("vote", vote_on_gpu), stage("curate", curate_on_gpu),
         train, stage("evaluate", True),
         m.ParallelSteps([m.WorkflowStep(name="promote", template="promote", arguments=_args(round=ROUND))]),
         m.ParallelSteps([m.WorkflowStep(name="next", template="round", when=again, arguments=_args(

@@ -28,7 +28,8 @@ def _component(image: str = IMAGE):
 
 @_component()
 def preflight(config_yaml: str, workspace_root: str, seed_uri: str, dvc_remote: str, compiled_knobs: str,
-              vote_on_gpu: bool, train_on_gpu: bool, curate_on_gpu: bool, samples_per_prompt: int, temperature: float,
+              vote_on_gpu: bool, train_on_gpu: bool, curate_on_gpu: bool, prompts_on_gpu: bool,
+              samples_per_prompt: int, temperature: float,
               min_vote_share: float, gate_alpha: float, gate_min_gain: float, train_steps: int,
               learning_rate: float, run_config: Output[Artifact]) -> str:
     """The run's effective config (``flywheel.kubeflow.preflight.effective_config``): the typed knobs a user
@@ -44,7 +45,7 @@ def preflight(config_yaml: str, workspace_root: str, seed_uri: str, dvc_remote: 
                   learning_rate=learning_rate)
     effective = effective_config(config_yaml, knobs, Knobs.from_json(compiled_knobs), seed_uri=seed_uri,
                                  workspace_root=workspace_root, vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu,
-                                 curate_on_gpu=curate_on_gpu, dvc_remote=dvc_remote)
+                                 curate_on_gpu=curate_on_gpu, prompts_on_gpu=prompts_on_gpu, dvc_remote=dvc_remote)
     # Also as an artifact (the UI shows it): what steps inside a ParallelFor read (see generate).
     Path(run_config.path).parent.mkdir(parents=True, exist_ok=True)
     Path(run_config.path).write_text(effective + "\n")
@@ -110,10 +111,11 @@ def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: I
     from flywheel.stages.prompts import run_prompts
     from flywheel.tasks import load_task
 
-    config = artifacts.load(config_yaml)
+    config = artifacts.load(config_yaml, stage="prompts")  # a GPU in this pod when TT-SI probes with the champion
     this = artifacts.layout(workspace, round_index)
     summary = run_prompts(this.dir, config.prompts, task=load_task(config.task, config.code), round_index=round_index,
-                          champion_dir=artifacts.model_path(champion), data=config.data)
+                          champion_dir=artifacts.model_path(champion), data=config.data, generate=config.generate,
+                          device=config.loop.device)
     artifacts.publish_file(this.prompts, prompts)
     prompts.metadata.update({**summary, "round": round_index})
 
@@ -187,7 +189,8 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
 
     ``vote_audit``: the vote's verdict (trusted at ``curate.min_vote_share`` or not) against whether the
     majority answer is truly correct, where the round has an audit set. The champion is an input because
-    ``curate.select`` scores the kept rows with it; the pipeline then runs this step on the GPU image and pool.
+    ``curate.select`` scores the kept rows with it and ``curate.step_rollouts`` continues them with it; the pipeline
+    then runs this step on the GPU image and pool.
     """
     from pathlib import Path
 
@@ -204,7 +207,8 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     audit_path = this.audit
     report = run_curate(this.dir, config.curate, task=task, eval_path=Path(eval_set.path), round_index=round_index,
                         previous_pool=this.previous().pool, audit_path=audit_path,
-                        model_dir=artifacts.model_path(champion), device=config.loop.device)
+                        model_dir=artifacts.model_path(champion), device=config.loop.device,
+                        generate=config.generate)
     # What train.method trains on: train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo).
     artifacts.publish_file(this.train_data(config.train.method), train_set)
     report.pop("thresholds", None)

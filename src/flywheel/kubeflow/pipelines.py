@@ -98,7 +98,10 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
         return _platform(task.set_display_name(f"{label}{step}"), pvc_name, options, step=step, **platform)
 
     common = {"config_yaml": config_yaml, "workspace": workspace, "round_index": round_index}
-    prompts = named(c.make_prompts(**common, champion=champion), "prompts")
+    prompts = c.make_prompts(**common, champion=champion)
+    if placement.prompts_on_gpu:  # TT-SI probes the prompts with the champion
+        prompts.set_container_image(c.GPU_IMAGE)
+    prompts = named(prompts, "prompts", gpu=placement.prompts_on_gpu)
     if after is not None:
         prompts.after(after)
     plan = named(c.plan_shards(shards=shards), "plan-shards")
@@ -141,6 +144,7 @@ def _preflight(parameters: dict, *, options: KubeflowConfig, placement: Placemen
                        seed_uri=parameters["seed_uri"], dvc_remote=parameters["dvc_remote"],
                        compiled_knobs=compiled.to_json(), vote_on_gpu=placement.vote_on_gpu,
                        train_on_gpu=placement.train_on_gpu, curate_on_gpu=placement.curate_on_gpu,
+                       prompts_on_gpu=placement.prompts_on_gpu,
                        **{name: parameters[name] for name in Knobs.keys()})
     _platform(task.set_display_name("preflight"), parameters["pvc_name"], options, step="preflight", secrets=True)
     return task.outputs["Output"], task.outputs["run_config"]

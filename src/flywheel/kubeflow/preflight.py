@@ -97,12 +97,13 @@ class Placement:
 
     vote_on_gpu: bool  # vote.method loads the champion (self_judge)
     train_on_gpu: bool  # train.num_nodes == 1; above 1 the step only submits a TrainJob and waits
-    curate_on_gpu: bool = False  # curate.select scores the rows with the champion (Middo)
+    curate_on_gpu: bool = False  # curate.select (Middo) or curate.step_rollouts (process rewards) runs the champion
+    prompts_on_gpu: bool = False  # prompts.similar_per_uncertain probes the prompts with the champion (TT-SI)
 
     @classmethod
     def of(cls, config: FlywheelConfig) -> "Placement":
         return cls(vote_on_gpu=uses_model(config, "vote"), train_on_gpu=config.train.num_nodes == 1,
-                   curate_on_gpu=uses_model(config, "curate"))
+                   curate_on_gpu=uses_model(config, "curate"), prompts_on_gpu=uses_model(config, "prompts"))
 
 
 def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
@@ -116,8 +117,14 @@ def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
                          f"was compiled with its vote step on {where}: {hint}", field="vote.method")
     if wanted.curate_on_gpu != compiled.curate_on_gpu:
         where = "the CPU image" if not compiled.curate_on_gpu else "a GPU"
-        raise InputError("pipeline parameter config_yaml", f"curate.select={config.curate.select}, but this "
-                         f"pipeline was compiled with its curate step on {where}: {hint}", field="curate.select")
+        raise InputError("pipeline parameter config_yaml", f"curate.select={config.curate.select} and "
+                         f"curate.step_rollouts={config.curate.step_rollouts}, but this pipeline was compiled with "
+                         f"its curate step on {where}: {hint}", field="curate.select")
+    if wanted.prompts_on_gpu != compiled.prompts_on_gpu:
+        where = "the CPU image" if not compiled.prompts_on_gpu else "a GPU"
+        raise InputError("pipeline parameter config_yaml", f"prompts.similar_per_uncertain="
+                         f"{config.prompts.similar_per_uncertain}, but this pipeline was compiled with its prompts "
+                         f"step on {where}: {hint}", field="prompts.similar_per_uncertain")
     if wanted.train_on_gpu != compiled.train_on_gpu:
         raise InputError("pipeline parameter config_yaml", f"train.num_nodes={config.train.num_nodes}, but this "
                          f"pipeline was compiled for {'one node' if compiled.train_on_gpu else 'a multi-node TrainJob'}: "
@@ -271,11 +278,11 @@ def _check_object_store(dvc_remote: str) -> str:
 
 def effective_config(config_yaml: str, knobs: Knobs, compiled: Knobs, *, seed_uri: str, workspace_root: str,
                      vote_on_gpu: bool, train_on_gpu: bool, curate_on_gpu: bool = False,
-                     dvc_remote: str = "") -> str:
+                     prompts_on_gpu: bool = False, dvc_remote: str = "") -> str:
     """The preflight step: knobs applied, seed staged, checks run; returns the config every later step reads."""
     config = apply_knobs(config_yaml, knobs, compiled)
     check_placement(config, Placement(vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu,
-                                      curate_on_gpu=curate_on_gpu))
+                                      curate_on_gpu=curate_on_gpu, prompts_on_gpu=prompts_on_gpu))
     root = Path(workspace_root)
     stage_seed(config, seed_uri, root.parent / SEEDS_DIR)
     run_checks(config, root, dvc_remote=dvc_remote)

@@ -16,6 +16,7 @@ SFT rows: order of filters, per prompt then per sample (the first that applies i
   dedup:near              it is a near-duplicate of a kept row (MinHash LSH, ``near_dedup``)
   select:known            the champion already knows it (``select``: lowest loss; flywheel.stages.select)
   select:redundant        its cluster of the champion's hidden states is crowded (``select``)
+  step:weak               its weakest step's rollouts mostly miss its answer (``step_rollouts``; process_rewards)
 Counts are in samples; ``prompts_kept`` counts prompts with at least one kept sample.
 
 DPO pairs (counts in prompts): the prompt filters above, then
@@ -43,9 +44,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel import io, schemas
-from flywheel.config import CurateConfig
+from flywheel.config import CurateConfig, GenerateConfig
 from flywheel.layout import FILES
 from flywheel.rng import derive_seed
+from flywheel.stages.process_rewards import run_process_rewards
 from flywheel.stages.select import run_select
 from flywheel.stages.vote import (BATCH, DuplicateSample, audit, audit_columns, ranks, read_truth, run_starts,
                                   sample_order)
@@ -275,7 +277,7 @@ def training_mix(new: list[dict], pool: list[dict], config: CurateConfig, *, see
 
 def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
                     previous_pool: Path | None, audit_path: Path | None = None, model_dir: Path | None = None,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", generate: GenerateConfig | None = None) -> dict:
     """``run_curate`` on Python rows: the reference the columnar ``run_curate`` is tested against, and what it
     runs for the options it does not vectorise (``near_dedup``; prompts that share a text)."""
     prompts = io.read_rows(round_dir / FILES.prompts, schemas.PROMPTS)
@@ -295,6 +297,13 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
                             model_dir=model_dir, device=device, round_index=round_index)
         kept = [row for row, stays in zip(kept, chosen.keep) if stays]
         drops.update(chosen.drops)
+    steps = None
+    if config.step_rollouts:
+        by_id = {p["id"]: p for p in prompts}
+        steps = run_process_rewards([by_id[r["prompt_id"]] for r in kept], [r["completion"] for r in kept], config,
+                                    generate, task=task, model_dir=model_dir, device=device, round_index=round_index)
+        kept = [row for row, stays in zip(kept, steps.keep) if stays]
+        drops.update(steps.drops)
     pairs, pair_drops = preference_pairs(prompts, samples, votes, config, task=task, eval_prompts=eval_prompts,
                                          round_index=round_index)
     rl_rows, rl_drops = rl_prompts(prompts, votes, config, task=task, eval_prompts=eval_prompts,
@@ -315,6 +324,8 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
                   "drops": dict(sorted(pair_drops.items()))},
         "rl_prompts": {"prompts_kept": len(rl_rows), "drops": dict(sorted(rl_drops.items()))},
     }
+    if steps is not None:
+        report["process_rewards"] = {**steps.summary, "generate_tokens": sum(s["n_tokens"] for s in samples)}
     if audit_path is not None and Path(audit_path).exists():
         truth = read_truth(audit_path)
         by_id = {p["id"]: p for p in prompts}  # code answers are read by running the prompt's tests
@@ -338,7 +349,7 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
 
 def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
                previous_pool: Path | None, audit_path: Path | None = None, model_dir: Path | None = None,
-               device: str = "cpu") -> dict:
+               device: str = "cpu", generate: GenerateConfig | None = None) -> dict:
     """Shell: prompts, samples, votes of ``round_dir`` -> curated.parquet, pool.parquet, train.parquet,
     pairs.parquet, rl_prompts.parquet, curation.json. ``eval_path``: one eval set or several.
 
@@ -346,7 +357,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     2 GB); the task's per-prompt rules run on a batch of rows at a time. Every file and figure equals
     ``run_curate_rows``'s (tests/test_curate_columnar.py); with ``near_dedup``, or prompts sharing a text, that
     reference runs instead (its order-dependent rules). ``curate.select`` then scores the kept rows with the
-    champion at ``model_dir`` (``flywheel.stages.select``).
+    champion at ``model_dir`` (``flywheel.stages.select``), and ``curate.step_rollouts`` scores their steps by
+    the champion's rollouts, sampled as ``generate`` says (``flywheel.stages.process_rewards``).
     """
 
     prompts = io.read_table(round_dir / FILES.prompts, schemas.PROMPTS)
@@ -354,7 +366,7 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     if config.near_dedup or pc.count_distinct(texts).as_py() != len(texts):
         return run_curate_rows(round_dir, config, task=task, eval_path=eval_path, round_index=round_index,
                                previous_pool=previous_pool, audit_path=audit_path, model_dir=model_dir,
-                               device=device)
+                               device=device, generate=generate)
     ids = prompts.column("id").combine_chunks()
     votes = io.read_table(round_dir / FILES.votes, schemas.VOTES)
     vote_at = pc.index_in(ids, value_set=votes.column("prompt_id").combine_chunks())  # per prompt: its vote's row
@@ -400,9 +412,11 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     # Per sample, in the reference's order: does it vote with its prompt's majority, is it short enough.
     completions = samples.column("completion").combine_chunks().take(pa.array(order))
     answers = samples.column("answer").combine_chunks().take(pa.array(order))
-    short = samples.column("n_tokens").to_numpy()[order] <= config.max_completion_tokens
+    n_tokens = samples.column("n_tokens").to_numpy()
+    short = n_tokens[order] <= config.max_completion_tokens
+    generate_tokens = int(n_tokens.sum())
     n_samples = len(order)
-    del samples, order
+    del samples, order, n_tokens
     majority = per_prompt.column("majority_answer").combine_chunks()
     key = vote_key_of(task)
     if key is None:
@@ -435,6 +449,13 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
                             task=task, model_dir=model_dir, device=device, round_index=round_index)
         kept, kept_prompt = kept.filter(pa.array(chosen.keep)), kept_prompt[chosen.keep]
         drops.update(chosen.drops)
+    steps = None
+    if config.step_rollouts:
+        rows = per_prompt.select(["id", "prompt", "meta"]).take(pa.array(kept_prompt, pa.int64())).to_pylist()
+        steps = run_process_rewards(rows, kept.column("completion").to_pylist(), config, generate, task=task,
+                                    model_dir=model_dir, device=device, round_index=round_index)
+        kept, kept_prompt = kept.filter(pa.array(steps.keep)), kept_prompt[steps.keep]
+        drops.update(steps.drops)
     pairs, pair_drops = _pairs_columnar(prompt_of, agrees, short, completion_code, completions, prompt_reason, names,
                                         has_verdict, id_rank, per_prompt, config, round_index)
     del prompt_of, agrees, short, completion_code, completions
@@ -469,6 +490,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
                   "drops": dict(sorted(pair_drops.items()))},
         "rl_prompts": {"prompts_kept": len(rl_rows), "drops": dict(sorted(rl_drops.items()))},
     }
+    if steps is not None:
+        report["process_rewards"] = {**steps.summary, "generate_tokens": generate_tokens}
     if audit_path is not None and Path(audit_path).exists():
         truth = io.read_table(audit_path, schemas.PROMPTS)
         voted = per_prompt.filter(pa.array(has_verdict))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flywheel import io, schemas
-from flywheel.config import DataConfig, PromptsConfig
+from flywheel.config import DataConfig, GenerateConfig, PromptsConfig
 from flywheel.layout import FILES
 from flywheel.modeling import read_model_meta
 
@@ -48,9 +48,12 @@ def champion_accuracy(champion_dir: Path) -> dict[str, float]:
 
 
 def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: int, champion_dir: Path,
-                data: DataConfig | None = None) -> dict:
+                data: DataConfig | None = None, generate: GenerateConfig | None = None, device: str = "cpu") -> dict:
     """Shell: champion's curriculum bucket (or ``data.prompts``' slice) -> prompts.parquet (no answers),
-    audit.parquet (the rows that carry an answer), prompts.json."""
+    audit.parquet (the rows that carry an answer), prompts.json.
+
+    With ``prompts.similar_per_uncertain`` the champion probes the prompts on ``device`` (sampling as
+    ``generate`` says) and the round gains TT-SI's prompts like the uncertain ones (``stages/ttsi.py``)."""
     if data is not None and data.prompts:
         from flywheel.data import load_prompts, round_rows
 
@@ -61,6 +64,13 @@ def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: in
         bucket = config.bucket_after(trained_on, champion_accuracy(champion_dir).get(str(trained_on)))
         rows = round_prompts(task, config, round_index, bucket)
     summary = {"prompts": len(rows), "bucket": bucket}
+    if config.similar_per_uncertain:
+        from flywheel.stages.ttsi import with_similar_prompts
+
+        rows, summary["ttsi"] = with_similar_prompts(rows, config, generate or GenerateConfig(), task=task,
+                                                     round_index=round_index, champion_dir=champion_dir,
+                                                     device=device)
+        summary["prompts"] = len(rows)
     with io.publish_together(round_dir) as staged:  # the prompts and their hidden answers, never one without
         io.write_rows(staged(FILES.prompts), [{**r, "answer": None} for r in rows], schemas.PROMPTS)
         io.write_rows(staged(FILES.audit), [r for r in rows if r.get("answer") is not None], schemas.PROMPTS)

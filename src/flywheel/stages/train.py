@@ -37,7 +37,8 @@ from flywheel import io, schemas
 from flywheel.config import TrainConfig
 from flywheel.layout import FILES
 from flywheel.errors import ConfigError
-from flywheel.modeling import check_alphabet, is_adapter, load_member, member_dirs, write_adapter_meta, write_model_meta
+from flywheel.modeling import (check_alphabet, is_adapter, load_member, member_dirs, read_model_meta,
+                               write_adapter_meta, write_model_meta)
 from flywheel.precision import resolve_precision, trainer_precision_args
 from flywheel.run_state import file_md5
 from flywheel.rng import derive_seed
@@ -388,6 +389,17 @@ def save_member(trained, tokenizer, target: Path, *, config: TrainConfig, base: 
     return "full"
 
 
+def student_or(init_dir: Path, config: TrainConfig) -> Path:
+    """Weak-to-strong (``train.student``): the student while ``init_dir`` is still round 0's model (its
+    flywheel-model.json records round 0 or nothing: no candidate promoted yet), else ``init_dir``.
+
+    Decided here, when the round runs, rather than in ``TrainConfig.start_from``: the Argo door compiles the
+    init path into its TrainJob before any round has run."""
+    if config.student and read_model_meta(init_dir).get("round", 0) == 0:
+        return Path(config.student)
+    return init_dir
+
+
 def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfig, *, round_index: int,
               device: str = "cpu", progress: bool = False, task=None) -> dict:
     """Shell: the method's curated file + the init model (champion or base) -> candidate directory (a committee).
@@ -397,6 +409,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
     """
     method: TrainMethod = TRAIN_METHODS.get(config.method)
     rows = io.read_rows(data_path, method.schema)
+    init_dir = student_or(init_dir, config)
     members = member_dirs(init_dir)
     if not rows:
         # Nothing survived curation (e.g. a strict vote threshold on a hard bucket). The candidate is the

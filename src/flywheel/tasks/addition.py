@@ -91,6 +91,53 @@ class ReversedAddition(TaskBase):
     def is_correct(self, answer: str | None, truth: str | None) -> bool:
         return answer is not None and answer == truth
 
+    def steps(self, completion: str) -> list[str]:
+        return list(completion)  # a step is a digit of the sum: the carry decision the model makes there
+
+    def similar_prompts(self, prompt: dict, count: int, seed: int) -> list[dict]:
+        # Similar = the same operand lengths and a carry out of exactly the same digits: what makes a sum
+        # hard for these models is how far its carries run, so the new prompts pose the same difficulty
+        # with fresh digits.
+        a, b = prompt["prompt"].rstrip("=").split("+")
+        carries = carry_pattern(a, b)
+        rng = random.Random(f"similar:{seed}:{prompt['prompt']}")
+        rows = []
+        for k in range(count):
+            x, y = operands_with_carries(rng, len(a), len(b), carries)
+            rows.append({"id": f"{prompt['id']}-sim{k}", "prompt": f"{x}+{y}=", "bucket": prompt.get("bucket"),
+                         "meta": json.dumps({"digits": max(len(a), len(b)), "similar_to": prompt["id"]}),
+                         "answer": reverse_digits(int(x[::-1]) + int(y[::-1]))})
+        return rows
+
+
+def carry_pattern(a: str, b: str) -> list[bool]:
+    """Whether each digit position of the reversed operands ``a`` + ``b`` carries into the next."""
+    carries, carry = [], 0
+    for i in range(max(len(a), len(b))):
+        carry = int((int(a[i]) if i < len(a) else 0) + (int(b[i]) if i < len(b) else 0) + carry >= 10)
+        carries.append(bool(carry))
+    return carries
+
+
+def operands_with_carries(rng: random.Random, length_a: int, length_b: int, carries: list[bool]) -> tuple[str, str]:
+    """Two reversed operands of these lengths whose sum carries exactly at ``carries``: each position's digit pair
+    is drawn uniformly from the pairs that give its carry (a pair always exists when ``carries`` came from operands
+    of these lengths)."""
+    def digits(length: int, i: int) -> range:
+        if i >= length:
+            return range(0, 1)  # past the operand's end: a 0 that is not written
+        return range(1 if i == length - 1 and length > 1 else 0, 10)  # no leading zero
+
+    a, b, carry_in = [], [], 0
+    for i, carry_out in enumerate(carries):
+        pairs = [(x, y) for x in digits(length_a, i) for y in digits(length_b, i)
+                 if (x + y + carry_in >= 10) == carry_out]
+        x, y = rng.choice(pairs)
+        a.append(str(x))
+        b.append(str(y))
+        carry_in = int(carry_out)
+    return "".join(a[:length_a]), "".join(b[:length_b])
+
 
 def shape_issue(question: str, pattern: re.Pattern, shape: str) -> str | None:
     """Why ``question`` does not match ``pattern`` (``shape`` says what it should be), else None. Digit tasks."""

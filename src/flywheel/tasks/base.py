@@ -71,6 +71,8 @@ class TaskBase:
     (``data.prompts`` and ``data.eval`` are then required). ``takes_tests``: prompt rows carry a tests
     column (``split_tests``; code), which also enables ``code.generated_tests``. ``judge_message``: the
     yes/no request ``vote.method=self_judge`` asks a chat model (None: the judge scores log-probs).
+    ``similar_prompts``: TT-SI's new prompts like an uncertain one (None: the champion writes them from
+    ``similar_message``, which only a chat task can ask).
     """
 
     name: ClassVar[str]
@@ -105,6 +107,22 @@ class TaskBase:
 
     def vote_key(self, answer: str | None) -> str | None:
         return answer
+
+    def steps(self, completion: str) -> list[str]:
+        """A completion cut into its reasoning steps (they join back to it): one per line, the newline kept.
+        ``curate.step_rollouts`` scores each step by rollouts from the prefix that ends with it."""
+        return completion.splitlines(keepends=True)
+
+    def similar_prompts(self, prompt: dict, count: int, seed: int) -> list[dict] | None:
+        """TT-SI: ``count`` new prompt rows of the same kind and difficulty as ``prompt`` (ids ``<id>-sim<k>``,
+        the hidden ``answer`` where the task knows it), deterministic in ``seed``. None: the task has no
+        generator of its own, and the champion writes them from ``similar_message`` (chat tasks)."""
+        return None
+
+    def similar_message(self, question: str) -> str:
+        """TT-SI for tasks without a generator: what the champion is asked to write one new prompt like ``question``."""
+        return (f"Here is a problem:\n\n{question}\n\nWrite one new problem of the same kind and difficulty, "
+                "with different details. Reply with the new problem only, without solving it.")
 
 
 def vote_key_of(task):

@@ -57,6 +57,22 @@ class ReversedMultiplication(TaskBase):
             return "format:length"
         return leading_zero_issue(answer)
 
+    def steps(self, completion: str) -> list[str]:
+        return list(completion)  # a step is a digit of the product
+
+    def similar_prompts(self, prompt: dict, count: int, seed: int) -> list[dict]:
+        # Similar = the same operand lengths, fresh digits.
+        a, b = prompt["prompt"].rstrip("=").split("*")
+        rng = random.Random(f"similar:{seed}:{prompt['prompt']}")
+        rows = []
+        for k in range(count):
+            x, y = random_number(rng, len(a)), random_number(rng, len(b))
+            rows.append({"id": f"{prompt['id']}-sim{k}", "prompt": f"{reverse_digits(x)}*{reverse_digits(y)}=",
+                         "bucket": prompt.get("bucket"),
+                         "meta": json.dumps({"digits": max(len(a), len(b)), "similar_to": prompt["id"]}),
+                         "answer": reverse_digits(x * y)})
+        return rows
+
     def views(self, question: str, count: int) -> list[str]:
         # b*a asks the same product; its samples' errors differ from a*b's, so they vote together.
         a, b = question.rstrip("=").split("*")
