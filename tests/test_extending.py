@@ -88,6 +88,11 @@ def test_multiplication_prompts_answers_and_filters():
     assert task.format_issue({"prompt": "21*3="}, "6") == "format:length"
     assert task.format_issue({"prompt": "21*3="}, "30") == "format:leading_zero"
     assert "not a multiplication prompt" in task.prompt_issue("2+3=")
+    assert task.steps("631") == ["6", "3", "1"]
+    for similar in task.similar_prompts(rows[0], 5, seed=3):  # TT-SI: same operand lengths, fresh digits
+        a, b = similar["prompt"].rstrip("=").split("*")
+        assert [len(a), len(b)] == [len(x) for x in rows[0]["prompt"].rstrip("=").split("*")]
+        assert int(similar["answer"][::-1]) == int(a[::-1]) * int(b[::-1]) and task.prompt_issue(similar["prompt"]) is None
 
 
 def test_the_embedded_tokenizer_refuses_a_character_outside_its_alphabet(tiny_seed, tmp_path):
