@@ -199,21 +199,25 @@ def table(runs: list[RunFigures], digits: list[str]) -> str:
 
 def gap_recovered(runs: list[RunFigures], digits: list[str], *, weak: str = "weak_to_strong",
                   ceiling: str = "oracle") -> str:
-    """Burns et al.'s performance gap recovered per digit length, from mean accuracies after the last round:
+    """Burns et al.'s performance gap recovered per digit length and round, from mean accuracies:
     (student - weak) / (ceiling - weak); weak: the weak seed (round 0 of the weak-to-strong runs), student: the
-    weak-to-strong runs after their rounds, ceiling: the ``ceiling`` arm (the student trained on true labels)."""
+    champion of the weak-to-strong runs after the round, ceiling: the ``ceiling`` arm's after the same round (the
+    student trained on true labels). After round 1 it is weak-to-strong proper; once a student is promoted, later
+    rounds add its own self-training. No ratio where the ceiling is under 5 points above the weak seed."""
     students = [r for r in runs if r.arm == weak]
     ceilings = [r for r in runs if r.arm == ceiling]
     if not students or not ceilings:
         return ""
     lines = [f"performance gap recovered ({weak} vs its weak seed, {ceiling} as the ceiling)",
-             f"{'digits':>6} {'weak':>6} {'student':>8} {'ceiling':>8} {'PGR':>6}"]
-    for d in digits:
-        weak_accuracy = statistics.fmean(100 * r.accuracy_by_round[0].get(d, 0.0) for r in students)
-        student = statistics.fmean(100 * r.accuracy_by_round[-1].get(d, 0.0) for r in students)
-        top = statistics.fmean(100 * r.accuracy_by_round[-1].get(d, 0.0) for r in ceilings)
-        pgr = f"{(student - weak_accuracy) / (top - weak_accuracy):.2f}" if top - weak_accuracy >= 5 else "-"
-        lines.append(f"{d:>6} {weak_accuracy:>6.0f} {student:>8.0f} {top:>8.0f} {pgr:>6}")
+             f"{'round':>5} {'digits':>6} {'weak':>6} {'student':>8} {'ceiling':>8} {'PGR':>6}"]
+    rounds = min(len(r.accuracy_by_round) for r in students + ceilings)
+    for index in range(1, rounds):
+        for d in digits:
+            weak_accuracy = statistics.fmean(100 * r.accuracy_by_round[0].get(d, 0.0) for r in students)
+            student = statistics.fmean(100 * r.accuracy_by_round[index].get(d, 0.0) for r in students)
+            top = statistics.fmean(100 * r.accuracy_by_round[index].get(d, 0.0) for r in ceilings)
+            pgr = f"{(student - weak_accuracy) / (top - weak_accuracy):.2f}" if top - weak_accuracy >= 5 else "-"
+            lines.append(f"{index:>5} {d:>6} {weak_accuracy:>6.0f} {student:>8.0f} {top:>8.0f} {pgr:>6}")
     return "\n".join(lines)
 
 

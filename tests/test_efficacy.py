@@ -55,5 +55,5 @@ def test_the_gap_recovered_is_measured_against_the_weak_seed_and_the_ceiling():
             run("weak_to_strong", {"6": 0.2, "7": 0.0}, {"6": 0.5, "7": 0.0}),
             run("oracle", {"6": 0.9, "7": 0.0}, {"6": 1.0, "7": 0.03})]
     table = bench["gap_recovered"](runs, ["6", "7"])
-    assert "     6     20       60      100   0.50" in table  # (60 - 20) / (100 - 20)
+    assert "    1      6     20       60      100   0.50" in table  # (60 - 20) / (100 - 20) after round 1
     assert table.splitlines()[-1].endswith("-")  # a ceiling under 5 points above the weak seed: no ratio

@@ -17,7 +17,7 @@ weakest-step distribution and the rollouts' cost in generated tokens, beside wha
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +27,16 @@ from flywheel.rng import derive_seed
 from flywheel.tasks.base import render_prompt
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepScores:
     """Which rows stay (``keep``, a mask over the rows given), the drops, each row's step scores and weakest step,
-    and the rollouts' cost."""
+    and what curation.json records of them (``summary``: the rollouts' cost among it)."""
 
     keep: np.ndarray
     drops: Counter
     scores: list[list[float]]
     weakest: np.ndarray
-    rollouts: int = 0
-    rollout_tokens: int = 0
-    summary: dict = field(default_factory=dict)
+    summary: dict
 
 
 def step_scores(prompts: list[dict], completions: list[str], backend, config: CurateConfig, generate: GenerateConfig,
@@ -98,8 +96,7 @@ def run_process_rewards(prompts: list[dict], completions: list[str], config: Cur
         "weakest_step_position": _mean_position(scores),
         "dropped": int((~keep).sum()),
     }
-    return StepScores(keep=keep, drops=drops, scores=scores, weakest=weakest, rollouts=rollouts,
-                      rollout_tokens=tokens, summary=summary)
+    return StepScores(keep=keep, drops=drops, scores=scores, weakest=weakest, summary=summary)
 
 
 def _mean_position(scores: list[list[float]]) -> float | None:
