@@ -86,3 +86,16 @@ def test_step_rollouts_without_a_champion_is_a_one_line_error():
     with pytest.raises(InputError, match="curate.step_rollouts continues rows with the champion"):
         run_process_rewards([{"id": "p", "prompt": "1+1="}], ["2"], CurateConfig(step_rollouts=2), None, task=TASK,
                             model_dir=None, device="cpu", round_index=1)
+
+
+def test_step_rollouts_put_curate_on_the_gpu_in_the_cluster_doors():
+    from flywheel.errors import InputError
+    from flywheel.kubeflow.preflight import Placement, check_placement
+    from flywheel.preflight import uses_model
+
+    plain = load_config("configs/default.yaml")
+    scored = load_config("configs/process-rewards.yaml")
+    assert uses_model(scored, "curate") and not uses_model(plain, "curate")  # Argo's gpu-stage follows uses_model
+    assert Placement.of(scored).curate_on_gpu and not Placement.of(plain).curate_on_gpu
+    with pytest.raises(InputError, match="curate.step_rollouts=4, but this pipeline was compiled"):
+        check_placement(scored, Placement.of(plain))

@@ -98,5 +98,5 @@ def test_select_puts_curate_on_the_gpu_in_kubeflow():
     plain = load_config("configs/default.yaml")
     chosen = load_config("configs/default.yaml", ["curate.select=loss"])
     assert not Placement.of(plain).curate_on_gpu and Placement.of(chosen).curate_on_gpu
-    with pytest.raises(InputError, match="curate.select=loss, but this pipeline was compiled with its curate step"):
+    with pytest.raises(InputError, match="curate.select=loss and curate.step_rollouts=0, but this pipeline was compiled with its curate step"):
         check_placement(chosen, Placement.of(plain))
