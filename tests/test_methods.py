@@ -167,6 +167,7 @@ def test_one_round_of_each_method_through_the_cli(tmp_path, init_member, recipe,
     assert meta["method"] == method and meta["format"] == fmt and meta["trained"] is True
     for member in member_dirs(here / "candidate"):
         assert is_adapter(member) == (fmt == "adapter")
+        assert member_dirs(member) == [member]  # one member, an adapter too, is a model of its own
         load_member(member)  # the candidate loads (an adapter through peft, over its base)
     decision = json.loads((here / "decision.json").read_text())
     assert {"promote", "reason", "p_value"} <= set(decision)

@@ -105,13 +105,16 @@ def build_tiny_model(config: TinyModelConfig, seed: int):
 
 
 def member_dirs(model_dir: str | os.PathLike) -> list[Path]:
-    """The Hugging Face directories a model directory holds (one for a plain model).
+    """The Hugging Face directories a model directory holds (one for a plain model or one committee member, a
+    LoRA adapter member included).
 
     ``model_dir`` may also be a hub name (``Qwen/Qwen2.5-0.5B-Instruct``) already in the local cache.
     """
     model_dir = resolve_model(model_dir)
     if (model_dir / "config.json").is_file():
         return [_checked_member(model_dir)]
+    if is_adapter(model_dir):
+        return [model_dir]
     meta_path = model_dir / MODEL_META
     if not meta_path.is_file():
         raise InputError(model_dir, f"not a model directory (no config.json and no {MODEL_META})")

@@ -183,7 +183,8 @@ def _round(*, prompts_on_gpu: bool, vote_on_gpu: bool, curate_on_gpu: bool, trai
     again = ("{{=jsonpath(steps.promote.outputs.parameters.record, '$.promotion') == 'promoted' && "
              "asInt(inputs.parameters.round) < asInt(inputs.parameters.last)}}")
     return m.Template(name="round", inputs=_inputs("round", "last"), steps=[
-        stage("prompts", prompts_on_gpu), stage("generate", True), stage("vote", vote_on_gpu), stage("curate", curate_on_gpu),
+        stage("prompts", prompts_on_gpu), stage("generate", True), stage("vote", vote_on_gpu),
+        stage("curate", curate_on_gpu),
         train, stage("evaluate", True),
         m.ParallelSteps([m.WorkflowStep(name="promote", template="promote", arguments=_args(round=ROUND))]),
         m.ParallelSteps([m.WorkflowStep(name="next", template="round", when=again, arguments=_args(

@@ -97,11 +97,15 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
     def named(task: dsl.PipelineTask, step: str, **platform) -> dsl.PipelineTask:
         return _platform(task.set_display_name(f"{label}{step}"), pvc_name, options, step=step, **platform)
 
+    def placed(task: dsl.PipelineTask, step: str, on_gpu: bool) -> dsl.PipelineTask:
+        """A CPU-image step that loads the champion for some settings (``Placement``): then the GPU image and pool."""
+        if on_gpu:
+            task.set_container_image(c.GPU_IMAGE)
+        return named(task, step, gpu=on_gpu)
+
     common = {"config_yaml": config_yaml, "workspace": workspace, "round_index": round_index}
-    prompts = c.make_prompts(**common, champion=champion)
-    if placement.prompts_on_gpu:  # TT-SI probes the prompts with the champion
-        prompts.set_container_image(c.GPU_IMAGE)
-    prompts = named(prompts, "prompts", gpu=placement.prompts_on_gpu)
+    # TT-SI probes the prompts with the champion
+    prompts = placed(c.make_prompts(**common, champion=champion), "prompts", placement.prompts_on_gpu)
     if after is not None:
         prompts.after(after)
     plan = named(c.plan_shards(shards=shards), "plan-shards")
@@ -110,14 +114,11 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
                                      prompts=prompts.outputs["prompts"], champion=champion), "generate", gpu=True)
     merged = named(c.merge_samples(workspace=workspace, round_index=round_index, prompts=prompts.outputs["prompts"],
                                    shards=dsl.Collected(generated.outputs["samples"])), "merge-samples")
-    vote = c.vote(**common, prompts=prompts.outputs["prompts"], samples=merged.outputs["samples"], champion=champion)
-    if placement.vote_on_gpu:  # the vote loads the champion: the GPU image, on the GPU pool
-        vote.set_container_image(c.GPU_IMAGE)
-    voted = named(vote, "vote", gpu=placement.vote_on_gpu)
-    curate = c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set, champion=champion)
-    if placement.curate_on_gpu:  # curate.select loads the champion
-        curate.set_container_image(c.GPU_IMAGE)
-    curated = named(curate, "curate", gpu=placement.curate_on_gpu)
+    # self_judge's vote, and curate.select or curate.step_rollouts, load the champion
+    voted = placed(c.vote(**common, prompts=prompts.outputs["prompts"], samples=merged.outputs["samples"],
+                          champion=champion), "vote", placement.vote_on_gpu)
+    curated = placed(c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set, champion=champion),
+                     "curate", placement.curate_on_gpu)
     # One node: the step trains on its GPU. More: it submits a TrainJob (RBAC, FLYWHEEL_REGISTRY from the
     # ConfigMap) and waits on the CPU pool, holding no GPU of its own.
     trained = named(c.train(**common, train_set=curated.outputs["train_set"], champion=champion),

@@ -111,20 +111,19 @@ def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
     the pipeline decided both when it was compiled, from its config; a run's config must agree."""
     hint = "compile the pipeline with this config (flywheel pipeline compile|upload|run -c ...)"
     wanted = Placement.of(config)
-    if wanted.vote_on_gpu != compiled.vote_on_gpu:
-        where = "the CPU image" if not compiled.vote_on_gpu else "a GPU"
-        raise InputError("pipeline parameter config_yaml", f"vote.method={config.vote.method}, but this pipeline "
-                         f"was compiled with its vote step on {where}: {hint}", field="vote.method")
-    if wanted.curate_on_gpu != compiled.curate_on_gpu:
-        where = "the CPU image" if not compiled.curate_on_gpu else "a GPU"
-        raise InputError("pipeline parameter config_yaml", f"curate.select={config.curate.select} and "
-                         f"curate.step_rollouts={config.curate.step_rollouts}, but this pipeline was compiled with "
-                         f"its curate step on {where}: {hint}", field="curate.select")
-    if wanted.prompts_on_gpu != compiled.prompts_on_gpu:
-        where = "the CPU image" if not compiled.prompts_on_gpu else "a GPU"
-        raise InputError("pipeline parameter config_yaml", f"prompts.similar_per_uncertain="
-                         f"{config.prompts.similar_per_uncertain}, but this pipeline was compiled with its prompts "
-                         f"step on {where}: {hint}", field="prompts.similar_per_uncertain")
+    # The steps that load the champion only for some settings: (placement, step, the settings that decide, field).
+    model_steps = [
+        ("vote_on_gpu", "vote", f"vote.method={config.vote.method}", "vote.method"),
+        ("curate_on_gpu", "curate", f"curate.select={config.curate.select} and "
+                                    f"curate.step_rollouts={config.curate.step_rollouts}", "curate.select"),
+        ("prompts_on_gpu", "prompts", f"prompts.similar_per_uncertain={config.prompts.similar_per_uncertain}",
+         "prompts.similar_per_uncertain"),
+    ]
+    for placed, step, settings, field in model_steps:
+        if getattr(wanted, placed) != getattr(compiled, placed):
+            where = "a GPU" if getattr(compiled, placed) else "the CPU image"
+            raise InputError("pipeline parameter config_yaml", f"{settings}, but this pipeline was compiled with "
+                             f"its {step} step on {where}: {hint}", field=field)
     if wanted.train_on_gpu != compiled.train_on_gpu:
         raise InputError("pipeline parameter config_yaml", f"train.num_nodes={config.train.num_nodes}, but this "
                          f"pipeline was compiled for {'one node' if compiled.train_on_gpu else 'a multi-node TrainJob'}: "

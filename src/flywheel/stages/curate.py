@@ -297,9 +297,9 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
                             model_dir=model_dir, device=device, round_index=round_index)
         kept = [row for row, stays in zip(kept, chosen.keep) if stays]
         drops.update(chosen.drops)
+    by_id = {p["id"]: p for p in prompts}  # code answers are read by running the prompt's tests
     steps = None
     if config.step_rollouts:
-        by_id = {p["id"]: p for p in prompts}
         steps = run_process_rewards([by_id[r["prompt_id"]] for r in kept], [r["completion"] for r in kept], config,
                                     generate, task=task, model_dir=model_dir, device=device, round_index=round_index)
         kept = [row for row, stays in zip(kept, steps.keep) if stays]
@@ -328,7 +328,6 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
         report["process_rewards"] = {**steps.summary, "generate_tokens": sum(s["n_tokens"] for s in samples)}
     if audit_path is not None and Path(audit_path).exists():
         truth = read_truth(audit_path)
-        by_id = {p["id"]: p for p in prompts}  # code answers are read by running the prompt's tests
         report["thresholds"] = audit(votes, truth, task.is_correct, config.audit_thresholds)
         audited = [r for r in kept if r["prompt_id"] in truth]  # user data may label only some prompts
         report["kept_label_precision"] = (

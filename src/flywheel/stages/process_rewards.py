@@ -74,6 +74,7 @@ def run_process_rewards(prompts: list[dict], completions: list[str], config: Cur
                         round_index: int) -> StepScores:
     """Shell: champion member 0's rollouts score the rows' steps; rows whose weakest step is weak go."""
     from flywheel.errors import InputError
+    from flywheel.modeling import member_dirs
     from flywheel.stages.generate import load_backends
 
     if model_dir is None:
@@ -82,7 +83,8 @@ def run_process_rewards(prompts: list[dict], completions: list[str], config: Cur
     generate = generate or GenerateConfig()
     scores, rollouts, tokens = [], 0, 0
     if prompts:
-        backend = load_backends(model_dir, batch_size=generate.batch_size, device=device, progress=False,
+        member = member_dirs(model_dir)[0]  # a committee's member 0 alone: the others are never asked
+        backend = load_backends(member, batch_size=generate.batch_size, device=device, progress=False,
                                 precision=generate.dtype, config=generate, batch_tokens=generate.batch_tokens)[0]
         scores, rollouts, tokens = step_scores(prompts, completions, backend, config, generate, task=task,
                                                round_index=round_index)
