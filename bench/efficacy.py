@@ -18,10 +18,11 @@ rounds), frontier, reach, the precision of the vote's labels and of the rows it 
 after each round. ``--json`` writes every run's figures.
 
 Methods: ``middo_select`` (curate.select), ``ttsi`` (prompts.similar_per_uncertain), ``process_rewards``
-(curate.step_rollouts) and ``weak_to_strong`` (round 0's champion is the ``--weak-seed`` model; candidates are
-fine-tuned from the config's seed, the larger student; its table gives the performance gap recovered, PGR =
-(student - weak) / (ceiling - weak) per digit length, with ``oracle`` as the ceiling: the same student trained
-on true labels). The ``Mtok`` column is every token the run generated (samples, TT-SI's probe and written
+(curate.step_rollouts), ``step_beam`` (generate.search: step values guide sampling) and ``weak_to_strong``
+(round 0's champion is the ``--weak-seed`` model; candidates are fine-tuned from the config's seed, the
+larger student; its table gives the performance gap recovered, PGR = (student - weak) / (ceiling - weak)
+per digit length, with ``oracle`` as the ceiling: the same student trained on true labels). The ``Mtok``
+column is every token the run generated (samples or the step search's rollouts, TT-SI's probe and written
 prompts, process rewards' rollouts), in millions: what a method costs beside plain sampling.
 
 Controls: ``frozen`` (nothing is ever promoted: the seed model throughout), ``oracle``
@@ -66,6 +67,9 @@ ARMS: dict[str, Arm] = {
                 "TT-SI: 2 new prompts (same lengths and carries) per prompt the champion's probe is unsure of"),
     "process_rewards": Arm(("curate.step_rollouts=4", "curate.min_step_score=0.5"),
                            "process rewards: drop rows whose weakest digit's rollouts mostly miss the voted sum"),
+    # The beam needs one question per prompt: vote_filter_no_views is its baseline.
+    "step_beam": Arm(("generate.views=1", "generate.search=step_beam", "generate.search_rollouts=2"),
+                     "step-guided search: each digit kept by how many of its 2 rollouts reach the rollouts' majority"),
     "weak_to_strong": Arm(("seed.path={weak_seed}", "train.student={seed_path}"),
                           "a weaker seed votes; the default's seed is the student it trains", needs="weak_seed"),
     # The rounds run as usual, but no candidate can gain 1.5 accuracy: the seed model generates, votes and
@@ -106,6 +110,7 @@ class RunFigures:
 def generated_tokens(root: Path, rounds: int) -> int:
     """Every token a run generated: its rounds' samples, TT-SI's probe and written prompts, process rewards'
     rollouts (the seed's and the candidates' evaluations aside: every arm spends the same on them)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from flywheel import io
@@ -114,8 +119,12 @@ def generated_tokens(root: Path, rounds: int) -> int:
     total = 0
     for index in range(1, rounds + 1):
         this = RoundLayout(root, index)
-        if this.samples.is_file():
-            total += int(pq.read_table(this.samples, columns=["n_tokens"]).column("n_tokens").to_numpy().sum())
+        if this.samples.is_file():  # a searched sample cost its search_tokens (its rollouts), a drawn one n_tokens
+            table = pq.read_table(this.samples)
+            cost = table.column("n_tokens")
+            if "search_tokens" in table.column_names:
+                cost = pc.coalesce(table.column("search_tokens"), cost)
+            total += int(pc.sum(cost).as_py() or 0)
         ttsi = io.read_json(this.prompts_summary).get("ttsi") if this.prompts_summary.is_file() else None
         if ttsi:
             total += ttsi["probe_tokens"] + ttsi["written_tokens"]

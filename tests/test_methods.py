@@ -196,10 +196,18 @@ def _process_rewards_ran(here):
     assert steps["rows_scored"] > 0 and steps["rollout_tokens"] > 0
 
 
+def _step_beam_ran(here):
+    from flywheel import io, schemas
+
+    samples = io.read_rows(here / "samples.parquet", schemas.SAMPLES)
+    assert len(samples) == 24 * 4 and all(s["search_tokens"] >= 2 for s in samples)
+
+
 SELF_TRAINING_RECIPES = {  # the efficacy benchmark's methods (docs/methods.md): overrides, what shows it ran
     "ttsi.yaml": (["prompts.uncertain_below=1.0"], _ttsi_ran),
     "middo.yaml": (["curate.min_vote_share=0"], _middo_ran),
     "process-rewards.yaml": (["curate.min_vote_share=0"], _process_rewards_ran),
+    "step-beam.yaml": ([], _step_beam_ran),
 }  # configs/weak-to-strong.yaml: test_weak_to_strong_trains_the_student_until_one_is_promoted
 
 

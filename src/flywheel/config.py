@@ -133,6 +133,9 @@ class DataConfig:
                "values must be column names")
 
 
+SEARCHES = ("sample", "step_beam")
+
+
 @dataclass
 class GenerateConfig:
     """Sampling K completions per prompt from every champion member."""
@@ -157,10 +160,24 @@ class GenerateConfig:
     vllm_max_model_len: int | None = _f(None, "vLLM: longest prompt + completion in tokens (None: the model's).")
     dtype: str = _f("auto", "Weights' dtype while sampling: 'fp32', 'bf16', 'fp16', or 'auto' (fp32 on CPU, bf16 on "
                     "a GPU that supports it). Never the checkpoint's or the library's default.")
+    search: str = _f("sample", "How the K samples are drawn: 'sample' (K independent completions) or 'step_beam' "
+                     "(a beam of K prefixes grown one step at a time: each prefix is continued search_rollouts "
+                     "times, and the next steps whose rollouts agree most with the rollouts' majority answer are "
+                     "kept; flywheel.stages.step_search). step_beam costs about search_rollouts x (steps + 1) / 2 "
+                     "times plain sampling's tokens (samples' search_tokens column) and needs generate.backend=hf.")
+    search_rollouts: int = _f(2, "step_beam: rollouts per beam prefix per step; they both value the next steps and "
+                              "propose them.")
 
     def __post_init__(self):
         _check(self.dtype in PRECISIONS, "generate.dtype", f"must be one of {', '.join(PRECISIONS)}")
-        _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "batch_tokens", "views")
+        _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "batch_tokens", "views",
+                  "search_rollouts")
+        _check(self.search in SEARCHES, "generate.search", f"must be one of {', '.join(SEARCHES)}")
+        _check(self.search == "sample" or self.views == 1, "generate.views",
+               "must be 1 with generate.search=step_beam (the beam grows the prompt's own question)")
+        _check(self.search == "sample" or self.backend == "hf", "generate.backend",
+               "must be 'hf' with generate.search=step_beam (it calls the backend once per step, and a vLLM engine "
+               "is built per call)")
         _check(self.temperature >= 0, "generate.temperature", "must be >= 0")
         _check(self.backend in ("hf", "vllm", "auto"), "generate.backend", "must be 'hf', 'vllm' or 'auto'")
         _check(0 < self.vllm_gpu_memory_utilization <= 1, "generate.vllm_gpu_memory_utilization", "must be in (0, 1]")

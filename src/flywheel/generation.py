@@ -162,6 +162,19 @@ class HFBackend:
             completions.append(Completion(text=text, n_tokens=length, logprob=float(row_logprobs[:length].sum())))
         return completions
 
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str], *, temperature: float) -> list[tuple[float, int]]:
+        """(log-probability under softmax(logits / T), tokens) of each finished completion given its prompt, end of
+        sequence included: what ``generate`` records of a sample it drew, for a completion assembled elsewhere
+        (``stages.step_search``). A forward pass holds every position's logits, so a batch is also capped at
+        2**28 of them (1 GiB in fp32: 8 rows of 1000 tokens for a 32k vocabulary), not just ``batch_tokens``."""
+        pairs = list(zip(prompts, completions))
+        if not pairs:
+            return []
+        longest = max(len(ids) for ids in self.tokenizer([p + c for p, c in pairs])["input_ids"]) + 1
+        rows = max(1, min(self.batch_size, self.batch_tokens // longest, 2**28 // (longest * len(self.tokenizer))))
+        return completion_logprobs(self.model, self.tokenizer, pairs, batch_size=rows, temperature=temperature)
+
 
 class VLLMBackend:
     """vLLM generation of one model directory (one committee member).
@@ -268,8 +281,10 @@ def choose_backend(requested: str) -> str:
 
 
 @torch.no_grad()
-def completion_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 256) -> list[tuple[float, int]]:
-    """(sum of log p(completion tokens + end-of-sequence | prompt), token count) at temperature 1, per pair.
+def completion_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 256,
+                        temperature: float = 1.0) -> list[tuple[float, int]]:
+    """(sum of log p(completion tokens + end-of-sequence | prompt), token count) under softmax(logits /
+    ``temperature``) (1 for 0, as ``LogprobRecorder`` records greedy decoding), per pair.
 
     The prompt is tokenised as generation tokenises it (special tokens included); the
     completion without special tokens, then the end-of-sequence token.
@@ -289,7 +304,8 @@ def completion_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch
             ids[i, :len(p) + len(a)] = torch.tensor(p + a)
             mask[i, :len(p) + len(a)] = 1
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
+        scale = temperature if temperature > 0 else 1.0
+        logprobs = torch.log_softmax(logits[:, :-1] / scale, dim=-1)  # position t predicts token t + 1
         for i, (p, a) in enumerate(rows):
             targets = torch.tensor(a, device=logprobs.device)
             picked = logprobs[i, len(p) - 1:len(p) - 1 + len(a)].gather(-1, targets[:, None]).squeeze(-1)

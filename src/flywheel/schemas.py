@@ -97,6 +97,9 @@ SAMPLES = Schema("sample", (
     Column("answer", str, required=False),  # null when no answer could be extracted
     Column("n_tokens", int),
     Column("logprob", float),  # sum of token log-probabilities under the sampling distribution
+    # generate.search=step_beam: every token the search generated while growing this sample (its rollouts);
+    # null for plain sampling, whose cost is n_tokens
+    Column("search_tokens", int, required=False),
 ), key=("prompt_id", "voter", "sample_idx"))
 
 VOTES = Schema("vote", (

@@ -11,6 +11,9 @@ for the problems that need them (``with_generated_tests``; completion j of membe
 seed ``derive_seed("tests", r, p, m, j)``); the inputs are extracted, de-duplicated and capped,
 and every sampled program is then run on them to form its vote (``CodeTask.extract_answer``).
 The model sees only the question, never a given test.
+
+``generate.search: step_beam`` grows the K samples of a prompt a step at a time instead of drawing them
+whole (``stages.step_search``); the rows are the same, with the search's cost in ``search_tokens``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
     """
     if code is not None and task.takes_tests and code.generated_tests != "off":
         prompts = with_generated_tests(prompts, backends, config, code, task=task, round_index=round_index)
+    if config.search == "step_beam":
+        from flywheel.stages.step_search import step_beam
+
+        return [row for voter, backend in enumerate(backends)
+                for row in step_beam(prompts, backend, config, task=task, round_index=round_index, voter=voter)]
     # One job per (prompt, view): sample j of a prompt goes to view j mod their number.
     jobs = []
     for p in prompts:
@@ -168,4 +176,6 @@ def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: Ge
         "members": len(backends),
         "answer_rate": sum(r["answer"] is not None for r in rows) / n if n else 0.0,
         "mean_completion_tokens": sum(r["n_tokens"] for r in rows) / n if n else 0.0,
+        # every token generated: the samples', or with generate.search=step_beam, the search's rollouts
+        "generated_tokens": sum(r["n_tokens"] if r.get("search_tokens") is None else r["search_tokens"] for r in rows),
     }
