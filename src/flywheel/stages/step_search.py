@@ -81,33 +81,12 @@ def step_beam(prompts: list[dict], backend, config: GenerateConfig, *, task, rou
             break
         made = _rollouts(open_slots, questions, [b for b in budgets if b > 0], backend, config,
                          round_index=round_index, voter=voter, depth=depth)
-        made_by = [[_proposal(task, slot, rollout.text, depth) for rollout in row]
-                   for slot, row in zip(open_slots, made)]
-        proposals: dict[str, dict[tuple[str, bool], Proposal]] = {}
-        for slot, row, made_here in zip(open_slots, made, made_by):
+        offers_of: dict[str, list[tuple[str, bool, str | None]]] = {}  # per prompt, every rollout's, as made
+        for slot, row in zip(open_slots, made):
             slot.search_tokens += sum(r.n_tokens for r in row)
-            for text, finished, key in made_here:
-                if key is not None:
-                    answers_seen[slot.prompt["id"]][key] += 1
-                proposals.setdefault(slot.prompt["id"], {}).setdefault((text, finished), Proposal(text, finished))
-        for slot, made_here in zip(open_slots, made_by):  # valued against the majority of every rollout so far
-            majority = _majority(answers_seen[slot.prompt["id"]])
-            for text, finished, key in made_here:
-                proposal = proposals[slot.prompt["id"]][(text, finished)]
-                proposal.rollouts += 1
-                proposal.agreeing += key is not None and key == majority
-        made_for: dict[str, list[Proposal]] = {}  # every rollout's proposal, per prompt, in the order made
-        for slot, made_here in zip(open_slots, made_by):
-            made_for.setdefault(slot.prompt["id"], []).extend(
-                proposals[slot.prompt["id"]][(text, finished)] for text, finished, _ in made_here)
-        for prompt_id, offered in made_for.items():
-            # The open slots take the best rollouts: a proposal made by several rollouts can fill several slots.
-            ranked = sorted(offered, key=lambda p: (-p.value, -p.rollouts))  # stable: then the first made
-            waiting = [s for s in slots[prompt_id] if s.text is None]
-            for slot, chosen in zip(waiting, ranked):
-                slot.prefix = chosen.text
-                if chosen.finished:
-                    slot.text = chosen.text
+            offers_of.setdefault(slot.prompt["id"], []).extend(_proposal(task, slot, r.text, depth) for r in row)
+        for prompt_id, offers in offers_of.items():
+            _advance([s for s in slots[prompt_id] if s.text is None], offers, answers_seen[prompt_id])
         depth += 1
     every = [s for p in prompts for s in slots[p["id"]]]
     for slot in every:
@@ -118,6 +97,26 @@ def step_beam(prompts: list[dict], backend, config: GenerateConfig, *, task, rou
              "answer": task.extract_answer(s.text, s.prompt), "n_tokens": n_tokens, "logprob": logprob,
              "search_tokens": s.search_tokens}
             for s, (logprob, n_tokens) in zip(every, scored)]
+
+
+def _advance(waiting: list[Slot], offers: list[tuple[str, bool, str | None]], answers_seen: Counter) -> None:
+    """One prompt's open slots take the best of its rollouts' proposals ``offers`` (next prefix, finished, vote
+    key), each valued by the share of the rollouts making it that agree with the majority of every rollout so
+    far (``answers_seen``, updated here). A proposal made by several rollouts can fill as many slots."""
+    answers_seen.update(key for _, _, key in offers if key is not None)
+    majority = _majority(answers_seen)
+    proposals: dict[tuple[str, bool], Proposal] = {}
+    made = []
+    for text, finished, key in offers:
+        proposal = proposals.setdefault((text, finished), Proposal(text, finished))
+        proposal.rollouts += 1
+        proposal.agreeing += key is not None and key == majority
+        made.append(proposal)
+    ranked = sorted(made, key=lambda p: (-p.value, -p.rollouts))  # stable: ties keep the order they were made
+    for slot, chosen in zip(waiting, ranked):
+        slot.prefix = chosen.text
+        if chosen.finished:
+            slot.text = chosen.text
 
 
 def _proposal(task, slot: Slot, continuation: str, depth: int) -> tuple[str, bool, str | None]:
