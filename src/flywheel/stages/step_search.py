@@ -21,7 +21,7 @@ A slot still open when its prefix has used ``max_new_tokens`` is done as it stan
 finished completion's, scored in one forward pass at ``generate.temperature`` (``HFBackend.score``), so the
 vote reads a searched sample as it reads a drawn one.
 
-The cost against plain sampling: a completion of S steps costs about ``search_rollouts`` x (S + 1) / 2 of
+The cost against plain sampling: a completion of S steps costs about ``search_rollouts`` x (S + 2) / 2 of
 its own length per slot instead of one, and the vote that follows is not an independent poll: the beam
 follows the majority, so vote shares run higher than plain sampling's.
 """
