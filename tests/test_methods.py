@@ -201,6 +201,7 @@ def _step_beam_ran(here):
 
     samples = io.read_rows(here / "samples.parquet", schemas.SAMPLES)
     assert len(samples) == 24 * 4 and all(s["search_tokens"] >= 2 for s in samples)
+    assert sum(s["search_tokens"] for s in samples) > 2 * sum(s["n_tokens"] for s in samples)  # the search's cost
 
 
 SELF_TRAINING_RECIPES = {  # the efficacy benchmark's methods (docs/methods.md): overrides, what shows it ran

@@ -1,6 +1,8 @@
 """generate.search=step_beam: the K samples of a prompt grown a step at a time, each step chosen by how many of its
 rollouts agree with the rollouts' majority; the rows are ordinary samples with the search's cost beside them."""
 
+from collections import Counter
+
 import pytest
 
 from flywheel import io, schemas
@@ -8,7 +10,8 @@ from flywheel.config import GenerateConfig
 from flywheel.errors import ConfigError
 from flywheel.generation import Completion
 from flywheel.stages.generate import generate, load_backends
-from flywheel.stages.step_search import step_beam
+from flywheel.rng import derive_seed
+from flywheel.stages.step_search import Offer, Slot, _advance, _budgets, step_beam
 from flywheel.tasks import load_task
 
 TASK = load_task("addition")
@@ -22,68 +25,111 @@ class CharTokenizer:
 
 
 class Scripted:
-    """A stand-in policy for the arithmetic only. From the empty prefix, a rollout whose seed is divisible by
-    ``wrong_every`` starts with a wrong digit and goes on wrong; every other rollout writes ``truth``. From a
-    prefix that is right so far it finishes right; from a wrong one it writes nines. Records what it was asked."""
+    """A stand-in policy for the arithmetic only. A rollout whose seed is in ``wrong`` writes nines from where it
+    starts; every other rollout writes the rest of ``truth`` from a prefix that is right so far, and nines from a
+    wrong one. Every rollout ends with end of sequence unless ``max_new_tokens`` cuts it. Records each call's
+    budget."""
 
     tokenizer = CharTokenizer()
 
-    def __init__(self, truth: str, wrong_every: int):
-        self.truth, self.wrong_every = truth, wrong_every
+    def __init__(self, truth: str, wrong: set[int] = frozenset()):
+        self.truth, self.wrong = truth, set(wrong)
         self.calls = []
 
     def generate(self, prompts, seeds, *, temperature, max_new_tokens):
-        self.calls.append((prompts, max_new_tokens))
+        self.calls.append(max_new_tokens)
         out = []
         for text, row in zip(prompts, seeds):
             prefix = text.split("=", 1)[1]
             completions = []
             for seed in row:
-                if not prefix and seed % self.wrong_every == 0:
-                    rest = "9" * len(self.truth)
-                elif self.truth.startswith(prefix):
-                    rest = self.truth[len(prefix):]
-                else:
-                    rest = "9" * (len(self.truth) - len(prefix))
+                right = seed not in self.wrong and self.truth.startswith(prefix)
+                rest = self.truth[len(prefix):] if right else "9" * (len(self.truth) - len(prefix))
+                cut = len(rest) >= max_new_tokens
                 rest = rest[:max_new_tokens]
-                completions.append(Completion(text=rest, n_tokens=len(rest) + 1, logprob=0.0))
+                completions.append(Completion(text=rest, n_tokens=len(rest) + (not cut), logprob=0.0,
+                                              stopped=not cut))
             out.append(completions)
         return out
 
-    def score(self, prompts, completions, *, temperature):
-        return [(-float(len(c)), len(c) + 1) for c in completions]
+    def score(self, prompts, completions, *, temperature, stopped):
+        return [(-float(len(c)), len(c) + end) for c, end in zip(completions, stopped)]
+
+
+def search_seed(prompt_id, slot, depth, rollout, voter=0):
+    return derive_seed("search", 1, prompt_id, voter, slot, depth, rollout)
 
 
 def test_the_beam_keeps_the_steps_whose_rollouts_agree_with_the_majority_and_counts_every_token():
     prompts = [{"id": "p", "prompt": "123+111="}]  # 321 + 111 = 432, written "234"
-    policy = Scripted("234", wrong_every=3)
+    # At depth 0, 3 of the 8 rollouts go wrong (the second rollout of slots 0-2); at depth 1, slot 3's first.
+    wrong = {search_seed("p", j, 0, 1) for j in range(3)} | {search_seed("p", 3, 1, 0)}
+    policy = Scripted("234", wrong)
     config = GenerateConfig(search="step_beam", samples_per_prompt=4, search_rollouts=2)
     rows = step_beam(prompts, policy, config, task=TASK, round_index=1, voter=0)
-    first_depth = policy.generate(["123+111="], [[1, 2, 3, 4, 5, 6, 7, 8]], temperature=1, max_new_tokens=9)[0]
-    assert "999" in [c.text for c in first_depth]  # the policy does go wrong from the empty prefix
     assert [r["sample_idx"] for r in rows] == [0, 1, 2, 3] and {r["voter"] for r in rows} == {0}
-    assert [r["completion"] for r in rows] == ["234"] * 4  # the wrong first digit never keeps a slot
+    assert [r["completion"] for r in rows] == ["234"] * 4  # a wrong digit never keeps a slot
     assert all(r["answer"] == TASK.extract_answer("234") for r in rows)
     # n_tokens and logprob are the finished completion's score; search_tokens is every rollout's tokens:
     # 4 slots x 2 rollouts of 4, then 3, then 2 tokens (end of sequence included)
     assert [(r["n_tokens"], r["logprob"]) for r in rows] == [(4, -3.0)] * 4
     assert sum(r["search_tokens"] for r in rows) == 8 * (4 + 3 + 2)
-    # depth d continues d-digit prefixes within what they leave of max_new_tokens: one call per depth here
-    assert [budget for _, budget in policy.calls[:3]] == [32, 31, 30] and len(policy.calls) == 4
+    # depth d continues d-digit prefixes within what they leave of max_new_tokens (32), rounded down to its 16th
+    # (2 tokens): one call per depth here
+    assert policy.calls == [32, 30, 30]
     for row in rows:
         schemas.SAMPLES.check(row, source="test")
 
 
-def test_a_prefix_that_used_every_token_is_a_sample_as_it_stands():
-    policy = Scripted("2345678", wrong_every=10**9)
+def test_plain_majority_rule_without_the_beam_would_have_kept_wrong_digits():
+    """The same policy drawn whole: the wrong rollouts stay samples (the test above is not vacuous)."""
+    wrong = {search_seed("p", j, 0, 1) for j in range(3)}
+    policy = Scripted("234", wrong)
+    drawn = policy.generate(["123+111="], [[search_seed("p", j, 0, i) for j in range(4) for i in range(2)]],
+                            temperature=1, max_new_tokens=32)[0]
+    assert sorted(c.text for c in drawn) == ["234"] * 5 + ["999"] * 3
+
+
+def offer(text, key, finished=False):
+    return Offer(text=text, finished=finished, stopped=finished, key=key)
+
+
+def test_slots_take_proposals_by_value_then_by_how_many_rollouts_made_them_then_by_order():
+    slots = [Slot({"id": "p"}, j) for j in range(4)]
+    seen = Counter()
+    offers = [offer("1", "x"), offer("2", "y"), offer("3", "y"), offer("3", "y"), offer("4", "y"), offer("5", None)]
+    _advance(slots[:3], offers, seen)  # majority "y": "3" (2 of 2 agree) first, twice, then "2" (1 of 1) before "4"
+    assert [s.prefix for s in slots] == ["3", "3", "2", ""]
+    assert seen == Counter({"y": 4, "x": 1})
+    finished = [offer("77", "y", finished=True), offer("8", "x")]
+    _advance(slots[:2], finished, seen)
+    assert (slots[0].text, slots[0].stopped, slots[1].text, slots[1].prefix) == ("77", True, None, "8")
+
+
+def test_a_sample_cut_at_the_budget_is_scored_without_an_end_of_sequence():
+    policy = Scripted("2345678")
     config = GenerateConfig(search="step_beam", samples_per_prompt=2, search_rollouts=1, max_new_tokens=3)
     rows = step_beam([{"id": "p", "prompt": "1234567+1111111="}], policy, config, task=TASK, round_index=1, voter=2)
     assert [r["completion"] for r in rows] == ["234", "234"] and {r["voter"] for r in rows} == {2}
-    assert [budget for _, budget in policy.calls] == [3, 2, 1]
+    assert [(r["n_tokens"], r["logprob"]) for r in rows] == [(3, -3.0)] * 2  # as generate records a cut sample
+    assert policy.calls == [3, 2, 1]
+
+
+def test_budgets_are_rounded_to_a_sixteenth_of_max_new_tokens():
+    slots = [Slot({"id": "p"}, 0, prefix=prefix) for prefix in ("", "a", "a" * 32, "a" * 33, "a" * 512)]
+    assert _budgets(slots, CharTokenizer(), 512) == [512, 480, 480, 448, 0]
+    assert _budgets(slots[:2], CharTokenizer(), 24) == [24, 23]
+
+
+def test_blank_lines_stay_with_the_step_before_them():
+    math = load_task("math")
+    assert math.steps("a\n\nb\n\n\nc") == ["a\n\n", "b\n\n\n", "c"]
+    assert math.steps("\nx\n") == ["\n", "x\n"]
 
 
 @pytest.mark.parametrize("override, field", [
-    ({"views": 2}, "generate.views"), ({"backend": "vllm"}, "generate.backend"), ({"search": "tree"}, "generate.search"),
+    ({"temperature": 0}, "generate.temperature"), ({"views": 2}, "generate.views"),
+    ({"backend": "vllm"}, "generate.backend"), ({"search": "tree"}, "generate.search"),
     ({"search_rollouts": 0}, "generate.search_rollouts")])
 def test_settings_the_search_cannot_honour_are_config_errors(override, field):
     with pytest.raises(ConfigError) as error:
@@ -112,9 +158,14 @@ def test_the_search_on_the_tiny_model_writes_ordinary_samples_deterministically(
     [(logprob, n_tokens)] = backends[0].score([prompts[0]["prompt"]], [drawn["completion"]],
                                               temperature=config.temperature)
     assert n_tokens == drawn["n_tokens"] and logprob == pytest.approx(drawn["logprob"], abs=1e-4)
+    # sharded generate (Kubeflow) searches each shard alone: the union is the unsharded search, row for row
+    shards = [row for shard in (prompts[0::2], prompts[1::2]) for row in generate(shard, backends, config, task=TASK,
+                                                                                   round_index=1)]
+    key = {(r["voter"], r["prompt_id"], r["sample_idx"]): r for r in rows}
+    assert {(r["voter"], r["prompt_id"], r["sample_idx"]): r for r in shards} == key
 
 
-def test_a_step_is_a_line_for_chat_models_and_each_budget_gets_its_own_call(tiny_chat_model):
+def test_a_step_is_a_line_for_chat_models(tiny_chat_model):
     task = load_task("math")
     [backend] = load_backends(tiny_chat_model, batch_size=64, device="cpu", progress=False, precision="fp32")
     config = GenerateConfig(search="step_beam", samples_per_prompt=2, search_rollouts=2, max_new_tokens=24,
@@ -122,7 +173,7 @@ def test_a_step_is_a_line_for_chat_models_and_each_budget_gets_its_own_call(tiny
     prompts = [{"id": "q1", "prompt": "What is 2 + 3?"}, {"id": "q2", "prompt": "What is 7 * 6?"}]
     rows = step_beam(prompts, backend, config, task=task, round_index=1, voter=0)
     assert [(r["prompt_id"], r["sample_idx"]) for r in rows] == [("q1", 0), ("q1", 1), ("q2", 0), ("q2", 1)]
-    for row in rows:  # within the budget however many lines the untrained model wrote
+    for row in rows:  # within the budget however many lines the untrained model wrote, as generate counts it
         assert len(backend.tokenizer(row["completion"], add_special_tokens=False)["input_ids"]) <= 24
-        assert row["search_tokens"] >= config.search_rollouts
+        assert row["n_tokens"] <= 24 and row["search_tokens"] >= config.search_rollouts
         schemas.SAMPLES.check(row, source="test")

@@ -164,7 +164,8 @@ class GenerateConfig:
                      "(a beam of K prefixes grown one step at a time: each prefix is continued search_rollouts "
                      "times, and the next steps whose rollouts agree most with the rollouts' majority answer are "
                      "kept; flywheel.stages.step_search). step_beam costs about search_rollouts x (steps + 2) / 2 "
-                     "times plain sampling's tokens (samples' search_tokens column) and needs generate.backend=hf.")
+                     "times plain sampling's tokens (samples' search_tokens column; on the code task every rollout's program "
+                     "runs on the tests) and needs generate.backend=hf.")
     search_rollouts: int = _f(2, "step_beam: rollouts per beam prefix per step; they both value the next steps and "
                               "propose them.")
 
@@ -173,6 +174,8 @@ class GenerateConfig:
         _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "batch_tokens", "views",
                   "search_rollouts")
         _check(self.search in SEARCHES, "generate.search", f"must be one of {', '.join(SEARCHES)}")
+        _check(self.search == "sample" or self.temperature > 0, "generate.temperature",
+               "must be > 0 with generate.search=step_beam (greedy rollouts are all the same)")
         _check(self.search == "sample" or self.views == 1, "generate.views",
                "must be 1 with generate.search=step_beam (the beam grows the prompt's own question)")
         _check(self.search == "sample" or self.backend == "hf", "generate.backend",

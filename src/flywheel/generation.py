@@ -27,6 +27,7 @@ class Completion:
     text: str
     n_tokens: int  # generated tokens, end-of-sequence included
     logprob: float  # sum of log-probabilities of the generated tokens under softmax(logits / T)
+    stopped: bool = True  # the model ended it (end of sequence), not max_new_tokens
 
 
 class GenerationBackend(Protocol):
@@ -159,21 +160,26 @@ class HFBackend:
         for row_tokens, row_logprobs in zip(new_tokens.tolist(), token_logprobs):
             length = _generated_length(row_tokens, tok.eos_token_id, tok.pad_token_id)
             text = tok.decode(row_tokens[:length], skip_special_tokens=True)
-            completions.append(Completion(text=text, n_tokens=length, logprob=float(row_logprobs[:length].sum())))
+            completions.append(Completion(text=text, n_tokens=length, logprob=float(row_logprobs[:length].sum()),
+                                          stopped=tok.eos_token_id in row_tokens[:length]))
         return completions
 
     @torch.no_grad()
-    def score(self, prompts: list[str], completions: list[str], *, temperature: float) -> list[tuple[float, int]]:
-        """(log-probability under softmax(logits / T), tokens) of each finished completion given its prompt, end of
-        sequence included: what ``generate`` records of a sample it drew, for a completion assembled elsewhere
-        (``stages.step_search``). A forward pass holds every position's logits, so a batch is also capped at
-        2**28 of them (1 GiB in fp32: 8 rows of 1000 tokens for a 32k vocabulary), not just ``batch_tokens``."""
+    def score(self, prompts: list[str], completions: list[str], *, temperature: float,
+              stopped: list[bool] | None = None) -> list[tuple[float, int]]:
+        """(log-probability under softmax(logits / T), tokens) of each completion given its prompt, the end of
+        sequence included where ``stopped[i]`` (default: all): what ``generate`` records of a sample it drew, for
+        a completion assembled elsewhere (``stages.step_search``). A forward pass holds every position's logits,
+        in about four copies (the model's, fp32, scaled, log-softmax), so a batch is also capped at 2**26 of them
+        (about 1 GiB: 2 rows of 1000 tokens for a 32k vocabulary), not just at ``batch_tokens``."""
         pairs = list(zip(prompts, completions))
         if not pairs:
             return []
         longest = max(len(ids) for ids in self.tokenizer([p + c for p, c in pairs])["input_ids"]) + 1
-        rows = max(1, min(self.batch_size, self.batch_tokens // longest, 2**28 // (longest * len(self.tokenizer))))
-        return completion_logprobs(self.model, self.tokenizer, pairs, batch_size=rows, temperature=temperature)
+        vocabulary = max(len(self.tokenizer), getattr(self.model.config, "vocab_size", 0) or 0)
+        rows = max(1, min(self.batch_size, self.batch_tokens // longest, 2**26 // (longest * vocabulary)))
+        return completion_logprobs(self.model, self.tokenizer, pairs, batch_size=rows, temperature=temperature,
+                                   eos=stopped)
 
 
 class VLLMBackend:
@@ -240,8 +246,8 @@ class VLLMBackend:
             params = [SamplingParams(n=len(row), temperature=temperature, max_tokens=max_new_tokens,
                                      seed=row[0] % 2**32 if row else None, logprobs=0) for row in seeds]
             outputs = llm.generate(prompts, params, use_tqdm=False)
-            return [[Completion(text=o.text, n_tokens=len(o.token_ids),
-                                logprob=float(o.cumulative_logprob or 0.0)) for o in out.outputs]
+            return [[Completion(text=o.text, n_tokens=len(o.token_ids), logprob=float(o.cumulative_logprob or 0.0),
+                                stopped=o.finish_reason == "stop") for o in out.outputs]
                     for out in outputs]
         finally:
             del llm
@@ -282,9 +288,10 @@ def choose_backend(requested: str) -> str:
 
 @torch.no_grad()
 def completion_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 256,
-                        temperature: float = 1.0) -> list[tuple[float, int]]:
+                        temperature: float = 1.0, eos: list[bool] | None = None) -> list[tuple[float, int]]:
     """(sum of log p(completion tokens + end-of-sequence | prompt), token count) under softmax(logits /
-    ``temperature``) (1 for 0, as ``LogprobRecorder`` records greedy decoding), per pair.
+    ``temperature``) (1 for 0, as ``LogprobRecorder`` records greedy decoding), per pair; without the
+    end-of-sequence token for pair i where ``eos[i]`` is false (a completion cut at max_new_tokens).
 
     The prompt is tokenised as generation tokenises it (special tokens included); the
     completion without special tokens, then the end-of-sequence token.
@@ -293,9 +300,10 @@ def completion_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start:start + batch_size]
         rows = []
-        for prompt, completion in batch:
+        for index, (prompt, completion) in enumerate(batch, start=start):
             prompt_ids = tokenizer(prompt)["input_ids"]
-            answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            end = [tokenizer.eos_token_id] if eos is None or eos[index] else []
+            answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + end
             rows.append((prompt_ids, answer_ids))
         width = max(len(p) + len(a) for p, a in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)

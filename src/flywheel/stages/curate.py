@@ -325,7 +325,8 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
         "rl_prompts": {"prompts_kept": len(rl_rows), "drops": dict(sorted(rl_drops.items()))},
     }
     if steps is not None:
-        report["process_rewards"] = {**steps.summary, "generate_tokens": sum(s["n_tokens"] for s in samples)}
+        report["process_rewards"] = {**steps.summary, "generate_tokens": sum(
+            s["n_tokens"] if s.get("search_tokens") is None else s["search_tokens"] for s in samples)}
     if audit_path is not None and Path(audit_path).exists():
         truth = read_truth(audit_path)
         report["thresholds"] = audit(votes, truth, task.is_correct, config.audit_thresholds)
@@ -392,8 +393,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
             prompt_reason[i] = names.index(reason)
 
     samples = io.read_table(round_dir / FILES.samples, schemas.SAMPLES,
-                            columns=["prompt_id", "sample_idx", "voter", "completion", "answer", "n_tokens"],
-                            check_key=False)
+                            columns=["prompt_id", "sample_idx", "voter", "completion", "answer", "n_tokens",
+                                     "search_tokens"], check_key=False)
     try:
         order, g, sample_prompts = sample_order(samples)
     except DuplicateSample:
@@ -413,7 +414,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     answers = samples.column("answer").combine_chunks().take(pa.array(order))
     n_tokens = samples.column("n_tokens").to_numpy()
     short = n_tokens[order] <= config.max_completion_tokens
-    generate_tokens = int(n_tokens.sum())
+    # what generate spent: a searched sample's rollouts (generate.search), a drawn sample's own tokens
+    generate_tokens = int(pc.sum(pc.coalesce(samples.column("search_tokens"), samples.column("n_tokens"))).as_py() or 0)
     n_samples = len(order)
     del samples, order, n_tokens
     majority = per_prompt.column("majority_answer").combine_chunks()

@@ -7,7 +7,7 @@ start from the empty prefix. At every depth d:
 
 1. Each open slot's prefix (its first d steps) is continued ``generate.search_rollouts`` times to the end
    (rollout i of slot j drawn with ``derive_seed("search", r, p, m, j, d, i)``), within the tokens its prefix
-   leaves of ``generate.max_new_tokens``.
+   leaves of ``generate.max_new_tokens`` (rounded down to a 16th of it, so a depth makes at most 16 calls).
 2. A rollout proposes its prefix plus its own next step (``task.steps``: a digit for addition, a line for
    chat tasks), or, where it ended at that step, a finished completion.
 3. A proposal's value is the share of the rollouts that made it whose answer agrees with the majority of all
@@ -16,10 +16,10 @@ start from the empty prefix. At every depth d:
    most rollouts made, then the first made (a proposal fills as many slots as rollouts made it, at most).
    A slot that takes a finished completion is done.
 
-A slot still open when its prefix has used ``max_new_tokens`` is done as it stands. Each sample's
-``search_tokens`` is every token its slot's rollouts generated; its ``n_tokens`` and ``logprob`` are the
-finished completion's, scored in one forward pass at ``generate.temperature`` (``HFBackend.score``), so the
-vote reads a searched sample as it reads a drawn one.
+A slot still open when its prefix leaves no budget is done as it stands. Each sample's ``search_tokens`` is
+every token its slot's rollouts generated; its ``n_tokens`` and ``logprob`` are the finished completion's,
+scored in one forward pass at ``generate.temperature`` (``HFBackend.score``; the end of sequence counted
+only where the model wrote it), so the vote reads a searched sample as it reads a drawn one.
 
 The cost against plain sampling: a completion of S steps costs about ``search_rollouts`` x (S + 2) / 2 of
 its own length per slot instead of one, and the vote that follows is not an independent poll: the beam
@@ -46,6 +46,7 @@ class Slot:
     prefix: str = ""
     text: str | None = None
     search_tokens: int = 0
+    stopped: bool = False  # the finished text ended with the model's end of sequence, not at a token budget
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Proposal:
 
     text: str
     finished: bool
+    stopped: bool  # (finished ones) the first rollout making it ended with end of sequence
     rollouts: int = 0
     agreeing: int = 0
 
@@ -81,10 +83,10 @@ def step_beam(prompts: list[dict], backend, config: GenerateConfig, *, task, rou
             break
         made = _rollouts(open_slots, questions, [b for b in budgets if b > 0], backend, config,
                          round_index=round_index, voter=voter, depth=depth)
-        offers_of: dict[str, list[tuple[str, bool, str | None]]] = {}  # per prompt, every rollout's, as made
+        offers_of: dict[str, list[Offer]] = {}  # per prompt, every rollout's, as made
         for slot, row in zip(open_slots, made):
             slot.search_tokens += sum(r.n_tokens for r in row)
-            offers_of.setdefault(slot.prompt["id"], []).extend(_proposal(task, slot, r.text, depth) for r in row)
+            offers_of.setdefault(slot.prompt["id"], []).extend(_offer(task, slot, r, depth) for r in row)
         for prompt_id, offers in offers_of.items():
             _advance([s for s in slots[prompt_id] if s.text is None], offers, answers_seen[prompt_id])
         depth += 1
@@ -92,49 +94,64 @@ def step_beam(prompts: list[dict], backend, config: GenerateConfig, *, task, rou
     for slot in every:
         slot.text = slot.prefix if slot.text is None else slot.text
     scored = backend.score([questions[s.prompt["id"]] for s in every], [s.text for s in every],
-                           temperature=config.temperature) if every else []
+                           temperature=config.temperature, stopped=[s.stopped for s in every]) if every else []
     return [{"prompt_id": s.prompt["id"], "sample_idx": s.index, "voter": voter, "completion": s.text,
              "answer": task.extract_answer(s.text, s.prompt), "n_tokens": n_tokens, "logprob": logprob,
              "search_tokens": s.search_tokens}
             for s, (logprob, n_tokens) in zip(every, scored)]
 
 
-def _advance(waiting: list[Slot], offers: list[tuple[str, bool, str | None]], answers_seen: Counter) -> None:
-    """One prompt's open slots take the best of its rollouts' proposals ``offers`` (next prefix, finished, vote
-    key), each valued by the share of the rollouts making it that agree with the majority of every rollout so
-    far (``answers_seen``, updated here). A proposal made by several rollouts can fill as many slots."""
-    answers_seen.update(key for _, _, key in offers if key is not None)
+@dataclass(frozen=True)
+class Offer:
+    """What one rollout proposes: the prefix with one more step, or (``finished``) the whole completion where
+    it ended at that step; whether the model ended it; and the vote key of the rollout's answer."""
+
+    text: str
+    finished: bool
+    stopped: bool
+    key: str | None
+
+
+def _advance(waiting: list[Slot], offers: list[Offer], answers_seen: Counter) -> None:
+    """One prompt's open slots take the best of its rollouts' ``offers``, each proposal valued by the share of
+    the rollouts making it that agree with the majority of every rollout so far (``answers_seen``, updated
+    here); ties go to the proposal more rollouts made, then to the first made. A proposal made by several
+    rollouts can fill as many slots."""
+    answers_seen.update(offer.key for offer in offers if offer.key is not None)
     majority = _majority(answers_seen)
     proposals: dict[tuple[str, bool], Proposal] = {}
     made = []
-    for text, finished, key in offers:
-        proposal = proposals.setdefault((text, finished), Proposal(text, finished))
+    for offer in offers:
+        proposal = proposals.setdefault((offer.text, offer.finished),
+                                        Proposal(offer.text, offer.finished, offer.stopped))
         proposal.rollouts += 1
-        proposal.agreeing += key is not None and key == majority
+        proposal.agreeing += offer.key is not None and offer.key == majority
         made.append(proposal)
     ranked = sorted(made, key=lambda p: (-p.value, -p.rollouts))  # stable: ties keep the order they were made
     for slot, chosen in zip(waiting, ranked):
         slot.prefix = chosen.text
         if chosen.finished:
-            slot.text = chosen.text
+            slot.text, slot.stopped = chosen.text, chosen.stopped
 
 
-def _proposal(task, slot: Slot, continuation: str, depth: int) -> tuple[str, bool, str | None]:
-    """What one rollout from ``slot`` (at ``depth`` steps) proposes: the prefix with one more step, or the whole
-    completion where it ended at that step; and its answer's vote key."""
-    whole = slot.prefix + continuation
+def _offer(task, slot: Slot, rollout, depth: int) -> Offer:
+    """What ``rollout`` (a ``Completion`` from ``slot``'s prefix of ``depth`` steps) proposes."""
+    whole = slot.prefix + rollout.text
     steps = task.steps(whole)
     finished = len(steps) <= depth + 1
-    return (whole if finished else "".join(steps[:depth + 1])), finished, task.vote_key(
-        task.extract_answer(whole, slot.prompt))
+    return Offer(text=whole if finished else "".join(steps[:depth + 1]), finished=finished,
+                 stopped=rollout.stopped, key=task.vote_key(task.extract_answer(whole, slot.prompt)))
 
 
 def _budgets(slots: list[Slot], tokenizer, max_new_tokens: int) -> list[int]:
-    """New tokens each slot's rollouts may generate: what its prefix leaves of ``max_new_tokens``."""
+    """New tokens each slot's rollouts may generate: what its prefix leaves of ``max_new_tokens``, rounded down
+    to a multiple of max_new_tokens // 16 (at least 1) so that one depth makes at most 16 backend calls, not
+    one per prefix length (chat tasks' lines differ in length; a digit is one token: no rounding at 24)."""
     prefixes = [s.prefix for s in slots]
     used = [len(ids) for ids in tokenizer(prefixes, add_special_tokens=False)["input_ids"]] if any(prefixes) else \
         [0] * len(slots)
-    return [max_new_tokens - n for n in used]
+    grain = max(1, max_new_tokens // 16)
+    return [max_new_tokens - -(-n // grain) * grain for n in used]  # the prefix's tokens rounded up to the grain
 
 
 def _rollouts(slots: list[Slot], questions: dict[str, str], budgets: list[int], backend, config: GenerateConfig, *,

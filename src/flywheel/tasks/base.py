@@ -109,9 +109,17 @@ class TaskBase:
         return answer
 
     def steps(self, completion: str) -> list[str]:
-        """A completion cut into its reasoning steps (they join back to it): one per line, the newline kept.
-        ``curate.step_rollouts`` scores each step by rollouts from the prefix that ends with it."""
-        return completion.splitlines(keepends=True)
+        """A completion cut into its reasoning steps (they join back to it): one per line, the newline kept, and
+        blank lines kept with the line before them (a paragraph break is not a step of its own).
+        ``curate.step_rollouts`` scores each step by rollouts from the prefix that ends with it;
+        ``generate.search: step_beam`` grows a sample a step at a time."""
+        steps: list[str] = []
+        for line in completion.splitlines(keepends=True):
+            if steps and not line.strip():
+                steps[-1] += line
+            else:
+                steps.append(line)
+        return steps
 
     def similar_prompts(self, prompt: dict, count: int, seed: int) -> list[dict] | None:
         """TT-SI: ``count`` new prompt rows of the same kind and difficulty as ``prompt`` (ids ``<id>-sim<k>``,
