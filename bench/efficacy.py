@@ -110,21 +110,15 @@ class RunFigures:
 def generated_tokens(root: Path, rounds: int) -> int:
     """Every token a run generated: its rounds' samples, TT-SI's probe and written prompts, process rewards'
     rollouts (the seed's and the candidates' evaluations aside: every arm spends the same on them)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from flywheel import io
+    from flywheel import io, schemas
     from flywheel.layout import RoundLayout
 
     total = 0
     for index in range(1, rounds + 1):
         this = RoundLayout(root, index)
         if this.samples.is_file():  # a searched sample cost its search_tokens (its rollouts), a drawn one n_tokens
-            table = pq.read_table(this.samples)
-            cost = table.column("n_tokens")
-            if "search_tokens" in table.column_names:
-                cost = pc.coalesce(table.column("search_tokens"), cost)
-            total += int(pc.sum(cost).as_py() or 0)
+            total += schemas.generated_tokens(io.read_table(this.samples, schemas.SAMPLES,
+                                                            columns=["n_tokens", "search_tokens"]))
         ttsi = io.read_json(this.prompts_summary).get("ttsi") if this.prompts_summary.is_file() else None
         if ttsi:
             total += ttsi["probe_tokens"] + ttsi["written_tokens"]

@@ -102,6 +102,19 @@ SAMPLES = Schema("sample", (
     Column("search_tokens", int, required=False),
 ), key=("prompt_id", "voter", "sample_idx"))
 
+def generated_tokens(samples: list[dict] | pa.Table) -> int:
+    """Every token generate spent on ``samples`` (rows or an Arrow table): a searched sample's ``search_tokens``
+    (its rollouts), a drawn sample's ``n_tokens``."""
+    if isinstance(samples, pa.Table):
+        import pyarrow.compute as pc
+
+        cost = samples.column("n_tokens")
+        if "search_tokens" in samples.column_names:
+            cost = pc.coalesce(samples.column("search_tokens"), cost)
+        return int(pc.sum(cost).as_py() or 0)
+    return sum(s["n_tokens"] if s.get("search_tokens") is None else s["search_tokens"] for s in samples)
+
+
 VOTES = Schema("vote", (
     Column("prompt_id", str),
     Column("majority_answer", str, required=False),  # null when no sample had an answer

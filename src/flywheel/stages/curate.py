@@ -325,8 +325,7 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
         "rl_prompts": {"prompts_kept": len(rl_rows), "drops": dict(sorted(rl_drops.items()))},
     }
     if steps is not None:
-        report["process_rewards"] = {**steps.summary, "generate_tokens": sum(
-            s["n_tokens"] if s.get("search_tokens") is None else s["search_tokens"] for s in samples)}
+        report["process_rewards"] = {**steps.summary, "generate_tokens": schemas.generated_tokens(samples)}
     if audit_path is not None and Path(audit_path).exists():
         truth = read_truth(audit_path)
         report["thresholds"] = audit(votes, truth, task.is_correct, config.audit_thresholds)
@@ -414,8 +413,7 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     answers = samples.column("answer").combine_chunks().take(pa.array(order))
     n_tokens = samples.column("n_tokens").to_numpy()
     short = n_tokens[order] <= config.max_completion_tokens
-    # what generate spent: a searched sample's rollouts (generate.search), a drawn sample's own tokens
-    generate_tokens = int(pc.sum(pc.coalesce(samples.column("search_tokens"), samples.column("n_tokens"))).as_py() or 0)
+    generate_tokens = schemas.generated_tokens(samples)
     n_samples = len(order)
     del samples, order, n_tokens
     majority = per_prompt.column("majority_answer").combine_chunks()

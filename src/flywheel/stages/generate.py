@@ -176,6 +176,5 @@ def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: Ge
         "members": len(backends),
         "answer_rate": sum(r["answer"] is not None for r in rows) / n if n else 0.0,
         "mean_completion_tokens": sum(r["n_tokens"] for r in rows) / n if n else 0.0,
-        # every token generated: the samples', or with generate.search=step_beam, the search's rollouts
-        "generated_tokens": sum(r["n_tokens"] if r.get("search_tokens") is None else r["search_tokens"] for r in rows),
+        "generated_tokens": schemas.generated_tokens(rows),  # with generate.search=step_beam, the rollouts
     }
