@@ -6,6 +6,9 @@
     python bench/efficacy.py --committee-seed runs/committee-seed  # adds the committee arm (3 seed members)
     python bench/efficacy.py --weak-seed seed/weak                 # adds weak_to_strong (configs/weak-to-strong.yaml)
     python bench/efficacy.py --reuse ...                           # keeps finished runs of the same config in --out
+    python bench/efficacy.py --jobs 6 ...                          # 6 runs at a time, each its own process
+    python bench/efficacy.py --collect ...                         # the table of --out's runs as they stand
+    python bench/efficacy.py -c configs/gpu-scale.yaml --arms default,oracle --jobs 6   # on a GPU (docs/experiments.md)
 
 Every arm starts from the same seed model and, for a given seed, the same prompts; it runs the same rounds
 with the same budget and differs from the default only by the overrides listed in ARMS. A seed s sets
@@ -143,22 +146,31 @@ def figures_of(report: dict, arm: str, seed: int, seconds: float) -> RunFigures:
                       promotions=summary["promotions"])
 
 
+def arm_config(config_path: str, arm: Arm, seed: int, common: list[str], root: Path, *, committee_seed: str = "",
+               weak_seed: str = ""):
+    """The config of one (arm, seed) run: the arm's overrides over ``common``, seed s shifting ``prompts.seed``
+    and ``train.seed``, its rounds written under ``root``."""
+    from flywheel.config import load_config
+
+    base = load_config(config_path, common)
+    overrides = [*common, f"prompts.seed={base.prompts.seed + seed}", f"train.seed={base.train.seed + seed}",
+                 *(o.format(committee_seed=committee_seed, weak_seed=weak_seed, seed=seed,
+                            seed_path=base.seed.path) for o in arm.overrides),
+                 f"loop.out_dir={root}", "loop.progress=false"]
+    return load_config(config_path, overrides)
+
+
 def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path, *,
             committee_seed: str = "", weak_seed: str = "", reuse: bool = False) -> RunFigures:
     """One ``flywheel run --restart --no-track`` of an arm at a seed, in this process. ``reuse``: a finished run
     in its directory made with the same config is read instead (its figures.json), so a long benchmark resumes."""
     from flywheel import io
-    from flywheel.config import dump_config, load_config
+    from flywheel.config import dump_config
     from flywheel.loop import run_loop
     from flywheel.run_state import read_run_config
 
-    base = load_config(config_path, common)
     root = out / arm_name / f"seed{seed}"
-    overrides = [*common, f"prompts.seed={base.prompts.seed + seed}", f"train.seed={base.train.seed + seed}",
-                 *(o.format(committee_seed=committee_seed, weak_seed=weak_seed, seed=seed,
-                            seed_path=base.seed.path) for o in arm.overrides),
-                 f"loop.out_dir={root}", "loop.progress=false"]
-    config = load_config(config_path, overrides)
+    config = arm_config(config_path, arm, seed, common, root, committee_seed=committee_seed, weak_seed=weak_seed)
     done = root / "figures.json"
     made_with = read_run_config(root) if reuse and done.is_file() else None
     if made_with is not None and dump_config(made_with) == dump_config(config):
@@ -169,6 +181,70 @@ def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[s
     figures.tokens = generated_tokens(root, config.loop.rounds)
     io.write_json(done, figures.__dict__)
     return figures
+
+
+def run_in_parallel(jobs: list[tuple[str, int]], args, config_path: str, common: list[str]) -> None:
+    """Each (arm, seed) as its own ``python bench/efficacy.py`` process, ``args.jobs`` at a time, each with
+    an equal share of the cores (a GPU's small models leave it idle between kernels: several runs share it).
+    A run writes its figures.json; the caller reads them back."""
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+    def one(job: tuple[str, int]) -> tuple[str, int, int]:
+        name, seed = job
+        command = [sys.executable, __file__, "-c", config_path, "--arms", name, "--seeds", str(seed),
+                   "--out", args.out, *(f"--set={o}" for o in common),
+                   *([f"--committee-seed={args.committee_seed}"] if args.committee_seed else []),
+                   *([f"--weak-seed={args.weak_seed}"] if args.weak_seed else []), *(["--reuse"] if args.reuse else [])]
+        return name, seed, subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        failed = [(name, seed) for name, seed, code in pool.map(one, jobs) if code != 0]
+    if failed:
+        sys.exit(f"efficacy: {len(failed)} run(s) failed: "
+                 + ", ".join(f"{name} seed {seed}" for name, seed in failed) + " (their errors are above)")
+
+
+def collect(jobs: list[tuple[str, int]], config_path: str, common: list[str], out: Path, *,
+            committee_seed: str = "", weak_seed: str = "") -> list[RunFigures]:
+    """The runs in ``out`` as they stand, finished or not, each cut at the last round every one of them finished
+    (so the table compares the same rounds); a run not started, or made with another config, is left out."""
+    from flywheel.config import dump_config
+    from flywheel.layout import RoundLayout
+    from flywheel.report import build_report
+    from flywheel.run_state import read_run_config
+
+    found = []
+    for name, seed in jobs:
+        root = out / name / f"seed{seed}"
+        config = arm_config(config_path, ARMS[name], seed, common, root, committee_seed=committee_seed,
+                            weak_seed=weak_seed)
+        made_with = read_run_config(root) if RoundLayout(root, 0).dir.is_dir() else None
+        if made_with is None or dump_config(made_with) != dump_config(config):
+            print(f"{name} seed {seed}: not started with this config", file=sys.stderr)
+            continue
+        summary = build_report(root, config)["summary"]
+        if "final_frontier" not in summary:  # the seed model's evaluation (round 0) has not finished
+            print(f"{name} seed {seed}: not evaluated yet", file=sys.stderr)
+            continue
+        found.append((name, seed, root, config, summary["rounds"]))
+    last = min((rounds for *_, rounds in found), default=0)
+    runs = []
+    for name, seed, root, config, rounds in found:
+        report = build_report(root, config, last_round=last)
+        # Stage seconds of the rounds kept (a run's wall time less its set-up and the seed's evaluation).
+        seconds = sum(sum((r["timings"] or {}).values()) for r in report["rounds"][1:])
+        figures = figures_of(report, name, seed, seconds)
+        figures.tokens = generated_tokens(root, last)
+        print(f"{name} seed {seed}: {rounds} of {config.loop.rounds} rounds finished", file=sys.stderr)
+        runs.append(figures)
+    print(f"collected after round {last}, the last every run finished; s/run: the stage seconds of those rounds",
+          file=sys.stderr)
+    return runs
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -252,7 +328,14 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
     parser.add_argument("--digits", default=None, help="digit lengths to show, e.g. 6,7,8 (default: all evaluated)")
     parser.add_argument("--out", default="runs/efficacy", help="where the runs go (each arm/seed{s})")
     parser.add_argument("--json", default="", help="also write every run's figures to this file")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each its own process with a share of the cores (on a GPU: several)")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: the table of the runs in --out as they stand, unfinished ones included, "
+                             "at the last round every run finished")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
 
     from flywheel.cli import _quiet_libraries
 
@@ -264,18 +347,29 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
     if unknown:
         parser.error(f"unknown arm {unknown[0]!r}; arms: {', '.join(ARMS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs, skipped = [], []
+    jobs, skipped = [], []
     for name in names:
         arm = ARMS[name]
         if arm.needs and not getattr(args, arm.needs):
             skipped.append(f"{name} (needs --{arm.needs.replace('_', '-')})")
             continue
-        for seed in seeds:
-            figures = run_arm(config, name, arm, seed, common, Path(args.out), committee_seed=args.committee_seed,
-                              weak_seed=args.weak_seed, reuse=args.reuse)
+        jobs += [(name, seed) for seed in seeds]
+    out = Path(args.out)
+    if args.collect:
+        runs = collect(jobs, config, common, out, committee_seed=args.committee_seed, weak_seed=args.weak_seed)
+    else:
+        parallel = args.jobs > 1 and len(jobs) > 1
+        if parallel:
+            run_in_parallel(jobs, args, config, common)
+        runs = []
+        for name, seed in jobs:  # after run_in_parallel, each is read back from its figures.json
+            figures = run_arm(config, name, ARMS[name], seed, common, out, committee_seed=args.committee_seed,
+                              weak_seed=args.weak_seed, reuse=args.reuse or parallel)
             print(f"{name} seed {seed}: {figures.seconds:.0f} s, frontier {figures.frontier}, reach {figures.reach}, "
                   f"won {','.join(figures.lengths_won) or '-'}", file=sys.stderr, flush=True)
             runs.append(figures)
+    if not runs:
+        sys.exit("efficacy: no runs to show")
     digits = args.digits.split(",") if args.digits else sorted(
         {d for r in runs for d in r.accuracy_by_round[0] if d.isdigit()}, key=int)
     print(f"config {config} {' '.join(common)}; seeds {args.seeds}; mean±sd across seeds; accuracy (%) after the "

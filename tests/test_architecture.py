@@ -107,3 +107,15 @@ def test_no_six_lines_of_logic_are_written_twice():
             seen[window].append(f"{path.relative_to(SRC)}:{lines[start][0]}")
     repeated = {window: places for window, places in seen.items() if len(places) > 1}
     assert not repeated, "\n".join(f"{places}: {window[0]!r}..." for window, places in list(repeated.items())[:5])
+
+
+def test_a_run_without_tracking_needs_no_mlflow():
+    """`flywheel run --no-track` and the benchmarks load the loop and the report (which reads the tracking
+    module's file names) without importing MLflow: a GPU machine carrying only the training libraries runs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flywheel.loop, flywheel.report, flywheel.tracking; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

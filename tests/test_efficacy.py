@@ -57,3 +57,25 @@ def test_the_gap_recovered_is_measured_against_the_weak_seed_and_the_ceiling():
     table = bench["gap_recovered"](runs, ["6", "7"])
     assert "    1      6     20       60      100   0.50" in table  # (60 - 20) / (100 - 20) after round 1
     assert table.splitlines()[-1].endswith("-")  # a ceiling under 5 points above the weak seed: no ratio
+
+
+def test_parallel_runs_and_collecting_runs_as_they_stand(tiny_seed, tmp_path, capsys):
+    """--jobs runs each (arm, seed) in its own process and reads their figures back; --collect shows the runs
+    in --out as they stand, cut at the last round every one of them finished."""
+    bench = runpy.run_path(str(ROOT / "bench" / "efficacy.py"))
+    common = ["--smoke", "--arms", "default", "--seeds", "0,1", "-s", f"seed.path={tiny_seed}",
+              "--out", str(tmp_path / "runs")]
+    runs = bench["main"](common + ["--jobs", "2"])
+    assert [(r.arm, r.seed, len(r.accuracy_by_round)) for r in runs] == [("default", 0, 2), ("default", 1, 2)]
+    assert all((tmp_path / "runs" / "default" / f"seed{s}" / "figures.json").is_file() for s in (0, 1))
+
+    collected = bench["main"](common + ["--collect"])
+    assert [r.accuracy_by_round for r in collected] == [r.accuracy_by_round for r in runs]
+    assert [r.vote_precision for r in collected] == [r.vote_precision for r in runs]
+
+    # Seed 1's round 1 interrupted before its gate: both runs are shown after round 0 (the seed model).
+    (tmp_path / "runs" / "default" / "seed1" / "rounds" / "1" / "decision.json").unlink()
+    capsys.readouterr()
+    cut = bench["main"](common + ["--collect"])
+    assert [r.accuracy_by_round for r in cut] == [r.accuracy_by_round[:1] for r in runs]
+    assert "default seed 1: 0 of 1 rounds finished" in capsys.readouterr().err

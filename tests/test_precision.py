@@ -52,8 +52,18 @@ def test_default_recipe_trains_fp32_without_checkpointing(tmp_path, monkeypatch)
     assert metrics["steps"] == 2
     assert seen["args"].bf16 is False and seen["args"].fp16 is False
     assert seen["args"].gradient_checkpointing is False
+    assert seen["args"].dataset_num_proc is None  # 40 rows: tokenised in this process
     assert {p.dtype for p in trained.parameters()} == {torch.float32}
     assert not getattr(trained, "is_gradient_checkpointing", False)
+
+
+def test_large_training_sets_are_tokenised_by_one_process_per_20k_rows_up_to_the_cores(monkeypatch):
+    from flywheel.stages import train
+
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 16)
+    assert [train.tokenize_processes(n) for n in (0, 39_999, 40_000, 300_000, 10**7)] == [None, None, 2, 15, 16]
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 1)
+    assert train.tokenize_processes(10**7) is None
 
 
 def test_bf16_recipe_keeps_fp32_master_weights(tmp_path):

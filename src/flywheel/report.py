@@ -17,12 +17,13 @@ def _read(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def build_report(root: Path, config) -> dict:
-    """Collect every round's files under ``root`` into one dict (what report.json holds)."""
+def build_report(root: Path, config, *, last_round: int | None = None) -> dict:
+    """Collect every finished round's files under ``root`` into one dict (what report.json holds); with
+    ``last_round``, none after it (runs that finished different numbers of rounds, compared at the same one)."""
     root = Path(root)
     rounds = []
     this = RoundLayout(root, 0)
-    while this.dir.exists():
+    while this.dir.exists() and (last_round is None or this.index <= last_round):
         index = this.index
         metrics = _read(this.metrics) or {}
         decision = _read(this.decision)

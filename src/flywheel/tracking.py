@@ -21,7 +21,6 @@ from pathlib import Path
 
 from flywheel.config import FlywheelConfig, TrackingConfig
 from flywheel.layout import FILES, RoundLayout, RunLayout
-from flywheel.mlflow_model import log_pyfunc
 from flywheel.modeling import read_model_meta
 
 EVAL_METRICS = f"{FILES.eval_dir}/{FILES.metrics}"  # relative to the round, as MLflow's artifact path too
@@ -163,6 +162,8 @@ class Tracker:
         for version in self.client.search_model_versions(f"run_id = '{parent_run_id}'"):
             if version.tags.get("role") == "seed":  # registered before this run was interrupted and resumed
                 return version.version
+        from flywheel.mlflow_model import log_pyfunc  # MLflow's pyfunc: only where a run is tracked
+
         source, files = log_pyfunc(self.client, parent_run_id, Path(seed_dir), "seed", **self._serving)
         version = self.client.create_model_version(self.config.registered_model, source, parent_run_id,
                                                    tags={"role": "seed", FILES_TAG: files})
@@ -300,6 +301,8 @@ class Tracker:
             if (round_dir / name).exists():
                 self.client.log_artifact(run_id, os.fspath(round_dir / name), os.path.dirname(name) or None)
         self._ensure_registered_model()
+        from flywheel.mlflow_model import log_pyfunc
+
         source, files = log_pyfunc(self.client, run_id, round_dir / FILES.candidate, "candidate", **self._serving)
         decision = json.loads((round_dir / FILES.decision).read_text())
         version = self.client.create_model_version(
