@@ -365,8 +365,9 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
         for name, seed in jobs:  # after run_in_parallel, each is read back from its figures.json
             figures = run_arm(config, name, ARMS[name], seed, common, out, committee_seed=args.committee_seed,
                               weak_seed=args.weak_seed, reuse=args.reuse or parallel)
-            print(f"{name} seed {seed}: {figures.seconds:.0f} s, frontier {figures.frontier}, reach {figures.reach}, "
-                  f"won {','.join(figures.lengths_won) or '-'}", file=sys.stderr, flush=True)
+            if not parallel:  # a parallel run printed this line itself
+                print(f"{name} seed {seed}: {figures.seconds:.0f} s, frontier {figures.frontier}, "
+                      f"reach {figures.reach}, won {','.join(figures.lengths_won) or '-'}", file=sys.stderr, flush=True)
             runs.append(figures)
     if not runs:
         sys.exit("efficacy: no runs to show")
