@@ -5,7 +5,8 @@
     python bench/efficacy.py --arms default,oracle --seeds 0,1,2 -s loop.rounds=2 -s prompts.per_round=1000
     python bench/efficacy.py --committee-seed runs/committee-seed  # adds the committee arm (3 seed members)
     python bench/efficacy.py --weak-seed seed/weak                 # adds weak_to_strong (configs/weak-to-strong.yaml)
-    python bench/efficacy.py --reuse ...                           # keeps finished runs of the same config in --out
+    python bench/efficacy.py --reuse ...                           # keeps finished runs of the same config in --out,
+                                                                   # continues unfinished ones
     python bench/efficacy.py --jobs 6 ...                          # 6 runs at a time, each its own process
     python bench/efficacy.py --collect ...                         # the table of --out's runs as they stand
     python bench/efficacy.py -c configs/gpu-scale.yaml --arms default,oracle --jobs 6   # on a GPU (docs/experiments.md)
@@ -110,7 +111,7 @@ class RunFigures:
     tokens: int | None = None  # generated: samples, TT-SI's probe and written prompts, process rewards' rollouts
 
 
-def generated_tokens(root: Path, rounds: int) -> int:
+def generated_tokens(root: Path, rounds: int) -> int | None:
     """Every token a run generated: its rounds' samples, TT-SI's probe and written prompts, process rewards'
     rollouts (the seed's and the candidates' evaluations aside: every arm spends the same on them)."""
     from flywheel import io, schemas
@@ -119,9 +120,11 @@ def generated_tokens(root: Path, rounds: int) -> int:
     total = 0
     for index in range(1, rounds + 1):
         this = RoundLayout(root, index)
-        if this.samples.is_file():  # a searched sample cost its search_tokens (its rollouts), a drawn one n_tokens
-            total += schemas.generated_tokens(io.read_table(this.samples, schemas.SAMPLES,
-                                                            columns=["n_tokens", "search_tokens"]))
+        if not this.samples.is_file():  # a run copied without its data files: no figure rather than a low one
+            return None
+        # A searched sample cost its search_tokens (its rollouts), a drawn one n_tokens.
+        total += schemas.generated_tokens(io.read_table(this.samples, schemas.SAMPLES,
+                                                        columns=["n_tokens", "search_tokens"]))
         ttsi = io.read_json(this.prompts_summary).get("ttsi") if this.prompts_summary.is_file() else None
         if ttsi:
             total += ttsi["probe_tokens"] + ttsi["written_tokens"]
@@ -160,26 +163,47 @@ def arm_config(config_path: str, arm: Arm, seed: int, common: list[str], root: P
     return load_config(config_path, overrides)
 
 
-def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path, *,
-            committee_seed: str = "", weak_seed: str = "", reuse: bool = False) -> RunFigures:
-    """One ``flywheel run --restart --no-track`` of an arm at a seed, in this process. ``reuse``: a finished run
-    in its directory made with the same config is read instead (its figures.json), so a long benchmark resumes."""
+def same_run(root: Path, config) -> bool:
+    """Whether ``root`` holds a run made with this config and the same outside inputs (the seed model's contents,
+    the user's data files): a seed retrained at the same path is another run."""
     from flywheel import io
     from flywheel.config import dump_config
+    from flywheel.run_state import STATE_DIR, outside_inputs, read_run_config
+
+    made_with = read_run_config(root)
+    inputs = root / STATE_DIR / "inputs.json"
+    return (made_with is not None and dump_config(made_with) == dump_config(config) and inputs.is_file()
+            and io.read_json(inputs) == outside_inputs(config))
+
+
+def finished(root: Path, config) -> RunFigures | None:
+    """The figures of a finished run of this config in ``root``, or None."""
+    from flywheel import io
+
+    done = root / "figures.json"
+    return RunFigures(**io.read_json(done)) if done.is_file() and same_run(root, config) else None
+
+
+def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path, *,
+            committee_seed: str = "", weak_seed: str = "", reuse: bool = False) -> RunFigures:
+    """One ``flywheel run --no-track`` of an arm at a seed, in this process. ``reuse``: a finished run in its
+    directory made with the same config and seed is read instead (its figures.json), and an unfinished one
+    continues from its last finished stage, so a long or time-limited benchmark resumes (a resumed run's
+    seconds are those after resuming); without it the run starts over."""
+    from flywheel import io
     from flywheel.loop import run_loop
-    from flywheel.run_state import read_run_config
 
     root = out / arm_name / f"seed{seed}"
     config = arm_config(config_path, arm, seed, common, root, committee_seed=committee_seed, weak_seed=weak_seed)
-    done = root / "figures.json"
-    made_with = read_run_config(root) if reuse and done.is_file() else None
-    if made_with is not None and dump_config(made_with) == dump_config(config):
-        return RunFigures(**io.read_json(done))
+    if reuse and (figures := finished(root, config)) is not None:
+        return figures
+    continuing = reuse and same_run(root, config)
+    (root / "figures.json").unlink(missing_ok=True)  # never left beside a run it does not describe
     start = time.perf_counter()
-    report = run_loop(config, tracker=None, mode="restart")
+    report = run_loop(config, tracker=None, mode="resume" if continuing else "restart")
     figures = figures_of(report, arm_name, seed, time.perf_counter() - start)
     figures.tokens = generated_tokens(root, config.loop.rounds)
-    io.write_json(done, figures.__dict__)
+    io.write_json(root / "figures.json", figures.__dict__)
     return figures
 
 
@@ -213,19 +237,16 @@ def collect(jobs: list[tuple[str, int]], config_path: str, common: list[str], ou
             committee_seed: str = "", weak_seed: str = "") -> list[RunFigures]:
     """The runs in ``out`` as they stand, finished or not, each cut at the last round every one of them finished
     (so the table compares the same rounds); a run not started, or made with another config, is left out."""
-    from flywheel.config import dump_config
     from flywheel.layout import RoundLayout
     from flywheel.report import build_report
-    from flywheel.run_state import read_run_config
 
     found = []
     for name, seed in jobs:
         root = out / name / f"seed{seed}"
         config = arm_config(config_path, ARMS[name], seed, common, root, committee_seed=committee_seed,
                             weak_seed=weak_seed)
-        made_with = read_run_config(root) if RoundLayout(root, 0).dir.is_dir() else None
-        if made_with is None or dump_config(made_with) != dump_config(config):
-            print(f"{name} seed {seed}: not started with this config", file=sys.stderr)
+        if not (RoundLayout(root, 0).dir.is_dir() and same_run(root, config)):
+            print(f"{name} seed {seed}: not started with this config and seed", file=sys.stderr)
             continue
         summary = build_report(root, config)["summary"]
         if "final_frontier" not in summary:  # the seed model's evaluation (round 0) has not finished
@@ -324,7 +345,8 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
     parser.add_argument("--committee-seed", default="", help="a seed directory with several members (committee arm)")
     parser.add_argument("--weak-seed", default="", help="a seed smaller than the config's (weak_to_strong arm: "
                         "flywheel seed -c configs/weak-to-strong.yaml)")
-    parser.add_argument("--reuse", action="store_true", help="keep finished runs in --out made with the same config")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs in --out made with the same config "
+                        "and seed model, and continue unfinished ones")
     parser.add_argument("--digits", default=None, help="digit lengths to show, e.g. 6,7,8 (default: all evaluated)")
     parser.add_argument("--out", default="runs/efficacy", help="where the runs go (each arm/seed{s})")
     parser.add_argument("--json", default="", help="also write every run's figures to this file")
@@ -362,10 +384,16 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
         if parallel:
             run_in_parallel(jobs, args, config, common)
         runs = []
-        for name, seed in jobs:  # after run_in_parallel, each is read back from its figures.json
-            figures = run_arm(config, name, ARMS[name], seed, common, out, committee_seed=args.committee_seed,
-                              weak_seed=args.weak_seed, reuse=args.reuse or parallel)
-            if not parallel:  # a parallel run printed this line itself
+        for name, seed in jobs:
+            if parallel:  # each run wrote its figures.json, and printed its line itself
+                root = out / name / f"seed{seed}"
+                figures = finished(root, arm_config(config, ARMS[name], seed, common, root,
+                                                    committee_seed=args.committee_seed, weak_seed=args.weak_seed))
+                if figures is None:
+                    sys.exit(f"efficacy: {root}: the run left no figures.json of this config")
+            else:
+                figures = run_arm(config, name, ARMS[name], seed, common, out, committee_seed=args.committee_seed,
+                                  weak_seed=args.weak_seed, reuse=args.reuse)
                 print(f"{name} seed {seed}: {figures.seconds:.0f} s, frontier {figures.frontier}, "
                       f"reach {figures.reach}, won {','.join(figures.lengths_won) or '-'}", file=sys.stderr, flush=True)
             runs.append(figures)

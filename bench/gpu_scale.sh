@@ -20,8 +20,11 @@ python=${PYTHON:-python}
 
 mkdir -p "$out"
 start=$SECONDS
-if [ ! -f "$out/seed/flywheel-model.json" ]; then
+# The seed is kept between calls only if it was trained with the same overrides (a changed one retrains it,
+# and --reuse then sees a new seed: every run starts over).
+if [ ! -f "$out/seed/flywheel-model.json" ] || [ "$(cat "$out/seed.args" 2>/dev/null)" != "$*" ]; then
     "$python" -m flywheel.cli seed -c "$config" -s "seed.path=$out/seed" -s loop.progress=false "$@" >"$out/seed.json"
+    printf '%s' "$*" >"$out/seed.args"
 fi
 echo "seed: $((SECONDS - start)) s" >&2
 common=(-c "$config" -s "seed.path=$out/seed" "$@" --arms "$arms" --seeds "$seeds" --out "$out")
@@ -33,8 +36,12 @@ fi
 if [ "$left" -eq 0 ]; then
     exec "$python" bench/efficacy.py "${common[@]}" --jobs "$jobs" --reuse
 fi
-# timeout signals its whole process group, so the runs efficacy.py started stop with it.
-if ! timeout "$left" "$python" bench/efficacy.py "${common[@]}" --jobs "$jobs" --reuse; then
-    echo "stopped after $left s; the runs as they stand:" >&2
-    "$python" bench/efficacy.py "${common[@]}" --collect
+# timeout signals its whole process group, so the runs efficacy.py started stop with it (-k: killed 30 s later
+# if they have not). 124: stopped at the limit; any other failure is a run's error, passed on.
+status=0
+timeout -k 30 "$left" "$python" bench/efficacy.py "${common[@]}" --jobs "$jobs" --reuse || status=$?
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "stopped after $left s; the runs as they stand (bench/gpu_scale.sh again continues them):" >&2
+    exec "$python" bench/efficacy.py "${common[@]}" --collect
 fi
+exit "$status"

@@ -73,9 +73,18 @@ def test_parallel_runs_and_collecting_runs_as_they_stand(tiny_seed, tmp_path, ca
     assert [r.accuracy_by_round for r in collected] == [r.accuracy_by_round for r in runs]
     assert [r.vote_precision for r in collected] == [r.vote_precision for r in runs]
 
-    # Seed 1's round 1 interrupted before its gate: both runs are shown after round 0 (the seed model).
-    (tmp_path / "runs" / "default" / "seed1" / "rounds" / "1" / "decision.json").unlink()
+    # Seed 1 killed in round 1's gate: both runs are shown after round 0 (the seed model).
+    seed1 = tmp_path / "runs" / "default" / "seed1"
+    (seed1 / "rounds" / "1" / "decision.json").unlink()
+    (seed1 / "figures.json").unlink()
     capsys.readouterr()
     cut = bench["main"](common + ["--collect"])
     assert [r.accuracy_by_round for r in cut] == [r.accuracy_by_round[:1] for r in runs]
     assert "default seed 1: 0 of 1 rounds finished" in capsys.readouterr().err
+
+    # --reuse continues it from its last finished stage (its samples are not drawn again) to the same figures.
+    samples = seed1 / "rounds" / "1" / "samples.parquet"
+    drawn = samples.stat().st_mtime_ns
+    resumed = bench["main"](common + ["--seeds", "1", "--reuse"])
+    assert samples.stat().st_mtime_ns == drawn
+    assert resumed[0].accuracy_by_round == runs[1].accuracy_by_round
