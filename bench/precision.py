@@ -7,6 +7,10 @@ train.gradient_checkpointing=false.
 
     python bench/precision.py                 # 60 steps of configs/default.yaml's train section
     python bench/precision.py --steps 20 --threads 1
+    python bench/precision.py --config configs/gpu-scale.yaml --device cuda --steps 200
+
+A config whose seed is not trained yet is measured on a freshly initialised model of its size (the same
+seconds per step; the losses are a fresh model's).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,13 +41,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's cores)")
     parser.add_argument("--rows", type=int, default=4000, help="training rows (6-digit sums with their labels)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     args = parser.parse_args()
 
     import torch
 
     from flywheel.cli import _quiet_libraries
     from flywheel.config import load_config
-    from flywheel.modeling import member_dirs
+    from flywheel.precision import resolve_precision
+    from flywheel.modeling import build_tiny_model, count_parameters, member_dirs
     from flywheel.stages.train import train_member
     from flywheel.tasks import load_task
 
@@ -52,21 +59,32 @@ def main() -> None:
     task = load_task(config.task)
     rows = [{**r, "completion": r["answer"], "round": 1}
             for r in task.make_prompts(bucket=6, count=args.rows, seed=7, id_prefix="b-", mixed=True)]
-    seed = member_dirs(ROOT / config.seed.path)[0]
-    print(f"CPU bf16 instructions: {cpu_bf16_flags()}; torch threads: {torch.get_num_threads()}; "
+    seed = ROOT / config.seed.path
+    if not (seed / "flywheel-model.json").is_file():  # not trained yet: a fresh model of the config's size
+        model, tokenizer = build_tiny_model(config.model, seed=0)
+        seed = Path(tempfile.mkdtemp(prefix="flywheel-precision-"))
+        model.save_pretrained(seed)
+        tokenizer.save_pretrained(seed)
+        print(f"{config.seed.path} not trained yet: a fresh model of its size ({count_parameters(model):,} "
+              f"parameters)")
+    seed = member_dirs(seed)[0]
+    hardware = (f"GPU: {torch.cuda.get_device_name()}" if args.device.startswith("cuda")
+                else f"CPU bf16 instructions: {cpu_bf16_flags()}")
+    print(f"{hardware}; torch threads: {torch.get_num_threads()}; "
           f"{args.steps} SFT steps of {config.train.batch_size} sequences")
     # Warm-up, not reported: the first trainer in a process pays one-off costs (kernels, tokenisation).
     warm = load_config(args.config, [f"train.steps={min(5, args.steps)}", "train.precision=fp32"]).train
-    train_member(seed, rows, warm, task=task, seed=0, device="cpu", progress=False)
+    train_member(seed, rows, warm, task=task, seed=0, device=args.device, progress=False)
+    auto = resolve_precision("auto", args.device)
     print(f"{'precision':<10} {'checkpointing':<14} {'seconds':>8} {'s/step':>7} {'final loss':>11}")
     for precision, checkpointing in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
         settings = load_config(args.config, [f"train.steps={args.steps}", f"train.precision={precision}",
                                              f"train.gradient_checkpointing={str(checkpointing).lower()}"]).train
         start = time.perf_counter()
-        _, _, metrics = train_member(seed, rows, settings, task=task, seed=0, device="cpu", progress=False)
+        _, _, metrics = train_member(seed, rows, settings, task=task, seed=0, device=args.device, progress=False)
         seconds = time.perf_counter() - start
         note = "   (TRL's own default)" if (precision, checkpointing) == ("bf16", True) else \
-            "   (train.precision=auto on CPU)" if (precision, checkpointing) == ("fp32", False) else ""
+            "   (train.precision=auto here)" if (precision, checkpointing) == (auto, False) else ""
         print(f"{precision:<10} {str(checkpointing):<14} {seconds:>8.1f} {seconds / args.steps:>7.3f} "
               f"{metrics['final_loss']:>11.4f}{note}")
 

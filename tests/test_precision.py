@@ -104,3 +104,21 @@ def test_precision_bench_prints_one_row_per_setting(capsys, monkeypatch):
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["fp32"], ["bf16"])]
     assert [(r[0], r[1]) for r in rows] == [("fp32", "False"), ("fp32", "True"), ("bf16", "False"), ("bf16", "True")]
     assert all(float(r[2]) > 0 for r in rows) and "TRL's own default" in out
+
+
+def test_precision_bench_measures_a_fresh_model_where_the_seed_is_not_trained(capsys, monkeypatch, tmp_path):
+    """configs/gpu-scale.yaml's seed is trained on the GPU machine: before that, the bench times a freshly
+    initialised model of the config's size."""
+    import runpy
+    import sys
+
+    config = tmp_path / "untrained.yaml"
+    config.write_text((ROOT / "configs" / "smoke.yaml").read_text().replace("runs/smoke/seed",
+                                                                            str(tmp_path / "no-seed")))
+    monkeypatch.setattr(sys, "argv", ["precision.py", "--config", str(config), "--steps", "1", "--threads", "1",
+                                      "--rows", "16"])
+    runpy.run_path(str(ROOT / "bench" / "precision.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "not trained yet: a fresh model of its size" in out
+    assert sum(1 for line in out.splitlines() if line.split()[:1] in (["fp32"], ["bf16"])) == 4
+    assert "(train.precision=auto here)" in out
