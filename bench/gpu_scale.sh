@@ -6,7 +6,8 @@
 #
 # OUT: where the seed and the runs go (default runs/gpu-scale). SECONDS: stop the arms after this long (0: never)
 # and show every run at the last round all of them finished (efficacy.py --collect); a device lent for minutes
-# gets a table either way. The -s overrides apply to the seed and every arm.
+# gets a table either way; the same command again continues the runs (--reuse). The -s overrides apply to the
+# seed and every arm. Environment: ARMS (default,oracle), SEEDS (0,1,2), JOBS (6 runs at a time), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu-scale}
