@@ -163,25 +163,27 @@ def arm_config(config_path: str, arm: Arm, seed: int, common: list[str], root: P
     return load_config(config_path, overrides)
 
 
+def run_dir(out: Path, arm_name: str, seed: int) -> Path:
+    return out / arm_name / f"seed{seed}"
+
+
 def same_run(root: Path, config) -> bool:
-    """Whether ``root`` holds a run made with this config and the same outside inputs (the seed model's contents,
-    the user's data files): a seed retrained at the same path is another run."""
-    from flywheel import io
+    """Whether ``root`` holds a run made with exactly this config (its rounds too) and the same outside inputs
+    (the seed model's contents, the user's data files): a seed retrained at the same path is another run."""
     from flywheel.config import dump_config
-    from flywheel.run_state import STATE_DIR, outside_inputs, read_run_config
+    from flywheel.run_state import changed_inputs, outside_inputs, read_run_config
 
     made_with = read_run_config(root)
-    inputs = root / STATE_DIR / "inputs.json"
-    return (made_with is not None and dump_config(made_with) == dump_config(config) and inputs.is_file()
-            and io.read_json(inputs) == outside_inputs(config))
+    return (made_with is not None and dump_config(made_with) == dump_config(config)
+            and not changed_inputs(root, outside_inputs(config)))
 
 
-def finished(root: Path, config) -> RunFigures | None:
-    """The figures of a finished run of this config in ``root``, or None."""
+def figures_in(root: Path) -> RunFigures | None:
+    """The figures.json a finished run wrote, or None."""
     from flywheel import io
 
     done = root / "figures.json"
-    return RunFigures(**io.read_json(done)) if done.is_file() and same_run(root, config) else None
+    return RunFigures(**io.read_json(done)) if done.is_file() else None
 
 
 def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[str], out: Path, *,
@@ -193,14 +195,14 @@ def run_arm(config_path: str, arm_name: str, arm: Arm, seed: int, common: list[s
     from flywheel import io
     from flywheel.loop import run_loop
 
-    root = out / arm_name / f"seed{seed}"
+    root = run_dir(out, arm_name, seed)
     config = arm_config(config_path, arm, seed, common, root, committee_seed=committee_seed, weak_seed=weak_seed)
-    if reuse and (figures := finished(root, config)) is not None:
+    same = reuse and same_run(root, config)
+    if same and (figures := figures_in(root)) is not None:
         return figures
-    continuing = reuse and same_run(root, config)
     (root / "figures.json").unlink(missing_ok=True)  # never left beside a run it does not describe
     start = time.perf_counter()
-    report = run_loop(config, tracker=None, mode="resume" if continuing else "restart")
+    report = run_loop(config, tracker=None, mode="resume" if same else "restart")
     figures = figures_of(report, arm_name, seed, time.perf_counter() - start)
     figures.tokens = generated_tokens(root, config.loop.rounds)
     io.write_json(root / "figures.json", figures.__dict__)
@@ -242,7 +244,7 @@ def collect(jobs: list[tuple[str, int]], config_path: str, common: list[str], ou
 
     found = []
     for name, seed in jobs:
-        root = out / name / f"seed{seed}"
+        root = run_dir(out, name, seed)
         config = arm_config(config_path, ARMS[name], seed, common, root, committee_seed=committee_seed,
                             weak_seed=weak_seed)
         if not (RoundLayout(root, 0).dir.is_dir() and same_run(root, config)):
@@ -386,9 +388,10 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
         runs = []
         for name, seed in jobs:
             if parallel:  # each run wrote its figures.json, and printed its line itself
-                root = out / name / f"seed{seed}"
-                figures = finished(root, arm_config(config, ARMS[name], seed, common, root,
-                                                    committee_seed=args.committee_seed, weak_seed=args.weak_seed))
+                root = run_dir(out, name, seed)
+                made = arm_config(config, ARMS[name], seed, common, root, committee_seed=args.committee_seed,
+                                  weak_seed=args.weak_seed)
+                figures = figures_in(root) if same_run(root, made) else None
                 if figures is None:
                     sys.exit(f"efficacy: {root}: the run left no figures.json of this config")
             else:

@@ -48,8 +48,8 @@ def main() -> None:
 
     from flywheel.cli import _quiet_libraries
     from flywheel.config import load_config
-    from flywheel.precision import resolve_precision
     from flywheel.modeling import build_tiny_model, count_parameters, member_dirs
+    from flywheel.precision import resolve_precision
     from flywheel.stages.train import train_member
     from flywheel.tasks import load_task
 

@@ -168,6 +168,14 @@ def outside_inputs(config) -> dict[str, str | None]:
     return inputs
 
 
+def changed_inputs(root: Path, inputs: dict[str, str | None]) -> list[str]:
+    """Keys of ``inputs`` (``outside_inputs``) whose digests differ from those the run in ``root`` started with;
+    every key where it recorded none."""
+    path = Path(root) / STATE_DIR / "inputs.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return sorted(key for key in set(saved) | set(inputs) if saved.get(key) != inputs.get(key))
+
+
 def read_run_config(root: Path):
     """The config a run directory was made with (its ``config.yaml``), or None if it has none."""
     from flywheel.config import load_config
@@ -215,9 +223,7 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
             raise InputError(root / RUN_CONFIG, "no run to resume here (start one without --resume)",
                              field="loop.out_dir")
         changed = changed_keys(to_dict(saved), to_dict(config))
-        saved_inputs = json.loads((state / "inputs.json").read_text()) if (state / "inputs.json").is_file() else {}
-        changed += [f"{key} (its contents)" for key in sorted(set(saved_inputs) | set(inputs))
-                    if key not in changed and saved_inputs.get(key) != inputs.get(key)]
+        changed += [f"{key} (its contents)" for key in changed_inputs(root, inputs) if key not in changed]
         if changed:
             raise InputError(root / RUN_CONFIG, f"the config changed since the run started ({', '.join(changed)}); "
                              "resume with the same config, or --restart to start over", field="--resume")
