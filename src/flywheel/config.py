@@ -72,6 +72,10 @@ class PromptsConfig:
                            "it was trained on reaches this; below it, the round re-offers that bucket with fresh "
                            "prompts. 0: advance after every promotion. (Model selection on the eval set, like "
                            "the gate; no label reaches training.)")
+    skip_solved_at: float = _f(0.0, "Skip the buckets the champion already scores at least this on (held-out eval, "
+                               "like advance_at): the round offers the first bucket past its own that it has not "
+                               "solved, rather than spending a round on lengths a seed that extrapolates already "
+                               "answers. 0: off (Lee et al.'s schedule, one bucket a round).")
     similar_per_uncertain: int = _f(0, "TT-SI: new prompts synthesised for each prompt the champion is unsure of, "
                                     "added to the round's prompts so they are voted on and trained on in the same "
                                     "round (task generator, or the champion writes them; docs/methods.md). 0: off.")
@@ -90,16 +94,27 @@ class PromptsConfig:
         _check(self.max_uncertain >= 0, "prompts.max_uncertain", "must be >= 0")
         _positive(self, "similar_max_new_tokens")
         _check(0 <= self.advance_at <= 1, "prompts.advance_at", "must be in [0, 1]")
+        _check(0 <= self.skip_solved_at <= 1, "prompts.skip_solved_at", "must be in [0, 1]")
         _positive(self, "per_round")
         _check(self.replay_per_round >= 0, "prompts.replay_per_round", "must be >= 0")
 
-    def bucket_after(self, champion_bucket: int | None, champion_accuracy: float | None = None) -> int:
-        """The round's bucket: the next one, or the champion's own while it scores below ``advance_at`` there."""
+    def bucket_after(self, champion_bucket: int | None, champion_accuracy: dict[str, float] | None = None) -> int:
+        """The round's bucket: the next one, or the champion's own while it scores below ``advance_at`` there;
+        then, with ``skip_solved_at``, past every bucket it already scores that much on.
+
+        ``champion_accuracy``: its held-out accuracy by bucket (``"7": 0.41``); empty or None for a champion
+        from elsewhere, which then advances one bucket a round."""
+        scores = champion_accuracy or {}
         if champion_bucket is None:
-            return self.start_bucket
-        if champion_accuracy is not None and champion_accuracy < self.advance_at:
-            return champion_bucket
-        return champion_bucket + 1
+            bucket = self.start_bucket
+        elif scores.get(str(champion_bucket), 1.0) < self.advance_at:
+            return champion_bucket  # not mastered: the same bucket again, never skipped past
+        else:
+            bucket = champion_bucket + 1
+        # A bucket the eval did not cover has no score and stops the skip: nothing says it is solved.
+        while self.skip_solved_at and scores.get(str(bucket), 0.0) >= self.skip_solved_at:
+            bucket += 1
+        return bucket
 
 
 @dataclass

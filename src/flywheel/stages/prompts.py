@@ -2,7 +2,8 @@
 
 A round offers ``prompts.per_round`` prompts of the bucket after the one the champion
 was last trained on (``curriculum_bucket`` in its flywheel-model.json), or that bucket again
-while the champion's held-out accuracy on it is below ``prompts.advance_at``, and, optionally,
+while the champion's held-out accuracy on it is below ``prompts.advance_at`` (with
+``prompts.skip_solved_at``, past the buckets it already solves), and, optionally,
 ``replay_per_round`` prompts spread over the easier buckets. The truth goes to
 ``audit.parquet`` so no training input ever carries it.
 """
@@ -61,7 +62,7 @@ def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: in
         rows = round_rows(load_prompts(data, task), data, round_index)
     else:
         trained_on = read_model_meta(champion_dir).get("curriculum_bucket")
-        bucket = config.bucket_after(trained_on, champion_accuracy(champion_dir).get(str(trained_on)))
+        bucket = config.bucket_after(trained_on, champion_accuracy(champion_dir))
         rows = round_prompts(task, config, round_index, bucket)
     summary = {"prompts": len(rows), "bucket": bucket}
     if config.similar_per_uncertain:
