@@ -31,7 +31,9 @@ prompts, process rewards' rollouts), in millions: what a method costs beside pla
 
 Controls: ``frozen`` (nothing is ever promoted: the seed model throughout), ``oracle``
 (``vote.method=reference``: true labels in place of the vote) and ``noise10``/``noise30`` (true labels, 10%
-or 30% of them replaced by the commonest wrong sample answer; ``vote.label_noise``). Prints figures; asserts nothing.
+or 30% of them replaced by the commonest wrong sample answer; ``vote.label_noise``) and ``more_prompts`` (500
+more new prompts a round, drawn as usual: what TT-SI's added prompts do beyond their number). Prints figures;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ ARMS: dict[str, Arm] = {
     "noise30": Arm(("vote.method=reference", "vote.label_noise=0.3", "vote.label_noise_seed={seed}",
                     "curate.min_vote_share=0"),
                    "control: true labels, 30% of them made wrong"),
+    # TT-SI adds prompts at the new length; this control adds as many or more, drawn as usual rather than
+    # shaped after the ones the champion is unsure of, so the two separate "more prompts" from "those prompts".
+    "more_prompts": Arm(("prompts.per_round={per_round_plus_500}",),
+                        "control for ttsi: 500 more new prompts a round, none chosen by the champion"),
 }
 SMOKE_ARMS = ("default", "no_vote_filter", "frozen", "oracle", "noise30")
 
@@ -158,7 +164,8 @@ def arm_config(config_path: str, arm: Arm, seed: int, common: list[str], root: P
     base = load_config(config_path, common)
     overrides = [*common, f"prompts.seed={base.prompts.seed + seed}", f"train.seed={base.train.seed + seed}",
                  *(o.format(committee_seed=committee_seed, weak_seed=weak_seed, seed=seed,
-                            seed_path=base.seed.path) for o in arm.overrides),
+                            seed_path=base.seed.path, per_round_plus_500=base.prompts.per_round + 500)
+                   for o in arm.overrides),
                  f"loop.out_dir={root}", "loop.progress=false"]
     return load_config(config_path, overrides)
 

@@ -88,3 +88,16 @@ def test_parallel_runs_and_collecting_runs_as_they_stand(tiny_seed, tmp_path, ca
     resumed = bench["main"](common + ["--seeds", "1", "--reuse"])
     assert samples.stat().st_mtime_ns == drawn
     assert resumed[0].accuracy_by_round == runs[1].accuracy_by_round
+
+
+def test_every_arm_config_loads_and_the_prompt_count_control_adds_500_new_prompts(tmp_path):
+    bench = runpy.run_path(str(ROOT / "bench" / "efficacy.py"))
+    config_path = str(ROOT / "configs" / "default.yaml")
+    configs = {name: bench["arm_config"](config_path, arm, 1, [], tmp_path, committee_seed=str(tmp_path),
+                                         weak_seed=str(tmp_path))
+               for name, arm in bench["ARMS"].items()}
+    default, more = configs["default"], configs["more_prompts"]
+    assert more.prompts.per_round == default.prompts.per_round + 500
+    # Everything else equal, the seed shift included: the control differs from the default by its count only.
+    assert more.prompts.seed == default.prompts.seed
+    assert more.prompts.replay_per_round == default.prompts.replay_per_round
