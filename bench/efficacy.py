@@ -91,8 +91,9 @@ ARMS: dict[str, Arm] = {
     "noise30": Arm(("vote.method=reference", "vote.label_noise=0.3", "vote.label_noise_seed={seed}",
                     "curate.min_vote_share=0"),
                    "control: true labels, 30% of them made wrong"),
-    # TT-SI adds prompts at the new length; this control adds as many or more, drawn as usual rather than
-    # shaped after the ones the champion is unsure of, so the two separate "more prompts" from "those prompts".
+    # TT-SI adds prompts at the new length (252-910 a round at the full budget); this control adds about as
+    # many, drawn as usual rather than shaped after the ones the champion is unsure of, so the two separate
+    # "more prompts" from "those prompts".
     "more_prompts": Arm(("prompts.per_round={per_round_plus_500}",),
                         "control for ttsi: 500 more new prompts a round, none chosen by the champion"),
 }
