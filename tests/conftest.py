@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import shutil
@@ -13,6 +14,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _builtin_print_restored():
+    """kfp.local (2.17) indents a task's output by swapping ``builtins.print`` inside each task
+    (``logging_utils.indented_print``); the shards of a ParallelFor run in threads, so the swaps nest out of
+    order and the indenting print can outlive the pipeline. Every later test in that worker then printed
+    "    arm ..." where the efficacy table's header should start its line. Put the real print back."""
+    original = builtins.print
+    yield
+    builtins.print = original
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
