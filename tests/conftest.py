@@ -15,16 +15,18 @@ from pathlib import Path
 
 import pytest
 
+_REAL_PRINT = builtins.print
+
 
 @pytest.fixture(autouse=True)
 def _builtin_print_restored():
     """kfp.local (2.17) indents a task's output by swapping ``builtins.print`` inside each task
     (``logging_utils.indented_print``); the shards of a ParallelFor run in threads, so the swaps nest out of
     order and the indenting print can outlive the pipeline. Every later test in that worker then printed
-    "    arm ..." where the efficacy table's header should start its line. Put the real print back."""
-    original = builtins.print
+    "    arm ..." where the efficacy table's header should start its line. Put the real print back, the one
+    saved at import: a module fixture that runs a pipeline is set up before this fixture could save it."""
     yield
-    builtins.print = original
+    builtins.print = _REAL_PRINT
 
 
 ROOT = Path(__file__).resolve().parents[1]
