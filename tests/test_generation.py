@@ -1,5 +1,6 @@
 """Seeded sampling and the embedded default's model."""
 
+import pytest
 import torch
 
 from flywheel.generation import HFBackend
@@ -19,7 +20,10 @@ def test_samples_depend_on_their_seed_not_on_the_batch():
     alone = b.generate(["12+34="], [[7, 8]], temperature=1.0, max_new_tokens=6)
     crowd = backend(batch_size=3).generate(["5+5=", "12+34=", "999+1="], [[1, 2], [7, 8], [3, 4]],
                                            temperature=1.0, max_new_tokens=6)
-    assert alone[0] == crowd[1]
+    # the same draws; the summed log-probability only to float rounding: the kernels round per batch shape,
+    # differently on each CPU (bit equality across batches held on Intel, not on AMD EPYC)
+    assert [(c.text, c.n_tokens, c.stopped) for c in alone[0]] == [(c.text, c.n_tokens, c.stopped) for c in crowd[1]]
+    assert [c.logprob for c in alone[0]] == pytest.approx([c.logprob for c in crowd[1]], rel=1e-5, abs=1e-5)
     again = b.generate(["12+34="], [[7, 8]], temperature=1.0, max_new_tokens=6)
     assert again == alone
     assert all(c.n_tokens <= 6 and c.logprob <= 0 for c in alone[0])

@@ -8,7 +8,7 @@ import pytest
 from flywheel import io, schemas
 from flywheel.config import GenerateConfig
 from flywheel.errors import ConfigError
-from flywheel.generation import Completion
+from flywheel.generation import Completion, Shard
 from flywheel.stages.generate import generate, load_backends
 from flywheel.rng import derive_seed
 from flywheel.stages.step_search import Offer, Slot, _advance, _budgets, step_beam
@@ -158,11 +158,16 @@ def test_the_search_on_the_tiny_model_writes_ordinary_samples_deterministically(
     [(logprob, n_tokens)] = backends[0].score([prompts[0]["prompt"]], [drawn["completion"]],
                                               temperature=config.temperature)
     assert n_tokens == drawn["n_tokens"] and logprob == pytest.approx(drawn["logprob"], abs=1e-4)
-    # sharded generate (Kubeflow) searches each shard alone: the union is the unsharded search, row for row
-    shards = [row for shard in (prompts[0::2], prompts[1::2]) for row in generate(shard, backends, config, task=TASK,
-                                                                                   round_index=1)]
-    key = {(r["voter"], r["prompt_id"], r["sample_idx"]): r for r in rows}
-    assert {(r["voter"], r["prompt_id"], r["sample_idx"]): r for r in shards} == key
+    # sharded generate (Kubeflow) searches every n-th prompt alone: the same samples, each an ordinary row; not
+    # the same texts to the bit, since a depth's batches hold other prompts' slots (the kernels round per batch
+    # shape, differently on each CPU: shard and whole agreed on Intel, not on AMD EPYC)
+    halves = [generate(prompts, backends, config, task=TASK, round_index=1, shard=Shard(i, 2)) for i in (0, 1)]
+    assert sorted(r["prompt_id"] for r in halves[0]) == sorted(3 * [p["id"] for p in prompts[0::2]] * len(backends))
+    sharded = [row for half in halves for row in half]
+    assert sorted((r["voter"], r["prompt_id"], r["sample_idx"]) for r in sharded) == sorted(
+        (r["voter"], r["prompt_id"], r["sample_idx"]) for r in rows)
+    for row in sharded:
+        schemas.SAMPLES.check(row, source="test")
 
 
 def test_a_step_is_a_line_for_chat_models(tiny_chat_model):

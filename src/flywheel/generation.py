@@ -8,7 +8,11 @@ on CUDA (the ``[gpu]`` extra; imported only inside it) and returns the same
 Sampling is seeded per (round, prompt, sample) by the caller: every sequence
 gets its own ``torch.Generator`` and is sampled with the Gumbel-max trick
 (argmax of logits/T plus Gumbel noise equals a draw from softmax(logits/T)), so
-a completion does not depend on which other prompts shared its batch.
+a completion does not depend on which other prompts shared its batch, up to float
+rounding: CPU kernels round differently per batch shape (and per CPU), which can flip
+a draw where two tokens' scores tie to the last bit and moves ``logprob`` in its last
+bits. So where two runs must agree exactly (the Kubeflow door's generate shards against
+an unsharded run), they run the same batches: a ``Shard`` is a share of one batch plan.
 """
 
 from __future__ import annotations
@@ -30,10 +34,34 @@ class Completion:
     stopped: bool = True  # the model ended it (end of sequence), not max_new_tokens
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` of one generate call: a backend plans its batches over every job, as an
+    unsharded call would, and runs batches ``index``, ``index + count``, ... of that plan. Every batch then
+    holds the same sequences, padded to the same shape, in the shards as in the unsharded call, so the shards
+    together give the unsharded completions bit for bit (on one machine, at the same thread count), not only
+    up to float rounding."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self):
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} is not in [0, {self.count})")
+
+    def takes(self, position: int) -> bool:
+        """Whether the batch (or, for vLLM, the prompt) at ``position`` is this shard's."""
+        return position % self.count == self.index
+
+
+WHOLE = Shard()
+
+
 class GenerationBackend(Protocol):
     def generate(self, prompts: list[str], seeds: list[list[int]], *, temperature: float,
-                 max_new_tokens: int) -> list[list[Completion]]:
-        """``seeds[i]`` holds one seed per sample of ``prompts[i]``; returns completions in the same shape."""
+                 max_new_tokens: int, shard: Shard = WHOLE) -> list[list[Completion | None]]:
+        """``seeds[i]`` holds one seed per sample of ``prompts[i]``; returns completions in the same shape,
+        ``None`` where a job is another shard's (never with the default ``WHOLE``)."""
         ...
 
 
@@ -118,7 +146,7 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[list[int]], *, temperature: float,
-                 max_new_tokens: int) -> list[list[Completion]]:
+                 max_new_tokens: int, shard: Shard = WHOLE) -> list[list[Completion | None]]:
         from tqdm.auto import tqdm
 
         check_alphabet(self.tokenizer, prompts)
@@ -131,11 +159,12 @@ class HFBackend:
         results: list[list[Completion | None]] = [[None] * len(row) for row in seeds]
         batches = token_batches([length_of[job[2]] for job in jobs], max_new_tokens=max_new_tokens,
                                 batch_size=self.batch_size, batch_tokens=self.batch_tokens)
-        for positions in tqdm(batches, desc=self.desc, unit="batch", disable=not self.progress, leave=False):
+        mine = [positions for b, positions in enumerate(batches) if shard.takes(b)]
+        for positions in tqdm(mine, desc=self.desc, unit="batch", disable=not self.progress, leave=False):
             batch = jobs[positions.start:positions.stop]
             for (i, j, _, _), completion in zip(batch, self._generate_batch(batch, temperature, max_new_tokens)):
                 results[i][j] = completion
-        return results  # type: ignore[return-value]
+        return results
 
     def _generate_batch(self, batch, temperature: float, max_new_tokens: int) -> list[Completion]:
         tok = self.tokenizer
@@ -223,10 +252,21 @@ class VLLMBackend:
                    dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[self.precision])
 
     def generate(self, prompts: list[str], seeds: list[list[int]], *, temperature: float,
-                 max_new_tokens: int) -> list[list[Completion]]:
+                 max_new_tokens: int, shard: Shard = WHOLE) -> list[list[Completion | None]]:
+        """A shard is every ``shard.count``-th prompt: vLLM schedules its own batches, so its shards are not
+        the unsharded batches (and GPU kernels round per batch shape): sharded equals unsharded up to that."""
         import tempfile
 
         from flywheel.modeling import is_adapter, load_member
+
+        mine = [i for i in range(len(prompts)) if shard.takes(i)]
+        if len(mine) < len(prompts):
+            done = self.generate([prompts[i] for i in mine], [seeds[i] for i in mine], temperature=temperature,
+                                 max_new_tokens=max_new_tokens)
+            results: list[list[Completion | None]] = [[None] * len(row) for row in seeds]
+            for i, row in zip(mine, done):
+                results[i] = row
+            return results
 
         with tempfile.TemporaryDirectory(prefix="flywheel-vllm-") as scratch:
             path = self.model_path

@@ -123,7 +123,7 @@ def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: I
 @_component(GPU_IMAGE)
 def generate(run_config: Input[Artifact], shard: int, shards: int, prompts: Input[Dataset], champion: Input[Model],
              samples: Output[Dataset]):
-    """K samples per prompt of one prompt shard (``flywheel.stages.generate.run_generate``).
+    """One shard of the K samples per prompt: every `shards`-th batch (``flywheel.stages.generate.run_generate``).
 
     Inside the shards' ``ParallelFor`` every parameter comes from an artifact or the loop: kfp.local (2.17)
     replaces any task-output parameter of a loop body with the loop item, so the config is the preflight

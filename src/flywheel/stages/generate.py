@@ -14,16 +14,23 @@ The model sees only the question, never a given test.
 
 ``generate.search: step_beam`` grows the K samples of a prompt a step at a time instead of drawing them
 whole (``stages.step_search``); the rows are the same, with the search's cost in ``search_tokens``.
+
+Sharding (the Kubeflow door's ``generate-shards``): shard s of n runs batches s, s + n, ... of the batch plan
+an unsharded run makes (``generation.Shard``), so the merged shards equal the unsharded samples bit for bit on
+one machine. Generated tests are written whole in every shard (a shard's samples may be of any prompt). The step
+search cannot share a plan (a depth's batches hold every prompt's open slots): it searches every n-th prompt,
+and its shards equal the unsharded search up to float rounding only.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import CodeConfig, GenerateConfig
-from flywheel.generation import GenerationBackend, HFBackend, VLLMBackend, choose_backend
+from flywheel.generation import WHOLE, GenerationBackend, HFBackend, Shard, VLLMBackend, choose_backend
 from flywheel.modeling import load_member, member_dirs
 from flywheel.precision import resolve_precision
 from flywheel.rng import derive_seed
@@ -31,16 +38,18 @@ from flywheel.tasks.base import check_prompts, render_message, render_prompt
 
 
 def generate(prompts: list[dict], backends: list[GenerationBackend], config: GenerateConfig, *, task,
-             round_index: int, code: CodeConfig | None = None) -> list[dict]:
+             round_index: int, code: CodeConfig | None = None, shard: Shard = WHOLE) -> list[dict]:
     """Sample ``config.samples_per_prompt`` completions per prompt from each backend (one per member).
 
     ``code``: the code task's settings; when they ask for generated tests, the prompts get them first.
+    ``shard``: only this shard's samples (of any prompt), in the order the unsharded call writes them.
     """
     if code is not None and task.takes_tests and code.generated_tests != "off":
         prompts = with_generated_tests(prompts, backends, config, code, task=task, round_index=round_index)
     if config.search == "step_beam":
         from flywheel.stages.step_search import step_beam
 
+        prompts = [p for i, p in enumerate(prompts) if shard.takes(i)]
         return [row for voter, backend in enumerate(backends)
                 for row in step_beam(prompts, backend, config, task=task, round_index=round_index, voter=voter)]
     # One job per (prompt, view): sample j of a prompt goes to view j mod their number.
@@ -54,10 +63,13 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
         # The task decides how its question is shown to this member's tokenizer (chat template or raw).
         texts = [render_prompt(task, question, getattr(backend, "tokenizer", None)) for _, question, _ in jobs]
         seeds = [[derive_seed(round_index, p["id"], voter, j) for j in indices] for p, _, indices in jobs]
+        sharded = {"shard": shard} if shard != WHOLE else {}  # a backend of the user's may not take shards
         completions = backend.generate(texts, seeds, temperature=config.temperature,
-                                       max_new_tokens=config.max_new_tokens)
+                                       max_new_tokens=config.max_new_tokens, **sharded)
         for (prompt, _, indices), row in zip(jobs, completions):
             for j, completion in zip(indices, row):
+                if completion is None:  # another shard's
+                    continue
                 rows.append({
                     "prompt_id": prompt["id"],
                     "sample_idx": j,
@@ -132,21 +144,26 @@ def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bo
     return backends
 
 
-def shard_rows(prompts: list[dict], shard: int, shards: int) -> list[dict]:
-    """Prompts ``shard``, ``shard + shards``, ... : shard ``shard`` of ``shards`` (strided, so every shard
-    gets a share of every bucket). Seeds are per (round, prompt, member, sample), so the union of the
-    shards' samples equals the unsharded samples."""
-    if not 0 <= shard < shards:
-        raise ValueError(f"shard {shard} is not in [0, {shards})")
-    return prompts[shard::shards]
-
-
 def merge_samples(prompts: list[dict], shard_samples: list[list[dict]]) -> list[dict]:
-    """The shards' samples in the order an unsharded ``generate`` writes them: member, prompt, sample."""
+    """The shards' samples in the order an unsharded ``generate`` writes them: member, prompt, sample.
+
+    A shard holds whole batches, so a prompt's samples may come from several shards: the merge checks that
+    together they hold every (member, sample) of every prompt exactly once."""
     rows = [row for shard in shard_samples for row in shard]
     missing = {p["id"] for p in prompts} - {row["prompt_id"] for row in rows}
     if missing:
         raise io.InputError("samples shards", f"{len(missing)} prompts have no samples (e.g. {min(missing)})")
+    counts = Counter((row["prompt_id"], row.get("voter", 0), row["sample_idx"]) for row in rows)
+    if len(counts) < len(rows):
+        twice = min(k for k, n in counts.items() if n > 1)
+        raise io.InputError("samples shards", f"sample {twice[2]} of member {twice[1]} of prompt {twice[0]} is in "
+                            "more than one shard")
+    grid = {(voter, j) for _, voter, j in counts}
+    per_prompt = Counter(prompt_id for prompt_id, _, _ in counts)
+    short = sorted(p for p, n in per_prompt.items() if n < len(grid))
+    if short:
+        raise io.InputError("samples shards", f"{len(short)} prompts lack some of their samples (e.g. {short[0]}): "
+                            "a shard is missing")
     return canonical_order(prompts, rows)
 
 
@@ -161,13 +178,13 @@ def run_merge_samples(prompts_path: Path, shard_paths: list[Path], out_path: Pat
 def run_generate(prompts_path: Path, model_dir: Path, out_path: Path, config: GenerateConfig, *, task,
                  round_index: int, device: str = "cpu", progress: bool = False, shard: int = 0,
                  shards: int = 1, code: CodeConfig | None = None) -> dict:
-    """Shell: prompts.parquet + champion -> samples.parquet (of one shard of the prompts with ``shards`` > 1;
+    """Shell: prompts.parquet + champion -> samples.parquet (shard ``shard`` of the batches with ``shards`` > 1;
     ``code``: the code task's generated tests)."""
     prompts = check_prompts(task, io.read_rows(prompts_path, schemas.PROMPTS), prompts_path)
-    prompts = shard_rows(prompts, shard, shards)
+    part = Shard(shard, shards)
     backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress,
                              precision=config.dtype, config=config, batch_tokens=config.batch_tokens)
-    rows = generate(prompts, backends, config, task=task, round_index=round_index, code=code)
+    rows = generate(prompts, backends, config, task=task, round_index=round_index, code=code, shard=part)
     io.write_rows(out_path, rows, schemas.SAMPLES)
     n = len(rows)
     return {
