@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import flywheel  # noqa: F401  (first: it pins the CPU kernels before any test module's torch computes)
+
 _REAL_PRINT = builtins.print
 
 

@@ -31,6 +31,12 @@ import os
 # modules can import MLflow.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# The same numbers on every CPU of the machine kind (Intel Xeon, AMD EPYC): MKL and ATen run their AVX2 paths,
+# set before torch computes anything (flywheel.cpu_kernels says why, and how to opt out).
+from flywheel import cpu_kernels as _cpu_kernels  # noqa: E402
+
+_cpu_kernels.pin()
+
 __version__ = "0.1.0"  # the same as pyproject.toml's (a test keeps them equal) and the images' tag
 
 # public name -> the module that defines it
