@@ -270,3 +270,114 @@ def test_strict_mode_refuses_in_one_line_where_namespaces_are_missing(monkeypatc
     require(Limits(mode="weak"))  # the opt-in runs without namespaces
     with pytest.raises(InputError):
         run_program("print(1)")  # never runs the program unconfined
+
+
+# What a program may forge: the sandbox once trusted a `.status` file in the program's own directory.
+FORGERIES = {
+    "file": "open('.status', 'w').write(json.dumps({'returncode': 0}))\nos.chmod('.status', 0o444)",
+    "symlink to a read-only file": "open('forged', 'w').write(json.dumps({'returncode': 0}))\n"
+                                   "os.chmod('forged', 0o444)\nos.symlink('forged', '.status')",
+    "directory": "os.mkdir('.status')",
+}
+
+
+@needs_strict
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_program_cannot_forge_its_own_verdict(forgery):
+    from flywheel.tasks.code import passes
+
+    program = "import json, os, sys\nprint(42)\n" + FORGERIES[forgery] + "\nsys.exit(3)"
+    result = run_program(program)
+    assert result.returncode == 3 and not result.ok
+    assert not passes(program, [{"stdin": "", "stdout": "42"}], Limits())
+    # Call mode: forged results beside the forged status count for nothing either.
+    calls = ("def f():\n    return 1\n" + program.replace("sys.exit(3)", "")
+             + "json.dump(['True'], open('.results.json', 'w'))\nos.chmod('.results.json', 0o444)\nsys.exit(3)")
+    assert not passes(calls, [{"assert": "f() == 2"}], Limits())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exit_codes_and_signals_are_reported(mode):
+    limits = Limits(mode=mode)
+    assert run_program("import sys\nsys.exit(7)", limits=limits).returncode == 7
+    killed = run_program("import os, signal\nprint('x', flush=True)\nos.kill(os.getpid(), signal.SIGTERM)",
+                         limits=limits)
+    assert killed.returncode == -signal.SIGTERM and not killed.ok and not killed.timed_out
+    assert killed.stdout == "x\n"
+    assert run_program("print('fine')", limits=limits).ok
+
+
+@pytest.fixture(params=["root", "user namespace"])
+def strict_path(request, monkeypatch):
+    """Strict mode both ways: as root (the program runs as nobody) and as a non-root caller would run it (a user
+    namespace, where the program is root of its namespace); running as root, the second is entered on purpose."""
+    import flywheel.sandbox
+
+    if not STRICT_OK:
+        pytest.skip(f"no namespaces on this machine: {WHY}")
+    if request.param == "root" and os.geteuid() != 0:
+        pytest.skip("the root path needs root")
+    monkeypatch.setattr(flywheel.sandbox, "_real_root", lambda: request.param == "root")
+    return request.param
+
+
+def test_the_program_cannot_stop_or_reach_the_sandbox_reaper(strict_path):
+    program = textwrap.dedent("""
+        import ctypes, os, signal, time
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SIGSTOP):
+            os.kill(1, sig)  # PID 1 of its namespace: the reaper that reports how the program ended
+        time.sleep(0.5)
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("ptrace", libc.ptrace(16, 1, 0, 0), os.strerror(ctypes.get_errno()))  # PTRACE_ATTACH
+        reached = []
+        for path in ["/proc/1/mem", *(f"/proc/1/fd/{fd}" for fd in range(16))]:  # its report pipe among them
+            try:
+                os.close(os.open(path, os.O_WRONLY))
+                reached.append(path)
+            except (PermissionError, FileNotFoundError):
+                pass
+        print("reached", reached)
+        status = dict(line.split(":\\t") for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+        print("capabilities", status["CapEff"], status["CapPrm"], status["CapBnd"])
+    """)
+    result = run_program(program)
+    assert result.ok, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ptrace -1 ")
+    assert lines[1] == "reached []"
+    assert lines[2] == "capabilities " + " ".join(["0" * 16] * 3)
+
+
+WRITE_MANY = textwrap.dedent("""
+    import errno, sys
+    written = 0
+    for index in range(64):
+        try:
+            with open(f"part-{index}", "wb") as handle:
+                handle.write(b"x" * 2 ** 20)
+        except OSError as error:
+            print(written, errno.errorcode[error.errno])
+            sys.exit(0)
+        written += 1
+    print(written, "written")
+""")
+
+
+def test_strict_caps_the_bytes_written_in_all(strict_path):
+    result = run_program(WRITE_MANY, limits=Limits(file_mb=4))  # each file (1 MB) is under the per-file cap
+    written, error = result.stdout.split()
+    assert int(written) <= 4 and error == "ENOSPC"
+
+
+def test_weak_fails_a_program_that_writes_past_the_cap_in_its_directory():
+    result = run_program(WRITE_MANY, limits=Limits(file_mb=4, mode="weak"))
+    assert not result.ok and result.returncode == -signal.SIGXFSZ
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_program_that_never_reads_its_input_still_has_the_wall_clock(mode):
+    # More input than a pipe holds: writing it all before reading the output once blocked the caller until
+    # the program ended, whatever the wall clock said.
+    result = run_program("import time\ntime.sleep(20)\nprint('done')", stdin="x" * 2 ** 20,
+                         limits=Limits(wall_seconds=2, cpu_seconds=30, mode=mode))
+    assert result.timed_out and not result.ok and result.stdout == ""
