@@ -93,3 +93,170 @@ def test_method_fields_load_from_yaml_and_overrides():
     assert config.vote.method == "weighted"
     assert load_config(ROOT / "configs" / "grpo.yaml").train.grpo.num_generations == 8
     assert load_config(None).train.method == "sft" and not load_config(None).train.lora.enabled
+
+
+# --- numeric ranges, overrides, YAML size ---------------------------------------------------------------------------
+
+def numeric_keys() -> list[str]:
+    """Every int or float config key (an optional one too), walked from the dataclasses themselves."""
+    import dataclasses
+    import typing
+
+    keys = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                walk(kind, prefix + f.name + ".")
+            elif {int, float} & set(typing.get_args(kind) or (kind,)):
+                keys.append(prefix + f.name)
+
+    walk(FlywheelConfig, "")
+    return keys
+
+
+# Keys where 1e9 is a sensible value: seeds (any 31-bit number) and learning rates (no resource at stake; one that
+# diverges is caught while training, tests/test_bad_input.py).
+ONE_BILLION_IS_FINE = {"prompts.seed", "data.seed", "vote.label_noise_seed", "train.seed", "evaluate.seed",
+                       "gate.seed", "seed.learning_rate", "train.learning_rate"}
+
+
+def refused(overrides) -> str:
+    with pytest.raises(InputError) as error:
+        load_config(None, overrides)
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+def test_every_numeric_key_has_a_documented_range():
+    from flywheel.config import RANGES
+
+    keys = set(numeric_keys())
+    assert len(keys) > 90
+    assert keys == set(RANGES)
+    described = {key: help for key, _, help in describe()}
+    for key in keys:
+        assert f"Range: {RANGES[key]}" in described[key], key
+
+
+@pytest.mark.parametrize("key", numeric_keys())
+def test_every_numeric_key_refuses_what_is_out_of_range_in_one_line(key):
+    from flywheel.config import RANGES
+
+    for raw in ("nan", ".nan", ".inf", "-.inf", "abc", "true", "off", "[1]", "{a: 1}"):
+        assert f"field '{key}'" in refused([f"{key}={raw}"]), raw
+    for number in (-1, 0, 10**9, -10**30, 10**30):
+        if number not in RANGES[key]:
+            assert f"field '{key}'" in refused([f"{key}={number}"]), number
+    if key not in ONE_BILLION_IS_FINE:
+        assert 10**9 not in RANGES[key]
+        assert f"field '{key}'" in refused([f"{key}={10**9}"])
+    assert -1 not in RANGES[key] or key == "gate.min_gain"  # no count, share, size or seed is negative
+
+
+def test_ranges_keep_the_shipped_values_and_refuse_what_exhausts_memory():
+    for path in CONFIGS:
+        load_config(path)  # every shipped value is inside its range
+    for key in ("generate.samples_per_prompt", "prompts.per_round", "evaluate.per_bucket", "seed.examples",
+                "prompts.replay_per_round", "gate.bootstrap_samples", "loop.rounds"):
+        message = refused([f"{key}=1000000000"])
+        assert f"field '{key}': must be <=" in message, message
+    assert "field 'model.num_heads': must be > 0" in refused(["model.num_heads=0"])  # was a ZeroDivisionError
+    assert "field 'curate.min_vote_share': must be in [0, 1]" in refused(["curate.min_vote_share=5.0"])
+    assert "field 'gate.min_gain': must be in [-2, 2]" in refused(["gate.min_gain=5"])
+    assert "field 'generate.temperature'" in refused(["generate.temperature=1e308"])
+
+
+def test_a_range_is_also_checked_when_a_section_is_built_in_python():
+    from flywheel.config import CurateConfig, GateConfig, GenerateConfig
+    from flywheel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be <="):
+        GenerateConfig(samples_per_prompt=10**9)
+    with pytest.raises(ConfigError, match="finite"):
+        GateConfig(min_gain=float("nan"))
+    with pytest.raises(ConfigError, match="curate.audit_thresholds"):
+        CurateConfig(audit_thresholds=[0.5, "a"])
+
+
+@pytest.mark.parametrize("value", ["[a]", "[.nan]", "[1.5]", "[true]", "[[0.5]]", "[0.5, -0.1]"])
+def test_audit_thresholds_are_numbers_in_the_unit_interval(value):
+    message = refused([f"curate.audit_thresholds={value}"])  # "[a]" was a TypeError
+    assert "field 'curate.audit_thresholds': must be a list of numbers in [0, 1]" in message
+    assert load_config(None, ["curate.audit_thresholds=[0, 0.5, 1]"]).curate.audit_thresholds == [0, 0.5, 1]
+
+
+def test_an_override_error_names_the_override_not_the_file():
+    with pytest.raises(InputError) as error:
+        load_config(ROOT / "configs" / "smoke.yaml", ["loop.rounds=2", "nosuch.key=1"])
+    assert str(error.value).startswith("-s nosuch.key=1: field 'nosuch': unknown config key"), str(error.value)
+    assert "smoke.yaml" not in str(error.value)
+    with pytest.raises(InputError) as error:
+        load_config(ROOT / "configs" / "smoke.yaml", ["train.steps=0"])
+    assert str(error.value) == "-s train.steps=0: field 'train.steps': must be > 0"
+    with pytest.raises(InputError) as error:  # a section given whole on the command line
+        load_config(ROOT / "configs" / "smoke.yaml", ["gate={alpha: 7}"])
+    assert str(error.value).startswith("-s gate={alpha: 7}: field 'gate.alpha'"), str(error.value)
+
+
+def test_a_file_error_still_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 0\n")
+    with pytest.raises(InputError) as error:
+        load_config(bad, ["loop.rounds=2"])
+    assert str(error.value) == f"{bad}: field 'train.steps': must be > 0"
+
+
+def test_a_malformed_override_value_is_one_line():
+    message = refused(["train.steps=[1,"])  # was a yaml ScannerError traceback
+    assert message.startswith("-s train.steps=[1,: field 'train.steps': malformed YAML"), message
+
+
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs" value in flow style: each level lists the one before it nine times (9**levels values)."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    from flywheel.config import load_config_text
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("name: " + alias_bomb(6) + "\n")  # 9**6 values: small enough that today's code survives it
+    with pytest.raises(InputError) as error:
+        load_config(bomb)
+    message = str(error.value)
+    assert message.startswith(f"{bomb}: row ") and "expands to more than" in message and "\n" not in message
+    with pytest.raises(InputError, match="expands to more than"):
+        load_config_text("{name: " + alias_bomb(6) + "}")
+    with pytest.raises(InputError, match="expands to more than"):
+        load_config(None, ["kubeflow.image_pull_secrets=" + alias_bomb(6)])
+    recursive = tmp_path / "recursive.yaml"
+    recursive.write_text("kubeflow:\n  image_pull_secrets: &a [*a]\n")
+    with pytest.raises(InputError, match="refers to itself"):
+        load_config(recursive)
+
+
+def test_aliases_that_stay_small_still_load(tmp_path):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("generate: &g {max_new_tokens: 12}\nevaluate: {<<: *g, batch_size: 64}\n"
+                  "prompts: {advance_at: &share 0.5, skip_solved_at: *share}\n")
+    config = load_config(ok)
+    assert (config.evaluate.max_new_tokens, config.evaluate.batch_size) == (12, 64)
+    assert config.prompts.skip_solved_at == 0.5
+
+
+def test_a_huge_value_is_never_formatted_whole_into_a_message(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("name: [" + ", ".join(["'" + "x" * 1000 + "'"] * 200) + "]\n")
+    with pytest.raises(InputError) as error:
+        load_config(big)
+    assert "field 'name': expected str, got list" in str(error.value) and len(str(error.value)) < 400
+    big.write_text("k" * 1000 + ": 1\n")
+    with pytest.raises(InputError) as error:
+        load_config(big)
+    assert "unknown config key" in str(error.value) and len(str(error.value)) < 600, str(error.value)

@@ -66,3 +66,23 @@ def test_alpha_one_switches_the_test_off_but_not_min_gain():
     assert decide(items, GateConfig(alpha=1.0, min_gain=0.0))["promote"]  # p = 1.0 <= alpha
     assert not decide(items, GateConfig(alpha=0.999, min_gain=0.0))["promote"]
     assert not decide(items, GateConfig(alpha=1.0, min_gain=0.01))["promote"]
+
+
+@pytest.mark.parametrize("test", ["mcnemar", "bootstrap"])
+def test_never_promotes_on_zero_compared_rows(test):
+    d = decide([], GateConfig(alpha=1.0, min_gain=0.0, max_bucket_drop=1.0, test=test))
+    assert not d["promote"] and d["n"] == 0 and "no compared rows" in d["reason"]
+    assert not decide([], GateConfig(min_gain=-1.0, alpha=1.0))["promote"]
+
+
+def test_run_gate_refuses_empty_predictions_and_writes_nothing(tmp_path):
+    from flywheel import io
+    from flywheel.errors import InputError
+    from flywheel.stages.evaluate import PREDICTION_SCHEMA, PREDICTIONS
+    from flywheel.stages.gate import run_gate
+
+    io.write_rows(tmp_path / "ev" / PREDICTIONS, [], PREDICTION_SCHEMA)
+    with pytest.raises(InputError) as error:
+        run_gate(tmp_path / "ev", tmp_path / "decision.json", GateConfig(alpha=1.0, min_gain=0.0))
+    assert str(error.value).startswith(str(tmp_path / "ev" / PREDICTIONS)) and "no rows" in str(error.value)
+    assert not (tmp_path / "decision.json").exists()

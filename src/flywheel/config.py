@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from flywheel.errors import ConfigError, InputError
+from flywheel.errors import ConfigError, InputError, one_line
 from flywheel.modeling import TinyModelConfig
 from flywheel.precision import PRECISIONS
 from flywheel.registry import TASKS, TRAIN_METHODS, VOTE_METHODS
@@ -28,6 +29,63 @@ def _f(default, help: str, **kw):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts (``RANGES``): ``low`` to ``high``, each included unless ``*_open``.
+
+    A domain (``whole``: a share, a probability) is refused naming the whole interval, "must be in [0, 1]";
+    otherwise a count or a size, refused naming the side it broke, "must be > 0" or "must be <= 1024".
+    """
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    whole: bool = False
+    why: str = ""  # why the low end is where it is, when it is not obvious
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
+
+    def __contains__(self, value) -> bool:
+        return self.problem(value) is None
+
+    def problem(self, value) -> str | None:
+        """What is wrong with ``value``, or None."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"must be a number, got {type(value).__name__}"
+        if not math.isfinite(value):  # NaN fails every comparison: it would pass as in range
+            return f"must be a finite number, got {value!r}"
+        low = value < self.low or (self.low_open and value == self.low)
+        high = value > self.high or (self.high_open and value == self.high)
+        if self.whole and (low or high):
+            return f"must be in {self}"
+        if low:
+            return f"must be {'>' if self.low_open else '>='} {_number(self.low)}" + (f" ({self.why})" if self.why else "")
+        if high:
+            return f"must be {'<' if self.high_open else '<='} {_number(self.high)}"
+        return None
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and value == int(value) else str(value)
+
+
+def _between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Range:
+    """A domain: a share, a probability, a difference of two."""
+    return Range(low, high, low_open, high_open, whole=True)
+
+
+def _above(low: float, cap: float) -> Range:
+    """More than ``low`` (a count: more than 0), up to a cap."""
+    return Range(low, cap, low_open=True)
+
+
+def _from(low: float, cap: float, why: str = "") -> Range:
+    """At least ``low``, up to a cap."""
+    return Range(low, cap, why=why)
 
 
 @dataclass
@@ -47,9 +105,8 @@ class SeedConfig:
     learning_rate: float = _f(1e-3, "Peak learning rate (cosine schedule, 5% warm-up).")
 
     def __post_init__(self):
-        _check(self.members >= 1, "seed.members", "must be >= 1")
-        _check(1 <= self.min_bucket <= self.max_bucket, "seed.max_bucket", "must be >= seed.min_bucket >= 1")
-        _positive(self, "examples", "steps", "batch_size", "learning_rate")
+        _check_ranges(self, "seed")
+        _check(self.min_bucket <= self.max_bucket, "seed.max_bucket", "must be >= seed.min_bucket >= 1")
 
 
 @dataclass
@@ -87,16 +144,7 @@ class PromptsConfig:
     similar_max_new_tokens: int = _f(256, "TT-SI, chat tasks: longest new prompt the champion writes, in tokens.")
 
     def __post_init__(self):
-        _check(self.start_bucket >= 1, "prompts.start_bucket", "must be >= 1")
-        _check(self.similar_per_uncertain >= 0, "prompts.similar_per_uncertain", "must be >= 0")
-        _check(0 < self.uncertain_below <= 1, "prompts.uncertain_below", "must be in (0, 1]")
-        _check(self.probe_samples >= 2, "prompts.probe_samples", "must be >= 2 (one sample has no share)")
-        _check(self.max_uncertain >= 0, "prompts.max_uncertain", "must be >= 0")
-        _positive(self, "similar_max_new_tokens")
-        _check(0 <= self.advance_at <= 1, "prompts.advance_at", "must be in [0, 1]")
-        _check(0 <= self.skip_solved_at <= 1, "prompts.skip_solved_at", "must be in [0, 1]")
-        _positive(self, "per_round")
-        _check(self.replay_per_round >= 0, "prompts.replay_per_round", "must be >= 0")
+        _check_ranges(self, "prompts")
 
     def bucket_after(self, champion_bucket: int | None, champion_accuracy: dict[str, float] | None = None) -> int:
         """The round's bucket: the next one, or the champion's own while it scores below ``advance_at`` there;
@@ -137,8 +185,7 @@ class DataConfig:
     eval_limit: int = _f(0, "Use only the first N rows of data.eval (0: all).")
 
     def __post_init__(self):
-        _check(self.per_round >= 0, "data.per_round", "must be >= 0")
-        _check(self.eval_limit >= 0, "data.eval_limit", "must be >= 0")
+        _check_ranges(self, "data")
         _check(self.order in ("slice", "sample"), "data.order", "must be 'slice' or 'sample'")
         from flywheel.data import DEFAULT_COLUMNS
 
@@ -185,9 +232,8 @@ class GenerateConfig:
                               "propose them.")
 
     def __post_init__(self):
+        _check_ranges(self, "generate")
         _check(self.dtype in PRECISIONS, "generate.dtype", f"must be one of {', '.join(PRECISIONS)}")
-        _positive(self, "samples_per_prompt", "max_new_tokens", "batch_size", "batch_tokens", "views",
-                  "search_rollouts")
         _check(self.search in SEARCHES, "generate.search", f"must be one of {', '.join(SEARCHES)}")
         _check(self.search == "sample" or self.temperature > 0, "generate.temperature",
                "must be > 0 with generate.search=step_beam (greedy rollouts are all the same)")
@@ -196,11 +242,7 @@ class GenerateConfig:
         _check(self.search == "sample" or self.backend == "hf", "generate.backend",
                "must be 'hf' with generate.search=step_beam (it calls the backend once per step, and a vLLM engine "
                "is built per call)")
-        _check(self.temperature >= 0, "generate.temperature", "must be >= 0")
         _check(self.backend in ("hf", "vllm", "auto"), "generate.backend", "must be 'hf', 'vllm' or 'auto'")
-        _check(0 < self.vllm_gpu_memory_utilization <= 1, "generate.vllm_gpu_memory_utilization", "must be in (0, 1]")
-        _check(self.vllm_max_model_len is None or self.vllm_max_model_len > 0, "generate.vllm_max_model_len",
-               "must be > 0 or null")
 
 
 GENERATED_TESTS = ("off", "missing", "always")
@@ -216,7 +258,7 @@ class CodeConfig:
     timeout_s: float = _f(10.0, "Wall-clock seconds per sandbox run (the process group is killed after it).")
     cpu_s: int = _f(5, "CPU seconds per sandbox run (RLIMIT_CPU).")
     memory_mb: int = _f(1024, "Address space per sandbox run in MB (RLIMIT_AS).")
-    file_mb: int = _f(16, "Largest file a program may write, in MB (RLIMIT_FSIZE).")
+    file_mb: int = _f(16, "MB a program may write: per file (RLIMIT_FSIZE) and in all (flywheel.sandbox).")
     sandbox: str = _f("strict", "'strict': each program in its own PID, mount and network namespaces with a private, "
                       "read-only view of the system and only its temporary directory writable (refuses to run "
                       "where the kernel allows no namespaces); 'weak' (opt-in): limits and a process group only, "
@@ -231,6 +273,7 @@ class CodeConfig:
     test_max_new_tokens: int = _f(256, "Longest test-writing completion in tokens.")
 
     def __post_init__(self):
+        _check_ranges(self, "code")
         _check(self.generated_tests in GENERATED_TESTS, "code.generated_tests",
                f"must be one of {', '.join(GENERATED_TESTS)}")
         _positive(self, "timeout_s", "cpu_s", "memory_mb", "file_mb", "max_tests", "test_samples",
@@ -267,12 +310,10 @@ class VoteConfig:
     label_noise_seed: int = _f(0, "Seed of label_noise's draws.")
 
     def __post_init__(self):
-        _check(0 <= self.min_answer_share <= 1, "vote.min_answer_share", "must be in [0, 1]")
-        _check(0 <= self.label_noise < 1, "vote.label_noise", "must be in [0, 1)")
+        _check_ranges(self, "vote")
         VOTE_METHODS.check(self.method)
         _check(self.label_noise == 0 or VOTE_METHODS.get(self.method).supervised, "vote.label_noise",
                "swaps true labels for wrong ones: needs a supervised vote.method (reference)")
-        _check(self.judge_batch_size > 0, "vote.judge_batch_size", "must be > 0")
 
 
 @dataclass
@@ -318,21 +359,15 @@ class CurateConfig:
                                "(step:weak).")
 
     def __post_init__(self):
-        _check(0 <= self.min_vote_share <= 1, "curate.min_vote_share", "must be in [0, 1]")
-        _check(0 < self.new_fraction <= 1, "curate.new_fraction", "must be in (0, 1]")
-        _positive(self, "max_per_prompt", "max_completion_tokens", "near_dedup_shingle", "near_dedup_num_perm",
-                  "ngram_n", "max_pairs_per_prompt")
-        _check(all(0 <= t <= 1 for t in self.audit_thresholds), "curate.audit_thresholds", "must be in [0, 1]")
-        _check(0 < self.near_dedup_threshold <= 1, "curate.near_dedup_threshold", "must be in (0, 1]")
+        _check_ranges(self, "curate")
+        # Each threshold is a pass over the votes; a non-number (`[a]`) would fail deep in a comparison.
+        _check(isinstance(self.audit_thresholds, list) and len(self.audit_thresholds) <= 100
+               and all(_is_number(t) and 0 <= t <= 1 for t in self.audit_thresholds), "curate.audit_thresholds",
+               "must be a list of numbers in [0, 1] (at most 100)")
         _check(self.select in ("off", "loss", "diversity", "loss+diversity"), "curate.select",
                "must be 'off', 'loss', 'diversity' or 'loss+diversity'")
-        _check(0 <= self.select_known_share < 1, "curate.select_known_share", "must be in [0, 1)")
-        _check(self.select_clusters >= 1, "curate.select_clusters", "must be >= 1")
-        _check(self.select_cluster_cap >= 1, "curate.select_cluster_cap", "must be >= 1")
-        _check(self.step_rollouts >= 0, "curate.step_rollouts", "must be >= 0")
-        _check(0 <= self.min_step_score <= 1, "curate.min_step_score", "must be in [0, 1]")
         _check(self.ngram_unit in ("word", "char"), "curate.ngram_unit", "must be 'word' or 'char'")
-        _check(0 <= self.rl_min_vote_share < self.rl_max_vote_share <= 1, "curate.rl_max_vote_share",
+        _check(self.rl_min_vote_share < self.rl_max_vote_share, "curate.rl_max_vote_share",
                "must satisfy 0 <= curate.rl_min_vote_share < curate.rl_max_vote_share <= 1")
 
 
@@ -350,9 +385,7 @@ class LoraSettings:
                      "to its base (format 'adapter'), loaded through peft.")
 
     def __post_init__(self):
-        _check(self.r > 0, "train.lora.r", "must be > 0")
-        _check(self.alpha > 0, "train.lora.alpha", "must be > 0")
-        _check(0 <= self.dropout < 1, "train.lora.dropout", "must be in [0, 1)")
+        _check_ranges(self, "train.lora")
         _check(bool(self.target_modules) and all(isinstance(m, str) and m for m in self.target_modules),
                "train.lora.target_modules", "must be a non-empty list of module names")
 
@@ -365,7 +398,7 @@ class DpoSettings:
     loss_type: str = _f("sigmoid", "TRL DPO loss: 'sigmoid' (DPO), 'ipo' or 'hinge'.")
 
     def __post_init__(self):
-        _check(self.beta > 0, "train.dpo.beta", "must be > 0")
+        _check_ranges(self, "train.dpo")
         _check(self.loss_type in ("sigmoid", "ipo", "hinge"), "train.dpo.loss_type", "must be 'sigmoid', 'ipo' or 'hinge'")
 
 
@@ -383,11 +416,7 @@ class GrpoSettings:
                                             "(the rest trains).")
 
     def __post_init__(self):
-        _check(0 < self.vllm_gpu_memory_utilization <= 1, "train.grpo.vllm_gpu_memory_utilization", "must be in (0, 1]")
-        _check(self.num_generations >= 2, "train.grpo.num_generations", "must be >= 2 (a group votes)")
-        _check(self.temperature > 0, "train.grpo.temperature", "must be > 0")
-        _check(self.max_completion_tokens > 0, "train.grpo.max_completion_tokens", "must be > 0")
-        _check(self.beta >= 0, "train.grpo.beta", "must be >= 0")
+        _check_ranges(self, "train.grpo")
 
 
 @dataclass
@@ -429,13 +458,10 @@ class TrainConfig:
         return base if self.init == "base" else champion
 
     def __post_init__(self):
+        _check_ranges(self, "train")
         TRAIN_METHODS.get(self.method).check(self)
         _check(self.init in ("champion", "base"), "train.init", "must be 'champion' or 'base'")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
-        _check(self.num_nodes >= 1, "train.num_nodes", "must be >= 1")
-        _check(self.gpus_per_node >= 1, "train.gpus_per_node", "must be >= 1")
-        _positive(self, "steps", "batch_size", "learning_rate")
-        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
 
 
 @dataclass
@@ -453,9 +479,9 @@ class EvaluateConfig:
                     "a GPU that supports it). Candidate and champion are always scored in the same dtype.")
 
     def __post_init__(self):
+        _check_ranges(self, "evaluate")
         _check(self.dtype in PRECISIONS, "evaluate.dtype", f"must be one of {', '.join(PRECISIONS)}")
-        _check(1 <= self.min_bucket <= self.max_bucket, "evaluate.max_bucket", "must be >= evaluate.min_bucket >= 1")
-        _positive(self, "per_bucket", "batch_size", "batch_tokens", "max_new_tokens")
+        _check(self.min_bucket <= self.max_bucket, "evaluate.max_bucket", "must be >= evaluate.min_bucket >= 1")
 
 
 @dataclass
@@ -471,10 +497,8 @@ class GateConfig:
     seed: int = _f(0, "Seed of the bootstrap.")
 
     def __post_init__(self):
+        _check_ranges(self, "gate")
         _check(self.test in ("mcnemar", "bootstrap"), "gate.test", "must be 'mcnemar' or 'bootstrap'")
-        _check(0 < self.alpha <= 1, "gate.alpha", "must be in (0, 1]")
-        _check(self.max_bucket_drop >= 0, "gate.max_bucket_drop", "must be >= 0")
-        _positive(self, "bootstrap_samples")
 
 
 @dataclass
@@ -515,14 +539,13 @@ class KubeflowConfig:
     kueue_queue: str = _f("", "Kueue LocalQueue for GPU steps (pod label kueue.x-k8s.io/queue-name); empty: none.")
 
     def __post_init__(self):
+        _check_ranges(self, "kubeflow")
         for name in ("cpu_step_cpu", "cpu_step_cpu_limit", "gpu_step_cpu", "gpu_step_cpu_limit"):
             _check(bool(_CPU_QUANTITY.match(getattr(self, name))), f"kubeflow.{name}",
                    "must be a Kubernetes CPU quantity such as '2' or '500m'")
         for name in ("cpu_step_memory", "gpu_step_memory"):
             _check(bool(_MEMORY_QUANTITY.match(getattr(self, name))), f"kubeflow.{name}",
                    "must be a Kubernetes memory quantity such as '8Gi' or '512Mi'")
-        _positive(self, "step_timeout_s", "gpu_step_timeout_s", "run_deadline_s", "ttl_s")
-        _check(0 <= self.retries <= 10, "kubeflow.retries", "must be in [0, 10]")
         _check(all(isinstance(s, str) and s for s in self.image_pull_secrets), "kubeflow.image_pull_secrets",
                "must be a list of Secret names")
 
@@ -537,7 +560,7 @@ class LoopConfig:
                                "pipeline always does); by default later rounds retry with fresh prompts.")
 
     def __post_init__(self):
-        _positive(self, "rounds")
+        _check_ranges(self, "loop")
 
 
 @dataclass
@@ -572,6 +595,105 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+# The range of every numeric key, checked on load (before a section's own cross-field checks) and again in its
+# __post_init__; `flywheel config` prints it after the help. The caps are what one machine holds at this tool's
+# scale, with ample headroom over the shipped configs: prompts, samples and eval rows are Python dicts in memory
+# (about 1 KB each), so a typo such as 1e9 is refused in one line instead of exhausting memory minutes later.
+_SEED = _from(0, 2**31 - 1)  # numpy, torch and vLLM take unsigned 32-bit seeds; prompts.seed is scaled by 1000
+_BUCKET = _from(1, 1000)  # problem length in digits (addition): a 2000-token question
+_ROWS = 1_000_000  # rows of one round or eval set
+_TOKENS = 32_768  # one completion's length
+_SEQUENCES = 1_048_576  # sequences of one generate() call
+_BATCH_TOKENS = 67_108_864  # tokens of one generate() call (a large GPU holds a few million)
+_PER_PROMPT = 1024  # samples, votes or completions of one prompt (x prompts x members = rows)
+_SECONDS = 86_400  # one sandboxed program run
+_POD_SECONDS = 31_536_000  # a Kubernetes deadline: a year
+_SHARE = _between(0, 1)
+_LEARNING_RATE = Range(0, math.inf, low_open=True)  # no resource at stake; a diverging one is caught in training
+
+RANGES: dict[str, Range] = {
+    "model.hidden_size": _above(0, 8192), "model.num_layers": _above(0, 128), "model.num_heads": _above(0, 256),
+    "model.intermediate_size": _above(0, 32_768), "model.max_positions": _above(0, 131_072),
+
+    "seed.members": _from(1, 64), "seed.min_bucket": _BUCKET, "seed.max_bucket": _BUCKET,
+    "seed.examples": _above(0, 10 * _ROWS), "seed.steps": _above(0, 10_000_000), "seed.batch_size": _above(0, 65_536),
+    "seed.learning_rate": _LEARNING_RATE,
+
+    "prompts.start_bucket": _BUCKET, "prompts.per_round": _above(0, _ROWS), "prompts.replay_per_round": _from(0, _ROWS),
+    "prompts.seed": _SEED, "prompts.advance_at": _SHARE, "prompts.skip_solved_at": _SHARE,
+    "prompts.similar_per_uncertain": _from(0, 64), "prompts.uncertain_below": _between(0, 1, low_open=True),
+    "prompts.probe_samples": _from(2, _PER_PROMPT, why="one sample has no share"),
+    "prompts.max_uncertain": _from(0, _ROWS), "prompts.similar_max_new_tokens": _above(0, _TOKENS),
+
+    "data.per_round": _from(0, 10 * _ROWS), "data.seed": _SEED, "data.eval_limit": _from(0, 10 * _ROWS),
+
+    "code.timeout_s": _above(0, _SECONDS), "code.cpu_s": _above(0, _SECONDS),
+    "code.memory_mb": _from(64, 1_048_576, why="the Python interpreter itself needs it"),
+    "code.file_mb": _above(0, 1_048_576), "code.processes": _above(0, 65_536), "code.max_tests": _above(0, 1000),
+    "code.test_samples": _above(0, _PER_PROMPT), "code.test_max_new_tokens": _above(0, _TOKENS),
+
+    "generate.samples_per_prompt": _above(0, _PER_PROMPT), "generate.temperature": _from(0, 100),
+    "generate.max_new_tokens": _above(0, _TOKENS), "generate.batch_size": _above(0, _SEQUENCES),
+    "generate.batch_tokens": _above(0, _BATCH_TOKENS), "generate.views": _above(0, _PER_PROMPT),
+    "generate.vllm_gpu_memory_utilization": _between(0, 1, low_open=True),
+    "generate.vllm_max_model_len": _above(0, 1_048_576), "generate.search_rollouts": _above(0, 64),
+
+    "vote.min_answer_share": _SHARE, "vote.judge_batch_size": _above(0, 65_536),
+    "vote.label_noise": _between(0, 1, high_open=True), "vote.label_noise_seed": _SEED,
+
+    "curate.min_vote_share": _SHARE, "curate.max_per_prompt": _above(0, _PER_PROMPT),
+    "curate.max_completion_tokens": _above(0, 1_048_576), "curate.new_fraction": _between(0, 1, low_open=True),
+    "curate.near_dedup_threshold": _between(0, 1, low_open=True), "curate.near_dedup_shingle": _above(0, 1000),
+    "curate.near_dedup_num_perm": _above(0, 4096), "curate.ngram_n": _above(0, 1000),
+    "curate.max_pairs_per_prompt": _above(0, _PER_PROMPT), "curate.rl_min_vote_share": _SHARE,
+    "curate.rl_max_vote_share": _SHARE, "curate.select_known_share": _between(0, 1, high_open=True),
+    "curate.select_clusters": _from(1, 4096), "curate.select_cluster_cap": _from(1, 1000),
+    "curate.step_rollouts": _from(0, 64), "curate.min_step_score": _SHARE,
+
+    "train.steps": _above(0, 10_000_000), "train.batch_size": _above(0, 65_536), "train.learning_rate": _LEARNING_RATE,
+    "train.warmup_ratio": _between(0, 1, high_open=True), "train.seed": _SEED, "train.num_nodes": _from(1, 1024),
+    "train.gpus_per_node": _from(1, 64),
+    "train.lora.r": _above(0, 4096), "train.lora.alpha": _above(0, 65_536),
+    "train.lora.dropout": _between(0, 1, high_open=True),
+    "train.dpo.beta": _above(0, 100),
+    "train.grpo.num_generations": _from(2, _PER_PROMPT, why="a group votes"), "train.grpo.temperature": _above(0, 100),
+    "train.grpo.max_completion_tokens": _above(0, _TOKENS), "train.grpo.beta": _from(0, 100),
+    "train.grpo.vllm_gpu_memory_utilization": _between(0, 1, low_open=True),
+
+    "evaluate.min_bucket": _BUCKET, "evaluate.max_bucket": _BUCKET, "evaluate.per_bucket": _above(0, 100_000),
+    "evaluate.seed": _SEED, "evaluate.batch_size": _above(0, _SEQUENCES),
+    "evaluate.batch_tokens": _above(0, _BATCH_TOKENS), "evaluate.max_new_tokens": _above(0, _TOKENS),
+
+    # An accuracy gain is in [-1, 1]: min_gain below 0 promotes a candidate that loses up to that much, above 1
+    # never promotes (controls: bench/efficacy.py's frozen arm sets 1.5).
+    "gate.min_gain": _between(-2, 2), "gate.alpha": _between(0, 1, low_open=True),
+    "gate.bootstrap_samples": _above(0, 100_000),  # each resample is a pure-Python pass over the eval rows
+    "gate.max_bucket_drop": _from(0, 1), "gate.seed": _SEED,
+
+    "kubeflow.step_timeout_s": _above(0, _POD_SECONDS), "kubeflow.gpu_step_timeout_s": _above(0, _POD_SECONDS),
+    "kubeflow.retries": _between(0, 10), "kubeflow.run_deadline_s": _above(0, _POD_SECONDS),
+    "kubeflow.ttl_s": _above(0, _POD_SECONDS),
+
+    "loop.rounds": _above(0, 1000),
+}
+
+
+def _check_range(key: str, value) -> None:
+    """``value`` of ``key`` inside its range (an optional key may be None)."""
+    problem = None if value is None else RANGES[key].problem(value)
+    _check(problem is None, key, problem or "")
+
+
+def _check_ranges(section, prefix: str) -> None:
+    for f in dataclasses.fields(section):
+        if f"{prefix}.{f.name}" in RANGES:
+            _check_range(f"{prefix}.{f.name}", getattr(section, f.name))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(section, *names: str) -> None:
     prefix = {v: k for k, v in _SECTIONS.items()}.get(type(section), "")
     for name in names:
@@ -585,38 +707,49 @@ _SECTIONS = {"seed": SeedConfig, "prompts": PromptsConfig, "data": DataConfig, "
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> FlywheelConfig:
-    """Read a YAML config (or the defaults), apply ``key.sub=value`` overrides, build and validate it."""
+    """Read a YAML config (or the defaults), apply ``key.sub=value`` overrides, build and validate it.
+
+    An error in a key an override set names the override (``-s train.steps=0``), not the file."""
     source = str(path) if path else "config"
     raw: dict = {}
     if path:
         path = Path(path)
         if not path.is_file():
             raise InputError(path, "config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            raise InputError(path, f"malformed YAML ({getattr(exc, 'problem', exc)})",
-                             row=None if line is None else line + 1) from None
+        raw = _parse_yaml(path.read_text(), path) or {}
         if not isinstance(raw, dict):
             raise InputError(path, "expected a mapping at the top level")
+    overridden: dict[str, str] = {}  # dotted key -> the override that set it last
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
             raise InputError("<command line>", f"override {override!r} is not key=value", field=override)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        key = key.strip()
+        where = f"-s {one_line(override, 120)}"
+        _set_dotted(raw, key, _parse_yaml(value, where, field=key) if value.strip() else "", where)
+        overridden.pop(key, None)
+        overridden[key] = where
     try:
         return _build(FlywheelConfig, raw, source, prefix="")
     except ConfigError as exc:
-        raise InputError(source, exc.message, field=exc.key) from None
+        raise _blame_override(InputError(source, exc.message, field=exc.key), overridden) from None
+    except InputError as exc:
+        raise _blame_override(exc, overridden) from None
+
+
+def _blame_override(error: InputError, overridden: dict[str, str]) -> InputError:
+    """``error`` as the fault of the override that set its key, a section above it or a key below it (``-s
+    nosuch.key=1`` is refused as 'nosuch'), else as it is."""
+    key = error.field or ""
+    for set_key, where in reversed(overridden.items()):
+        if key and (key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + ".")):
+            return InputError(where, error.message, field=error.field)
+    return error
 
 
 def load_config_text(text: str, source: str = "config") -> FlywheelConfig:
     """Build a config from YAML text (what ``dump_config`` wrote; a Kubeflow component's ``config_yaml``)."""
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(source, f"malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = _parse_yaml(text, source) or {}
     try:
         return _build(FlywheelConfig, raw, source, prefix="")
     except ConfigError as exc:
@@ -629,14 +762,77 @@ def dump_config(config: FlywheelConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=True, default_flow_style=True, width=float("inf")).strip()
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
     parts = key.split(".")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise InputError("<command line>", "cannot set a sub-key of a scalar", field=key)
+            raise InputError(where, "cannot set a sub-key of a scalar", field=key)
     node[parts[-1]] = value
+
+
+# A config is a few hundred values. Anchors and aliases may repeat parts of it, but never past this: a "billion
+# laughs" document of a few hundred bytes (nine aliases of nine aliases of ...) expands to 9**9 values, and every
+# later walk of it -- the checks, an error message, asdict, dump_config -- would expand it (48 s and 4 GB).
+_MAX_YAML_VALUES = 10_000
+
+
+class _TooLarge(yaml.YAMLError):
+    def __init__(self, message: str, node):
+        super().__init__(message)
+        self.row = node.start_mark.line + 1
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts a document's values, aliases expanded, before it builds anything."""
+
+    def construct_document(self, node):
+        _count_values(node, {}, set())
+        return super().construct_document(node)
+
+
+def _count_values(node, counted: dict[int, int], open_nodes: set[int]) -> int:
+    """Values under ``node`` with every alias expanded. The composer shares an alias's node, so memoising by
+    node counts a bomb in time linear in its text; a node met again while still open is an alias of itself."""
+    if id(node) in counted:
+        return counted[id(node)]
+    if id(node) in open_nodes:
+        raise _TooLarge("a YAML alias refers to itself (it is inside its own anchor)", node)
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _count_values(child, counted, open_nodes)
+        if total > _MAX_YAML_VALUES:
+            raise _TooLarge(f"the YAML expands to more than {_MAX_YAML_VALUES} values (aliases repeat what their "
+                            "anchor holds; a config has a few hundred)", node)
+    open_nodes.discard(id(node))
+    counted[id(node)] = total
+    return total
+
+
+def _parse_yaml(text: str, source, field: str | None = None):
+    """YAML ``text`` as Python values; malformed or too large is one line naming ``source`` (and its line, or
+    ``field`` for an override's value)."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)
+    except _TooLarge as exc:
+        raise InputError(source, str(exc), row=None if field else exc.row, field=field) from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        problem = one_line(getattr(exc, "problem", None) or exc)
+        raise InputError(source, f"malformed YAML ({problem})", row=None if line is None or field else line + 1,
+                         field=field) from None
+    except RecursionError:  # the composer recurses once per level of nesting
+        raise InputError(source, "malformed YAML (nested too deeply)", field=field) from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise InputError(source, f"malformed YAML ({one_line(exc)})", field=field) from None
 
 
 def _build(cls, raw: Any, source: str, prefix: str):
@@ -647,12 +843,18 @@ def _build(cls, raw: Any, source: str, prefix: str):
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            raise InputError(source, f"unknown config key (known: {', '.join(fields)})", field=prefix + str(key))
+            raise InputError(source, f"unknown config key (known: {', '.join(fields)})",
+                             field=prefix + one_line(key, 80))
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, source, prefix + key + ".")
         else:
             kwargs[key] = _coerce(value, kind, source, prefix + key)
+            if prefix + key in RANGES:  # before the section's __post_init__ computes with it (hidden_size % num_heads)
+                try:
+                    _check_range(prefix + key, kwargs[key])
+                except ConfigError as exc:
+                    raise InputError(source, exc.message, field=exc.key) from None
     try:
         return cls(**kwargs)
     except ConfigError as exc:
@@ -661,6 +863,8 @@ def _build(cls, raw: Any, source: str, prefix: str):
 
 def _coerce(value: Any, kind, source: str, key: str):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= 2**1024:  # float() would raise OverflowError
+            raise InputError(source, "must be a finite number", field=key)
         return float(value)
     if kind is float and isinstance(value, str):
         try:
@@ -675,11 +879,22 @@ def _coerce(value: Any, kind, source: str, key: str):
         base = next(a for a in allowed if a is not type(None))
     ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
     if not ok:
-        raise InputError(source, f"expected {getattr(base, '__name__', base)}, got {type(value).__name__} {value!r:.40}",
-                         field=key)
+        hint = " (YAML 1.1 reads yes/no/on/off as booleans: quote it)" if base is str and isinstance(value, bool) else ""
+        raise InputError(source, f"expected {getattr(base, '__name__', base)}, got {type(value).__name__} "
+                         f"{_shown(value)}{hint}", field=key)
     if base is float and not math.isfinite(value):  # NaN fails no comparison: it would switch a check off
         raise InputError(source, f"must be a finite number, got {value!r}", field=key)
     return value
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+
+
+def _shown(value) -> str:
+    """``value`` for an error message, cut short before it is written out: ``repr`` of a large list would build
+    all of it first."""
+    return one_line(_REPR.repr(value), 60)
 
 
 def to_dict(config) -> dict:
@@ -687,7 +902,8 @@ def to_dict(config) -> dict:
 
 
 def describe(config_cls=FlywheelConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every field: what `flywheel config` prints."""
+    """(dotted key, default, help) for every field, a numeric one's range after its help: what `flywheel config`
+    prints."""
     rows = []
     default = config_cls()
     for f in dataclasses.fields(config_cls):
@@ -695,5 +911,8 @@ def describe(config_cls=FlywheelConfig, prefix: str = "") -> list[tuple[str, Any
         if dataclasses.is_dataclass(value):
             rows += describe(type(value), prefix + f.name + ".")
         else:
-            rows.append((prefix + f.name, value, f.metadata.get("help", "")))
+            help = f.metadata.get("help", "")
+            if prefix + f.name in RANGES:
+                help += f" Range: {RANGES[prefix + f.name]}" + (" or null." if value is None else ".")
+            rows.append((prefix + f.name, value, help))
     return rows

@@ -85,12 +85,17 @@ def run_evaluate(eval_path: Path, candidate_dir: Path, champion_dir: Path, out_d
     from flywheel.tasks.base import check_prompts
 
     eval_rows = check_prompts(task, io.read_rows(eval_path, schemas.PROMPTS), eval_path)
+    if not eval_rows:  # it would score an accuracy of 0.0 for both models, and the gate would compare nothing
+        raise io.InputError(eval_path, "the eval set has no rows: nothing to evaluate on")
     for index, row in enumerate(eval_rows, start=1):
         if row.get("answer") is None:
             raise io.InputError(eval_path, "eval rows need a reference answer", row=index, field="answer")
         row.setdefault("bucket", None)
         if row["bucket"] is None:
             row["bucket"] = "all"
+        elif not row["bucket"].strip():  # a bucket named "" would be reported, and gated on, as a length
+            raise io.InputError(eval_path, "must not be empty (leave it out for one bucket, 'all')", row=index,
+                                field="bucket")
     candidate, candidate_answers = evaluate_model(candidate_dir, eval_rows, config, task=task, device=device,
                                                   progress=progress)
     champion, champion_answers = evaluate_model(champion_dir, eval_rows, config, task=task, device=device,

@@ -5,7 +5,8 @@ was the candidate right):
   * ``mcnemar``: exact one-sided McNemar test on the discordant pairs,
     p = P(X >= c | X ~ Binomial(b + c, 1/2)), b = only champion right, c = only candidate right;
   * ``bootstrap``: paired bootstrap of the accuracy difference, p = share of resamples with difference <= 0.
-Promotion needs all of: gain >= ``min_gain``, p <= ``alpha``, and no bucket losing more than ``max_bucket_drop``.
+Promotion needs all of: at least one compared item, gain >= ``min_gain``, p <= ``alpha``, and no bucket losing
+more than ``max_bucket_drop``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def decide(items: list[dict], config: GateConfig) -> dict:
     gain = candidate_acc - champion_acc
     worst_name, worst = min(bucket_deltas.items(), key=lambda kv: (kv[1]["delta"], bucket_key(kv[0])),
                             default=(None, {"delta": 0.0}))
-    if gain < config.min_gain:
+    if n == 0:  # a gain of 0 and p = 1 would pass min_gain <= 0 and alpha = 1: never promote on no evidence
+        promote, reason = False, "no compared rows: nothing shows the candidate is better"
+    elif gain < config.min_gain:
         promote, reason = False, f"gain {gain:+.4f} below the required {config.min_gain:.4f}"
     elif p_value > config.alpha:
         promote, reason = False, f"not significant: {config.test} p={p_value:.4g} > alpha={config.alpha}"
@@ -114,6 +117,9 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
     if next_champion is not None:
         member_dirs(candidate_dir), member_dirs(champion_dir)
     items = read_predictions(Path(eval_dir) / PREDICTIONS)
+    if not items:
+        raise io.InputError(Path(eval_dir) / PREDICTIONS, "no rows: the gate has nothing to compare the candidate "
+                                                          "and the champion on")
     decision = decide(items, config)
     if candidate_dir is not None and read_model_meta(candidate_dir).get("trained") is False:
         decision.update(promote=False, reason="no curated data survived this round; the candidate is the "
