@@ -12,7 +12,7 @@ SRC = ROOT / "src" / "flywheel"
 # Lowest first. A module may import its own layer and the ones below, never one above. (The registries find
 # their entries by importing the modules that register, by name, on first lookup: flywheel.registry.)
 LAYERS = [
-    ["", "errors", "faults", "rng", "precision", "model_card"],  # "": the package (__version__; its API is lazy)
+    ["", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],  # "": the package (__version__; its API is lazy)
     ["registry", "schemas", "sandbox"],
     ["io", "layout", "tasks", "tasks.*"],
     ["modeling", "versioning", "data"],

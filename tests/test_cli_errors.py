@@ -3,8 +3,11 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def flywheel(*args, cwd):
@@ -57,8 +60,9 @@ def test_nonexistent_model_path(prompts_dir):
 
 
 def test_unknown_config_key_and_wrong_type(prompts_dir):
-    assert_clean_error(flywheel("run", "-c", "configs/smoke.yaml", "-s", "train.epochs=3", cwd=prompts_dir),
-                       "configs/smoke.yaml", "field 'train.epochs'", "unknown config key")
+    result = flywheel("run", "-c", "configs/smoke.yaml", "-s", "train.epochs=3", cwd=prompts_dir)
+    assert_clean_error(result, "-s train.epochs=3: field 'train.epochs'", "unknown config key")
+    assert "smoke.yaml" not in result.stderr  # the override is wrong, not the file
     assert_clean_error(flywheel("run", "-c", "configs/smoke.yaml", "-s", "generate.temperature=hot", cwd=prompts_dir),
                        "field 'generate.temperature'", "expected float")
     (prompts_dir / "typo.yaml").write_text("curate:\n  min_vote_shar: 0.5\n")
@@ -117,3 +121,61 @@ def test_an_unreachable_mlflow_server_is_one_line_in_seconds_and_writes_nothing(
     assert_clean_error(result, "http://127.0.0.1:9", "field 'tracking.uri'", "does not answer")
     assert time.monotonic() - start < 60
     assert list(home.iterdir()) == [] and not (workdir / "fresh").exists()
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("nosuch.key=1", ["-s nosuch.key=1: field 'nosuch'", "unknown config key"]),
+    ("generate.samples_per_prompt=1000000000", ["field 'generate.samples_per_prompt'", "must be <="]),
+    ("evaluate.per_bucket=1000000000", ["field 'evaluate.per_bucket'", "must be <="]),
+    ("curate.audit_thresholds=[a]", ["field 'curate.audit_thresholds'", "numbers in [0, 1]"]),
+    ("gate.alpha=.nan", ["field 'gate.alpha'", "finite"]),
+    ("model.num_heads=0", ["field 'model.num_heads'", "must be > 0"]),
+])
+def test_config_values_out_of_range_are_one_line_naming_the_override(tmp_path, override, needles):
+    result = flywheel("config", "-c", str(ROOT / "configs" / "smoke.yaml"), "-s", override, cwd=tmp_path)
+    assert_clean_error(result, f"-s {override}", *needles)
+    assert "smoke.yaml" not in result.stderr
+
+
+def test_a_yaml_alias_bomb_is_one_line_at_once(tmp_path):
+    """385 bytes of nested anchors: 9**9 values once expanded (48 s and 4 GB before the loader refused them)."""
+    levels = ['&l0 [' + ", ".join(["lol"] * 9) + ']'] + [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]"
+                                                        for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("name: [" + ", ".join(levels) + "]\n")
+    result = flywheel("config", "-c", "bomb.yaml", cwd=tmp_path)
+    assert_clean_error(result, "bomb.yaml: row 1", "expands to more than")
+
+
+def test_evaluate_refuses_an_empty_eval_set_and_writes_nothing(workdir):
+    (workdir / "empty.jsonl").write_text("")
+    result = flywheel("evaluate", "-c", "configs/smoke.yaml", "--eval", "empty.jsonl", "--candidate",
+                      "runs/smoke/seed", "--champion", "runs/smoke/seed", "--out-dir", "ev", cwd=workdir)
+    assert_clean_error(result, "empty.jsonl", "no rows")
+    assert not (workdir / "ev").exists()
+
+
+def test_gate_refuses_zero_compared_rows_whatever_alpha_and_min_gain(workdir):
+    from flywheel import io
+    from flywheel.stages.evaluate import PREDICTION_SCHEMA
+
+    io.write_rows(workdir / "ev" / "predictions.parquet", [], PREDICTION_SCHEMA)
+    result = flywheel("gate", "-c", "configs/smoke.yaml", "-s", "gate.alpha=1", "-s", "gate.min_gain=0",
+                      "--eval-dir", "ev", "--candidate", "runs/smoke/seed", "--champion", "runs/smoke/seed",
+                      "--out", "decision.json", "--next-champion", "next", cwd=workdir)
+    assert_clean_error(result, "predictions.parquet", "no rows")
+    assert not (workdir / "decision.json").exists() and not (workdir / "next").exists()
+
+
+def test_a_directory_at_one_of_votes_outputs_fails_before_the_vote_and_writes_nothing(workdir):
+    """It used to vote, publish votes.parquet, then fail renaming agreement.parquet onto the directory (a
+    traceback, new votes beside no vote.json)."""
+    from flywheel import io, schemas
+
+    rows = [{"prompt_id": "a", "sample_idx": i, "voter": 0, "completion": "5", "answer": "5", "n_tokens": 1,
+             "logprob": -0.5} for i in range(3)]
+    io.write_rows(workdir / "samples.parquet", rows, schemas.SAMPLES)
+    (workdir / "out" / "agreement.parquet").mkdir(parents=True)
+    result = flywheel("vote", "-c", "configs/smoke.yaml", "--samples", "samples.parquet", "--out-dir", "out",
+                      cwd=workdir)
+    assert_clean_error(result, "out/agreement.parquet", "field '--out-dir'", "is a directory")
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["agreement.parquet"]

@@ -10,6 +10,7 @@ from flywheel import io, schemas
 from flywheel.config import CurateConfig
 from flywheel.stages.curate import run_curate, run_curate_rows
 from flywheel.tasks import load_task
+from string_encodings import ENCODINGS, reencode
 
 FILES = ("curated.parquet", "pool.parquet", "train.parquet", "pairs.parquet", "rl_prompts.parquet")
 SCHEMAS = (schemas.CURATED, schemas.CURATED, schemas.CURATED, schemas.CURATED_PAIRS, schemas.RL_PROMPTS)
@@ -133,3 +134,30 @@ def test_a_sample_of_an_unknown_prompt_is_one_line_naming_its_row(tmp_path):
         assert str(error.value) == f"{here / 'samples.parquet'}: row 2: field 'prompt_id': prompt 'stranger' is not in " \
                                    "prompts.parquet"
         assert not (here / "curated.parquet").exists()
+
+
+@pytest.mark.parametrize("encoding", [*ENCODINGS, "pandas"])
+def test_curate_reads_every_string_encoding_as_the_plain_files(encoding, tmp_path):
+    """prompts, samples, votes, the eval set and the pool as pandas, Polars or DuckDB may write them."""
+    if encoding == "pandas":
+        pytest.importorskip("pandas")
+    task = load_task("addition")
+    here = tmp_path / "round"
+    here.mkdir()
+    random_round(random.Random(11), here, task)
+    pool = here / "previous_pool.parquet"
+    io.write_rows(pool, [{"prompt": f"{i}+1=", "completion": str(i), "prompt_id": f"r0-{i}", "round": 0,
+                          "bucket": "1"} for i in range(5)], schemas.CURATED)
+    results = []
+    for name in ("plain", encoding):
+        out = tmp_path / name
+        out.mkdir()
+        for file in ("prompts.parquet", "samples.parquet", "votes.parquet", "audit.parquet", "eval.parquet",
+                     "previous_pool.parquet"):
+            (out / file).write_bytes((here / file).read_bytes())
+            if name != "plain":
+                reencode(out / file, encoding)
+        report = run_curate(out, CurateConfig(), task=task, eval_path=out / "eval.parquet", round_index=1,
+                            previous_pool=out / "previous_pool.parquet", audit_path=out / "audit.parquet")
+        results.append((report, [io.read_rows(out / file, schema) for file, schema in zip(FILES, SCHEMAS)]))
+    assert results[0] == results[1]

@@ -153,3 +153,64 @@ def test_code_task_rejects_an_answer_column_it_cannot_grade_with(tmp_path):
     with pytest.raises(InputError, match="grades by its tests column") as error:
         load_eval(DataConfig(eval=str(path)), CodeTask())
     assert "row 1" in str(error.value) and "'answer'" in str(error.value)
+
+
+@pytest.mark.parametrize("task_name, prompt", [("addition", "12+34=\n"), ("addition", "12+34=\r\n"),
+                                               ("multiplication", "12*34=\n"), ("addition", "\n12+34="),
+                                               ("addition", "12+34=\n\n")])
+def test_a_digit_prompt_with_a_trailing_or_leading_newline_is_refused_with_its_row(tmp_path, task_name, prompt):
+    """``$`` matches before a final newline: "12+34=\\n" passed the shape check and crashed generate."""
+    good = "1+2=" if task_name == "addition" else "1*2="
+    write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": good}, {"id": "b", "prompt": prompt}])
+    with pytest.raises(InputError) as error:
+        load_prompts(DataConfig(prompts=str(tmp_path / "p.jsonl")), load_task(task_name))
+    assert str(error.value).startswith(f"{tmp_path / 'p.jsonl'}: row 2: field 'prompt': not a")
+
+
+def test_non_utf8_bytes_name_their_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"id": "a", "prompt": "1+2="}\n{"id": "b", "prompt": "\xff1+2="}\n')
+    with pytest.raises(InputError) as error:
+        load_prompts(DataConfig(prompts=str(path)), load_task("addition"))
+    assert str(error.value).startswith(f"{path}: row 2: not UTF-8 text")
+
+
+@pytest.mark.parametrize("task_name", ["addition", "multiplication"])
+def test_digit_answers_are_ascii_digits_only(task_name):
+    """``str.isdigit`` takes superscripts and other scripts' digits, which ``int`` then refuses or reads as others."""
+    task = load_task(task_name)
+    assert task.extract_answer(" 42\n") == "42"
+    for completion in ("²", "4²", "١٢", "42\n\n7", "-4"):
+        assert task.extract_answer(completion) is None, completion
+
+
+def test_numeric_answers_buckets_and_ids_read_as_written(tmp_path):
+    """pandas stores integers with a missing value as floats: 3.0 must be the answer 3, not "3.0" (which no
+    addition answer ever equals), and NaN a missing answer, not the answer "nan"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"id": [1.0, 2.0], "prompt": ["1+2=", "2+2="], "answer": [3.0, 4.0],
+                             "bucket": [1.0, 1.5]}), path)
+    rows = load_eval(DataConfig(eval=str(path)), load_task("addition"))
+    assert [(r["id"], r["answer"], r["bucket"]) for r in rows] == [("eval-1", "3", "1"), ("eval-2", "4", "1.5")]
+    pq.write_table(pa.table({"prompt": ["1+2=", "2+2="], "answer": [3.0, float("nan")]}), path)
+    with pytest.raises(InputError, match="row 2: field 'answer': the eval set needs a reference answer"):
+        load_eval(DataConfig(eval=str(path)), load_task("addition"))
+    assert load_prompts(DataConfig(prompts=str(path)), load_task("addition"))[1]["answer"] is None
+
+
+@pytest.mark.parametrize("record, field", [
+    ({"prompt": "1+2=", "answer": {"value": 3}}, "answer"),
+    ({"prompt": "1+2=", "answer": [3]}, "answer"),
+    ({"prompt": "1+2=", "bucket": ["short"]}, "bucket"),
+    ({"prompt": "1+2=", "id": {"a": 1}}, "id"),
+    ({"prompt": "1+2=", "answer": float("inf")}, "answer"),
+])
+def test_an_answer_bucket_or_id_that_is_not_text_or_a_number_is_refused(tmp_path, record, field):
+    """It used to become its Python repr ("{'value': 3}"), an answer nothing equals."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1="}, record])
+    with pytest.raises(InputError) as error:
+        load_prompts(DataConfig(prompts=str(path)), load_task("addition"))
+    assert f"row 2: field '{field}'" in str(error.value)

@@ -180,6 +180,25 @@ def test_a_second_run_into_a_held_directory_is_refused(tmp_path, tiny_seed):
     assert not (tmp_path / ".flywheel.lock").exists()
 
 
+def test_a_copied_run_resumes_where_it_was_copied_to(uninterrupted_and_resumed, tmp_path):
+    """`cp -a` of a run to another place (with the lock file a killed run on another machine left) resumes there
+    with only loop.out_dir changed: every stage is complete (a stage that ran would meet the kill point) and
+    config.yaml names the copy."""
+    from flywheel.config import load_config
+
+    straight, *_ = uninterrupted_and_resumed
+    copy = tmp_path / "moved" / "loop"
+    shutil.copytree(straight / "loop", copy, symlinks=True)
+    (copy / ".flywheel.lock").write_text(json.dumps({"pid": 1, "host": "another-machine", "since": "2024-01-01"}))
+    result = flywheel(straight.parents[1], "--resume", "--no-track", "-s", f"loop.out_dir={copy}",
+                      kill="1:prompts:begin")
+    assert result.returncode == 0, result.stderr
+    assert load_config(copy / "config.yaml").loop.out_dir == str(copy)
+    assert json.loads((copy / "report.json").read_text())["summary"] == \
+        json.loads((straight / "loop" / "report.json").read_text())["summary"]
+    assert not (copy / ".flywheel.lock").exists()
+
+
 def test_the_console_has_a_heading_per_round_and_stage_and_no_trainer_dicts(uninterrupted_and_resumed):
     straight, *_, rounds = uninterrupted_and_resumed
     err = (straight.parents[1] / "stderr.txt").read_text()

@@ -233,3 +233,19 @@ def test_run_vote_reliability_reports_each_members_estimate(tmp_path):
     assert summary["voter_reliability"] == {"0": 1.0, "1": 1.0, "2": 0.25}
     assert summary["supervised"] is False and "agree with each other" in summary["label_source"]
     assert summary["majority_ratio"] == pytest.approx((1 + 3 * 2 / 2.25) / 4)
+
+
+def test_weighted_vote_of_vanishing_probabilities_still_has_a_share():
+    """A per-token log-probability of -1e308 (finite, so the samples contract takes it) made exp() 0 for every
+    sample: the vote share came out 0 for the winner of a unanimous vote. Below the floor samples weigh alike."""
+    import pyarrow as pa
+
+    from flywheel.stages.vote import _weighted, sample_weights, vote_table
+
+    samples = [lp("p", 0, "12", -1e308, 2), lp("p", 1, "12", -1e308, 2), lp("p", 2, "13", -1e300, 3)]
+    (v,), _ = vote(samples, weights=sample_weights(samples))
+    assert v["majority_answer"] == "12" and v["vote_share"] == pytest.approx(2 / 3)
+    weights, _, _ = _weighted(pa.Table.from_pylist(samples), None)
+    assert list(weights) == sample_weights(samples)
+    votes, _ = vote_table(pa.Table.from_pylist(samples), weights=weights)
+    assert votes.column("vote_share").to_pylist() == [v["vote_share"]]

@@ -15,6 +15,7 @@ from flywheel.config import VoteConfig
 from flywheel.stages.vote import (pseudo_label_precision, reliability_weights, run_vote, sample_weights, vote,
                                   vote_summary, vote_table, voter_reliability)
 from flywheel.tasks import load_task
+from string_encodings import ENCODINGS, reencode
 
 
 def bits(rows: list[dict]) -> list[dict]:
@@ -99,3 +100,28 @@ def test_a_unanimous_prompt_has_entropy_minus_zero_as_before():
              "logprob": -0.1} for i in range(3)]
     votes, _ = vote_table(pa.Table.from_pylist(rows, schema=schemas.SAMPLES.arrow()))
     assert math.copysign(1.0, votes.column("entropy")[0].as_py()) == math.copysign(1.0, vote(rows)[0][0]["entropy"])
+
+
+@pytest.mark.parametrize("encoding", [*ENCODINGS, "pandas"])
+def test_run_vote_reads_every_string_encoding_as_the_plain_file(encoding, tmp_path):
+    """pandas writes large_string, Polars string_view, DuckDB dictionaries: the vote is the plain file's."""
+    if encoding == "pandas":
+        pytest.importorskip("pandas")
+    task = load_task("addition")
+    rows = random_round(random.Random(encoding))
+    outputs = []
+    for name in ("plain", encoding):
+        here = tmp_path / name
+        io.write_rows(here / "samples.parquet", rows, schemas.SAMPLES)
+        io.write_rows(here / "audit.parquet", [{"id": r["prompt_id"], "prompt": "q", "answer": "1"}
+                                               for r in rows if r["sample_idx"] == 0 and r["voter"] == 0],
+                      schemas.PROMPTS)
+        if name != "plain":
+            reencode(here / "samples.parquet", encoding)
+            reencode(here / "audit.parquet", encoding)
+        for method in ("majority", "weighted"):
+            summary = run_vote(here / "samples.parquet", here, VoteConfig(method=method), task=task,
+                               audit_path=here / "audit.parquet")
+            outputs.append((name, summary, bits(io.read_rows(here / "votes.parquet", schemas.VOTES)),
+                            io.read_rows(here / "agreement.parquet", schemas.AGREEMENT)))
+    assert [o[1:] for o in outputs[:2]] == [o[1:] for o in outputs[2:]]

@@ -207,10 +207,15 @@ def setup_logging(verbose: int, quiet: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flywheel.run_state import install_termination_handler, raise_if_terminated
+
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
+    restore = install_termination_handler()  # every command: SIGTERM is one line and exit 143, not a silent death
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        raise_if_terminated()  # a SIGTERM that a library's callback swallowed still ends the command as stopped
+        return code
     except InputError as error:
         print(f"flywheel: error: {error}", file=sys.stderr)
         return 2
@@ -222,9 +227,20 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except Terminated:
-        print("flywheel: terminated; outputs are written atomically: re-run the command (flywheel run --resume)",
-              file=sys.stderr)
+        restore()  # while the Terminated is held: nothing raises SIGTERM again (the watcher) as this reports it
+        again = "continue with `flywheel run --resume`" if args.command == "run" else "re-run it"
+        print(f"flywheel: terminated; SIGTERM stopped `{_command_line(args)}`; its outputs are written atomically: "
+              f"{again}", file=sys.stderr)
         return 143
+    finally:
+        restore()
+
+
+def _command_line(args) -> str:
+    """The command as typed, without its options: ``flywheel train``, ``flywheel step vote``, ``flywheel data push``."""
+    words = [args.command] + [str(getattr(args, name)) for name in ("stage", "data_command")
+                              if getattr(args, name, None)]
+    return " ".join(["flywheel", *words])
 
 
 def _dispatch(args) -> int:
@@ -513,13 +529,33 @@ STAGE_OUTPUTS = {
 }
 
 
+def written_inside(command: str) -> list[tuple[str, bool]]:
+    """What a stage command writes inside its output directory: (path relative to it, a directory?). Each is
+    checked with the directory: a directory where one of its files goes would otherwise fail the final rename,
+    after the compute."""
+    from flywheel.layout import FILES, RoundLayout, RunLayout
+
+    if command == "prepare":
+        run, zero = RunLayout(Path()), RoundLayout(Path(), 0)
+        return [(str(run.eval_set), False), (str(zero.champion), True), (str(zero.pool), False),
+                (str(zero.eval_dir), True), (str(zero.metrics), False)]
+    files = {"prompts": (FILES.prompts, FILES.audit, FILES.prompts_summary),
+             "vote": (FILES.votes, FILES.agreement, FILES.vote_summary),
+             "curate": RoundLayout.CURATE_OUTPUTS,
+             "evaluate": (FILES.predictions, FILES.metrics)}
+    return [(name, False) for name in files.get(command, ())]
+
+
 def _check_outputs(args) -> None:
     from flywheel.io import check_output, remove_leftovers
 
     outputs = [(getattr(args, name), name, directory) for name, directory in STAGE_OUTPUTS.get(args.command, [])
                if getattr(args, name, None) is not None]
     for value, name, directory in outputs:  # every output checked before anything is removed
-        check_output(value, directory=directory, flag="--" + name.replace("_", "-"))
+        flag = "--" + name.replace("_", "-")
+        check_output(value, directory=directory, flag=flag)
+        for inner, inner_directory in written_inside(args.command) if directory else []:
+            check_output(value / inner, directory=inner_directory, flag=flag)
     if args.command in ("seed", "prepare"):
         return
     for value, _, directory in outputs:

@@ -15,7 +15,9 @@ naming the file, the row and the column, raised before anything is written.
 from __future__ import annotations
 
 import json
+import math
 import random
+from decimal import Decimal
 from pathlib import Path
 
 from flywheel.errors import InputError
@@ -39,7 +41,10 @@ def read_records(path: str | Path, *, key: str) -> list[dict]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from flywheel.io import _check_names
+
         try:
+            _check_names(path, pq.read_schema(path).names)
             records = pq.read_table(path).to_pylist()
         except (pa.ArrowException, OSError) as exc:
             raise InputError(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})") from None
@@ -87,12 +92,12 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
         problem = task.prompt_issue(prompt)
         if problem:
             raise InputError(source, problem, row=index, field=mapping["prompt"])
-        raw_id = record.get(mapping["id"])
-        row_id = f"row-{index - 1}" if raw_id is None else str(raw_id)
+        raw_id = as_text(record.get(mapping["id"]), source=source, row=index, field=mapping["id"])
+        row_id = f"row-{index - 1}" if raw_id is None else raw_id
         if row_id in seen:
             raise InputError(source, f"duplicate id {row_id!r}", row=index, field=mapping["id"])
         seen.add(row_id)
-        answer = record.get(mapping["answer"])
+        answer = as_text(record.get(mapping["answer"]), source=source, row=index, field=mapping["answer"])
         meta = None
         tests = record.get(mapping["tests"])
         if task.takes_tests and answer is not None:
@@ -110,10 +115,28 @@ def to_prompt_rows(records: list[dict], columns: dict, *, task, source, labeled:
         if labeled and answer is None:
             raise InputError(source, "the eval set needs a reference answer", row=index,
                              field=mapping["tests"] if mapping["tests"] in present else mapping["answer"])
-        bucket = record.get(mapping["bucket"])
-        rows.append({"id": row_id, "prompt": prompt, "bucket": None if bucket is None else str(bucket),
-                     "meta": meta, "answer": None if answer is None else str(answer)})
+        bucket = as_text(record.get(mapping["bucket"]), source=source, row=index, field=mapping["bucket"])
+        rows.append({"id": row_id, "prompt": prompt, "bucket": bucket, "meta": meta,
+                     "answer": None if answer is None else str(answer)})
     return rows
+
+
+def as_text(value, *, source, row: int, field: str) -> str | None:
+    """A user's id, answer or bucket as text, numbers as they are written: pandas stores a column of integers
+    with a missing value as floats, and 3.0 is the answer "3" (no addition answer equals "3.0"), NaN a missing
+    one (not the answer "nan"). Anything else (a list, a mapping) is an error: its repr is no answer."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise InputError(source, f"must be a finite number, got {value!r}", row=row, field=field)
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (bool, int, Decimal)):
+        return str(value)
+    raise InputError(source, f"expected text or a number, got {type(value).__name__} {value!r:.40}", row=row,
+                     field=field)
 
 
 def load_prompts(config, task) -> list[dict]:

@@ -8,11 +8,14 @@ naming the file, the row and the field.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import fcntl
 import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,7 +25,7 @@ import pyarrow.parquet as pq
 
 from flywheel import faults
 from flywheel.errors import InputError
-from flywheel.schemas import Schema
+from flywheel.schemas import Schema, conform
 
 
 def _umask() -> int:
@@ -62,10 +65,23 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: other users of a shared volume could not read it
     try:
         yield tmp
+        _usual_modes(tmp)
         faults.point("publish")
         _replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _usual_modes(directory: Path) -> None:
+    """Give the files written under ``directory`` the usual mode (0666 less the umask, as every other output):
+    safetensors writes weights 0600, which other users of a shared volume could not read. A file with other
+    links is a model file linked from elsewhere (``link_or_copy``): its mode is its source's, left alone."""
+    usual = 0o666 & ~_umask()
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            info = os.lstat(os.path.join(parent, name))
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and stat.S_IMODE(info.st_mode) != usual:
+                os.chmod(os.path.join(parent, name), usual)
 
 
 def _replace_dir(source: Path, target: Path) -> None:
@@ -85,7 +101,8 @@ def publish_together(directory: str | os.PathLike) -> Iterator[Callable[[str], P
     """A stage's outputs, published together: yields ``staged(name)``, the path to write output ``name`` to
     (a file, or a directory the stage creates); on success every staged output replaces its namesake in
     ``directory`` in one quick pass, on failure none does. So a stage that fails (or is killed) while
-    writing never leaves some new outputs beside old ones."""
+    writing never leaves some new outputs beside old ones. ``name`` may be a relative path
+    (``rounds/0/pool.parquet``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".publish.", suffix=".tmp", dir=directory))
@@ -93,31 +110,105 @@ def publish_together(directory: str | os.PathLike) -> Iterator[Callable[[str], P
 
     def staged(name: str) -> Path:
         names.append(name)
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
         return staging / name
 
     try:
         yield staged
         faults.point("publish")
-        for name in names:
-            source, target = staging / name, directory / name
-            if source.is_dir():
-                _replace_dir(source, target)
-            elif source.exists():
-                os.replace(source, target)
+        _publish([(staging / name, directory / name) for name in dict.fromkeys(names) if (staging / name).exists()],
+                 aside=staging / ".earlier")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def link_or_copy(src, dst) -> None:
-    """Hard-link a model file where the filesystem allows (models are large), else copy it."""
+def _publish(moves: list[tuple[Path, Path]], *, aside: Path) -> None:
+    """Rename each staged output onto its target. Every target is checked first (a rename cannot put a file where
+    a directory is, nor the reverse), and each earlier output is moved into ``aside`` rather than removed, so a
+    rename that fails even so puts every earlier output back: the earlier outputs or the new ones, never a mix."""
+    for source, target in moves:
+        check_output(target, directory=source.is_dir())
+    aside.mkdir()
+    done: list[tuple[Path, Path | None]] = []  # (target, where its earlier output waits, or None)
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        for index, (source, target) in enumerate(moves):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            earlier = None
+            if target.exists():
+                earlier = aside / str(index)
+                os.replace(target, earlier)
+            done.append((target, earlier))
+            os.replace(source, target)
+    except BaseException:
+        for target, earlier in reversed(done):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            if earlier is not None:
+                os.replace(earlier, target)
+        raise
+
+
+def link_or_copy(src, dst) -> None:
+    """Put model file ``src`` at ``dst`` sharing its disk space where that is safe (models are large), so that no
+    write in place to ``dst`` (a truncate, an append, save_pretrained into its directory) reaches ``src``: a
+    copy-on-write clone where the filesystem makes them (btrfs, XFS); else a hard link made read-only (the source
+    loses its write bits too), where read-only stops this process; else (root writes read-only files) a copy."""
+    if _clone(src, dst):
+        return
+    if not _writes_past_file_modes():
+        try:
+            os.link(src, dst)
+        except OSError:
+            pass
+        else:
+            mode = stat.S_IMODE(os.stat(dst).st_mode)
+            with contextlib.suppress(OSError):  # not its owner: if it is still writable here, it is copied below
+                os.chmod(dst, mode & ~0o222)
+            if not os.access(dst, os.W_OK):
+                return
+            os.unlink(dst)
+    shutil.copy2(src, dst)
+
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def _clone(src, dst) -> bool:
+    """A copy-on-write clone of ``src`` at a new ``dst``: its own inode on the same blocks. False where the
+    filesystem (ext4, tmpfs, another mount) or the system cannot, and then nothing is left at ``dst``."""
+    with open(src, "rb") as source:
+        try:
+            target = open(dst, "xb")
+        except OSError:
+            return False
+        with target:
+            try:
+                fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+                cloned = True
+            except OSError:
+                cloned = False
+    if not cloned:
+        os.unlink(dst)
+        return False
+    shutil.copystat(src, dst)
+    return True
+
+
+def _writes_past_file_modes() -> bool:
+    """Whether this process writes files whatever their mode (CAP_DAC_OVERRIDE: root, or root of a user
+    namespace): a read-only hard link would protect nothing."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & 1 << 1)  # bit 1: CAP_DAC_OVERRIDE
+    return os.geteuid() == 0
 
 
 def link_or_copy_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a model directory atomically, file by file with ``link_or_copy``."""
+    """Copy a model directory atomically, file by file with ``link_or_copy`` (nothing written to ``target``
+    afterwards, in place, reaches ``source``)."""
     with atomic_dir(target) as tmp:
         shutil.copytree(source, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
 
@@ -153,7 +244,9 @@ def check_output(path: str | os.PathLike, *, directory: bool = False, flag: str 
     if path.exists() and path.is_dir() != directory:
         what = "a directory" if path.is_dir() else "a file"
         raise InputError(path, f"is {what}; expected {'a directory' if directory else 'a file path'}", field=flag)
-    ancestor = path if path.exists() else path.parent
+    # What the write creates entries in: an existing output directory itself, else the parent (a file is renamed
+    # into it; an existing file there is replaced, which a re-run does).
+    ancestor = path if directory and path.is_dir() else path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
@@ -193,9 +286,7 @@ def _json_default(value: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    path = check_input(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -215,20 +306,52 @@ def read_rows(path: str | os.PathLike, schema: Schema) -> list[dict]:
 
     Extra columns are kept; optional columns may be absent or null.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    path = check_input(path)
     if path.suffix in (".jsonl", ".json"):
         rows = _read_jsonl(path)
     else:
         try:
-            rows = pq.read_table(path).to_pylist()
+            _check_names(path, pq.read_schema(path).names)
+            table = pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        rows = _conformed(table, schema).to_pylist()
     for index, row in enumerate(rows, start=1):
         schema.check(row, source=path, row=index)
     schema.check_unique(rows, source=path)
     return rows
+
+
+def check_input(path: str | os.PathLike) -> Path:
+    """``path`` is an existing file: else one line saying what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a file")
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    return path
+
+
+def _check_names(path: Path, names: list[str]) -> None:
+    """No column name twice: a reader would pick one of them without a word (Parquet allows it, pandas does not)."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise InputError(path, f"the column '{name}' appears {names.count(name)} times", field=name)
+        seen.add(name)
+
+
+def _conformed(table: pa.Table, schema: Schema) -> pa.Table:
+    """``table`` with each contract column in another encoding of its type (what pandas, Polars or DuckDB write:
+    large_string, string_view, dictionary; any integer width) cast to the contract's type. The rest stay as they
+    are, for the row checks to name."""
+    for index, name in enumerate(table.column_names):
+        column = schema.column(name)
+        if column is not None:
+            values = conform(table.column(index), column)
+            if values is not None:
+                table = table.set_column(index, name, values)
+    return table
 
 
 def read_table(path: str | os.PathLike, schema: Schema, columns: list[str] | None = None,
@@ -251,8 +374,7 @@ def read_table(path: str | os.PathLike, schema: Schema, columns: list[str] | Non
         present = parquet.schema_arrow.names
     except (pa.ArrowException, OSError) as exc:
         raise InputError(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    expected = {str: pa.types.is_string, int: pa.types.is_integer, float: pa.types.is_floating,
-                bool: pa.types.is_boolean}
+    _check_names(path, present)
     types = {field.name: field.type for field in schema.arrow()}
     rows, kept, clean = parquet.metadata.num_rows, {}, True
     for column in schema.columns:
@@ -264,19 +386,25 @@ def read_table(path: str | os.PathLike, schema: Schema, columns: list[str] | Non
         except (pa.ArrowException, OSError) as exc:
             raise InputError(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})") from None
         if values.null_count < rows:
-            kind_ok = expected[column.type](values.type) or (column.type is float and pa.types.is_integer(values.type))
-            if not kind_ok or (column.required and values.null_count):
+            values = conform(values, column)  # None: not an encoding of the contract's type
+            if values is None or (column.required and values.null_count):
                 clean = False
             elif column.nonempty and pc.any(pc.equal(pc.utf8_trim_whitespace(values), "")).as_py():
                 clean = False
-            elif column.type is float and pc.any(pc.invert(pc.is_finite(values.cast(pa.float64())))).as_py():
+            elif column.type is float and pc.any(pc.invert(pc.is_finite(values))).as_py():
                 clean = False  # NaN compares false with every threshold: one would pass every filter downstream
+            elif column.minimum is not None and pc.any(pc.less(values, column.minimum)).as_py():
+                clean = False
+            elif column.maximum is not None and pc.any(pc.greater(values, column.maximum)).as_py():
+                clean = False
         elif column.required and rows:
             clean = False
+        else:
+            values = pa.nulls(rows, types[column.name])  # all null, in whatever type (even Arrow's null type)
         if not clean:
             break
         if columns is None or column.name in columns or column.name in schema.key:
-            kept[column.name] = values.cast(types[column.name])
+            kept[column.name] = values
     if clean and check_key and schema.key and rows:
         clean = _unique([kept[name] for name in schema.key])
     if not clean:
@@ -328,18 +456,23 @@ def write_table(path: str | os.PathLike, table: pa.Table, schema: Schema) -> Non
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8", errors="strict") as handle:
+    # Bytes first, decoded line by line, so bad bytes name their line; the first may start with a BOM (Windows).
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
         try:
-            lines = list(handle)
-        except UnicodeDecodeError:
-            raise InputError(path, "not UTF-8 text") from None
-    for number, line in enumerate(lines, start=1):
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(path, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                             row=number) from None
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(path, f"malformed JSON ({exc.msg})", row=number) from None
+        except RecursionError:
+            raise InputError(path, "malformed JSON (nested too deeply)", row=number) from None
         if not isinstance(row, dict):
             raise InputError(path, "expected a JSON object", row=number)
         rows.append(row)

@@ -17,7 +17,7 @@ from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout, start_model
 from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model
 from flywheel.stages.prompts import run_prompts
-from flywheel.run_state import ROUND_STAGES, Ledger, RunLock, open_run
+from flywheel.run_state import ROUND_STAGES, Ledger, RunLock, check_out_dir, disk_full_is_one_line, open_run
 from flywheel.stages.curate import run_curate
 from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
 from flywheel.stages.gate import run_gate
@@ -62,13 +62,21 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
     run = RunLayout(Path(root))
     seed_dir = check_seed(config)
     check_data(config, task)
-    io.write_rows(run.eval_set, eval_set(config, task), schemas.PROMPTS)
     zero = run.round(0)
-    io.link_or_copy_tree(seed_dir, zero.champion)
-    io.write_rows(zero.pool, [], schemas.CURATED)
-    metrics, _ = evaluate_model(zero.champion, io.read_rows(run.eval_set, schemas.PROMPTS), config.evaluate,
-                                task=task, device=config.loop.device, progress=config.loop.progress)
-    io.write_json(zero.metrics, {"champion": metrics})
+    rows = eval_set(config, task)  # a bad data.eval fails before anything is created
+    # Published together: a failed evaluation leaves the earlier round 0 (or none), never a new eval set beside
+    # old scores.
+    with io.publish_together(root) as staged:
+        def at(path: Path) -> Path:
+            return staged(str(path.relative_to(root)))
+
+        eval_path, champion = at(run.eval_set), at(zero.champion)
+        io.write_rows(eval_path, rows, schemas.PROMPTS)
+        io.link_or_copy_tree(seed_dir, champion)
+        io.write_rows(at(zero.pool), [], schemas.CURATED)
+        metrics, _ = evaluate_model(champion, io.read_rows(eval_path, schemas.PROMPTS), config.evaluate,
+                                    task=task, device=config.loop.device, progress=config.loop.progress)
+        io.write_json(at(zero.metrics), {"champion": metrics})
     return run.eval_set
 
 
@@ -145,10 +153,10 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
     from flywheel.tracking import log_round_files
 
     task = load_task(config.task, config.code)
-    root = Path(config.loop.out_dir)
+    root = check_out_dir(config.loop.out_dir)
     check_seed(config)
     check_data(config, task)
-    with RunLock(root):
+    with RunLock(root), disk_full_is_one_line(root):
         ledger = open_run(root, config, mode)
         run, zero = RunLayout(root), RoundLayout(root, 0)
         eval_path = run.eval_set

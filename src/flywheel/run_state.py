@@ -4,7 +4,7 @@
   config.yaml            the resolved config of the run (``flywheel report``/``status`` read it)
   state/inputs.json      digests of what the run read from outside the directory (seed, data files)
   state/<r>/<stage>.json one record per completed stage: the md5 of each of its outputs, its seconds
-  .flywheel.lock         the PID and host of the process that holds the directory (while it runs)
+  .flywheel.lock         locked (flock) by the process that runs the loop; names its PID and host
 
 Resume (``flywheel run --resume``) replays the records in loop order: a stage whose record
 exists and whose outputs still have the recorded digests is skipped; the first stage that is
@@ -16,6 +16,10 @@ is DVC's run-cache rule for a linear pipeline.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -23,13 +27,17 @@ import os
 import shutil
 import signal
 import socket
+import stat
+import sys
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from flywheel import faults, io
-from flywheel.errors import InputError
+from flywheel.errors import InputError, Terminated
 from flywheel.layout import RunLayout
 
 log = logging.getLogger("flywheel")
@@ -37,8 +45,10 @@ log = logging.getLogger("flywheel")
 RUN_CONFIG = RunLayout(Path(".")).config.name  # config.yaml
 STATE_DIR = "state"
 LOCK_FILE = ".flywheel.lock"
-# Keys a resumed run may change: how many rounds to run and how the console looks, never a result.
-RESUMABLE_KEYS = ("loop.rounds", "loop.progress")
+INPUTS_RECORD = "inputs.json"  # in state/: the first file a run writes, the mark of a directory that holds one
+# Keys a resumed run may change: how many rounds to run, how the console looks and where the directory is now
+# (a copied or moved run), never a result.
+RESUMABLE_KEYS = ("loop.rounds", "loop.progress", "loop.out_dir")
 # The stages of a round in loop order (``flywheel run`` adds "track" after them when MLflow is on).
 ROUND_STAGES = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate")
 MODES = ("new", "resume", "restart")
@@ -73,70 +83,197 @@ def path_md5(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-# --- the lock ------------------------------------------------------------------------------------------------
+# --- the run directory and its lock -------------------------------------------------------------------------
 
-def alive(pid: int) -> bool:
+def check_out_dir(out_dir: str) -> Path:
+    """``loop.out_dir`` as a directory this user can write, or one line (blank, a file, under a file, read-only).
+
+    A blank value is refused rather than read as the current directory: it is what an unset variable leaves
+    (``-s loop.out_dir=$OUT``), and a run would land where the user never said. '.' says it on purpose.
+    """
+    if not str(out_dir).strip():
+        raise InputError("loop.out_dir", "is empty; name the run directory (use '.' for the current directory)")
+    return io.check_output(Path(out_dir), directory=True, flag="loop.out_dir")
+
+
+@dataclass
+class LockState:
+    """A run directory's lock file: what it says (pid, host, since; empty if unreadable) and whether a process
+    holds its lock now."""
+
+    path: Path
+    holder: dict
+    held: bool
+
+
+def describe_holder(holder: dict) -> str:
+    host = holder.get("host") or "an unknown host"
+    if holder.get("host") and host != socket.gethostname():
+        host += " (another host)"
+    return f"pid {holder.get('pid') or '?'} on {host} since {holder.get('since') or '?'}"
+
+
+def _open_lock_file(path: Path, flags: int) -> int:
+    """An fd of the lock file; one line if the name holds something else (a directory, a pipe, a link), which
+    no flywheel wrote and none removes. O_NONBLOCK: opening a named pipe must not wait for a writer."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        raise  # no lock file (read_lock), or no directory: the caller's to say
+    except OSError as error:
+        if error.errno in (errno.EISDIR, errno.ELOOP):
+            raise _not_a_lock_file(path) from error
+        raise InputError(path, f"cannot open the run directory's lock: {error.strerror}", field="loop.out_dir") \
+            from error
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_a_lock_file(path)
+    return fd
+
+
+def _not_a_lock_file(path: Path) -> InputError:
+    return InputError(path, "is not a file (flywheel's lock file is); remove it and run again", field="loop.out_dir")
+
+
+def _holder(content: bytes) -> dict:
+    try:
+        holder = json.loads(content)
+    except ValueError:  # empty: its holder is writing it this instant; garbage: not flywheel's
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (a lock's holder unlinks it on the way out)."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def read_json_or_none(path: Path):
-    """A JSON file's content, or None if it is absent or half-written (the lock file while its holder writes)."""
+def read_lock(root: Path) -> LockState | None:
+    """The lock of the run in ``root``, or None if it has no lock file.
+
+    Whether it is held is asked of the kernel (a shared flock tried and dropped at once), not judged from the
+    PID in the file: a PID can be reused, and one from another host cannot be checked from here.
+    """
+    path = Path(root) / LOCK_FILE
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        fd = _open_lock_file(path, os.O_RDONLY)
+    except FileNotFoundError:
         return None
-
-
-def is_stale(holder: dict) -> bool:
-    """A lock from this host whose process is gone (killed); another host's PID cannot be checked."""
-    return holder.get("host") == socket.gethostname() and not alive(int(holder.get("pid", -1)))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True
+        content = os.pread(fd, 1 << 16, 0)
+    finally:
+        os.close(fd)  # drops the probe's shared lock
+    return LockState(path=path, holder=_holder(content), held=held)
 
 
 class RunLock:
-    """Exclusive hold on a run directory: a second ``flywheel run`` into it fails in one line.
+    """Exclusive hold on a run directory: a second ``flywheel run`` into it fails in one line naming the holder.
 
-    The lock file names the holder's PID and host. A lock whose PID is gone on this host is
-    stale (the holder was killed) and is taken over; a lock from another host is respected,
-    since its PID cannot be checked from here (delete the file if that host is gone).
+    The hold is an exclusive ``flock`` on ``.flywheel.lock``, kept while the loop runs. The kernel grants it to
+    one process at a time and drops it when that process ends, however it ends (SIGKILL too), so a lock left
+    by a killed run, or copied with its directory, is free; no PID is judged. (Linux passes flock on NFS to
+    the server's lock manager, so hosts sharing a volume exclude each other too.) The PID, host and start time
+    written in the file are for people: the refusal and ``flywheel status`` name the holder with them.
     """
+
+    # `flywheel status` probes with a shared lock held for microseconds: a start that meets it tries again.
+    ATTEMPTS, PAUSE_S = 5, 0.02
 
     def __init__(self, root: Path):
         self.path = Path(root) / LOCK_FILE
-        self.held = False
+        self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = read_json_or_none(self.path)
-                if holder and is_stale(holder):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                if holder is None:  # being written by its holder right now, or truncated: wait for it
-                    time.sleep(0.2)
-                    continue
-                raise InputError(self.path.parent, f"another flywheel run holds this directory (pid "
-                                 f"{holder.get('pid')} on {holder.get('host')} since {holder.get('since')}); wait "
-                                 f"for it, or delete {self.path} if that process is gone", field="loop.out_dir")
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            self.held = True
-            return self
-        raise InputError(self.path, "could not take the run directory's lock", field="loop.out_dir")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(self.ATTEMPTS):
+                self.fd = self._try_lock()
+                if self.fd is not None:
+                    return self
+                time.sleep(self.PAUSE_S)
+        except OSError as error:  # no locks on this filesystem, a full disk, a directory removed under us
+            raise InputError(self.path, f"cannot lock the run directory: {error.strerror or error}",
+                             field="loop.out_dir") from error
+        lock = read_lock(self.path.parent)
+        raise InputError(self.path.parent, f"another flywheel run holds this directory "
+                         f"({describe_holder(lock.holder if lock else {})}); wait for it to end", field="loop.out_dir")
+
+    def _try_lock(self) -> int | None:
+        """The fd of the lock file, locked and naming this process; None if another process holds it."""
+        fd = _open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _same_file(fd, self.path):  # its last holder unlinked it as we opened it: not the lock now
+                os.close(fd)
+                return None
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
 
     def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is None:
+            return
+        if _same_file(self.fd, self.path):  # unlinked while still held: the next run locks a file of its own
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(root: Path) -> Iterator[None]:
+    """A full disk (or quota) while the run writes is one line naming the run directory, not a library's
+    traceback: every output is published atomically, so what is written stays good and --resume goes on.
+    Libraries report it their own way (shutil.Error, safetensors' error), often with the errno only in the text."""
+    try:
+        yield
+    except InputError:
+        raise  # already one line, naming what it is about (a full MLflow store names the store)
+    except Exception as error:
+        reason = _disk_full(error)
+        if reason is None:
+            raise
+        written = _filename(error)
+        if written is not None and not Path(written).resolve().is_relative_to(Path(root).resolve()):
+            raise InputError(written, f"{reason} (outside the run directory); free space there, then continue "
+                             "with `flywheel run --resume`") from error
+        raise InputError(root, f"{reason} while writing the run; free space there, then continue with "
+                         "`flywheel run --resume`", field="loop.out_dir") from error
+
+
+def _filename(error: BaseException | None) -> str | None:
+    """The file an OSError in ``error``'s chain names, if any."""
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return str(error.filename)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _disk_full(error: BaseException | None) -> str | None:
+    """'no space left on device' or 'disk quota exceeded' if ``error`` (or what caused it) says so, else None."""
+    while error is not None:
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if (isinstance(error, OSError) and error.errno == code) or os.strerror(code) in str(error):
+                return os.strerror(code).lower()
+        error = error.__cause__ or error.__context__
+    return None
 
 
 # --- config and outside inputs -------------------------------------------------------------------------------
@@ -168,11 +305,27 @@ def outside_inputs(config) -> dict[str, str | None]:
     return inputs
 
 
+def read_inputs(root: Path) -> dict | None:
+    """The outside inputs' digests a run in ``root`` started with (``state/inputs.json``), None if there is no
+    such record; one line if it is not one (``open_run`` writes it: a JSON object with the seed's digest)."""
+    path = Path(root) / STATE_DIR / INPUTS_RECORD
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"is not flywheel's record of the run's inputs ({error}); --restart starts over "
+                         "after you remove it", field="loop.out_dir") from error
+    if not isinstance(saved, dict) or "seed.path" not in saved:
+        raise InputError(path, "is not flywheel's record of the run's inputs (no 'seed.path' digest); --restart "
+                         "starts over after you remove it", field="loop.out_dir")
+    return saved
+
+
 def changed_inputs(root: Path, inputs: dict[str, str | None]) -> list[str]:
     """Keys of ``inputs`` (``outside_inputs``) whose digests differ from those the run in ``root`` started with;
     every key where it recorded none."""
-    path = Path(root) / STATE_DIR / "inputs.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved = read_inputs(root) or {}
     return sorted(key for key in set(saved) | set(inputs) if saved.get(key) != inputs.get(key))
 
 
@@ -185,8 +338,26 @@ def read_run_config(root: Path):
 
 
 def holds_a_run(root: Path) -> bool:
+    """Whether ``root`` holds a run of ``flywheel run``: the inputs record that only ``open_run`` writes, first,
+    is there and is one. A config.yaml or a rounds/ alone does not count: a user's own directory may hold those
+    names, and --restart deletes what a run holds."""
+    try:
+        return read_inputs(root) is not None
+    except InputError:
+        return False
+
+
+def is_empty(root: Path) -> bool:
+    """No file under ``root`` but our lock (empty folders are nothing to lose, and a run killed at its first write
+    leaves one); stops at the first file, since ``root`` may be a large directory given by mistake."""
     root = Path(root)
-    return (root / RUN_CONFIG).is_file() or RunLayout(root).rounds_dir.is_dir()
+    for folder, folders, files in os.walk(root):
+        here = Path(folder)
+        if any(name != LOCK_FILE or here != root for name in files):
+            return False
+        if any((here / name).is_symlink() for name in folders):
+            return False
+    return True
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
@@ -205,7 +376,8 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
 
     new      refuses a directory that already holds a run (one line: --resume or --restart)
     restart  deletes the earlier run's results, then starts
-    resume   refuses a changed config or changed outside inputs, naming the keys
+    resume   refuses a changed config or changed outside inputs, naming the keys, and corrupt stage records
+    new and restart refuse a directory that holds files but no run: only a run's own files are ever deleted.
     """
     from flywheel.config import dump_config, to_dict
 
@@ -214,33 +386,54 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
     root = Path(root)
     state = root / STATE_DIR
     inputs = outside_inputs(config)
-    if mode == "new" and holds_a_run(root):
-        raise InputError(root, "holds an earlier run; pass --resume to continue it or --restart to start over",
-                         field="loop.out_dir")
     if mode == "resume":
+        if read_inputs(root) is None:
+            raise InputError(root, "no run to resume here (start one without --resume)", field="loop.out_dir")
         saved = read_run_config(root)
         if saved is None:
-            raise InputError(root / RUN_CONFIG, "no run to resume here (start one without --resume)",
-                             field="loop.out_dir")
+            raise InputError(root / RUN_CONFIG, "no run to resume here: the run stopped before writing it; "
+                             "--restart to start over", field="loop.out_dir")
+        Ledger(state).check_records()
         changed = changed_keys(to_dict(saved), to_dict(config))
         changed += [f"{key} (its contents)" for key in changed_inputs(root, inputs) if key not in changed]
         if changed:
             raise InputError(root / RUN_CONFIG, f"the config changed since the run started ({', '.join(changed)}); "
                              "resume with the same config, or --restart to start over", field="--resume")
         remove_stale_temporaries(root)
-    else:
+    elif holds_a_run(root):
+        if mode == "new":
+            raise InputError(root, "holds an earlier run; pass --resume to continue it or --restart to start over",
+                             field="loop.out_dir")
         for target in [*RunLayout(root).outputs(), root / STATE_DIR, root / RUN_CONFIG]:
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
         remove_stale_temporaries(root)
+    elif not is_empty(root):
+        raise InputError(root, f"holds files and is not a flywheel run (no {STATE_DIR}/{INPUTS_RECORD}); name a "
+                         "new or empty directory", field="loop.out_dir")
+    io.write_json(state / INPUTS_RECORD, inputs)  # first: the mark that this directory holds a run
     io.write_text(root / RUN_CONFIG, dump_config(config))
-    io.write_json(state / "inputs.json", inputs)
     return Ledger(state, replay=mode == "resume")
 
 
 # --- the stage ledger ----------------------------------------------------------------------------------------
+
+def read_record(path: Path) -> dict:
+    """A stage's completion record (``Ledger.stage`` writes it), or one line naming it: the ledger cannot tell
+    what a corrupt record vouched for, and guessing could skip a stage whose outputs are stale."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"is not a stage record ({error}); remove it to run that stage again, or "
+                         "--restart to start over") from error
+    if not (isinstance(record, dict) and isinstance(record.get("outputs"), dict)
+            and isinstance(record.get("seconds"), (int, float))):
+        raise InputError(path, "is not a stage record (it needs 'outputs' and 'seconds'); remove it to run that "
+                         "stage again, or --restart to start over")
+    return record
+
 
 @dataclass
 class Ledger:
@@ -258,7 +451,12 @@ class Ledger:
         if self.state_dir is None:
             return None
         path = self._record_path(round_index, stage)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_record(path) if path.is_file() else None
+
+    def check_records(self) -> None:
+        """Every record is one (``read_record``): a corrupt one fails the resume now, before any stage runs."""
+        for path in sorted(Path(self.state_dir).glob("*/*.json")):
+            read_record(path)
 
     def _key(self, output: Path) -> str:
         """An output's name in a record: relative to the run directory, so a record survives a move."""
@@ -276,6 +474,7 @@ class Ledger:
 
     def stage(self, round_index: int, stage: str, outputs: list[Path], work: Callable[[], object]) -> bool:
         """Run ``work`` unless this is a replay and the stage is complete; returns whether it ran."""
+        raise_if_terminated()  # a SIGTERM lost in a callback of the stage before stops the run here
         if self.replay and self.is_complete(round_index, stage, outputs):
             self.skipped.append(f"{round_index}:{stage}")
             log.info("== round %d: %s (complete, skipped)", round_index, stage)
@@ -304,15 +503,107 @@ class Ledger:
         recorded = {}
         if self.state_dir is not None:
             folder = Path(self.state_dir) / str(round_index)
-            recorded = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted(folder.glob("*.json"))}
+            recorded = {p.stem: read_record(p)["seconds"] for p in sorted(folder.glob("*.json"))}
         return {**recorded, **{stage: s for (r, stage), s in self.ran.items() if r == round_index}}
 
 
-def install_termination_handler() -> None:
-    """SIGTERM (a pod being stopped, ``kill``) unwinds like Ctrl-C, so runs end as KILLED, not RUNNING."""
-    from flywheel.errors import Terminated
+# --- termination (SIGTERM) -----------------------------------------------------------------------------------
 
-    def handler(signum, frame):
-        raise Terminated(f"signal {signum}")
+@dataclass
+class _Termination:
+    """SIGTERM in this process (signals are per process, so this is one module-level instance)."""
 
-    signal.signal(signal.SIGTERM, handler)
+    received: bool = False  # a SIGTERM arrived since the handler was installed
+    deferred: int = 0  # inside termination_deferred: the handler only records it
+    in_flight: Callable[[], Terminated | None] = lambda: None  # (a weak reference to) the last Terminated raised
+    arrived: threading.Event = field(default_factory=threading.Event)  # wakes the watcher
+    watcher: threading.Thread | None = None
+
+
+_termination = _Termination()
+
+
+def install_termination_handler() -> Callable[[], None]:
+    """SIGTERM (a pod being stopped, ``kill``) unwinds like Ctrl-C, so runs end as KILLED, not RUNNING.
+
+    The handler raises ``Terminated`` wherever the main thread is. Where that is a callback the interpreter runs
+    itself (the weakref callback of a thread pool MLflow or a library dropped, a ``__del__``), Python prints
+    "Exception ignored in ..." and goes on; C code that clears errors drops it without a word. Either way the
+    signal was lost and the run finished with exit 0. So the handler records it, and a watcher thread raises it
+    again in the main thread as long as no ``Terminated`` is in flight (one that unwinds the stack is alive;
+    a lost one is freed at once); the next safe point raises it too (``raise_if_terminated``: every stage's
+    start, before MLflow ends a run, before ``flywheel`` exits). A SIGTERM while a ``Terminated`` unwinds does
+    nothing: the unwinding ends the MLflow runs as KILLED and must not be cut short.
+
+    Signals reach only the main thread; elsewhere nothing is installed. Returns a function that puts the
+    previous handlers back and forgets the signal (``flywheel.cli.main`` called in-process, tests).
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        return lambda: None
+    previous_handler, previous_hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+
+    def hook(report) -> None:
+        if isinstance(report.exc_value, Terminated):  # lost where it was raised; the watcher raises it again
+            log.debug("SIGTERM arrived inside %r; raising it again", report.object)
+        else:
+            previous_hook(report)
+
+    def restore() -> None:
+        _termination.received = False  # first: the watcher stops raising it
+        _termination.deferred = 0
+        _termination.in_flight = lambda: None
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous_hook
+
+    if _termination.watcher is None:
+        _termination.watcher = threading.Thread(target=_watch, name="flywheel-sigterm", daemon=True)
+        _termination.watcher.start()
+    sys.unraisablehook = hook
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return restore
+
+
+def _on_sigterm(signum, frame) -> None:
+    _termination.received = True
+    _termination.arrived.set()
+    if not _termination.deferred and _termination.in_flight() is None:
+        raise _new_termination()
+
+
+@contextlib.contextmanager
+def termination_deferred() -> Iterator[None]:
+    """A SIGTERM inside the block is raised when it ends: around a call that must not be cut in the middle (an
+    MLflow store request: cut inside its database commit, it left the client's session broken, and the runs the
+    unwinding should end as KILLED stayed RUNNING)."""
+    _termination.deferred += 1
+    try:
+        yield
+    finally:
+        _termination.deferred -= 1
+    if not _termination.deferred and _termination.received and _termination.in_flight() is None:
+        raise _new_termination()
+
+
+def _new_termination() -> Terminated:
+    error = Terminated(f"signal {int(signal.SIGTERM)}")
+    _termination.in_flight = weakref.ref(error)
+    return error
+
+
+def _watch() -> None:
+    """Raise SIGTERM again in the main thread while it was received and no ``Terminated`` is in flight."""
+    while True:
+        _termination.arrived.wait()
+        _termination.arrived.clear()
+        while _termination.received:
+            time.sleep(0.05)  # also: out of the callback that lost it (the handler would run inside it again)
+            if _termination.received and _termination.in_flight() is None:
+                _thread.interrupt_main(signal.SIGTERM)  # as if it arrived again: the handler runs in the main thread
+
+
+def raise_if_terminated() -> None:
+    """Raise ``Terminated`` if SIGTERM arrived since the handler was installed: at a point where stopping is safe,
+    for a SIGTERM whose own exception was lost (``install_termination_handler``)."""
+    if _termination.received:
+        raise _new_termination()

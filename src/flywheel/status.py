@@ -1,17 +1,18 @@
 """``flywheel status DIR``: which rounds of a run finished, their decisions, and where the loop stopped.
 
-Read from the run directory only (config.yaml, state/, rounds/*/decision.json, the lock file);
-nothing is loaded or run, so it answers in well under a second while a run is going on.
+Read from the run directory only (config.yaml, state/, rounds/*/decision.json, the lock file, whose lock is
+probed and dropped at once); nothing is loaded or run, so it answers in well under a second while a run is going on.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout
-from flywheel.run_state import LOCK_FILE, ROUND_STAGES, RUN_CONFIG, STATE_DIR, is_stale, read_json_or_none
+from flywheel.run_state import ROUND_STAGES, RUN_CONFIG, STATE_DIR, LockState, describe_holder, read_lock
 
 # The stages of round 0 and of each round, in loop order ("track" only when MLflow is on).
 PREPARE_STAGES = ("prepare", "track")
@@ -24,6 +25,7 @@ class RoundStatus:
     stages_done: list[str]
     promote: bool | None = None  # None: the gate has not decided
     reason: str = ""
+    corrupt: Path | None = None  # the gate is done but this decision.json is not a decision
 
 
 @dataclass
@@ -32,7 +34,8 @@ class RunStatus:
     rounds_planned: int | None
     tracked: bool
     rounds: list[RoundStatus] = field(default_factory=list)
-    holder: dict | None = None  # the lock's content while a process runs the loop
+    lock: LockState | None = None  # the lock file, if there is one: held by a running loop, or left stale
+    lock_problem: str = ""  # the lock's name holds something that is not a lock file
     finished: bool = False  # the report of the last planned round is written
     next_stage: str | None = None  # "<round>:<stage>" where the loop stopped (or is now)
     stepwise: bool = False  # no `flywheel run` ledger: a dvc or Argo workspace, read from its outputs
@@ -47,10 +50,11 @@ def run_status(root: Path) -> RunStatus:
 
     config = load_config(config_path)
     tracked = config.tracking.enabled and RunLayout(root).loop_record.is_file()
-    holder = read_json_or_none(root / LOCK_FILE)
-    if holder and is_stale(holder):
-        holder = None  # its process was killed
-    status = RunStatus(root=root, rounds_planned=config.loop.rounds, tracked=tracked, holder=holder)
+    status = RunStatus(root=root, rounds_planned=config.loop.rounds, tracked=tracked)
+    try:
+        status.lock = read_lock(root)
+    except InputError as error:
+        status.lock_problem = str(error)
     state = root / STATE_DIR
     if not state.is_dir() and RunLayout(root).round(0).metrics.is_file():
         return _stepwise_status(status, config, root)
@@ -58,10 +62,7 @@ def run_status(root: Path) -> RunStatus:
     round_index = 1
     while (state / str(round_index)).is_dir() or RunLayout(root).round(round_index).dir.is_dir():
         done = [s for s in TRACKED_ROUND_STAGES if (state / str(round_index) / f"{s}.json").is_file()]
-        decision = read_json_or_none(RoundLayout(root, round_index).decision) if "gate" in done else None
-        status.rounds.append(RoundStatus(round=round_index, stages_done=done,
-                                         promote=None if decision is None else bool(decision["promote"]),
-                                         reason="" if decision is None else decision.get("reason", "")))
+        status.rounds.append(_round_status(round_index, done, RoundLayout(root, round_index).decision))
         round_index += 1
     for r in range(1, max(len(status.rounds), config.loop.rounds) + 1):
         expected += [(r, s) for s in TRACKED_ROUND_STAGES if s != "track" or tracked]
@@ -71,7 +72,26 @@ def run_status(root: Path) -> RunStatus:
             if not (stopped_early and r > min(x.round for x in status.rounds if x.promote is False)):
                 status.next_stage = f"{r}:{stage}"
             break
+    corrupt = [r.round for r in status.rounds if r.corrupt]
+    if corrupt:  # its gate's record no longer matches what it recorded: --resume runs the gate again
+        status.next_stage = f"{corrupt[0]}:gate"
     status.finished = status.next_stage is None and RunLayout(root).report_json.is_file()
+    return status
+
+
+def _round_status(index: int, done: list[str], decision_path: Path) -> RoundStatus:
+    """A round's stages done and, once its gate is, the gate's decision (or that decision.json is corrupt)."""
+    status = RoundStatus(round=index, stages_done=done)
+    if "gate" not in done or not decision_path.is_file():
+        return status
+    try:
+        decision = json.loads(decision_path.read_text())
+    except (OSError, ValueError):
+        decision = None
+    if not (isinstance(decision, dict) and isinstance(decision.get("promote"), bool)):
+        status.corrupt = decision_path
+        return status
+    status.promote, status.reason = decision["promote"], str(decision.get("reason", ""))
     return status
 
 
@@ -85,11 +105,10 @@ def _stepwise_status(status: RunStatus, config, root: Path) -> RunStatus:
     for index in [i for i in run.round_indices() if i > 0]:
         stages = round_stages(config, root, index, task=None, eval_path=run.eval_set)
         done = [stage.name for stage in stages if all(path.exists() for path in stage.outputs)]
-        decision = read_json_or_none(run.round(index).decision) if "gate" in done else None
-        status.rounds.append(RoundStatus(round=index, stages_done=done,
-                                         promote=None if decision is None else bool(decision["promote"]),
-                                         reason="" if decision is None else decision.get("reason", "")))
+        status.rounds.append(_round_status(index, done, run.round(index).decision))
         missing = [stage.name for stage in stages if stage.name not in done]
+        if status.rounds[-1].corrupt:
+            missing.insert(0, "gate")
         if missing and status.next_stage is None:
             status.next_stage = f"{index}:{missing[0]}"
     if status.next_stage is None:
@@ -101,13 +120,20 @@ def status_lines(status: RunStatus) -> list[str]:
     lines = [f"run: {status.root}  (rounds planned: {status.rounds_planned}, "
              f"MLflow: {'on' if status.tracked else 'off'})"]
     for r in status.rounds:
-        if r.promote is None:
+        if r.corrupt:
+            again = f"`flywheel step gate --round {r.round}`" if status.stepwise else "`flywheel run --resume`"
+            lines.append(f"round {r.round}: corrupt {r.corrupt}: not a gate decision; {again} runs the gate again")
+        elif r.promote is None:
             lines.append(f"round {r.round}: unfinished, done: {', '.join(r.stages_done) or 'nothing'}")
         else:
             lines.append(f"round {r.round}: {'promote' if r.promote else 'decline'}  {r.reason}")
-    if status.holder:
-        lines.append(f"running now: pid {status.holder.get('pid')} on {status.holder.get('host')} "
-                     f"since {status.holder.get('since')}, at round:stage {status.next_stage}")
+    if status.lock_problem:
+        lines.append(f"lock: {status.lock_problem}")
+    if status.lock and not status.lock.held:
+        lines.append(f"stale lock: {status.lock.path} names {describe_holder(status.lock.holder)}, but no process "
+                     "holds it; the next `flywheel run` takes it over")
+    if status.lock and status.lock.held:
+        lines.append(f"running now: {describe_holder(status.lock.holder)}, at round:stage {status.next_stage}")
     elif status.finished:
         lines.append("finished: report.json and report.html are written")
     elif status.stepwise:

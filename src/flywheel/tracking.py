@@ -11,13 +11,18 @@ whose gate promoted but whose alias had moved meanwhile (another run, an overlap
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from flywheel.config import FlywheelConfig, TrackingConfig
 from flywheel.layout import FILES, RoundLayout, RunLayout
@@ -28,6 +33,9 @@ CHAMPION_ALIAS = "champion"
 # Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
 FILES_TAG = "flywheel.files"
 LOOP_TAG = "flywheel.loop"
+# Parent run tags: the host and PID of the ``flywheel run`` process that runs it now (what a later run of the same
+# directory needs to know that a RUNNING parent was left by a killed process).
+HOST_TAG, PID_TAG = "flywheel.host", "flywheel.pid"
 # The outcome of a round for the registry: the gate declined, promoted (alias moved), or promoted a candidate
 # of a champion that is no longer the alias holder (stale: nothing moved).
 PROMOTED, DECLINED, STALE = "promoted", "declined", "stale"
@@ -48,24 +56,82 @@ def _mlflow_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
 
+def _ended_status(error: BaseException) -> str:
+    """How a run that ``error`` stopped ends in MLflow: KILLED (Ctrl-C, SIGTERM) or FAILED."""
+    from flywheel.errors import Terminated
+
+    return "KILLED" if isinstance(error, (KeyboardInterrupt, Terminated)) else "FAILED"
+
+
+def _store_call(method):
+    """A store that refuses a write (full, read-only) while ``method`` runs is one line naming the tracking URI and
+    the path, not MLflow's traceback (``store_fault``); every other error stays as it is."""
+    from flywheel.errors import InputError
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except InputError:
+            raise
+        except Exception as error:
+            fault = store_fault(self.config.uri, error)
+            if fault is None:
+                raise
+        # Raised here, outside the except: no chained context, so the run directory's disk-full rule
+        # (run_state.disk_full_is_one_line) does not take the store's disk for the run's.
+        raise fault
+
+    return call
+
+
+class _StoreClient:
+    """The MLflow client, with each store request whole: a SIGTERM during one is raised when it returns
+    (``run_state.termination_deferred``). Artifact transfers, which can take minutes and leave nothing half-done
+    in the store's database, can still be cut."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        from flywheel.run_state import termination_deferred
+
+        value = getattr(self._client, name)
+        if not callable(value) or "artifact" in name:
+            return value
+
+        @functools.wraps(value)
+        def call(*args, **kwargs):
+            with termination_deferred():
+                return value(*args, **kwargs)
+
+        return call
+
+
 class Tracker:
     """Thin wrapper over the MLflow client; one instance per loop."""
 
+    @_store_call
     def __init__(self, config: TrackingConfig):
+        self.config = config
+        check_reachable(config.uri)
+        check_writable(config.uri)
         import mlflow
 
-        check_reachable(config.uri)
-        self.config = config
         self.mlflow = mlflow
         # How a registered model answers prompts (flywheel.mlflow_model), set by the loop's config.
         self._serving = {"task": "addition", "max_new_tokens": 32}
         mlflow.set_tracking_uri(config.uri)
         mlflow.set_registry_uri(config.uri)
-        self.client = mlflow.MlflowClient(config.uri, config.uri)
+        self.client = _StoreClient(mlflow.MlflowClient(config.uri, config.uri))
         experiment = self.client.get_experiment_by_name(config.experiment)
         self.experiment_id = (experiment.experiment_id if experiment
                               else self.client.create_experiment(config.experiment))
+        if _sqlite_file(config.uri) or _local_dir(config.uri):  # a server's artifact paths are its own to check
+            experiment = experiment or self.client.get_experiment(self.experiment_id)
+            check_writable(config.uri, artifacts=experiment.artifact_location)
 
+    @_store_call
     def start_loop(self, config: FlywheelConfig, loop_key: str) -> str:
         """The parent run for ``loop_key`` (created once, found again on re-runs)."""
         self.use_config(config)
@@ -81,49 +147,105 @@ class Tracker:
                     params[f"{section}.{key}"] = str(value)[:500]
             else:
                 params[section] = str(values)
-        self._log_batch(run.info.run_id, params=sorted(params.items()))
+        try:
+            self._log_batch(run.info.run_id, params=sorted(params.items()))
+        except BaseException as error:  # not left RUNNING where the store can still end it
+            self._end_quietly(run.info.run_id, _ended_status(error))
+            raise
         return run.info.run_id
 
     def use_config(self, config: FlywheelConfig) -> None:
         """How the registered models answer prompts: the task and completion length the loop evaluates with."""
         self._serving = {"task": config.task, "max_new_tokens": config.evaluate.max_new_tokens}
 
+    @_store_call
     def continue_loop(self, config: FlywheelConfig, root: Path, *, resume: bool) -> str:
         """``flywheel run``'s parent run: a new one, or on ``--resume`` the one the run started (RUNNING again).
+        Call it with the run directory's lock held: the runs an earlier, killed process of the directory left
+        RUNNING end as KILLED (``end_orphans``).
 
         Its id and key are kept in ``<root>/tracking/loop.json``, beside the run they belong to.
         """
         from flywheel import io
+        from mlflow.entities import RunTag
 
         record = RunLayout(Path(root)).loop_record
-        if resume and record.is_file():
-            saved = io.read_json(record)
-            run_id = self.start_loop(config, loop_key=saved["loop_key"])
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            loop_key = f"run:{Path(root).resolve()}:{time.time_ns()}"
-            run_id = self.start_loop(config, loop_key=loop_key)
-            io.write_json(record, {"loop_key": loop_key, "parent_run_id": run_id})
-        self.client.set_tag(run_id, "mlflow.source.git.commit", git_commit() or "unknown")
+        resumed = resume and record.is_file()
+        loop_key = io.read_json(record)["loop_key"] if resumed else f"run:{Path(root).resolve()}:{time.time_ns()}"
+        run_id = self.start_loop(config, loop_key=loop_key)
+        try:
+            if resumed:
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                io.write_json(record, {"loop_key": loop_key, "parent_run_id": run_id})
+            self.client.log_batch(run_id, tags=[RunTag("mlflow.source.git.commit", git_commit() or "unknown"),
+                                                RunTag(HOST_TAG, socket.gethostname()),
+                                                RunTag(PID_TAG, str(os.getpid()))])
+            self.end_orphans(root, keep=run_id)
+        except BaseException as error:
+            self._end_quietly(run_id, _ended_status(error))
+            raise
         return run_id
 
+    def end_orphans(self, root: Path, *, keep: str) -> list[str]:
+        """End as KILLED what a killed ``flywheel run`` of ``root`` left RUNNING (SIGKILL, the OOM killer, a lost
+        node: no handler ran): its parent runs other than ``keep`` and their round runs, and ``keep``'s round
+        runs. Only parents this host started are ended: a directory of the same name on another host (a pod's
+        volume) is another run. Needs the directory's lock: no live process of this host runs it then.
+        Returns the ids of the parents ended."""
+        from mlflow.entities import RunStatus
+
+        host = socket.gethostname()
+        prefix = f"run:{Path(root).resolve()}:"
+        running = f"attributes.status = '{RunStatus.to_string(RunStatus.RUNNING)}'"
+        ended = []
+        for parent in self.client.search_runs([self.experiment_id], max_results=1000,
+                                              filter_string=f"{running} and tags.`{HOST_TAG}` = '{host}'"):
+            tags = parent.data.tags
+            if parent.info.run_id == keep or not tags.get(LOOP_TAG, "").startswith(prefix):
+                continue
+            self._end_children(parent.info.run_id, "KILLED")
+            self.client.set_tag(parent.info.run_id, "flywheel.error",
+                                f"its process (pid {tags.get(PID_TAG)} on {host}) was killed; ended by a later "
+                                "flywheel run of the directory")
+            self.client.set_terminated(parent.info.run_id, status="KILLED")
+            ended.append(parent.info.run_id)
+        self._end_children(keep, "KILLED")
+        return ended
+
+    def _end_children(self, parent_run_id: str, status: str) -> None:
+        for child in self._children(parent_run_id):
+            if child.info.status == "RUNNING":
+                self.client.set_terminated(child.info.run_id, status=status)
+
+    def _end_quietly(self, run_id: str, status: str) -> None:
+        """End a run after an error, if the store still takes the write: the error is the one to report."""
+        try:
+            self.client.set_terminated(run_id, status=status)
+        except Exception:
+            pass
+
+    @_store_call
     def end_loop(self, run_id: str, summary: dict) -> None:
+        from flywheel.run_state import raise_if_terminated
+
         self._log_batch(run_id, metrics=[(_mlflow_key(k), v, 0) for k, v in _flatten("", summary, {}).items()])
         self.client.set_terminated(run_id)
+        raise_if_terminated()  # a SIGTERM lost while it logged: the caller's fail_loop ends the run KILLED instead
 
     def fail_loop(self, run_id: str, error: BaseException) -> None:
         """End the parent run, and any round run left open under it, as KILLED (Ctrl-C, SIGTERM) or FAILED."""
-        from flywheel.errors import Terminated
+        from flywheel.errors import InputError, one_line
 
-        status = "KILLED" if isinstance(error, (KeyboardInterrupt, Terminated)) else "FAILED"
+        status = _ended_status(error)
         try:
-            for child in self._children(run_id):
-                if child.info.status == "RUNNING":
-                    self.client.set_terminated(child.info.run_id, status=status)
+            self._end_children(run_id, status)
             self.client.set_tag(run_id, "flywheel.error", f"{type(error).__name__}: {error}"[:500])
             self.client.set_terminated(run_id, status=status)
         except Exception as tracking_error:  # the original error is the one to report
-            print(f"flywheel: warning: could not mark MLflow run {run_id} {status}: {tracking_error}",
+            if isinstance(error, InputError) and error.field == "tracking.uri":
+                return  # the store itself failed, and that error says so; the next run ends what is left RUNNING
+            print(f"flywheel: warning: could not mark MLflow run {run_id} {status}: {one_line(tracking_error)}",
                   file=sys.stderr)
 
     def _log_batch(self, run_id: str, *, params=(), metrics=()) -> None:
@@ -154,6 +276,7 @@ class Tracker:
             self.client.create_registered_model(self.config.registered_model,
                                                 description="Candidates of the flywheel; alias 'champion' = current best.")
 
+    @_store_call
     def register_seed(self, parent_run_id: str, seed_dir: Path) -> str:
         """Register the seed as a version; it becomes the champion only if there is none yet."""
         from mlflow.exceptions import MlflowException
@@ -241,6 +364,7 @@ class Tracker:
         except MlflowException:
             return {}
 
+    @_store_call
     def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
                   data_digest: str, *, started_from: str | None = None) -> dict:
         """Nested run for a round: params per stage, metrics, the data digest, the candidate version, and the
@@ -260,8 +384,8 @@ class Tracker:
         run_id = run.info.run_id
         try:
             return self._log_round(run_id, parent_run_id, round_index, round_dir, config, data_digest, started_from)
-        except BaseException:
-            self.client.set_terminated(run_id, status="FAILED")
+        except BaseException as error:
+            self._end_quietly(run_id, _ended_status(error))
             raise
 
     def _log_round(self, run_id: str, parent_run_id: str, round_index: int, round_dir: Path,
@@ -271,6 +395,8 @@ class Tracker:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+
+        from flywheel.run_state import raise_if_terminated
 
         params = [(f"{section}.{key}", str(value)[:500])
                   for section in ("data", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "code")
@@ -323,6 +449,7 @@ class Tracker:
                                 f"'{CHAMPION_ALIAS}' alias names v{holder}, not v{started_from} that this round "
                                 "started from: nothing moved")
         self.client.set_terminated(run_id)
+        raise_if_terminated()  # a SIGTERM lost while it logged: log_round ends the run KILLED instead
         return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"],
                 "promotion": promotion, "started_from": started_from, "champion_version": holder}
 
@@ -394,6 +521,96 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         reason = getattr(error, "reason", error)
         raise InputError(uri, f"MLflow does not answer within {timeout_s:g} s ({one_line(reason)}); start it, "
                          "fix tracking.uri, or run with --no-track", field="tracking.uri") from None
+
+
+def check_writable(uri: str, *, artifacts: str | None = None) -> None:
+    """A local store that cannot be written is one line before any work, naming the path: MLflow retries a sqlite
+    file it cannot open for two minutes and then raises a traceback, and a read-only file store fails in the middle
+    of the loop. Checks the sqlite file and its directory (sqlite writes a journal beside the file), or the file
+    store's directory, and ``artifacts`` (an experiment's artifact location) where it is a local directory; a
+    missing directory is made. Remote stores: nothing to check here."""
+    from flywheel.errors import InputError
+
+    targets = []
+    if _sqlite_file(uri) is not None:
+        targets.append(("sqlite file", _sqlite_file(uri), True))
+    elif _local_dir(uri) is not None:
+        targets.append(("file store", _local_dir(uri), False))
+    if artifacts and _local_dir(artifacts) is not None:
+        targets.append(("artifact directory", _local_dir(artifacts), False))
+    for what, path, is_file in targets:
+        error = _write_error(path, is_file=is_file)
+        if error is not None:
+            remedy = "free space there" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+            raise InputError(uri, f"cannot write the MLflow {what} {path} ({error.strerror or error}): {remedy}, "
+                             "point tracking.uri elsewhere, or run with --no-track", field="tracking.uri")
+
+
+def _write_error(path: Path, *, is_file: bool) -> OSError | None:
+    """Why ``path`` (a file, or a directory) cannot be written, or None: a real write, since permission bits do
+    not stop root and only a write finds a read-only mount or a full disk."""
+    directory = path.parent if is_file else path
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if is_file and path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        with tempfile.TemporaryFile(dir=directory) as probe:  # unnamed where the OS allows: nothing left behind
+            probe.write(bytes(4096))
+            probe.flush()
+    except OSError as error:
+        return error
+    return None
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URI (relative to the working directory; ``sqlite:////abs``)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _local_dir(uri: str) -> Path | None:
+    """The directory of a local file store or artifact location (``file:///x``, ``file:x`` or a plain path)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" and uri and uri != "databricks" else None
+
+
+# What a store that refuses a write says: an OSError's errno, or the text MLflow and sqlite wrap it in.
+_FULL = ((errno.ENOSPC, errno.EDQUOT), ("no space left", "disk is full", "quota exceeded"))
+_READ_ONLY = ((errno.EROFS, errno.EACCES, errno.EPERM), ("read-only file system", "readonly database",
+                                                          "permission denied"))
+
+
+def store_fault(uri: str, error: BaseException):
+    """The one-line ``InputError`` for a store that refused a write (full, read-only, not permitted), found in
+    ``error`` or what caused it (MLflow wraps the OSError or sqlite's error in its own); None for any other error.
+    A store of MLflow 3 that no longer writes file stores unless asked is one line too."""
+    from flywheel.errors import InputError
+
+    kind, path = None, None
+    while error is not None:
+        text = str(error).lower()
+        code = error.errno if isinstance(error, OSError) else None
+        for name, (codes, words) in (("full", _FULL), ("read-only", _READ_ONLY)):
+            if kind is None and (code in codes or any(word in text for word in words)):
+                kind = name
+        if "mlflow_allow_file_store" in text:
+            return InputError(uri, "MLflow 3 writes a file store only with MLFLOW_ALLOW_FILE_STORE=true set; use "
+                              "sqlite:///<dir>/mlflow.db instead, or set it", field="tracking.uri")
+        if isinstance(error, OSError):  # a copy's error names its source first, the destination second
+            path = path or error.filename2 or error.filename
+        error = error.__cause__ or error.__context__
+    if kind is None:
+        return None
+    where = path or _sqlite_file(uri) or _local_dir(uri) or "its store"
+    if kind == "full":
+        return InputError(uri, f"MLflow could not write {where}: the disk is full; free space there and run again "
+                          "(flywheel run --resume), or run with --no-track", field="tracking.uri")
+    return InputError(uri, f"MLflow could not write {where}: it is read-only or not permitted; make it writable or "
+                      "point tracking.uri elsewhere, or run with --no-track", field="tracking.uri")
 
 
 def output_digests(round_dir: Path) -> dict[str, str]:

@@ -275,6 +275,12 @@ def training_mix(new: list[dict], pool: list[dict], config: CurateConfig, *, see
     return mix
 
 
+def _unvoted(prompt_id: str) -> str:
+    """The error for samples of a prompt that has no vote: the votes are not the vote of these samples."""
+    return (f"prompt {prompt_id!r} has samples but no vote in {FILES.votes} (is {FILES.votes} the vote of "
+            f"{FILES.samples}?)")
+
+
 def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,
                     previous_pool: Path | None, audit_path: Path | None = None, model_dir: Path | None = None,
                     device: str = "cpu", generate: GenerateConfig | None = None) -> dict:
@@ -288,6 +294,14 @@ def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: P
             raise io.InputError(round_dir / FILES.samples, f"prompt {sample['prompt_id']!r} is not in {FILES.prompts}",
                                 row=index, field="prompt_id")
     votes = io.read_rows(round_dir / FILES.votes, schemas.VOTES)
+    for index, verdict in enumerate(votes, start=1):
+        if verdict["prompt_id"] not in known:
+            raise io.InputError(round_dir / FILES.votes, f"prompt {verdict['prompt_id']!r} is not in {FILES.prompts}",
+                                row=index, field="prompt_id")
+    unvoted = sorted({s["prompt_id"] for s in samples} - {v["prompt_id"] for v in votes})
+    if unvoted:
+        row = next(index for index, s in enumerate(samples, start=1) if s["prompt_id"] == unvoted[0])
+        raise io.InputError(round_dir / FILES.samples, _unvoted(unvoted[0]), row=row, field="prompt_id")
     eval_paths = eval_path if isinstance(eval_path, (list, tuple)) else [eval_path]
     eval_prompts = {row["prompt"] for path in eval_paths for row in io.read_rows(path, schemas.PROMPTS)}
     kept, drops = curate(prompts, samples, votes, config, task=task, eval_prompts=eval_prompts,
@@ -407,6 +421,17 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
                             field="prompt_id")
     prompt_of = where.to_numpy()[g]  # per sample, in the reference's order: its prompt's position
     del g, where, sample_prompts
+    # The votes must be this round's: of its prompts, one for every sampled prompt (the row path checks the same).
+    strangers = pc.is_null(pc.index_in(votes.column("prompt_id"), value_set=ids))
+    if pc.any(strangers).as_py():
+        row = pc.index(strangers, True).as_py()
+        raise io.InputError(round_dir / FILES.votes, f"prompt {votes.column('prompt_id')[row].as_py()!r} is not in "
+                            f"{FILES.prompts}", row=row + 1, field="prompt_id")
+    unvoted = np.flatnonzero(~has_verdict[prompt_of])
+    if len(unvoted):  # the reference order is by prompt id: the least such id, as the row path names
+        missing = ids[int(prompt_of[unvoted[0]])].as_py()
+        raise io.InputError(round_dir / FILES.samples, _unvoted(missing),
+                            row=pc.index(samples.column("prompt_id"), missing).as_py() + 1, field="prompt_id")
 
     # Per sample, in the reference's order: does it vote with its prompt's majority, is it short enough.
     completions = samples.column("completion").combine_chunks().take(pa.array(order))

@@ -272,9 +272,15 @@ def ranks(values):
     return rank
 
 
+# The lowest per-token log-probability a weight is taken at: exp(-700) is about 1e-304. No model's sampled tokens
+# come near it, but a samples file can say -1e308, whose exp underflows to 0: every weight of a prompt 0, its vote
+# share 0/0. Below the floor the samples weigh alike (exp(-700) each).
+LOG_WEIGHT_FLOOR = -700.0
+
+
 def sample_weights(samples: list[dict]) -> list[float]:
     """``weighted`` voting: exp(logprob / n_tokens) per sample, in (0, 1]."""
-    return [math.exp(s["logprob"] / max(1, s["n_tokens"])) for s in samples]
+    return [math.exp(max(LOG_WEIGHT_FLOOR, s["logprob"] / max(1, s["n_tokens"]))) for s in samples]
 
 
 def pairwise_agreement(samples: list[dict], key=None) -> dict[tuple[int, int], float]:
@@ -463,6 +469,14 @@ def read_truth(audit_path: Path) -> dict[str, str]:
     return dict(zip(audit.column("id").to_pylist(), audit.column("answer").to_pylist()))
 
 
+def check_labels(samples: list[dict], truth: dict[str, str | None], audit_path: Path) -> None:
+    """A supervised vote needs a label for at least one sampled prompt: an audit file without answers, or of
+    another round's prompts, would otherwise give every prompt no majority, and curate would keep nothing."""
+    if samples and not any(truth.get(s["prompt_id"]) is not None for s in samples):
+        raise io.InputError(audit_path, f"labels none of the {len({s['prompt_id'] for s in samples})} sampled "
+                            "prompts (vote.method=reference votes with these answers)", field="answer")
+
+
 @dataclass(frozen=True)
 class VoteInputs:
     """What a vote method may read besides the samples. ``truth``: the audit file's labels, when given;
@@ -474,6 +488,7 @@ class VoteInputs:
     prompts_path: Path | None = None
     model_dir: Path | None = None
     device: str = "cpu"
+    samples_path: Path | None = None  # what an error about a sample's row names
 
 
 @dataclass(frozen=True)
@@ -509,6 +524,7 @@ def _majority(table, inputs: VoteInputs) -> tuple:
 def _weighted(table, inputs: VoteInputs) -> tuple:
 
     ratio = table.column("logprob").to_numpy() / np.maximum(1, table.column("n_tokens").to_numpy())
+    ratio = np.maximum(LOG_WEIGHT_FLOOR, ratio)
     weights = np.fromiter(map(math.exp, ratio.tolist()), float, len(ratio))  # math.exp: numpy's differs in the last bit
     return weights, "vote weighted by each sample's per-token probability, exp(logprob / n_tokens) (no labels)", {}
 
@@ -528,6 +544,12 @@ def _self_judge(table, inputs: VoteInputs) -> tuple:
     from flywheel.generation import member_judge
 
     prompts = {p["id"]: p["prompt"] for p in io.read_rows(inputs.prompts_path, schemas.PROMPTS)}
+    ids = table.column("prompt_id")
+    unknown = pc.invert(pc.is_in(ids, value_set=pa.array(list(prompts), pa.string())))
+    if pc.any(unknown).as_py():  # the judge is asked the sample's question: before the model loads
+        row = pc.index(unknown, True).as_py()
+        raise io.InputError(inputs.samples_path or "samples", f"prompt {ids[row].as_py()!r} is not in "
+                            f"{Path(inputs.prompts_path).name}", row=row + 1, field="prompt_id")
     judge = member_judge(inputs.model_dir, batch_size=inputs.config.judge_batch_size, device=inputs.device,
                          task=inputs.task)
     weights = np.array(judge_weights(table.to_pylist(), prompts, judge), dtype=float)
@@ -574,7 +596,7 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
         raise io.InputError("vote", f"vote.method={config.method} needs the prompts and the champion "
                             "(--prompts, --model)", field="vote.method")
     inputs = VoteInputs(task=task, config=config, truth=truth, prompts_path=prompts_path, model_dir=model_dir,
-                        device=device)
+                        device=device, samples_path=Path(samples_path))
     if method.weigh is not None:
         table = io.read_table(samples_path, schemas.SAMPLES, columns=method.columns, check_key=False)
         try:
@@ -593,7 +615,10 @@ def run_vote(samples_path: Path, out_dir: Path, config: VoteConfig, *, task, aud
                                           io.read_table(audit_path, schemas.PROMPTS), task.is_correct, [0.0])
             precision = everything["precision"]
     else:
-        ballot = method.run(io.read_rows(samples_path, schemas.SAMPLES), inputs)
+        rows = io.read_rows(samples_path, schemas.SAMPLES)
+        if method.supervised:
+            check_labels(rows, truth, audit_path)
+        ballot = method.run(rows, inputs)
         label_source, report = ballot.label_source, ballot.report
         votes, agreement = (pa.Table.from_pylist(ballot.votes, schema=schemas.VOTES.arrow()),
                             pa.Table.from_pylist(ballot.agreement, schema=schemas.AGREEMENT.arrow()))

@@ -23,7 +23,10 @@ from flywheel.tasks.base import TaskBase
 
 # The longest operand a prompt may have: far beyond any model's context, short of Python's int() limit.
 MAX_DIGITS = 1000
-_PROMPT = re.compile(r"^[0-9]{1,%d}\+[0-9]{1,%d}=$" % (MAX_DIGITS, MAX_DIGITS))
+# Matched whole (``fullmatch``): ``$`` also matches before a final newline, and "12+34=\n" would pass.
+_PROMPT = re.compile(r"[0-9]{1,%d}\+[0-9]{1,%d}=" % (MAX_DIGITS, MAX_DIGITS))
+# ASCII digits only: ``str.isdigit`` also takes "²" and "١", which no sum is written with.
+ANSWER_DIGITS = re.compile(r"[0-9]+")
 
 
 @TASKS.register("addition")
@@ -55,7 +58,7 @@ class ReversedAddition(TaskBase):
 
     def extract_answer(self, completion: str, prompt: dict | None = None) -> str | None:
         answer = completion.strip()
-        return answer if answer.isdigit() else None
+        return answer if ANSWER_DIGITS.fullmatch(answer) else None
 
     def format_issue(self, prompt: dict, answer: str) -> str | None:
         # The sum of numbers of at most n digits (one of them n) has n or n+1 digits. Models extrapolating
@@ -141,7 +144,7 @@ def operands_with_carries(rng: random.Random, length_a: int, length_b: int, carr
 
 def shape_issue(question: str, pattern: re.Pattern, shape: str) -> str | None:
     """Why ``question`` does not match ``pattern`` (``shape`` says what it should be), else None. Digit tasks."""
-    if pattern.match(question):
+    if pattern.fullmatch(question):
         return None
     shown = question if len(question) <= 40 else question[:37] + "..."
     return f"not {shape}, at most {MAX_DIGITS} digits each): {shown!r} ({len(question)} characters)"

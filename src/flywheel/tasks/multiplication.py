@@ -14,10 +14,11 @@ import random
 import re
 
 from flywheel.registry import TASKS
-from flywheel.tasks.addition import MAX_DIGITS, leading_zero_issue, random_number, reverse_digits, shape_issue
+from flywheel.tasks.addition import (ANSWER_DIGITS, MAX_DIGITS, leading_zero_issue, random_number, reverse_digits,
+                                     shape_issue)
 from flywheel.tasks.base import TaskBase
 
-_PROMPT = re.compile(r"^[0-9]{1,%d}\*[0-9]{1,%d}=$" % (MAX_DIGITS, MAX_DIGITS))
+_PROMPT = re.compile(r"[0-9]{1,%d}\*[0-9]{1,%d}=" % (MAX_DIGITS, MAX_DIGITS))  # matched whole (shape_issue)
 
 
 @TASKS.register("multiplication")
@@ -46,7 +47,7 @@ class ReversedMultiplication(TaskBase):
 
     def extract_answer(self, completion: str, prompt: dict | None = None) -> str | None:
         answer = completion.strip()
-        return answer if answer.isdigit() else None
+        return answer if ANSWER_DIGITS.fullmatch(answer) else None
 
     def format_issue(self, prompt: dict, answer: str) -> str | None:
         # A product of an m-digit and an n-digit number has m+n-1 or m+n digits (a zero operand: one digit).
