@@ -350,13 +350,15 @@ CASES = [
          ["run", "-c", str(SMOKE), "-s", "seed.path=seed", "-s", "loop.out_dir=earlier", "-s", "data.prompts=p.jsonl",
           "--restart", "--no-track"], ("p.jsonl", "row 1", "field 'prompt'"),
          lambda w: (_text("p.jsonl", _jsonl([{"id": "a", "prompt": "12+34=\n"}]))(w),
-                    _text("earlier/rounds/1/decision.json", '{"promote": true}\n')(w))),
+                    _text("earlier/rounds/1/decision.json", '{"promote": true}\n')(w),
+                    _text("earlier/state/inputs.json", '{"seed.path": "0"}\n')(w))),  # a run: --restart would delete it
     Case("run with a bad prompt file keeps the earlier run", ["run", "-c", str(SMOKE), "-s", "seed.path=seed",
                                                               "-s", "loop.out_dir=earlier", "-s", "data.prompts=p.jsonl",
                                                               "--restart", "--no-track"],
          ("p.jsonl", "row 2", "field 'prompt'"),
          lambda w: (_text("p.jsonl", _jsonl([PROMPTS[0], {"id": "b", "prompt": ""}]))(w),
-                    _text("earlier/rounds/1/decision.json", '{"promote": true}\n')(w))),
+                    _text("earlier/rounds/1/decision.json", '{"promote": true}\n')(w),
+                    _text("earlier/state/inputs.json", '{"seed.path": "0"}\n')(w))),  # a run: --restart would delete it
     Case("run into a directory another run holds", ["run", "-c", str(SMOKE), "-s", "seed.path=seed",
                                                     "-s", "loop.out_dir=held", "--no-track"],
          ("held", "flywheel run", "pid"),

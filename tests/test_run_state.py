@@ -139,6 +139,20 @@ def test_a_directory_that_holds_no_run_is_refused_and_nothing_is_deleted(tmp_pat
         {name.split("/")[0] for name in contents})
 
 
+@pytest.mark.parametrize("mode", [[], ["--restart"], ["--resume"]])
+def test_a_refused_tracked_run_leaves_no_tracking_store(tmp_path, tiny_seed, capsys, mode):
+    """The directory's refusals come before MLflow creates its store: a refused run leaves nothing anywhere."""
+    root = tmp_path / "mine"
+    (root / "plots").mkdir(parents=True)
+    (root / "plots" / "fig.csv").write_text("mine")
+    store = tmp_path / "store"
+    code = main(["run", "-q", "-c", str(SMOKE), "-s", f"seed.path={tiny_seed}", "-s", f"loop.out_dir={root}",
+                 "-s", f"tracking.uri=sqlite:///{store}/mlflow.db", *mode])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and str(root) in lines[0], lines
+    assert not store.exists()
+
+
 def test_an_empty_out_dir_is_refused_not_taken_for_the_current_directory(tmp_path, tiny_seed, capsys, monkeypatch):
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "fig.csv").write_text("mine")

@@ -480,10 +480,11 @@ def _quiet_libraries(models: bool = True) -> None:
 def _run(config, *, track: bool, mode: str) -> int:
     from flywheel.loop import check_seed, run_loop
     from flywheel.report import table
-    from flywheel.run_state import install_termination_handler
+    from flywheel.run_state import check_open, check_out_dir, install_termination_handler
 
     install_termination_handler()  # SIGTERM ends the MLflow runs as KILLED, like Ctrl-C
     check_seed(config)  # before MLflow creates anything
+    check_open(check_out_dir(config.loop.out_dir), mode)  # a refused run leaves no mlflow.db either
     tracker = None
     if track and config.tracking.enabled:
         from flywheel.tracking import Tracker

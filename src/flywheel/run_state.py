@@ -370,6 +370,27 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     return removed
 
 
+def check_open(root: Path, mode: str) -> None:
+    """The refusals of ``open_run`` for ``mode``, with nothing written: ``flywheel run`` asks before MLflow
+    creates anything, and ``open_run`` again with the lock held (the directory may change in between)."""
+    if mode not in MODES:
+        raise ValueError(mode)
+    root = Path(root)
+    if mode == "resume":
+        if read_inputs(root) is None:
+            raise InputError(root, "no run to resume here (start one without --resume)", field="loop.out_dir")
+        if read_run_config(root) is None:
+            raise InputError(root / RUN_CONFIG, "no run to resume here: the run stopped before writing it; "
+                             "--restart to start over", field="loop.out_dir")
+    elif holds_a_run(root):
+        if mode == "new":
+            raise InputError(root, "holds an earlier run; pass --resume to continue it or --restart to start over",
+                             field="loop.out_dir")
+    elif root.exists() and not is_empty(root):
+        raise InputError(root, f"holds files and is not a flywheel run (no {STATE_DIR}/{INPUTS_RECORD}); name a "
+                         "new or empty directory", field="loop.out_dir")
+
+
 def open_run(root: Path, config, mode: str) -> "Ledger":
     """Start, restart or resume the run in ``root``; returns its stage ledger. Call with the lock held,
     after every input check (nothing is deleted before the inputs are known to be good).
@@ -381,18 +402,12 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
     """
     from flywheel.config import dump_config, to_dict
 
-    if mode not in MODES:
-        raise ValueError(mode)
+    check_open(root, mode)
     root = Path(root)
     state = root / STATE_DIR
     inputs = outside_inputs(config)
     if mode == "resume":
-        if read_inputs(root) is None:
-            raise InputError(root, "no run to resume here (start one without --resume)", field="loop.out_dir")
         saved = read_run_config(root)
-        if saved is None:
-            raise InputError(root / RUN_CONFIG, "no run to resume here: the run stopped before writing it; "
-                             "--restart to start over", field="loop.out_dir")
         Ledger(state).check_records()
         changed = changed_keys(to_dict(saved), to_dict(config))
         changed += [f"{key} (its contents)" for key in changed_inputs(root, inputs) if key not in changed]
@@ -401,18 +416,12 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
                              "resume with the same config, or --restart to start over", field="--resume")
         remove_stale_temporaries(root)
     elif holds_a_run(root):
-        if mode == "new":
-            raise InputError(root, "holds an earlier run; pass --resume to continue it or --restart to start over",
-                             field="loop.out_dir")
         for target in [*RunLayout(root).outputs(), root / STATE_DIR, root / RUN_CONFIG]:
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
         remove_stale_temporaries(root)
-    elif not is_empty(root):
-        raise InputError(root, f"holds files and is not a flywheel run (no {STATE_DIR}/{INPUTS_RECORD}); name a "
-                         "new or empty directory", field="loop.out_dir")
     io.write_json(state / INPUTS_RECORD, inputs)  # first: the mark that this directory holds a run
     io.write_text(root / RUN_CONFIG, dump_config(config))
     return Ledger(state, replay=mode == "resume")
