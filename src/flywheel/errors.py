@@ -35,6 +35,16 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}")
 
 
+def chain(error: BaseException | None):
+    """``error``, then what caused it (``__cause__``, else ``__context__``), and so on: a library often wraps the
+    OSError that says what went wrong (a full disk, a read-only store) in errors of its own."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def one_line(value, limit: int = 200) -> str:
     """``value`` as text on one line (whitespace collapsed), cut to ``limit`` characters: for error messages."""
     text = " ".join(str(value).split())

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from flywheel import faults, io
-from flywheel.errors import InputError, Terminated
+from flywheel.errors import InputError, Terminated, chain
 from flywheel.layout import RunLayout
 
 log = logging.getLogger("flywheel")
@@ -259,20 +259,18 @@ def disk_full_is_one_line(root: Path) -> Iterator[None]:
 
 def _filename(error: BaseException | None) -> str | None:
     """The file an OSError in ``error``'s chain names, if any."""
-    while error is not None:
-        if isinstance(error, OSError) and error.filename:
-            return str(error.filename)
-        error = error.__cause__ or error.__context__
+    for link in chain(error):
+        if isinstance(link, OSError) and link.filename:
+            return str(link.filename)
     return None
 
 
 def _disk_full(error: BaseException | None) -> str | None:
     """'no space left on device' or 'disk quota exceeded' if ``error`` (or what caused it) says so, else None."""
-    while error is not None:
+    for link in chain(error):
         for code in (errno.ENOSPC, errno.EDQUOT):
-            if (isinstance(error, OSError) and error.errno == code) or os.strerror(code) in str(error):
+            if (isinstance(link, OSError) and link.errno == code) or os.strerror(code) in str(link):
                 return os.strerror(code).lower()
-        error = error.__cause__ or error.__context__
     return None
 
 

@@ -588,21 +588,20 @@ def store_fault(uri: str, error: BaseException):
     """The one-line ``InputError`` for a store that refused a write (full, read-only, not permitted), found in
     ``error`` or what caused it (MLflow wraps the OSError or sqlite's error in its own); None for any other error.
     A store of MLflow 3 that no longer writes file stores unless asked is one line too."""
-    from flywheel.errors import InputError
+    from flywheel.errors import InputError, chain
 
     kind, path = None, None
-    while error is not None:
-        text = str(error).lower()
-        code = error.errno if isinstance(error, OSError) else None
+    for link in chain(error):
+        text = str(link).lower()
+        code = link.errno if isinstance(link, OSError) else None
         for name, (codes, words) in (("full", _FULL), ("read-only", _READ_ONLY)):
             if kind is None and (code in codes or any(word in text for word in words)):
                 kind = name
         if "mlflow_allow_file_store" in text:
             return InputError(uri, "MLflow 3 writes a file store only with MLFLOW_ALLOW_FILE_STORE=true set; use "
                               "sqlite:///<dir>/mlflow.db instead, or set it", field="tracking.uri")
-        if isinstance(error, OSError):  # a copy's error names its source first, the destination second
-            path = path or error.filename2 or error.filename
-        error = error.__cause__ or error.__context__
+        if isinstance(link, OSError):  # a copy's error names its source first, the destination second
+            path = path or link.filename2 or link.filename
     if kind is None:
         return None
     where = path or _sqlite_file(uri) or _local_dir(uri) or "its store"
