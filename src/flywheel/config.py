@@ -362,7 +362,7 @@ class CurateConfig:
         _check_ranges(self, "curate")
         # Each threshold is a pass over the votes; a non-number (`[a]`) would fail deep in a comparison.
         _check(isinstance(self.audit_thresholds, list) and len(self.audit_thresholds) <= 100
-               and all(_is_number(t) and 0 <= t <= 1 for t in self.audit_thresholds), "curate.audit_thresholds",
+               and all(t in _between(0, 1) for t in self.audit_thresholds), "curate.audit_thresholds",
                "must be a list of numbers in [0, 1] (at most 100)")
         _check(self.select in ("off", "loss", "diversity", "loss+diversity"), "curate.select",
                "must be 'off', 'loss', 'diversity' or 'loss+diversity'")
@@ -688,10 +688,6 @@ def _check_ranges(section, prefix: str) -> None:
     for f in dataclasses.fields(section):
         if f"{prefix}.{f.name}" in RANGES:
             _check_range(f"{prefix}.{f.name}", getattr(section, f.name))
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive(section, *names: str) -> None:
