@@ -1,7 +1,7 @@
 """Benchmark: what running a round as a Kubeflow pipeline (kfp.local, one process per step) costs
 over ``flywheel run`` (one process), per round.
 
-    python bench/pipeline_overhead.py -c configs/smoke.yaml --seed runs/smoke/seed   # after `make seed` style
+    python bench/pipeline_overhead.py -c configs/smoke.yaml --seed seed/smoke
     python bench/pipeline_overhead.py -c configs/smoke.yaml                           # trains the smoke seed first
 
 Both do the same work: round 0 (eval set, seed scores), one round, MLflow tracking (sqlite).

@@ -59,7 +59,8 @@ def tiny_seed(tmp_path_factory) -> Path:
 def workdir(tmp_path, monkeypatch, tiny_seed) -> Path:
     """A fresh working directory holding a copy of the repo's configs and the tiny seed."""
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    shutil.copytree(tiny_seed, tmp_path / "runs" / "smoke" / "seed")
+    shutil.copytree(tiny_seed, tmp_path / "seed" / "smoke")  # configs/smoke.yaml: seed.path seed/smoke
+    shutil.copytree(tiny_seed, tmp_path / "runs" / "smoke" / "seed")  # where tests name a model directory
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -5,6 +5,7 @@ with no paths or tracking of its own, and the steps' commands run in order on a 
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import jsonschema
@@ -167,7 +168,8 @@ def test_the_door_adds_no_paths_and_no_tracking_glue():
 
 def test_the_steps_commands_run_a_round_in_order(tiny_seed, tmp_path, monkeypatch, capsys):
     """Each template's command, with Argo's placeholders filled in as Argo would, run in the order the templates
-    call them: start prints the round, the stages write the round, track prints the record the `when` reads."""
+    call them: start writes the round, the stages write the round, track writes the record the `when` reads.
+    Outputs are read from the files the templates name (valueFrom.path), as Argo's executor reads them."""
     workspace, db = tmp_path / "ws", tmp_path / "mlflow.db"
     config = load_config(ROOT / "configs" / "smoke.yaml", [f"seed.path={tiny_seed}", "loop.device=cpu",
                                                            f"tracking.uri=sqlite:///{db}", "loop.progress=false"])
@@ -176,30 +178,59 @@ def test_the_steps_commands_run_a_round_in_order(tiny_seed, tmp_path, monkeypatc
     (tmp_path / "config.yaml").write_text(dump_config(config))
     manifest = workflows.to_dict(workflows.workflow_template(config))
     by_name = templates(manifest)
+    in_pod = {workflows.CONFIG_IN_POD: str(tmp_path / "config.yaml"),
+              workflows.NEXT_ROUND_IN_POD: str(tmp_path / "next-round")}
 
-    def run(template: str, **params) -> str:
-        command = by_name[template]["container"]["command"]
-        filled = [re.sub(r"\{\{(workflow|inputs)\.parameters\.(\w+)\}\}",
-                         lambda g: {"workspace": str(workspace), **params}[g.group(2)], part) for part in command]
-        filled = [str(tmp_path / "config.yaml") if part == workflows.CONFIG_IN_POD else part for part in filled]
-        assert filled[0] == "flywheel"
+    def fill(text: str, params: dict) -> str:
+        text = re.sub(r"\{\{(workflow|inputs)\.parameters\.(\w+)\}\}",
+                      lambda g: {"workspace": str(workspace), **params}[g.group(2)], text)
+        return in_pod.get(text, text)
+
+    def run(template: str, **params) -> dict:
+        """The template's output parameters, each read from its file."""
+        command = [fill(part, params) for part in by_name[template]["container"]["command"]]
+        assert command[0] == "flywheel"
         capsys.readouterr()
-        assert main(filled[1:]) == 0, capsys.readouterr().err
-        return capsys.readouterr().out
+        print("View run track at: http://mlflow/#/experiments/1/runs/x")  # what MLflow's HTTP store prints
+        assert main(command[1:]) == 0, capsys.readouterr().err
+        outputs = by_name[template].get("outputs", {}).get("parameters", [])
+        return {o["name"]: Path(fill(o["valueFrom"]["path"], params)).read_text() for o in outputs}
 
-    assert run("start").strip() == "1"
+    assert run("start")["round"].strip() == "1"
     steps = {s["name"]: s["template"] for group in by_name["round"]["steps"] for s in group}
     for stage in ("prompts", "generate", "vote", "curate", "train", "evaluate"):
         run(steps[stage], stage=stage, round="1")
     run("gate", round="1")
-    record = json.loads(run("track", round="1"))
+    record = json.loads(run("track", round="1")["record"])
     assert record["promotion"] in ("promoted", "declined") and record["model_version"] == 2
-    assert run("start").strip() == "2"  # a second run (or the next trigger) continues with round 2
+    assert run("start")["round"].strip() == "2"  # a second run (or the next trigger) continues with round 2
     capsys.readouterr()
     assert main(["status", str(workspace)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith(f"round 1: {'promote' if record['promotion'] == 'promoted' else 'decline'}")
     assert lines[-1].endswith("next: round:stage 2:prompts") and "--resume" not in lines[-1]
+
+
+def test_no_decision_reads_a_steps_stdout():
+    """A step's stdout is whatever its libraries print (MLflow's HTTP store prints "View run ..." when a run
+    ends): the round to run and the record the `when` reads come from files the steps write (valueFrom.path)."""
+    text = workflows.to_yaml(workflows.workflow_template(load_config(None, ["train.num_nodes=1"])))
+    assert "outputs.result" not in text
+    by_name = templates(workflows.to_dict(workflows.workflow_template(load_config(None))))
+    for name, parameter in (("start", "round"), ("track", "record")):
+        outputs = by_name[name]["outputs"]["parameters"]
+        assert [o["name"] for o in outputs] == [parameter] and "path" in outputs[0]["valueFrom"], name
+
+
+def test_a_cpu_cluster_runs_every_step_off_the_gpu_pool():
+    """loop.device=cpu (make cluster's local cluster has no GPU): no step asks for a GPU or selects the pool."""
+    for device, gpu_steps in (("cpu", 0), ("cuda", 2)):
+        by_name = templates(workflows.to_dict(workflows.workflow_template(load_config(None, [f"loop.device={device}"]))))
+        asking = [n for n, t in by_name.items() if "container" in t and
+                  infra.GPU_RESOURCE in t["container"]["resources"]["limits"]]
+        assert len(asking) == gpu_steps, (device, asking)  # start and gpu-stage
+        if device == "cpu":
+            assert not any(t.get("nodeSelector") or t.get("tolerations") for t in by_name.values())
 
 
 def test_submit_and_schedule_fail_in_one_line(capsys):
@@ -244,3 +275,53 @@ def test_loading_the_door_leaves_pyyaml_as_it_was():
             "assert before == after, (before, after)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_relative_seed_path_resolves_under_flywheel_home_in_every_door(tmp_path, monkeypatch):
+    """A2: a pod starts in /home/flywheel, and the image ships the seed under FLYWHEEL_HOME (/opt/flywheel):
+    `seed.path: seed/default` (which also reads as a hub name) is the shipped directory, whatever the cwd."""
+    from flywheel.loop import check_seed
+    from flywheel.modeling import seed_location
+
+    home = tmp_path / "opt"
+    shutil.copytree(ROOT / "seed" / "smoke", home / "seed" / "smoke")
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(ROOT / "configs" / "smoke.yaml")
+    assert config.seed.path == "seed/smoke"
+    monkeypatch.setenv("FLYWHEEL_HOME", str(home))
+    assert check_seed(config) == home / "seed" / "smoke"
+    assert seed_location("/abs/seed") == "/abs/seed"
+    assert seed_location("someorg/somemodel") == "someorg/somemodel"  # no such directory: a hub name
+    monkeypatch.delenv("FLYWHEEL_HOME")
+    monkeypatch.chdir(ROOT)  # a checkout: relative to the current directory, as `flywheel run` always read it
+    assert check_seed(config) == Path("seed/smoke")
+
+
+def test_the_exit_handler_ends_the_parent_run_as_the_workflow_ended(tiny_seed, tmp_path, capsys):
+    """onExit runs `flywheel track --end-loop {{workflow.status}}`: FINISHED on Succeeded, FAILED on Failed or
+    Error, round runs left RUNNING end FAILED; no parent run (nothing tracked yet) is not an error."""
+    from mlflow.tracking import MlflowClient
+
+    from flywheel.tracking import Tracker, loop_key
+
+    template = templates(compiled())["exit"]
+    assert compiled()["spec"]["onExit"] == "exit"
+    assert template["container"]["command"][-3:] == ["--end-loop", "{{workflow.status}}", "-q"]
+    db = tmp_path / "mlflow.db"
+    overrides = ["-c", str(ROOT / "configs" / "smoke.yaml"), "-s", f"tracking.uri=sqlite:///{db}"]
+    workspace = tmp_path / "ws"
+    assert main(["track", "--root", str(workspace), "--door", "argo", "--end-loop", "Failed", *overrides]) == 0
+    assert json.loads(capsys.readouterr().out)["parent_run_id"] is None
+    config = load_config(ROOT / "configs" / "smoke.yaml", [f"tracking.uri=sqlite:///{db}"])
+    tracker = Tracker(config.tracking)
+    parent = tracker.start_loop(config, loop_key=loop_key("argo", workspace))
+    child = tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    for status, expected in (("Failed", "FAILED"), ("Succeeded", "FINISHED"), ("Error", "FAILED")):
+        assert main(["track", "--root", str(workspace), "--door", "argo", "--end-loop", status, *overrides]) == 0
+        assert json.loads(capsys.readouterr().out) == {"parent_run_id": parent, "status": expected}
+        assert MlflowClient(f"sqlite:///{db}").get_run(parent).info.status == expected
+    assert MlflowClient(f"sqlite:///{db}").get_run(child).info.status == "FAILED"
+    assert main(["track", "--root", str(workspace), "--door", "argo", "--end-loop", "Stopped", *overrides]) == 2
+    assert "not a workflow status" in capsys.readouterr().err

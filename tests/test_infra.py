@@ -468,7 +468,7 @@ def test_the_volume_bootstrap_job_gives_the_pipeline_user_the_volume():
     """Pipeline pods run as uid 1000 and KFP cannot give them an fsGroup: the init Job chowns the fresh volume."""
     patch = documents(INFRA / "kfp" / "patches" / "pipeline-install-config-nonroot.yaml")[0]
     uid, gid = patch["data"]["defaultSecurityContextRunAsUser"], patch["data"]["defaultSecurityContextRunAsGroup"]
-    job = documents(INFRA / "base" / "runs" / "models-volume-init.yaml")[0]
+    job = documents(INFRA / "base" / "models" / "models-volume-init.yaml")[0]
     validate(job, "models-volume-init.yaml")
     pod = job["spec"]["template"]["spec"]
     script = pod["containers"][0]["args"][0]
@@ -479,7 +479,9 @@ def test_the_volume_bootstrap_job_gives_the_pipeline_user_the_volume():
     from flywheel.kubeflow.pipelines import DEFAULT_PVC, MOUNT_PATH
 
     assert claims == [DEFAULT_PVC] and pod["containers"][0]["volumeMounts"][0]["mountPath"] == MOUNT_PATH
-    assert "models-volume-init.yaml" in (INFRA / "base" / "runs" / "kustomization.yaml").read_text()
+    assert "models-volume-init.yaml" in (INFRA / "base" / "models" / "kustomization.yaml").read_text()
+    for door in ("base/runs", "argo"):  # both doors take the shared base whole
+        assert "../models" in (INFRA / door / "kustomization.yaml").read_text().replace("../base/models", "../models")
 
 
 def test_trainer_is_pinned_to_the_release_the_trainjob_follows():
@@ -495,3 +497,33 @@ def test_the_example_trainjob_fits_the_gpu_quota():
     gpus = trainer["numNodes"] * int(trainer["resourcesPerNode"]["requests"][infra.GPU_RESOURCE])
     assert gpus <= int(quota), f"the example asks for {gpus} GPUs, the quota admits {quota}"
     assert trainer["numProcPerNode"] == int(trainer["resourcesPerNode"]["requests"][infra.GPU_RESOURCE])
+
+
+def test_no_kustomization_loads_a_file_from_outside_its_directory():
+    """kustomize's default load restrictor (LoadRestrictionsRootOnly) refuses a file resource or patch outside the
+    kustomization's directory; only another kustomization (a directory) may be elsewhere. infra/argo once listed
+    ../base/runs/*.yaml, and `kubectl apply -k infra/argo` failed."""
+    for kustomization in KUSTOMIZATIONS:
+        root = kustomization.parent.resolve()
+        data = yaml.safe_load(kustomization.read_text())
+        entries = local_entries(kustomization, "resources") + [
+            kustomization.parent / p["path"] for p in data.get("patches") or [] if "path" in p]
+        for entry in entries:
+            if entry.resolve().is_dir():
+                continue
+            assert entry.resolve().is_relative_to(root), f"{kustomization}: {entry} is outside {root}"
+
+
+def test_infra_argo_renders_in_the_argo_namespace_with_the_workflows_image():
+    """A1, A4: `kubectl kustomize infra/argo` builds; the init Job runs the image the workflow steps run."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: the kustomizations' files are still checked one by one")
+    result = subprocess.run([shutil.which("kubectl"), "kustomize", str(INFRA / "argo")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert {o["metadata"].get("namespace") for o in objects} == {"argo"}
+    assert {o["kind"] for o in objects} >= {"ServiceAccount", "Role", "RoleBinding", "ConfigMap",
+                                            "PersistentVolumeClaim", "Job"}
+    job = next(o for o in objects if o["kind"] == "Job")
+    assert images_of(job) == [infra.images()[0]]

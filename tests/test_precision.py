@@ -113,8 +113,8 @@ def test_precision_bench_measures_a_fresh_model_where_the_seed_is_not_trained(ca
     import sys
 
     config = tmp_path / "untrained.yaml"
-    config.write_text((ROOT / "configs" / "smoke.yaml").read_text().replace("runs/smoke/seed",
-                                                                            str(tmp_path / "no-seed")))
+    config.write_text((ROOT / "configs" / "smoke.yaml").read_text().replace("path: seed/smoke",
+                                                                            f"path: {tmp_path / 'no-seed'}"))
     monkeypatch.setattr(sys, "argv", ["precision.py", "--config", str(config), "--steps", "1", "--threads", "1",
                                       "--rows", "16"])
     runpy.run_path(str(ROOT / "bench" / "precision.py"), run_name="__main__")

@@ -44,7 +44,7 @@ def make_root(tmp_path, name, seed, rounds):
     root.mkdir()
     (root / "smoke.yaml").write_text(SMOKE.read_text() + f"\n# the chain's length\nloop: {{rounds: {rounds}, "
                                      "out_dir: runs/smoke/loop}\n")
-    shutil.copytree(seed, root / "runs" / "smoke" / "seed")
+    shutil.copytree(seed, root / "seed" / "smoke")  # configs/smoke.yaml names seed/smoke
     return root
 
 

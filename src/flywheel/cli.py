@@ -124,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--next-champion", type=Path, required=True, help="directory that becomes the next champion")
 
     p = add("track", "Log a round's files to MLflow (nested run, dataset digest, model version, alias).")
-    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--round", type=int, default=None, help="the round to log (every use but --end-loop)")
     p.add_argument("--root", type=Path, required=True, help="the loop's data directory (holds rounds/)")
     p.add_argument("--out", type=Path, default=None, help="the record to write (default: <root>/tracking/round-N.json)")
     p.add_argument("--door", choices=("dvc", "argo"), default="dvc",
                    help="whose MLflow parent run the round nests under: one per directory and door (default: dvc)")
+    p.add_argument("--end-loop", metavar="WORKFLOW_STATUS", default=None,
+                   help="instead of a round: end the directory's parent run as its workflow ended (Succeeded: "
+                        "FINISHED; Failed, Error: FAILED): the Argo door's exit handler")
 
     p = add("step", "Run one step of a workspace's round, every path from the run layout: what each pod of the "
                     "Argo Workflows door runs (docs/argo.md).")
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "print the next round; or one stage of --round")
     p.add_argument("--root", type=Path, required=True, help="the workspace (holds rounds/)")
     p.add_argument("--round", type=int, default=None, help="the round (every stage but start)")
+    p.add_argument("--next-round-file", type=Path, default=None,
+                   help="start: also write the next round to this file (what the Argo door reads)")
 
     p = add("report", "Build report.json and report.html from a loop's directory (with the config.yaml it holds).")
     p.add_argument("--root", type=Path, required=True)
@@ -401,8 +406,12 @@ def _gate(args, config, task) -> dict:
 
 
 def _track(args, config, task) -> dict:
-    from flywheel.tracking import loop_key, track_round
+    from flywheel.tracking import end_workspace_loop, loop_key, track_round
 
+    if args.end_loop is not None:
+        return end_workspace_loop(config, loop_key=loop_key(args.door, args.root), workflow_status=args.end_loop)
+    if args.round is None:
+        raise InputError("--round", "flywheel track needs --round N (or --end-loop STATUS)")
     # One parent run per directory and door; round 1 registers the seed.
     return track_round(config, args.root, args.round, loop_key=loop_key(args.door, args.root),
                        register_seed=args.round == 1, out=args.out)
@@ -420,7 +429,10 @@ def _step(args, config, task) -> dict | int:
         io.write_text(run.config, dump_config(config))  # every later step reads it (-c defaults to it)
         if not run.round(0).metrics.is_file():
             prepare(config, args.root, task=task)
-        print(run.next_round())  # the step's whole stdout: Argo reads it as the round to run
+        next_round = run.next_round()
+        if args.next_round_file is not None:  # Argo reads the round from this file: stdout may hold other text
+            io.write_text(args.next_round_file, f"{next_round}\n")
+        print(next_round)
         return 0
     if args.round is None or args.round < 1:
         raise InputError("--round", f"flywheel step {args.stage} needs --round N (N >= 1)")

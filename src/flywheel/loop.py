@@ -15,7 +15,7 @@ from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout, start_model
-from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model
+from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model, seed_location
 from flywheel.stages.prompts import run_prompts
 from flywheel.run_state import ROUND_STAGES, Ledger, RunLock, check_out_dir, disk_full_is_one_line, open_run
 from flywheel.stages.curate import run_curate
@@ -31,11 +31,12 @@ log = logging.getLogger("flywheel")
 
 def check_seed(config: FlywheelConfig) -> Path:
     """The seed directory, or a one-line error saying how to make it."""
-    seed_dir = Path(config.seed.path)
-    if not seed_dir.exists() and not looks_like_hub_name(config.seed.path):
+    location = seed_location(config.seed.path)  # relative: under FLYWHEEL_HOME (the image's project directory)
+    seed_dir = Path(location)
+    if not seed_dir.exists() and not looks_like_hub_name(location):
         raise InputError(seed_dir, "seed model not found; run `make seed` (or `flywheel seed`) first",
                          field="seed.path")
-    seed_dir = resolve_model(config.seed.path)  # a hub name: its snapshot in the local cache
+    seed_dir = resolve_model(location)  # a hub name: its snapshot in the local cache
     member_dirs(seed_dir)  # a malformed model directory fails here, not deep inside round 1
     return seed_dir
 

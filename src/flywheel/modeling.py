@@ -227,6 +227,22 @@ def looks_like_hub_name(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not str(name).startswith((".", "~")) and "\\" not in str(name)
 
 
+def project_home() -> Path:
+    """Where a config's relative paths resolve, in every door: ``FLYWHEEL_HOME`` where it is set (the images set
+    it to the project directory they ship, /opt/flywheel, whatever directory a pod starts in), else the
+    current directory (a checkout, where `flywheel run` and `dvc repro` run)."""
+    return Path(os.environ.get("FLYWHEEL_HOME") or ".")
+
+
+def seed_location(path: str) -> str:
+    """``seed.path`` as every door reads it: an absolute path as it is; a relative one under ``project_home()``;
+    a hub name (``owner/name``) as it is when no such directory is there."""
+    if not path or Path(path).is_absolute():
+        return path
+    candidate = project_home() / path
+    return str(candidate) if candidate.exists() or not looks_like_hub_name(path) else path
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
     """A local model directory: the path itself if it exists, else a hub name's snapshot in the local cache.
 

@@ -293,9 +293,9 @@ def changed_keys(saved: dict, current: dict) -> list[str]:
 
 def outside_inputs(config) -> dict[str, str | None]:
     """Digests of what the run reads from outside its directory: the seed and the user's data files."""
-    from flywheel.modeling import resolve_model
+    from flywheel.modeling import resolve_model, seed_location
 
-    inputs = {"seed.path": path_md5(resolve_model(config.seed.path))}
+    inputs = {"seed.path": path_md5(resolve_model(seed_location(config.seed.path)))}
     for key in ("prompts", "eval"):
         value = getattr(config.data, key)
         if value:

@@ -233,6 +233,18 @@ class Tracker:
         self.client.set_terminated(run_id)
         raise_if_terminated()  # a SIGTERM lost while it logged: the caller's fail_loop ends the run KILLED instead
 
+    @_store_call
+    def end_loop_of(self, loop_key: str, status: str) -> str | None:
+        """End the parent run of ``loop_key`` as ``status``, and its round runs still RUNNING as FAILED; returns
+        its id, or None where ``loop_key`` has no parent run."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{LOOP_TAG}` = '{loop_key}'",
+                                       max_results=1)
+        if not runs:
+            return None
+        self._end_children(runs[0].info.run_id, "FAILED")
+        self.client.set_terminated(runs[0].info.run_id, status=status)
+        return runs[0].info.run_id
+
     def fail_loop(self, run_id: str, error: BaseException) -> None:
         """End the parent run, and any round run left open under it, as KILLED (Ctrl-C, SIGTERM) or FAILED."""
         from flywheel.errors import InputError, one_line
@@ -500,6 +512,27 @@ def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, l
     if register_seed:
         tracker.register_seed(parent, RoundLayout(root, 0).champion)
     return log_round_files(tracker, parent, root, round_index, config, started_from=started_from, out=out)
+
+
+# Argo's {{workflow.status}} in an exit handler, as the MLflow status its parent run ends with. A stopped
+# workflow runs its exit handler as Failed; a terminated one runs none (the next submit's start finds its runs).
+WORKFLOW_ENDINGS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Error": "FAILED"}
+
+
+def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status: str) -> dict:
+    """A workflow's exit handler (the Argo door's ``onExit``): end the parent run of ``loop_key`` as
+    ``WORKFLOW_ENDINGS[workflow_status]``, and any round run a failed or stopped step left RUNNING under it as
+    FAILED. Nothing to end (tracking off, or no round was ever tracked) is not an error: a workflow that failed
+    before its first track has no parent run. Idempotent: a retried handler ends nothing twice."""
+    from flywheel.errors import InputError
+
+    if workflow_status not in WORKFLOW_ENDINGS:
+        raise InputError("--end-loop", f"{workflow_status!r} is not a workflow status "
+                         f"({', '.join(WORKFLOW_ENDINGS)})")
+    if not config.tracking.enabled:
+        return {"tracking": "disabled"}
+    status = WORKFLOW_ENDINGS[workflow_status]
+    return {"parent_run_id": Tracker(config.tracking).end_loop_of(loop_key, status), "status": status}
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

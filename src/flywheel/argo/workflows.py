@@ -54,6 +54,9 @@ API_VERSION = "argoproj.io/v1alpha1"
 TEMPLATE_NAME = "flywheel"
 SERVICE_ACCOUNT = "flywheel-argo"  # infra/argo/rbac.yaml
 CONFIG_IN_POD = "/flywheel/config.yaml"  # where the start step finds the config parameter (a raw artifact)
+# Where start writes the round to run: Argo reads step outputs from files (valueFrom.path), never from stdout,
+# which any library may print to (MLflow's HTTP store prints "View run ..." when a run ends).
+NEXT_ROUND_IN_POD = "/tmp/flywheel-next-round"
 # Argo's controller stops a workflow whose template calls nest 100 deep (workflow/controller/controller.go,
 # maxAllowedStackDepth, v4.0.5); round r runs its gate at depth r + 3, so one workflow runs at most 96 rounds
 # unless the controller sets DISABLE_MAX_RECURSION=true. A schedule runs a few rounds per trigger instead.
@@ -79,6 +82,7 @@ def workflow_template(config: FlywheelConfig) -> m.WorkflowTemplate:
         _stage("gpu-stage", config, gpu=True, retried=True),
         _stage("gate", config, gpu=False, retried=False, fixed_stage="gate"),
         _track(config),
+        _exit(config),
         *([train] if train is not None else []),
     ]
     spec = m.WorkflowSpec(
@@ -95,6 +99,7 @@ def workflow_template(config: FlywheelConfig) -> m.WorkflowTemplate:
                         f"{infra.MODELS_MOUNT} in every step."),
         ]),
         templates=templates,
+        on_exit="exit",
         service_account_name=SERVICE_ACCOUNT,
         volumes=[m.Volume(name="models", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
             claim_name="{{workflow.parameters.pvc}}"))],
@@ -164,11 +169,11 @@ def compile_all(out_dir: Path, config: FlywheelConfig, *, schedule: str = "0 3 *
 # --- templates ----------------------------------------------------------------------------------------------------
 
 def _main() -> m.Template:
-    last = "{{=asInt(steps.start.outputs.result) + asInt(workflow.parameters.rounds) - 1}}"
+    last = "{{=asInt(steps.start.outputs.parameters.round) + asInt(workflow.parameters.rounds) - 1}}"
     return m.Template(name="main", steps=[
         m.ParallelSteps([m.WorkflowStep(name="start", template="start")]),
         m.ParallelSteps([m.WorkflowStep(name="round", template="round", arguments=_args(
-            round="{{steps.start.outputs.result}}", last=last))]),
+            round="{{steps.start.outputs.parameters.round}}", last=last))]),
     ])
 
 
@@ -202,16 +207,19 @@ def _promote(config: FlywheelConfig) -> m.Template:
         steps=[m.ParallelSteps([m.WorkflowStep(name="gate", template="gate", arguments=_args(round=ROUND))]),
                m.ParallelSteps([m.WorkflowStep(name="track", template="track", arguments=_args(round=ROUND))])],
         outputs=m.Outputs(parameters=[m.Parameter(name="record", value_from=m.ValueFrom(
-            parameter="{{steps.track.outputs.result}}"))]))
+            parameter="{{steps.track.outputs.parameters.record}}"))]))
 
 
 def _start(config: FlywheelConfig) -> m.Template:
     """Write the workspace's config, prepare round 0 when the workspace has none (scores the seed: a GPU step),
     print the next round. Retried: every write is atomic."""
     template = _container_template("start", config, ["flywheel", "step", "start", "--root", WORKSPACE,
-                                                     "-c", CONFIG_IN_POD], gpu=True, retried=True)
+                                                     "-c", CONFIG_IN_POD, "--next-round-file", NEXT_ROUND_IN_POD],
+                                   gpu=True, retried=True)
     template.inputs = m.Inputs(artifacts=[m.Artifact(name="config", path=CONFIG_IN_POD, raw=m.RawArtifact(
         data="{{workflow.parameters.config}}"))])
+    template.outputs = m.Outputs(parameters=[m.Parameter(name="round", value_from=m.ValueFrom(
+        path=NEXT_ROUND_IN_POD))])
     return template
 
 
@@ -225,11 +233,25 @@ def _stage(name: str, config: FlywheelConfig, *, gpu: bool, retried: bool, fixed
 
 
 def _track(config: FlywheelConfig) -> m.Template:
-    """``flywheel track --door argo``: the round under the workspace's MLflow parent run; its stdout (the record,
-    with ``promotion``) decides whether the next round runs. Never retried: it moves the champion alias."""
+    """``flywheel track --door argo``: the round under the workspace's MLflow parent run; the record it writes
+    (``RunLayout.tracking_record`` in the workspace, with ``promotion``) decides whether the next round runs. Read
+    from the file, not stdout: nothing a library prints can change the decision. Never retried: it moves the
+    champion alias."""
     template = _container_template("track", config, ["flywheel", "track", "--root", WORKSPACE, "--round", ROUND,
                                                      "--door", "argo", "-q"], gpu=False, retried=False)
     template.inputs = _inputs("round")
+    record = RunLayout(Path(WORKSPACE)).tracking_record(ROUND)
+    template.outputs = m.Outputs(parameters=[m.Parameter(name="record", value_from=m.ValueFrom(path=str(record)))])
+    return template
+
+
+def _exit(config: FlywheelConfig) -> m.Template:
+    """The workflow's exit handler: ``flywheel track --end-loop {{workflow.status}}`` ends the workspace's MLflow
+    parent run FINISHED (Succeeded) or FAILED (Failed, Error; a stopped workflow is Failed), and round runs a
+    failed or stopped step left RUNNING. Retried: ending a run twice changes nothing."""
+    template = _container_template("exit", config, ["flywheel", "track", "--root", WORKSPACE, "--door", "argo",
+                                                    "--end-loop", "{{workflow.status}}", "-q"],
+                                   gpu=False, retried=True)
     return template
 
 
@@ -262,6 +284,9 @@ def _container_template(name: str, config: FlywheelConfig, command: list[str], *
                         retried: bool) -> m.Template:
     options = config.kubeflow
     cpu_image, gpu_image = infra.images()
+    # loop.device=cpu (`-s loop.device=cpu`): a cluster without GPUs, such as `make cluster`'s; every step then
+    # runs the CPU image with a CPU step's resources, off the GPU pool.
+    gpu = gpu and config.loop.device != "cpu"
     mounts = [m.VolumeMount(name="models", mount_path=infra.MODELS_MOUNT)]
     env_from = [m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name=infra.CLUSTER_CONFIG_MAP, optional=True)),
                 m.EnvFromSource(secret_ref=m.SecretEnvSource(name=infra.S3_SECRET, optional=True))]

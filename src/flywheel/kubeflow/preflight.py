@@ -25,6 +25,7 @@ from pathlib import Path
 from flywheel.config import FlywheelConfig, load_config_text, dump_config, to_dict
 from flywheel import io
 from flywheel.errors import InputError, one_line
+from flywheel.modeling import seed_location
 from flywheel.preflight import uses_model
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
@@ -130,11 +131,6 @@ def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
                          f"{hint}", field="train.num_nodes")
 
 
-def project_home() -> Path:
-    """Where relative paths of a config resolve: the image's project directory, or this checkout."""
-    return Path(os.environ.get("FLYWHEEL_HOME") or Path(__file__).resolve().parents[3])
-
-
 def stage_seed(config: FlywheelConfig, seed_uri: str, seeds_dir: Path) -> FlywheelConfig:
     """Set ``seed.path`` to a model directory on the volume (``seeds_dir``), importing it once."""
     if seed_uri:
@@ -143,7 +139,7 @@ def stage_seed(config: FlywheelConfig, seed_uri: str, seeds_dir: Path) -> Flywhe
     path = Path(config.seed.path)
     if path.is_absolute():
         return config  # on the volume already (run_checks says if it is not there)
-    shipped = project_home() / path
+    shipped = Path(seed_location(config.seed.path))  # the rule of every door: under FLYWHEEL_HOME
     if not shipped.is_dir():
         raise InputError(config.seed.path, f"relative seed.path is not in the image ({shipped}): set seed.path to a "
                          "directory on the volume or pass seed_uri", field="seed.path")

@@ -1,0 +1,125 @@
+"""The Argo door on a real cluster, as docs/argo.md tells a user to run it.
+
+`kubectl apply -k infra/argo`, then `flywheel argo submit` of configs/smoke.yaml (its own relative seed.path,
+the seed shipped in the image) for 2 rounds against the Argo Server, with MLflow served over HTTP in the
+cluster. Every pod is a real pod: the workflow controller schedules them, the kubelet runs them in containerd.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import (ARGO_SERVER, NAMESPACE, ROOT, VOLUME, describe_failure, flywheel, kubectl, kubectl_json,
+                      wait_for_workflow, wait_until)
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+CPU = ["-s", "loop.device=cpu"]  # the local cluster has no GPU: every step on the CPU image, off the GPU pool
+MLFLOW = "http://mlflow.flywheel.svc.cluster.local:5000"
+
+
+def mlflow_get(path: str, **params) -> dict:
+    """The MLflow server's REST API, through the cluster's Service (kube-proxy) as the pods reach it."""
+    service = kubectl_json("-n", "flywheel", "get", "service", "mlflow")["spec"]["clusterIP"]
+    query = "&".join(f"{k}={urllib.request.quote(str(v))}" for k, v in params.items())
+    with urllib.request.urlopen(f"http://{service}:5000/api/2.0/mlflow/{path}?{query}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def submit(workspace: str, rounds: int = 2, *extra: str) -> str:
+    """`flywheel argo submit`; returns the new workflow's name."""
+    result = flywheel("argo", "submit", "--host", ARGO_SERVER, "-c", str(SMOKE), *CPU, *extra,
+                      "--workspace", workspace, "--rounds", str(rounds))
+    line = result.stdout.strip().splitlines()[-1]  # workflow argo/<name>: <url>
+    return line.split(":", 1)[0].split("/", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def door():
+    """infra/argo applied exactly as docs/argo.md says, and MLflow served in the cluster."""
+    kubectl("apply", "-k", str(ROOT / "infra" / "argo"))
+    kubectl("apply", "-f", str(ROOT / "e2e" / "manifests" / "mlflow.yaml"))
+    kubectl("-n", NAMESPACE, "wait", "--for=condition=complete", "job/flywheel-models-init", "--timeout=300s")
+    kubectl("-n", "flywheel", "rollout", "status", "deployment/mlflow", "--timeout=300s")
+    return True
+
+
+@pytest.fixture(scope="module")
+def two_rounds(door):
+    """One workflow of 2 rounds on a new workspace, run to its end."""
+    workspace = f"/models/argo/e2e-{int(time.time())}"
+    name = submit(workspace)
+    return name, workspace, wait_for_workflow(name)
+
+
+def test_infra_argo_applies_with_kustomize_defaults_and_the_init_job_owns_the_volume(door):
+    """A1, A4: `kubectl apply -k infra/argo` builds (no file loaded from outside it), the init Job's image is
+    the workflows' image (no pull: it is on the node), and it hands the volume to uid 1000."""
+    job = kubectl_json("-n", NAMESPACE, "get", "job", "flywheel-models-init")
+    assert job["status"].get("succeeded") == 1
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    from flywheel.infra import images
+
+    assert image == images()[0]
+    stat = (VOLUME / "runs").stat()
+    assert (stat.st_uid, stat.st_gid) == (1000, 1000)
+
+
+def test_two_rounds_succeed_through_the_templates_recursion(two_rounds):
+    """The workflow Succeeds, round 2 ran through `round` calling itself, and the seed was found by the config's
+    relative seed.path in the image (A2); the `when` read the track step's record file, not stdout (A3)."""
+    name, workspace, wf = two_rounds
+    assert wf["status"]["phase"] == "Succeeded", describe_failure(wf)
+    nodes = wf["status"]["nodes"].values()
+    tracks = sorted(n["displayName"] for n in nodes if n.get("templateName") == "track" and n["phase"] == "Succeeded")
+    assert len(tracks) == 2, tracks
+    rounds = sorted(int(p["value"]) for n in nodes if n.get("templateName") == "round"
+                    for p in n.get("inputs", {}).get("parameters", []) if p["name"] == "round")
+    assert rounds == [1, 2]
+
+
+def test_the_workspace_on_the_volume_holds_both_rounds_and_matches_flywheel_run(two_rounds, tmp_path):
+    """Both rounds are on the volume, and each round's decision equals `flywheel run` on the same config here."""
+    name, workspace, wf = two_rounds
+    on_volume = VOLUME / Path(workspace).relative_to("/models")
+    decisions = {r: json.loads((on_volume / "rounds" / str(r) / "decision.json").read_text()) for r in (1, 2)}
+    local = tmp_path / "local"
+    flywheel("run", "-c", str(SMOKE), "-s", "loop.device=cpu", "-s", f"loop.out_dir={local}", "--no-track")
+    for r, decision in decisions.items():
+        expected = json.loads((local / "rounds" / str(r) / "decision.json").read_text())
+        assert decision["promote"] == expected["promote"], (r, decision, expected)
+        assert decision["reason"] == expected["reason"], (r, decision, expected)
+
+
+def test_mlflow_holds_the_parent_run_each_round_and_the_champion_alias(two_rounds):
+    """Over HTTP: one parent run for the workspace, FINISHED by the exit handler; one run per round; the alias."""
+    name, workspace, wf = two_rounds
+    on_volume = VOLUME / Path(workspace).relative_to("/models")
+    records = [json.loads((on_volume / "tracking" / f"round-{r}.json").read_text()) for r in (1, 2)]
+    parents = {r["parent_run_id"] for r in records}
+    assert len(parents) == 1
+    parent = mlflow_get("runs/get", run_id=parents.pop())["run"]
+    assert parent["info"]["status"] == "FINISHED"
+    for record in records:
+        run = mlflow_get("runs/get", run_id=record["run_id"])["run"]
+        assert run["info"]["status"] == "FINISHED"
+    config = yaml.safe_load(SMOKE.read_text())
+    model = mlflow_get("registered-models/get", name=config["tracking"]["registered_model"])["registered_model"]
+    assert any(alias["alias"] == "champion" for alias in model.get("aliases", []))
+
+
+def test_a_declined_round_stops_the_recursion_and_the_workflow_succeeds(door):
+    """gate.min_gain above any gain: round 1 is declined, round 2 never starts, the workflow Succeeds."""
+    workspace = f"/models/argo/e2e-declined-{int(time.time())}"
+    name = submit(workspace, 2, "-s", "gate.min_gain=1.5")
+    wf = wait_for_workflow(name)
+    assert wf["status"]["phase"] == "Succeeded", describe_failure(wf)
+    rounds = [n for n in wf["status"]["nodes"].values() if n.get("templateName") == "round"]
+    assert len(rounds) == 1
+    record = json.loads((VOLUME / Path(workspace).relative_to("/models") / "tracking" / "round-1.json").read_text())
+    assert record["promotion"] == "declined"

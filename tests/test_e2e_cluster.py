@@ -1,0 +1,98 @@
+"""What `make cluster` builds, checked without a cluster: the image built from a Debian root filesystem stays in
+step with images/cpu.Dockerfile, image archives are what containerd imports, and the Go modules are pinned.
+The cluster itself is proven by `make e2e` (e2e/), not here."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import shlex
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "e2e" / "cluster"
+DOCKERFILE = ROOT / "images" / "cpu.Dockerfile"
+
+
+def _oci():
+    spec = importlib.util.spec_from_file_location("e2e_oci", CLUSTER / "oci.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+oci = _oci()
+
+
+def test_the_image_runs_as_the_dockerfile_says():
+    """User, working directory, environment and command come from the Dockerfile itself (oci.dockerfile_config),
+    so the two cannot drift; this pins what they are."""
+    config = oci.dockerfile_config(DOCKERFILE)
+    assert config.user == "1000:1000"
+    assert config.workdir == "/home/flywheel"
+    assert config.cmd == ["flywheel", "--help"] and config.entrypoint is None
+    assert config.env["FLYWHEEL_HOME"] == "/opt/flywheel"  # where a relative seed.path resolves in a pod
+    assert config.env["HF_HUB_OFFLINE"] == "1" and config.env["PYTHONUNBUFFERED"] == "1"
+    assert "/usr/local/bin" in config.env["PATH"].split(":")  # the base image's PATH: pip's scripts are there
+
+
+def test_images_sh_installs_what_the_dockerfile_installs():
+    """Every file the Dockerfile copies in, and every package its pip lines name, is in images.sh too."""
+    script = (CLUSTER / "images.sh").read_text()
+    for sources, destination in oci.dockerfile_copies(DOCKERFILE):
+        for source in sources:
+            name = Path(source).name.replace("constraints.txt", "images/constraints.txt")
+            assert f'"$repo/{name}"' in script or f"$repo/{name}" in script, (source, destination)
+    pip_lines = [line for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+                 if line.startswith("RUN pip install")]
+    packages = [word for line in pip_lines for word in shlex.split(line)[3:] if not word.startswith("-")
+                and word not in ("constraints.txt",) and not word.startswith("https://")]
+    assert packages == ["torch==2.13.0", ".[cluster]", "psycopg2-binary==2.9.13", "boto3==1.43.117"]
+    for package in packages:
+        assert package in script, package
+    for user_line in ("flywheel:x:1000:1000::/home/flywheel", "flywheel:x:1000:"):
+        assert user_line in script  # groupadd/useradd --uid 1000 --gid 1000 --create-home flywheel
+    assert "command -v unshare" in script
+
+
+def test_an_archive_holds_its_layers_config_and_names(tmp_path):
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "hello").write_text("#!/bin/sh\necho hello\n")
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        tar.add(root, arcname=".")
+    config = oci.ImageConfig(env={"PATH": "/bin"}, user="1000:1000", workdir="/w", cmd=["hello"])
+    out = tmp_path / "image.tar"
+    digest = oci.write_archive(out, [layer], ["flywheel.local/hello:1"], config)
+    with tarfile.open(out) as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))
+        image_bytes = archive.extractfile(f"{digest}.json").read()
+        layer_bytes = archive.extractfile(manifest[0]["Layers"][0]).read()
+    assert hashlib.sha256(image_bytes).hexdigest() == digest
+    image = json.loads(image_bytes)
+    assert manifest[0]["RepoTags"] == ["flywheel.local/hello:1"]
+    assert image["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(layer_bytes).hexdigest()}"]
+    assert image["config"] == {"Env": ["PATH=/bin"], "WorkingDir": "/w", "User": "1000:1000", "Cmd": ["hello"]}
+    assert not Path(f"{out}.partial").exists()
+
+
+def test_every_go_module_is_pinned_to_one_release():
+    """The cluster is built from these go.mod files alone: each names exact releases (no pseudo-versions for the
+    pieces the cluster runs), and the Kubernetes staging modules follow k8s.io/kubernetes' release."""
+    kubernetes = (CLUSTER / "go.mod").read_text()
+    release = re.search(r"k8s\.io/kubernetes v1\.(\d+)\.(\d+)", kubernetes)
+    assert release, "k8s.io/kubernetes is not required at a release"
+    staging = re.findall(r"^\s*(k8s\.io/[\w-]+) => k8s\.io/[\w-]+ (v\S+)$", kubernetes, re.M)
+    assert len(staging) >= 30 and {v for _, v in staging} == {f"v0.{release[1]}.{release[2]}"}
+    assert re.search(r"go\.etcd\.io/etcd/server/v3 v3\.\d+\.\d+\b", kubernetes)
+    for module, path in (("github.com/argoproj/argo-workflows/v4", "argo"), ("github.com/coredns/coredns", "coredns")):
+        text = (CLUSTER / path / "go.mod").read_text()
+        assert re.search(rf"{re.escape(module)} v\d+\.\d+\.\d+\s", text), module
+        assert (CLUSTER / path / "go.sum").is_file()
+    assert (CLUSTER / "go.sum").is_file()
