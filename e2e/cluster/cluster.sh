@@ -72,6 +72,9 @@ network() {
     in_ns ip addr add "$node_ip/24" dev fw0
   fi
   in_ns ip link set fw0 up
+  # The node itself reaches Services too (kubectl port checks, the tests): a route for their range, which
+  # kube-proxy's OUTPUT rules then translate. Pods reach them through their default route.
+  in_ns ip route replace "$service_cidr" dev fw0 src "$node_ip"
   in_ns sysctl -qw net.ipv4.ip_forward=1
   # Service traffic between two pods on the bridge must pass iptables (kube-proxy's DNAT and its reverse).
   in_ns sysctl -qw net.bridge.bridge-nf-call-iptables=1 || true

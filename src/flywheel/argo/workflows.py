@@ -1,8 +1,9 @@
 """The flywheel as Argo Workflows manifests, built with hera's models of Argo's API.
 
 ``workflow_template(config)``: the ``flywheel`` WorkflowTemplate. Its entry point runs ``start`` (writes the
-workspace's config, prepares round 0 once, prints the next round) and then ``round``, which runs the stages as
-one pod each and, while the gate promotes and rounds are left, calls itself for the next round::
+workspace's config, prepares round 0 once, writes the next round to a file Argo reads) and then ``round``,
+which runs the stages as one pod each and, while the gate promotes and rounds are left, calls itself for the
+next round; the exit handler ends the workspace's MLflow parent run as the workflow ended::
 
     main:   start -> round(r = start's output, last = r + rounds - 1)
     round:  prompts -> generate -> vote -> curate -> train -> evaluate -> promote -> round(r + 1)  [if promoted]
