@@ -75,9 +75,14 @@ def wait_for_workflow(name: str, timeout_s: float = 1800) -> dict:
 def describe_failure(wf: dict) -> str:
     """The failed nodes' messages and their pods' last log lines: what an assertion on a workflow prints."""
     lines = [f"workflow {wf['metadata']['name']}: {wf['status'].get('phase')} {wf['status'].get('message', '')}"]
+    pods = json.loads(kubectl("-n", NAMESPACE, "get", "pods", "-o", "json", "-l",
+                              f"workflows.argoproj.io/workflow={wf['metadata']['name']}", check=False) or "{}")
+    pod_of = {p["metadata"]["annotations"].get("workflows.argoproj.io/node-id"): p["metadata"]["name"]
+              for p in pods.get("items", [])}
     for node in (wf["status"].get("nodes") or {}).values():
-        if node.get("phase") in ("Failed", "Error") and node.get("type") == "Pod":
+        if node.get("phase") in ("Failed", "Error"):
             lines.append(f"  {node['displayName']}: {node.get('message', '')}")
-            log = kubectl("-n", NAMESPACE, "logs", node["id"], "-c", "main", "--tail", "15", check=False)
-            lines.extend("    " + line for line in log.splitlines())
+            if node["id"] in pod_of:  # failed pods stay (podGC OnPodSuccess) until the workflow's TTL
+                log = kubectl("-n", NAMESPACE, "logs", pod_of[node["id"]], "-c", "main", "--tail", "15", check=False)
+                lines.extend("    " + line for line in log.splitlines())
     return "\n".join(lines)

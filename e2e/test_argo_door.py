@@ -8,13 +8,14 @@ cluster. Every pod is a real pod: the workflow controller schedules them, the ku
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import (ARGO_SERVER, NAMESPACE, ROOT, VOLUME, describe_failure, flywheel, kubectl, kubectl_json,
+from conftest import (ARGO_SERVER, CLUSTER, NAMESPACE, ROOT, VOLUME, describe_failure, flywheel, kubectl, kubectl_json,
                       wait_for_workflow, wait_until)
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -132,3 +133,100 @@ def test_a_declined_round_stops_the_recursion_and_the_workflow_succeeds(door):
     assert len([n for n in rounds if n["phase"] != "Skipped"]) == 1
     record = json.loads((VOLUME / Path(workspace).relative_to("/models") / "tracking" / "round-1.json").read_text())
     assert record["promotion"] == "declined"
+
+
+def started_and_finished(wf: dict) -> tuple[str, str]:
+    return wf["status"]["startedAt"], wf["status"].get("finishedAt") or "9999"
+
+
+def test_the_schedule_fires_continues_the_workspace_and_skips_an_overlapping_trigger(door):
+    """`flywheel argo schedule` every minute, 1 round per trigger: the CronWorkflow fires, the second run continues
+    the first's workspace (round 1, then round 2), and the triggers while a run is going are skipped (Forbid)."""
+    stamp = int(time.time())
+    name, workspace = f"e2e-cron-{stamp}", f"/models/argo/scheduled/e2e-cron-{stamp}"
+    flywheel("argo", "schedule", "--host", ARGO_SERVER, "-c", str(SMOKE), *CPU, *PROMOTE, "-s",
+             f"tracking.registered_model={model_of(workspace)}", "--cron", "* * * * *", "--name", name,
+             "--rounds", "1", "--workspace", workspace)
+    label = f"workflows.argoproj.io/cron-workflow={name}"
+
+    def two_finished():
+        runs = kubectl_json("-n", NAMESPACE, "get", "workflows", "-l", label)["items"]
+        done = [w for w in runs if w.get("status", {}).get("phase") in ("Succeeded", "Failed", "Error")]
+        return sorted(done, key=lambda w: w["status"]["startedAt"]) if len(done) >= 2 else None
+
+    try:
+        first, second = wait_until("two scheduled runs", two_finished, timeout_s=1800, every_s=10)[:2]
+    finally:
+        kubectl("-n", NAMESPACE, "delete", "cronworkflow", name, "--wait=false", check=False)
+    for run in (first, second):
+        assert run["status"]["phase"] == "Succeeded", describe_failure(run)
+    assert started_and_finished(first)[1] <= started_and_finished(second)[0]  # never two at once
+    minutes_apart = (time.mktime(time.strptime(second["status"]["startedAt"], "%Y-%m-%dT%H:%M:%SZ"))
+                     - time.mktime(time.strptime(first["status"]["startedAt"], "%Y-%m-%dT%H:%M:%SZ"))) / 60
+    assert minutes_apart >= 2, minutes_apart  # at least one trigger in between was skipped
+    on_volume = VOLUME / Path(workspace).relative_to("/models")
+    records = [json.loads((on_volume / "tracking" / f"round-{r}.json").read_text()) for r in (1, 2)]
+    assert [r["promotion"] for r in records] == ["promoted", "promoted"]
+
+
+def test_two_workflows_promoting_into_one_model_move_the_alias_once(door):
+    """Two workspaces promote into the same registered model at the same moment: the mutex runs one gate and
+    track at a time, the alias moves once for the one promotion, and the other round ends `stale`."""
+    stamp = int(time.time())
+    workspaces = [f"/models/argo/e2e-mutex-{stamp}-{side}" for side in "ab"]
+    model = f"flywheel-e2e-mutex-{stamp}"
+    names = [submit(ws, 1, *PROMOTE, "-s", f"tracking.registered_model={model}") for ws in workspaces]
+    runs = [wait_for_workflow(name) for name in names]
+    for run in runs:
+        assert run["status"]["phase"] == "Succeeded", describe_failure(run)
+    promotes = sorted((n["startedAt"], n["finishedAt"]) for run in runs for n in run["status"]["nodes"].values()
+                      if n.get("templateName") == "promote")
+    assert len(promotes) == 2 and promotes[0][1] <= promotes[1][0]  # one promotion at a time
+    records = [json.loads((VOLUME / Path(ws).relative_to("/models") / "tracking" / "round-1.json").read_text())
+               for ws in workspaces]
+    assert sorted(r["promotion"] for r in records) == ["promoted", "stale"]
+    winner = next(r for r in records if r["promotion"] == "promoted")
+    aliases = mlflow_get("registered-models/get", name=model)["registered_model"]["aliases"]
+    assert [a["version"] for a in aliases if a["alias"] == "champion"] == [winner["model_version"]]
+
+
+def running_pod(workflow_name: str, stage: str) -> str | None:
+    """The name of the workflow's pod now running ``stage`` (its `stage` input), if any."""
+    pods = kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"workflows.argoproj.io/workflow={workflow_name}")
+    for pod in pods["items"]:
+        main = next(c for c in pod["spec"]["containers"] if c["name"] == "main")
+        if pod["status"].get("phase") == "Running" and stage in main.get("args", []) + main.get("command", []):
+            return pod["metadata"]["name"]
+    return None
+
+
+def test_a_deleted_stage_pod_is_retried_and_the_round_ends_the_same(door, two_rounds):
+    """Delete the train step's pod mid-stage: Argo retries the step (every stage writes atomically) and the round
+    ends with the decision of the same round without the fault."""
+    workspace = f"/models/argo/e2e-podkill-{int(time.time())}"
+    name = submit(workspace, 1, *PROMOTE)
+    pod = wait_until("the train pod", lambda: running_pod(name, "train"), timeout_s=900, every_s=1)
+    kubectl("-n", NAMESPACE, "delete", "pod", pod, "--wait=false")
+    wf = wait_for_workflow(name)
+    assert wf["status"]["phase"] == "Succeeded", describe_failure(wf)
+    train = [n for n in wf["status"]["nodes"].values() if n["displayName"].startswith("train(")]
+    assert len(train) == 2 and {n["phase"] for n in train} == {"Failed", "Succeeded"}, [
+        (n["displayName"], n["phase"], n.get("message")) for n in train]
+    decision = json.loads((VOLUME / Path(workspace).relative_to("/models") / "rounds/1/decision.json").read_text())
+    unfaulted = json.loads((VOLUME / Path(two_rounds[1]).relative_to("/models") / "rounds/1/decision.json").read_text())
+    assert decision == unfaulted
+
+
+def test_the_workflow_completes_after_its_controller_is_stopped_and_started(door):
+    """Stop the workflow controller while a stage runs, let the stage end unobserved, start it again: the
+    controller picks the workflow up where it stands and it Succeeds."""
+    workspace = f"/models/argo/e2e-controller-{int(time.time())}"
+    name = submit(workspace, 1, *PROMOTE)
+    wait_until("the generate pod", lambda: running_pod(name, "generate"), timeout_s=900, every_s=1)
+    subprocess.run([str(CLUSTER / "cluster.sh"), "stop-controller"], check=True, timeout=60)
+    try:
+        time.sleep(45)  # generate ends, and perhaps vote's pod is never created, while no controller runs
+    finally:
+        subprocess.run([str(CLUSTER / "cluster.sh"), "start-controller"], check=True, timeout=120)
+    wf = wait_for_workflow(name)
+    assert wf["status"]["phase"] == "Succeeded", describe_failure(wf)

@@ -120,6 +120,10 @@ def test_a_multi_node_round_creates_a_trainjob_and_waits_without_a_gpu():
     assert command[command.index("--data") + 1] == f"{ws}/rounds/{r}/{FILES.mix}"
     assert command[command.index("--init") + 1] == f"{ws}/rounds/{{{{inputs.parameters.previous}}}}/{FILES.champion}"
     assert command[command.index("--out") + 1] == f"{ws}/rounds/{r}/{FILES.candidate}"
+    assert infra.KUEUE_QUEUE_LABEL not in manifest["metadata"]["labels"]
+    queued = templates(compiled("train.num_nodes=2", "kubeflow.kueue_queue=gpu-queue"))["train-job"]
+    labels = yaml.safe_load(queued["resource"]["manifest"])["metadata"]["labels"]
+    assert labels[infra.KUEUE_QUEUE_LABEL] == "gpu-queue"  # Kueue admits the TrainJob from the GPU steps' queue
 
 
 def test_rounds_recurse_instead_of_unrolling():

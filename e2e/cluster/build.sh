@@ -26,6 +26,7 @@ cd "$here/coredns"
 go build -trimpath -ldflags "-s -w" -o "$bin/" tool
 
 cd "$here/argo"
+go mod download github.com/argoproj/argo-workflows/v4  # `go list -m` names its directory only once it is there
 argo_version=$(go list -m -f '{{.Version}}' github.com/argoproj/argo-workflows/v4)
 argo_dir=$(go list -m -f '{{.Dir}}' github.com/argoproj/argo-workflows/v4)
 # The module ships no built UI (ui/dist/app, which ui/embed.go embeds), so it does not compile as it is. The

@@ -182,6 +182,7 @@ control_plane_up() {
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
     --profiling=false
   wait_for 90 kube-apiserver kubectl get --raw /readyz
@@ -276,7 +277,8 @@ EOF
 
 argo_up() {
   local argo_dir
-  argo_dir=$(cd "$here/argo" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' github.com/argoproj/argo-workflows/v4)
+  argo_dir=$(cd "$here/argo" && GOFLAGS=-mod=mod go mod download github.com/argoproj/argo-workflows/v4 \
+    && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' github.com/argoproj/argo-workflows/v4)
   # Argo's own CustomResourceDefinitions, read from the module that built the controller.
   kubectl apply --server-side -k "$argo_dir/manifests/base/crds/minimal" >/dev/null
   kubectl create namespace "$argo_namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -356,6 +358,9 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then  # sourced: the functions alone (debugg
     status) status ;;
     exec) shift; export KUBECONFIG=$pki/admin.kubeconfig PATH=$bin:$PATH; in_ns "$@" ;;
     argo-version) argo_version ;;
+    # Faults for make e2e: the workflow controller stopped mid-round, then started again.
+    stop-controller) stop workflow-controller ;;
+    start-controller) argo_up ;;
     *) sed -n '2,9p' "$0"; exit 2 ;;
   esac
 fi

@@ -515,7 +515,8 @@ def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, l
 
 
 # Argo's {{workflow.status}} in an exit handler, as the MLflow status its parent run ends with. A stopped
-# workflow runs its exit handler as Failed; a terminated one runs none (the next submit's start finds its runs).
+# workflow runs its exit handler as Failed; a terminated one runs none, and its parent run stays RUNNING until a
+# later workflow on the workspace ends it.
 WORKFLOW_ENDINGS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Error": "FAILED"}
 
 

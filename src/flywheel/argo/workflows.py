@@ -268,12 +268,17 @@ def _train_job(config: FlywheelConfig) -> m.Template:
                               train_data=str(this.train_data(config.train.method)),
                               init_dir=str(config.train.start_from(previous.champion, run.seed)),
                               out_dir=str(this.candidate), name="flywheel-train", namespace="{{workflow.namespace}}",
-                              timeout_s=config.kubeflow.gpu_step_timeout_s)
+                              timeout_s=config.kubeflow.gpu_step_timeout_s,
+                              # Kueue admits the TrainJob's GPUs from the queue the GPU steps use
+                              labels={infra.KUEUE_QUEUE_LABEL: config.kubeflow.kueue_queue}
+                              if config.kubeflow.kueue_queue else None)
     del manifest["metadata"]["name"]
     manifest["metadata"]["generateName"] = f"flywheel-r{ROUND}-"  # a retry creates a new job, never meets the old
     return m.Template(
         name="train-job", inputs=_inputs("round", "previous"),
-        resource=m.ResourceTemplate(action="create", set_owner_reference=True,  # deleted with the workflow
+        # The workflow owns the TrainJob: deleting (or a TTL removing) a stopped workflow deletes the job and frees
+        # its GPUs.
+        resource=m.ResourceTemplate(action="create", set_owner_reference=True,
                                     manifest=yaml.safe_dump(manifest, sort_keys=False),
                                     success_condition="status.jobsStatus.0.succeeded > 0",
                                     failure_condition="status.jobsStatus.0.failed > 0"),
