@@ -303,7 +303,7 @@ def test_a_relative_seed_path_resolves_under_flywheel_home_in_every_door(tmp_pat
     assert check_seed(config) == Path("seed/smoke")
 
 
-def test_the_exit_handler_ends_the_parent_run_as_the_workflow_ended(tiny_seed, tmp_path, capsys):
+def test_the_exit_handler_ends_the_parent_run_as_the_workflow_ended(tmp_path, capsys):
     """onExit runs `flywheel track --end-loop {{workflow.status}}`: FINISHED on Succeeded, FAILED on Failed or
     Error, round runs left RUNNING end FAILED; no parent run (nothing tracked yet) is not an error."""
     from mlflow.tracking import MlflowClient
