@@ -191,11 +191,13 @@ def test_two_workflows_promoting_into_one_model_move_the_alias_once(door):
 
 
 def running_pod(workflow_name: str, stage: str) -> str | None:
-    """The name of the workflow's pod now running ``stage`` (its `stage` input), if any."""
+    """The name of the workflow's pod of ``stage`` (its `stage` input) while it is Pending or Running, if any.
+    A smoke stage runs for seconds: a pod caught at once is caught mid-stage."""
     pods = kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"workflows.argoproj.io/workflow={workflow_name}")
     for pod in pods["items"]:
         main = next(c for c in pod["spec"]["containers"] if c["name"] == "main")
-        if pod["status"].get("phase") == "Running" and stage in main.get("args", []) + main.get("command", []):
+        words = main.get("args", []) + main.get("command", [])
+        if pod["status"].get("phase") in ("Pending", "Running") and stage in words:
             return pod["metadata"]["name"]
     return None
 
