@@ -135,10 +135,9 @@ class Tracker:
     def start_loop(self, config: FlywheelConfig, loop_key: str) -> str:
         """The parent run for ``loop_key`` (created once, found again on re-runs)."""
         self.use_config(config)
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{LOOP_TAG}` = '{loop_key}'",
-                                       max_results=1)
-        if runs:
-            return runs[0].info.run_id
+        found = self._loop_run_id(loop_key)
+        if found is not None:
+            return found
         run = self.client.create_run(self.experiment_id, run_name=f"{config.name}", tags={LOOP_TAG: loop_key})
         params = {}
         for section, values in asdict(config).items():
@@ -237,13 +236,17 @@ class Tracker:
     def end_loop_of(self, loop_key: str, status: str) -> str | None:
         """End the parent run of ``loop_key`` as ``status``, and its round runs still RUNNING as FAILED; returns
         its id, or None where ``loop_key`` has no parent run."""
+        parent = self._loop_run_id(loop_key)
+        if parent is not None:
+            self._end_children(parent, "FAILED")
+            self.client.set_terminated(parent, status=status)
+        return parent
+
+    def _loop_run_id(self, loop_key: str) -> str | None:
+        """The parent run tagged with ``loop_key``, if one exists."""
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{LOOP_TAG}` = '{loop_key}'",
                                        max_results=1)
-        if not runs:
-            return None
-        self._end_children(runs[0].info.run_id, "FAILED")
-        self.client.set_terminated(runs[0].info.run_id, status=status)
-        return runs[0].info.run_id
+        return runs[0].info.run_id if runs else None
 
     def fail_loop(self, run_id: str, error: BaseException) -> None:
         """End the parent run, and any round run left open under it, as KILLED (Ctrl-C, SIGTERM) or FAILED."""

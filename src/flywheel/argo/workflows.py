@@ -250,10 +250,8 @@ def _exit(config: FlywheelConfig) -> m.Template:
     """The workflow's exit handler: ``flywheel track --end-loop {{workflow.status}}`` ends the workspace's MLflow
     parent run FINISHED (Succeeded) or FAILED (Failed, Error; a stopped workflow is Failed), and round runs a
     failed or stopped step left RUNNING. Retried: ending a run twice changes nothing."""
-    template = _container_template("exit", config, ["flywheel", "track", "--root", WORKSPACE, "--door", "argo",
-                                                    "--end-loop", "{{workflow.status}}", "-q"],
-                                   gpu=False, retried=True)
-    return template
+    return _container_template("exit", config, ["flywheel", "track", "--root", WORKSPACE, "--door", "argo",
+                                                "--end-loop", "{{workflow.status}}", "-q"], gpu=False, retried=True)
 
 
 def _train_job(config: FlywheelConfig) -> m.Template:
