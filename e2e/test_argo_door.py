@@ -192,36 +192,62 @@ def test_two_workflows_promoting_into_one_model_move_the_alias_once(door):
     assert [a["version"] for a in aliases if a["alias"] == "champion"] == [winner["model_version"]]
 
 
-def running_pod(workflow_name: str, stage: str) -> str | None:
-    """The name of the workflow's pod of ``stage`` (its `stage` input) while it is Pending or Running, if any.
-    A smoke stage runs for seconds: a pod caught at once is caught mid-stage."""
+def running_pod(workflow_name: str, stage: str, round_index: int | None = None) -> str | None:
+    """The name of the workflow's pod of ``stage`` (and round) whose main container runs, if any."""
     pods = kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"workflows.argoproj.io/workflow={workflow_name}")
     for pod in pods["items"]:
         main = next(c for c in pod["spec"]["containers"] if c["name"] == "main")
         words = main.get("args", []) + main.get("command", [])
-        if pod["status"].get("phase") in ("Pending", "Running") and stage in words:
+        statuses = {c["name"]: c.get("state", {}) for c in pod["status"].get("containerStatuses", [])}
+        if stage in words and "running" in statuses.get("main", {}) and (
+                round_index is None or words[words.index("--round") + 1] == str(round_index)):
             return pod["metadata"]["name"]
     return None
 
 
+# Long enough (about 30 s in a pod) that a pod caught running is caught mid-stage; the smoke recipe's 5 steps end
+# in about a second, before a delete or a stop lands.
+LONG_TRAIN = ["-s", "train.steps=1500"]
+
+
 def test_a_deleted_stage_pod_is_retried_and_the_round_ends_the_same(door, tmp_path):
-    """Delete the train step's pod mid-stage: Argo retries the step (every stage writes atomically) and the round
-    ends with the decision of the same round without the fault."""
+    """Delete the train step's pod while it trains: Argo retries the step (every stage writes atomically) and the
+    round ends with the decision of the same round without the fault."""
     workspace = f"/models/argo/e2e-podkill-{int(time.time())}"
-    name = submit(workspace, 1, *PROMOTE)
-    pod = wait_until("the train pod", lambda: running_pod(name, "train"), timeout_s=900, every_s=1)
+    name = submit(workspace, 1, *PROMOTE, *LONG_TRAIN)
+    pod = wait_until("the train pod running", lambda: running_pod(name, "train"), timeout_s=900, every_s=1)
     kubectl("-n", NAMESPACE, "delete", "pod", pod, "--wait=false")
     wf = wait_for_workflow(name)
     assert wf["status"]["phase"] == "Succeeded", describe_failure(wf)
-    train = [n for n in wf["status"]["nodes"].values() if n["displayName"].startswith("train(")]
-    # the deleted attempt is Error ("pod deleted"), the retry Succeeded
-    assert len(train) == 2 and sorted(n["phase"] for n in train) == ["Error", "Succeeded"], [
-        (n["displayName"], n["phase"], n.get("message")) for n in train]
+    train = sorted((n for n in wf["status"]["nodes"].values() if n["displayName"].startswith("train(")),
+                   key=lambda n: n["displayName"])
+    # the deleted attempt failed (Error "pod deleted", or Failed when the kubelet's SIGTERM ended it first),
+    # and the retry Succeeded
+    assert [n["phase"] for n in train][-1] == "Succeeded" and len(train) == 2 and train[0]["phase"] in (
+        "Error", "Failed"), [(n["displayName"], n["phase"], n.get("message")) for n in train]
     decision = json.loads((VOLUME / Path(workspace).relative_to("/models") / "rounds/1/decision.json").read_text())
     local = tmp_path / "local"  # the same round without the fault (pods and `flywheel run` agree: test above)
-    flywheel("run", "-c", str(SMOKE), *CPU, *PROMOTE, "-s", "loop.rounds=1", "-s", f"loop.out_dir={local}",
-             "--no-track")
+    flywheel("run", "-c", str(SMOKE), *CPU, *PROMOTE, *LONG_TRAIN, "-s", "loop.rounds=1", "-s",
+             f"loop.out_dir={local}", "--no-track")
     assert decision == json.loads((local / "rounds" / "1" / "decision.json").read_text())
+
+
+def test_a_stopped_workflow_ends_its_mlflow_runs_killed(door):
+    """`argo stop` (spec.shutdown: Stop) while round 2 trains: the workflow ends Failed, and its exit handler ends
+    the workspace's parent run KILLED, naming the stopped step, instead of leaving it RUNNING."""
+    workspace = f"/models/argo/e2e-stop-{int(time.time())}"
+    name = submit(workspace, 2, *PROMOTE, *LONG_TRAIN)
+    wait_until("round 2's train pod running", lambda: running_pod(name, "train", 2), timeout_s=1200, every_s=1)
+    kubectl("-n", NAMESPACE, "patch", "workflow", name, "--type", "merge", "-p", '{"spec":{"shutdown":"Stop"}}')
+    wf = wait_for_workflow(name)
+    assert wf["status"]["phase"] == "Failed", describe_failure(wf)
+    exit_nodes = [n for n in wf["status"]["nodes"].values() if n["name"] == f"{name}.onExit"]
+    assert [n["phase"] for n in exit_nodes] == ["Succeeded"], exit_nodes
+    record = json.loads((VOLUME / Path(workspace).relative_to("/models") / "tracking" / "round-1.json").read_text())
+    parent = mlflow_get("runs/get", run_id=record["parent_run_id"])["run"]
+    assert parent["info"]["status"] == "KILLED"
+    tags = {t["key"]: t["value"] for t in parent["data"].get("tags", [])}
+    assert "with strategy" in tags.get("flywheel.error", ""), tags.get("flywheel.error")
 
 
 def test_the_workflow_completes_after_its_controller_is_stopped_and_started(door):

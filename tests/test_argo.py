@@ -304,28 +304,67 @@ def test_a_relative_seed_path_resolves_under_flywheel_home_in_every_door(tmp_pat
 
 
 def test_the_exit_handler_ends_the_parent_run_as_the_workflow_ended(tmp_path, capsys):
-    """onExit runs `flywheel track --end-loop {{workflow.status}}`: FINISHED on Succeeded, FAILED on Failed or
-    Error, round runs left RUNNING end FAILED; no parent run (nothing tracked yet) is not an error."""
+    """onExit runs `flywheel track --end-loop {{workflow.status}} --failures {{workflow.failures}}`: FINISHED on
+    Succeeded, FAILED on Failed or Error, KILLED when the failures are `argo stop`'s; round runs left RUNNING end
+    with the parent; the first failed step is tagged, and cleared by a later good end; no parent run (nothing
+    tracked yet) is not an error."""
     from mlflow.tracking import MlflowClient
 
     from flywheel.tracking import Tracker, loop_key
 
     template = templates(compiled())["exit"]
     assert compiled()["spec"]["onExit"] == "exit"
-    assert template["container"]["command"][-3:] == ["--end-loop", "{{workflow.status}}", "-q"]
+    assert template["container"]["command"][-5:] == ["--end-loop", "{{workflow.status}}", "--failures",
+                                                     "{{workflow.failures}}", "-q"]
     db = tmp_path / "mlflow.db"
     overrides = ["-c", str(ROOT / "configs" / "smoke.yaml"), "-s", f"tracking.uri=sqlite:///{db}"]
     workspace = tmp_path / "ws"
-    assert main(["track", "--root", str(workspace), "--door", "argo", "--end-loop", "Failed", *overrides]) == 0
-    assert json.loads(capsys.readouterr().out)["parent_run_id"] is None
+
+    def end(status: str, failures: str) -> dict:
+        args = ["track", "--root", str(workspace), "--door", "argo", "--end-loop", status, *overrides]
+        assert main([*args, "--failures", failures]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert end("Failed", "null")["parent_run_id"] is None
     config = load_config(ROOT / "configs" / "smoke.yaml", [f"tracking.uri=sqlite:///{db}"])
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key=loop_key("argo", workspace))
-    child = tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
-    for status, expected in (("Failed", "FAILED"), ("Succeeded", "FINISHED"), ("Error", "FAILED")):
-        assert main(["track", "--root", str(workspace), "--door", "argo", "--end-loop", status, *overrides]) == 0
-        assert json.loads(capsys.readouterr().out) == {"parent_run_id": parent, "status": expected}
-        assert MlflowClient(f"sqlite:///{db}").get_run(parent).info.status == expected
-    assert MlflowClient(f"sqlite:///{db}").get_run(child).info.status == "FAILED"
+    client = MlflowClient(f"sqlite:///{db}")
+    # What Argo v4.0.5 puts in {{workflow.failures}}: a pod that failed, and the pod `argo stop` ended.
+    failed = json.dumps([{"displayName": "train(0)", "message": "Error (exit code 1)", "templateName": "cpu-stage",
+                          "phase": "Failed"}])
+    stopped = json.dumps([{"displayName": "generate", "message": "workflow shutdown with strategy:  Stop",
+                           "templateName": "cpu-stage", "phase": "Failed"}])
+    cases = (("Failed", failed, "FAILED", "train(0): Error (exit code 1)"),
+             ("Failed", stopped, "KILLED", "generate: workflow shutdown with strategy:  Stop"),
+             ("Succeeded", "null", "FINISHED", None), ("Error", "[]", "FAILED", None),
+             # not JSON (an Argo that words it otherwise): read as text, and the runs still end
+             ("Failed", "Stopped with strategy 'Stop'", "KILLED", "workflow: Stopped with strategy 'Stop'"))
+    for status, failures, expected, tag in cases:
+        round_run = tracker.client.create_run(tracker.experiment_id,
+                                              tags={"mlflow.parentRunId": parent}).info.run_id
+        assert end(status, failures) == {"parent_run_id": parent, "status": expected, "first_failure": tag}
+        assert client.get_run(parent).info.status == expected
+        assert client.get_run(parent).data.tags.get("flywheel.error") == tag
+        assert client.get_run(round_run).info.status == ("FAILED" if expected == "FINISHED" else expected)
     assert main(["track", "--root", str(workspace), "--door", "argo", "--end-loop", "Stopped", *overrides]) == 2
     assert "not a workflow status" in capsys.readouterr().err
+
+
+def test_a_workflow_that_did_not_succeed_deletes_its_train_jobs():
+    """With TrainJobs the exit handler is two steps: end the loop, and (unless the workflow Succeeded) delete the
+    TrainJobs labelled with the workflow's name, which the runner's Role may delete. Without, one container."""
+    by_name = templates(compiled("train.num_nodes=2"))
+    steps = by_name["exit"]["steps"][0]
+    assert [s["template"] for s in steps] == ["end-loop", "delete-train-jobs"]
+    assert steps[1]["when"] == "{{workflow.status}} != Succeeded"
+    resource = by_name["delete-train-jobs"]["resource"]
+    assert resource["action"] == "delete" and "manifest" not in resource
+    assert resource["flags"][:3] == ["trainjobs.trainer.kubeflow.org", "--selector",
+                                     "workflows.argoproj.io/workflow={{workflow.name}}"]
+    job = yaml.safe_load(by_name["train-job"]["resource"]["manifest"])
+    assert job["metadata"]["labels"]["workflows.argoproj.io/workflow"] == "{{workflow.name}}"
+    rules = next(d for d in yaml.safe_load_all((ROOT / "infra" / "argo" / "rbac.yaml").read_text())
+                 if d["kind"] == "Role")["rules"]
+    assert "delete" in next(r for r in rules if "trainjobs" in r["resources"])["verbs"]
+    assert "container" in templates(compiled())["exit"] and "delete-train-jobs" not in templates(compiled())

@@ -131,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose MLflow parent run the round nests under: one per directory and door (default: dvc)")
     p.add_argument("--end-loop", metavar="WORKFLOW_STATUS", default=None,
                    help="instead of a round: end the directory's parent run as its workflow ended (Succeeded: "
-                        "FINISHED; Failed, Error: FAILED): the Argo door's exit handler")
+                        "FINISHED; Failed, Error: FAILED, or KILLED where --failures shows a stop): the Argo door's "
+                        "exit handler")
+    p.add_argument("--failures", metavar="JSON", default="",
+                   help="with --end-loop: Argo's {{workflow.failures}}, the failed steps and their messages; the "
+                        "first is tagged on the parent run (flywheel.error), and `argo stop`'s message makes it KILLED")
 
     p = add("step", "Run one step of a workspace's round, every path from the run layout: what each pod of the "
                     "Argo Workflows door runs (docs/argo.md).")
@@ -409,7 +413,8 @@ def _track(args, config, task) -> dict:
     from flywheel.tracking import end_workspace_loop, loop_key, track_round
 
     if args.end_loop is not None:
-        return end_workspace_loop(config, loop_key=loop_key(args.door, args.root), workflow_status=args.end_loop)
+        return end_workspace_loop(config, loop_key=loop_key(args.door, args.root), workflow_status=args.end_loop,
+                                  failures=args.failures)
     if args.round is None:
         raise InputError("--round", "flywheel track needs --round N (or --end-loop STATUS)")
     # One parent run per directory and door; round 1 registers the seed.

@@ -41,6 +41,8 @@ CLUSTER_CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "FLYWHEEL_D
 IN_CLUSTER_MLFLOW = "http://mlflow.flywheel.svc.cluster.local:5000"  # infra/base/services
 SHM_SIZE = "16Gi"  # PyTorch data loaders and NCCL use shared memory; the container default (64 MiB) is too small
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The Argo workflow that created a TrainJob (Argo labels its pods so; resources it creates it does not).
+WORKFLOW_LABEL = "workflows.argoproj.io/workflow"
 # What a cluster run needs that a laptop run does not: the GPU, and an MLflow every pod reaches. The Kubernetes
 # doors (`flywheel pipeline ...`, `flywheel argo ...`) apply these unless -s sets the key; a relative seed.path is
 # the seed shipped in the image (FLYWHEEL_HOME).

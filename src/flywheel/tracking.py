@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -233,12 +233,18 @@ class Tracker:
         raise_if_terminated()  # a SIGTERM lost while it logged: the caller's fail_loop ends the run KILLED instead
 
     @_store_call
-    def end_loop_of(self, loop_key: str, status: str) -> str | None:
-        """End the parent run of ``loop_key`` as ``status``, and its round runs still RUNNING as FAILED; returns
-        its id, or None where ``loop_key`` has no parent run."""
+    def end_loop_of(self, loop_key: str, status: str, *, error: str | None = None) -> str | None:
+        """End the parent run of ``loop_key`` as ``status``, and its round runs still RUNNING as ``status`` (FAILED
+        where the parent FINISHED: a round left open then is a fault); ``error`` (what stopped it) as its
+        ``flywheel.error`` tag (removed when a later workflow of the loop ends well). Returns its id, or None where ``loop_key`` has no parent run."""
         parent = self._loop_run_id(loop_key)
         if parent is not None:
-            self._end_children(parent, "FAILED")
+            self._end_children(parent, "FAILED" if status == "FINISHED" else status)
+            if error:
+                self.client.set_tag(parent, "flywheel.error", error[:500])
+            elif "flywheel.error" in self.client.get_run(parent).data.tags:
+                # a schedule's later trigger continues the same parent run: an earlier trigger's error is history
+                self.client.delete_tag(parent, "flywheel.error")
             self.client.set_terminated(parent, status=status)
         return parent
 
@@ -521,22 +527,54 @@ def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, l
 # workflow runs its exit handler as Failed; a terminated one runs none, and its parent run stays RUNNING until a
 # later workflow on the workspace ends it.
 WORKFLOW_ENDINGS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Error": "FAILED"}
+# How Argo marks the steps `argo stop` ends (workflow/controller/exec_control.go and operator.go, v4.0.5): a running
+# pod's node "workflow shutdown with strategy:  Stop", a retried step "Stopped with strategy 'Stop'". The workflow
+# itself is then only Failed; these messages in {{workflow.failures}} are what tells a stop from a failure.
+_STOPPED = ("shutdown with strategy", "Stopped with strategy")
 
 
-def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status: str) -> dict:
-    """A workflow's exit handler (the Argo door's ``onExit``): end the parent run of ``loop_key`` as
-    ``WORKFLOW_ENDINGS[workflow_status]``, and any round run a failed or stopped step left RUNNING under it as
-    FAILED. Nothing to end (tracking off, or no round was ever tracked) is not an error: a workflow that failed
-    before its first track has no parent run. Idempotent: a retried handler ends nothing twice."""
+@dataclass(frozen=True)
+class WorkflowEnd:
+    """How a workflow ended, as its exit handler sees it: the MLflow status for the loop's runs, and the first
+    failed step (``name: message``) where one failed."""
+
+    status: str
+    first_failure: str | None
+
+
+def workflow_end(workflow_status: str, failures: str = "") -> WorkflowEnd:
+    """``workflow_status`` is Argo's ``{{workflow.status}}``; ``failures`` its ``{{workflow.failures}}``, a JSON
+    list of the failed steps (``displayName``, ``message``, ...), "null" or empty where none failed. A failure
+    list that is not JSON is read as text: the handler still ends the runs."""
     from flywheel.errors import InputError
 
     if workflow_status not in WORKFLOW_ENDINGS:
         raise InputError("--end-loop", f"{workflow_status!r} is not a workflow status "
                          f"({', '.join(WORKFLOW_ENDINGS)})")
-    if not config.tracking.enabled:
-        return {"tracking": "disabled"}
     status = WORKFLOW_ENDINGS[workflow_status]
-    return {"parent_run_id": Tracker(config.tracking).end_loop_of(loop_key, status), "status": status}
+    try:
+        steps = json.loads(failures) if failures.strip() else None
+    except ValueError:
+        steps = [{"displayName": "workflow", "message": failures}]
+    steps = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+    messages = [str(s.get("message") or "") for s in steps]
+    if status == "FAILED" and any(mark in message for message in messages for mark in _STOPPED):
+        status = "KILLED"
+    first = next((f"{s.get('displayName', '?')}: {m}" for s, m in zip(steps, messages) if m), None)
+    return WorkflowEnd(status, first if status != "FINISHED" else None)
+
+
+def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status: str, failures: str = "") -> dict:
+    """A workflow's exit handler (the Argo door's ``onExit``): end the parent run of ``loop_key`` as the workflow
+    ended (``workflow_end``: FINISHED, FAILED, or KILLED for ``argo stop``), with round runs a failed or stopped
+    step left RUNNING under it, and tag the first failed step on it. Nothing to end (tracking off, or no round was
+    ever tracked) is not an error: a workflow that failed before its first track has no parent run. Idempotent: a
+    retried handler ends nothing twice."""
+    end = workflow_end(workflow_status, failures)
+    if not config.tracking.enabled:
+        return {"tracking": "disabled", "status": end.status}
+    parent = Tracker(config.tracking).end_loop_of(loop_key, end.status, error=end.first_failure)
+    return {"parent_run_id": parent, "status": end.status, "first_failure": end.first_failure}
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

@@ -83,7 +83,7 @@ def workflow_template(config: FlywheelConfig) -> m.WorkflowTemplate:
         _stage("gpu-stage", config, gpu=True, retried=True),
         _stage("gate", config, gpu=False, retried=False, fixed_stage="gate"),
         _track(config),
-        _exit(config),
+        *_exit(config, train_jobs=train is not None),
         *([train] if train is not None else []),
     ]
     spec = m.WorkflowSpec(
@@ -246,12 +246,28 @@ def _track(config: FlywheelConfig) -> m.Template:
     return template
 
 
-def _exit(config: FlywheelConfig) -> m.Template:
-    """The workflow's exit handler: ``flywheel track --end-loop {{workflow.status}}`` ends the workspace's MLflow
-    parent run FINISHED (Succeeded) or FAILED (Failed, Error; a stopped workflow is Failed), and round runs a
-    failed or stopped step left RUNNING. Retried: ending a run twice changes nothing."""
-    return _container_template("exit", config, ["flywheel", "track", "--root", WORKSPACE, "--door", "argo",
-                                                "--end-loop", "{{workflow.status}}", "-q"], gpu=False, retried=True)
+def _exit(config: FlywheelConfig, *, train_jobs: bool) -> list[m.Template]:
+    """The workflow's exit handler: ``flywheel track --end-loop`` ends the workspace's MLflow parent run FINISHED
+    (Succeeded), FAILED (Failed, Error) or KILLED (``argo stop``, told by the failed steps' messages), with round
+    runs a failed or stopped step left RUNNING, and tags the first failed step on it. Retried: ending a run twice
+    changes nothing. (``argo terminate`` runs no exit handler at all: Argo's choice; ``argo stop`` is the one to
+    use.) With TrainJobs, a workflow that did not succeed also deletes the ones it created: a stopped workflow's
+    TrainJob would otherwise keep its nodes' GPUs until the workflow itself is deleted."""
+    end_loop = _container_template("end-loop", config, [
+        "flywheel", "track", "--root", WORKSPACE, "--door", "argo", "--end-loop", "{{workflow.status}}",
+        "--failures", "{{workflow.failures}}", "-q"], gpu=False, retried=True)
+    if not train_jobs:
+        end_loop.name = "exit"
+        return [end_loop]
+    delete = m.Template(name="delete-train-jobs", resource=m.ResourceTemplate(
+        action="delete", flags=["trainjobs.trainer.kubeflow.org", "--selector",
+                                f"{infra.WORKFLOW_LABEL}={{{{workflow.name}}}}", "--wait=false"]),
+        retry_strategy=_retry(config.kubeflow.retries))
+    steps = m.Template(name="exit", steps=[[
+        m.WorkflowStep(name="end-loop", template="end-loop"),
+        m.WorkflowStep(name="delete-train-jobs", template="delete-train-jobs",
+                       when="{{workflow.status}} != Succeeded")]])
+    return [steps, end_loop, delete]
 
 
 def _train_job(config: FlywheelConfig) -> m.Template:
@@ -267,9 +283,11 @@ def _train_job(config: FlywheelConfig) -> m.Template:
                               init_dir=str(config.train.start_from(previous.champion, run.seed)),
                               out_dir=str(this.candidate), name="flywheel-train", namespace="{{workflow.namespace}}",
                               timeout_s=config.kubeflow.gpu_step_timeout_s,
-                              # Kueue admits the TrainJob's GPUs from the queue the GPU steps use
-                              labels={infra.KUEUE_QUEUE_LABEL: config.kubeflow.kueue_queue}
-                              if config.kubeflow.kueue_queue else None)
+                              # the exit handler finds the workflow's TrainJobs by this label; Kueue admits
+                              # their GPUs from the queue the GPU steps use
+                              labels={infra.WORKFLOW_LABEL: "{{workflow.name}}",
+                                      **({infra.KUEUE_QUEUE_LABEL: config.kubeflow.kueue_queue}
+                                         if config.kubeflow.kueue_queue else {})})
     del manifest["metadata"]["name"]
     manifest["metadata"]["generateName"] = f"flywheel-r{ROUND}-"  # a retry creates a new job, never meets the old
     return m.Template(
