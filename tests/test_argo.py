@@ -330,13 +330,17 @@ def test_the_exit_handler_ends_the_parent_run_as_the_workflow_ended(tmp_path, ca
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key=loop_key("argo", workspace))
     client = MlflowClient(f"sqlite:///{db}")
-    # What Argo v4.0.5 puts in {{workflow.failures}}: a pod that failed, and the pod `argo stop` ended.
-    failed = json.dumps([{"displayName": "train(0)", "message": "Error (exit code 1)", "templateName": "cpu-stage",
-                          "phase": "Failed"}])
-    stopped = json.dumps([{"displayName": "generate", "message": "workflow shutdown with strategy:  Stop",
-                           "templateName": "cpu-stage", "phase": "Failed"}])
-    cases = (("Failed", failed, "FAILED", "train(0): Error (exit code 1)"),
-             ("Failed", stopped, "KILLED", "generate: workflow shutdown with strategy:  Stop"),
+    # What Argo v4.0.5 passes for {{workflow.failures}}: the JSON list, quoted once more (strconv.Quote) -- a pod
+    # that failed; the nodes `argo stop` ended (as the e2e stop check saw them), earliest first.
+    failed = json.dumps(json.dumps([{"displayName": "train(0)", "message": "main: Error (exit code 1)",
+                                     "templateName": "cpu-stage", "phase": "Failed"}]))
+    stopped = json.dumps(json.dumps([
+        {"displayName": "train", "message": "Stopped with strategy 'Stop'", "finishedAt": "2026-12-06T16:40:02Z"},
+        {"displayName": "train(0)", "message": "main: Error (exit code 143)", "finishedAt": "2026-12-06T16:40:01Z"}]))
+    cases = (("Failed", failed, "FAILED", "train(0): main: Error (exit code 1)"),
+             ("Failed", stopped, "KILLED", "train(0): main: Error (exit code 143)"),
+             ("Failed", json.dumps([{"displayName": "generate", "message": "workflow shutdown with strategy:  Stop"}]),
+              "KILLED", "generate: workflow shutdown with strategy:  Stop"),
              ("Succeeded", "null", "FINISHED", None), ("Error", "[]", "FAILED", None),
              # not JSON (an Argo that words it otherwise): read as text, and the runs still end
              ("Failed", "Stopped with strategy 'Stop'", "KILLED", "workflow: Stopped with strategy 'Stop'"))

@@ -260,3 +260,30 @@ def test_a_huge_value_is_never_formatted_whole_into_a_message(tmp_path):
     with pytest.raises(InputError) as error:
         load_config(big)
     assert "unknown config key" in str(error.value) and len(str(error.value)) < 600, str(error.value)
+
+
+@pytest.mark.parametrize("written", ["off", "no", "Off", "false"])
+def test_a_string_option_takes_the_words_yaml_1_1_reads_as_booleans(tmp_path, written):
+    """`select: off` in a file, `-s curate.select=off`, and params.yaml as DVC writes it back (unquoted) all mean
+    the documented 'off'; YAML 1.1 reads each as false."""
+    from flywheel.config import config_file_text, load_config_text
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"curate: {{select: {written}}}\ncode: {{generated_tests: {written}}}\n")
+    from_file = load_config(path)
+    assert (from_file.curate.select, from_file.code.generated_tests) == ("off", "off")
+    assert load_config(None, [f"curate.select={written}"]).curate.select == "off"
+    assert load_config_text(config_file_text(from_file)) == from_file
+    with pytest.raises(InputError, match="curate.select.*must be 'off', 'loss'"):
+        load_config(None, ["curate.select=yes"])  # 'on': no such choice, and the error lists them
+
+
+def test_a_runs_config_yaml_is_block_yaml_that_reads_back(tmp_path):
+    """config.yaml of a run: one key a line, readable, and the same config when read back."""
+    from flywheel.config import config_file_text, load_config_text
+
+    config = load_config(ROOT / "configs" / "default.yaml")
+    text = config_file_text(config)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert "curate:\n" in text and "  select: 'off'\n" in text
+    assert load_config_text(text) == config

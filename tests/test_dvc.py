@@ -53,7 +53,7 @@ def dvc_repo(tmp_path_factory, tiny_seed):
     # Every section dvc.yaml lists must be in params.yaml (DVC fails on a missing one): write them all.
     params = to_dict(load_config(SMOKE))
     params["seed"]["path"] = "seed/tiny"
-    params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
+    params["tracking"]["uri"] = "sqlite:///mlflow.db"  # relative to the stage's directory, as params.yaml ships
     params["loop"]["out_dir"] = "data"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(tiny_seed, repo / "seed" / "tiny")
@@ -129,21 +129,6 @@ def test_the_last_stage_ends_the_parent_run(dvc_repo):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-@pytest.mark.slow
-def test_exp_run_with_a_param_override(dvc_repo):
-    repo, _ = dvc_repo
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "repro", cwd=repo)
-    sh("dvc", "exp", "run", "-S", "train.steps=3", cwd=repo)
-    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo).stdout)
-    experiments = [exp for row in shown for group in (row.get("experiments") or [])
-                   for exp in group.get("revs", [])]
-    steps = [exp["data"]["params"]["params.yaml"]["data"]["train"]["steps"] for exp in experiments]
-    assert 3 in steps, steps
-    workspace = shown[0]["data"]["params"]["params.yaml"]["data"]["train"]["steps"]
-    assert workspace == 3  # dvc exp run applies -S to the workspace and runs the pipeline with it
-
-
 def test_dvc_yaml_and_loop_rounds_cannot_disagree(tmp_path, monkeypatch, capsys):
     """Under dvc repro (DVC_ROOT set), prepare fails in one line when dvc.yaml unrolls another number of rounds."""
     from flywheel.cli import main
@@ -190,3 +175,47 @@ def test_a_change_to_a_stages_code_re_runs_that_stage_only(dvc_repo):
         gate.write_text(original)
     assert {"gate@r1", "gate@r2"} <= changed
     assert not any(name.startswith(("train@", "generate@", "vote@")) for name in changed), changed
+
+
+def mlflow_state(uri: str) -> tuple[dict, dict]:
+    """Every run (status, params, tags) and every model version (run, tags) in a store."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("flywheel-smoke")
+    runs = {r.info.run_id: (r.info.status, r.data.params, r.data.tags)
+            for r in client.search_runs([experiment.experiment_id], max_results=1000)}
+    versions = {v.version: (v.run_id, v.tags) for v in client.search_model_versions("name = 'flywheel-smoke'")}
+    return runs, versions
+
+
+# Last in the file (pytest-xdist's loadfile keeps a file's order): it leaves the experiment in the workspace.
+def test_a_dvc_experiment_adds_to_mlflow_and_leaves_the_baseline_as_it_was(dvc_repo):
+    """`dvc exp run -S ...` on the finished baseline (the same directory, so the same data root): the experiment
+    gets its own parent run (with its params), round runs and model versions; every run and version the baseline
+    logged is still there, unchanged."""
+    repo, _ = dvc_repo
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "baseline", cwd=repo)
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    before_runs, before_versions = mlflow_state(uri)
+    # A gate setting the decisions quote (their reasons name alpha): gate and track re-run for both rounds, and the
+    # stages before them are cached.
+    sh("dvc", "exp", "run", "-S", "gate.alpha=0.9995", cwd=repo)
+    after_runs, after_versions = mlflow_state(uri)
+    for run_id, state in before_runs.items():
+        assert after_runs.get(run_id) == state, run_id
+    for version, state in before_versions.items():
+        assert after_versions.get(version) == state, version
+    added = {run_id: after_runs[run_id] for run_id in set(after_runs) - set(before_runs)}
+    parents = [(run_id, params, tags) for run_id, (_, params, tags) in added.items() if "mlflow.parentRunId" not in tags]
+    assert len(parents) == 1, parents
+    parent_id, params, tags = parents[0]
+    assert params["gate.alpha"] == "0.9995" and "@exp:" in tags["flywheel.loop"]
+    rounds = sorted(tags["flywheel.round"] for status, _, tags in added.values()
+                    if tags.get("mlflow.parentRunId") == parent_id and status == "FINISHED")
+    assert rounds == ["1", "2"]
+    assert {status for status, _, _ in added.values()} == {"FINISHED"}  # the report stage ended the parent
+    assert len(after_versions) == len(before_versions) + 3  # the experiment's seed and its 2 candidates
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo).stdout)
+    assert shown[0]["data"]["params"]["params.yaml"]["data"]["gate"]["alpha"] == 0.9995

@@ -142,3 +142,24 @@ def test_a_loop_never_replaces_a_champion_it_did_not_compete_against(server, tin
     # Round 2's lineage is round 1's candidate: its gate promoted it for this loop, if not for the registry.
     assert tracker.lineage_version(parent, 2) == result["model_version"]
     assert tracker.champion_version() == production
+
+
+def test_a_round_logged_again_keeps_the_finished_run_and_replaces_a_partial_one(server, tiny_seed, tmp_path):
+    """`dvc repro` after a change logs a finished round again: the earlier run and its version stay (marked
+    superseded) and the loop's lineage follows the new one. A partial run (a kill while tracking) is replaced."""
+    config = load_config(None, [f"tracking.uri={server}", "tracking.registered_model=relogged",
+                                "tracking.experiment=promotion"])
+    tracker = Tracker(config.tracking)
+    parent = tracker.start_loop(config, loop_key="dvc:/relogged")
+    tracker.register_seed(parent, tiny_seed)
+    first = tracker.log_round(parent, 1, _round_dir(tmp_path / "a", tiny_seed, promote=True), config, "md5-a")
+    again = tracker.log_round(parent, 1, _round_dir(tmp_path / "b", tiny_seed, promote=True), config, "md5-b")
+    client = tracker.client
+    kept = client.get_run(first["run_id"])
+    assert kept.info.status == "FINISHED" and kept.data.tags["flywheel.superseded_by"] == again["run_id"]
+    assert client.get_model_version("relogged", first["model_version"]).run_id == first["run_id"]
+    assert tracker.lineage_version(parent, 2) == again["model_version"]
+    partial = client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent, "flywheel.round": "2"})
+    logged = tracker.log_round(parent, 2, _round_dir(tmp_path / "c", tiny_seed, promote=False), config, "md5-c")
+    assert client.get_run(partial.info.run_id).info.lifecycle_stage == "deleted"
+    assert client.get_run(logged["run_id"]).info.status == "FINISHED"

@@ -425,13 +425,13 @@ def _track(args, config, task) -> dict:
 def _step(args, config, task) -> dict | int:
     """One step of a workspace's round (the Argo door's pods): ``start`` or a stage of ``flywheel.loop``."""
     from flywheel import io
-    from flywheel.config import dump_config
+    from flywheel.config import config_file_text
     from flywheel.layout import RunLayout
     from flywheel.loop import prepare, round_stages
 
     run = RunLayout(args.root)
     if args.stage == "start":
-        io.write_text(run.config, dump_config(config))  # every later step reads it (-c defaults to it)
+        io.write_text(run.config, config_file_text(config))  # every later step reads it (-c defaults to it)
         if not run.round(0).metrics.is_file():
             prepare(config, args.root, task=task)
         next_round = run.next_round()

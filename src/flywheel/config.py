@@ -754,8 +754,16 @@ def load_config_text(text: str, source: str = "config") -> FlywheelConfig:
 
 def dump_config(config: FlywheelConfig) -> str:
     """The resolved config as one line of YAML (flow style), every key explicit; ``load_config_text`` reads it
-    back. One line because KFP copies parameter defaults into a comment header of the compiled pipeline."""
+    back. One line for the pipeline parameters that carry it: KFP 2.17's compiler copies each parameter's
+    default into the compiled pipeline's comment header as it is, and a second line there would not be a
+    comment (kfp/compiler/pipeline_spec_builder.py)."""
     return yaml.safe_dump(to_dict(config), sort_keys=True, default_flow_style=True, width=float("inf")).strip()
+
+
+def config_file_text(config: FlywheelConfig) -> str:
+    """The resolved config as a run's ``config.yaml``: block YAML, one key a line, sections in the order of the
+    dataclasses (as ``flywheel config`` prints them), strings that YAML 1.1 would read otherwise quoted."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False, width=100)
 
 
 def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
@@ -873,11 +881,14 @@ def _coerce(value: Any, kind, source: str, key: str):
         if value is None and type(None) in allowed:
             return None
         base = next(a for a in allowed if a is not type(None))
+    if base is str and isinstance(value, bool):
+        # YAML 1.1 (PyYAML, and DVC when it writes params.yaml back unquoted) reads on/off/yes/no as booleans: a
+        # string option takes them back as the words its choices use ('off' for curate.select, code.generated_tests)
+        return "on" if value else "off"
     ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
     if not ok:
-        hint = " (YAML 1.1 reads yes/no/on/off as booleans: quote it)" if base is str and isinstance(value, bool) else ""
         raise InputError(source, f"expected {getattr(base, '__name__', base)}, got {type(value).__name__} "
-                         f"{_shown(value)}{hint}", field=key)
+                         f"{_shown(value)}", field=key)
     if base is float and not math.isfinite(value):  # NaN fails no comparison: it would switch a check off
         raise InputError(source, f"must be a finite number, got {value!r}", field=key)
     return value

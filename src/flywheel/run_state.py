@@ -398,7 +398,7 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
     resume   refuses a changed config or changed outside inputs, naming the keys, and corrupt stage records
     new and restart refuse a directory that holds files but no run: only a run's own files are ever deleted.
     """
-    from flywheel.config import dump_config, to_dict
+    from flywheel.config import config_file_text, to_dict
 
     check_open(root, mode)
     root = Path(root)
@@ -421,7 +421,7 @@ def open_run(root: Path, config, mode: str) -> "Ledger":
                 target.unlink()
         remove_stale_temporaries(root)
     io.write_json(state / INPUTS_RECORD, inputs)  # first: the mark that this directory holds a run
-    io.write_text(root / RUN_CONFIG, dump_config(config))
+    io.write_text(root / RUN_CONFIG, config_file_text(config))
     return Ledger(state, replay=mode == "resume")
 
 

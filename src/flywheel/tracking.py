@@ -33,6 +33,8 @@ CHAMPION_ALIAS = "champion"
 # Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
 FILES_TAG = "flywheel.files"
 LOOP_TAG = "flywheel.loop"
+# On a finished round run that a later run of the same round (under the same parent run) replaced: its id.
+SUPERSEDED_TAG = "flywheel.superseded_by"
 # Parent run tags: the host and PID of the ``flywheel run`` process that runs it now (what a later run of the same
 # directory needs to know that a RUNNING parent was left by a killed process).
 HOST_TAG, PID_TAG = "flywheel.host", "flywheel.pid"
@@ -283,7 +285,8 @@ class Tracker:
                                                    for k, v, step in metrics[start:start + 1000]])
 
     def _children(self, parent_run_id: str, round_index: int | None = None) -> list:
-        query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        """The round runs of a loop (of one round), superseded ones excluded: what the loop stands on now."""
+        query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{SUPERSEDED_TAG}` IS NULL"
         if round_index is not None:
             query += f" and tags.`flywheel.round` = '{round_index}'"
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
@@ -394,8 +397,13 @@ class Tracker:
         self.use_config(config)
         if started_from is None:
             started_from = self.lineage_version(parent_run_id, round_index)
-        # A round logged again (a resumed run killed while tracking it) replaces its earlier, partial run.
+        # A round logged again after a kill while tracking it replaces its earlier, partial run. A finished one
+        # (the round ran again: `dvc repro` after a change) is history: kept, and marked superseded.
+        finished = []
         for earlier in self._children(parent_run_id, round_index):
+            if earlier.info.status == "FINISHED":
+                finished.append(earlier.info.run_id)
+                continue
             for version in self.client.search_model_versions(f"run_id = '{earlier.info.run_id}'"):
                 self.client.delete_model_version(version.name, version.version)
             self.client.delete_run(earlier.info.run_id)
@@ -403,6 +411,8 @@ class Tracker:
                                      tags={"mlflow.parentRunId": parent_run_id, "flywheel.round": str(round_index),
                                            "mlflow.source.git.commit": git_commit() or "unknown"})
         run_id = run.info.run_id
+        for earlier in finished:
+            self.client.set_tag(earlier, SUPERSEDED_TAG, run_id)
         try:
             return self._log_round(run_id, parent_run_id, round_index, round_dir, config, data_digest, started_from)
         except BaseException as error:
@@ -477,8 +487,12 @@ class Tracker:
 
 def loop_key(door: str, root: str | Path) -> str:
     """The ``flywheel.loop`` tag of a run directory's MLflow parent run: one parent per directory and door
-    (``dvc``: ``dvc repro``'s data directory; ``kfp``: a Kubeflow workspace), found again by it."""
-    return f"{door}:{Path(root).resolve()}"
+    (``dvc``: ``dvc repro``'s data directory; ``kfp``: a Kubeflow workspace), found again by it. Under
+    ``dvc exp run`` (DVC gives each stage ``DVC_EXP_NAME``) one per experiment: an experiment adds its own parent
+    run, round runs and model versions beside the baseline's, and never touches those."""
+    key = f"{door}:{Path(root).resolve()}"
+    experiment = os.environ.get("DVC_EXP_NAME", "") if door == "dvc" else ""
+    return f"{key}@exp:{experiment}" if experiment else key
 
 
 def log_round_files(tracker: Tracker, parent_run_id: str, root: str | Path, round_index: int,
@@ -528,9 +542,10 @@ def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, l
 # later workflow on the workspace ends it.
 WORKFLOW_ENDINGS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Error": "FAILED"}
 # How Argo marks the steps `argo stop` ends (workflow/controller/exec_control.go and operator.go, v4.0.5): a running
-# pod's node "workflow shutdown with strategy:  Stop", a retried step "Stopped with strategy 'Stop'". The workflow
-# itself is then only Failed; these messages in {{workflow.failures}} are what tells a stop from a failure.
-_STOPPED = ("shutdown with strategy", "Stopped with strategy")
+# pod's node "workflow shutdown with strategy:  Stop" (replaced by "main: Error (exit code 143)" once the pod's
+# SIGTERM ends it), a retried step "Stopped with strategy 'Stop'". The workflow itself is then only Failed; these
+# messages in {{workflow.failures}} are what tells a stop from a failure.
+_STOPPED = ("shutdown with strategy", "Stopped with strategy", "(exit code 143)")
 
 
 @dataclass(frozen=True)
@@ -542,22 +557,36 @@ class WorkflowEnd:
     first_failure: str | None
 
 
+def _failed_steps(failures: str) -> list[dict]:
+    """``{{workflow.failures}}`` as the exit handler's argument: Argo quotes the JSON list once more
+    (``strconv.Quote``, to survive its template substitution), so the argument is a JSON string holding the JSON
+    list; "null" or empty where nothing failed. Anything else is kept as one failure's text."""
+    value: object = failures
+    for _ in range(2):
+        if not isinstance(value, str) or not value.strip():
+            break
+        try:
+            value = json.loads(value)
+        except ValueError:
+            break
+    if isinstance(value, list):
+        return [step for step in value if isinstance(step, dict)]
+    if isinstance(value, str) and value.strip():
+        return [{"displayName": "workflow", "message": value}]
+    return []
+
+
 def workflow_end(workflow_status: str, failures: str = "") -> WorkflowEnd:
-    """``workflow_status`` is Argo's ``{{workflow.status}}``; ``failures`` its ``{{workflow.failures}}``, a JSON
-    list of the failed steps (``displayName``, ``message``, ...), "null" or empty where none failed. A failure
-    list that is not JSON is read as text: the handler still ends the runs."""
+    """``workflow_status`` is Argo's ``{{workflow.status}}``; ``failures`` its ``{{workflow.failures}}`` (the failed
+    steps: ``displayName``, ``message``, ``finishedAt``, ...). A stop's marks among the failures make it KILLED."""
     from flywheel.errors import InputError
 
     if workflow_status not in WORKFLOW_ENDINGS:
         raise InputError("--end-loop", f"{workflow_status!r} is not a workflow status "
                          f"({', '.join(WORKFLOW_ENDINGS)})")
     status = WORKFLOW_ENDINGS[workflow_status]
-    try:
-        steps = json.loads(failures) if failures.strip() else None
-    except ValueError:
-        steps = [{"displayName": "workflow", "message": failures}]
-    steps = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
-    messages = [str(s.get("message") or "") for s in steps]
+    steps = sorted(_failed_steps(failures), key=lambda s: (str(s.get("finishedAt") or ""), str(s.get("displayName"))))
+    messages = [str(step.get("message") or "") for step in steps]
     if status == "FAILED" and any(mark in message for message in messages for mark in _STOPPED):
         status = "KILLED"
     first = next((f"{s.get('displayName', '?')}: {m}" for s, m in zip(steps, messages) if m), None)
