@@ -163,7 +163,8 @@ def test_each_champion_carries_a_model_card_of_its_rounds(loop_result):
     assert [e["promoted"] for e in lineage] == [r["decision"]["promote"] for r in report["rounds"][1:]]
     assert all(len(e["data_md5"]) == 32 for e in lineage)
     card = (out / "rounds" / "2" / "champion" / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers") and "| 2 | " in card and "| bucket | accuracy |" in card
+    assert card.startswith("---\n") and "library_name: transformers\n" in card and "model-index:" in card
+    assert "| 2 | " in card and "| bucket | accuracy |" in card
     # the card is the champion's own file: the candidate it was linked from has none
     assert not (out / "rounds" / "2" / "candidate" / "README.md").exists()
 
@@ -227,13 +228,25 @@ def test_export_writes_a_dataset_and_a_hub_ready_model(loop_result, tmp_path, mo
 
     _, out, _, _ = loop_result
     assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
-    data = datasets.load_from_disk(str(tmp_path / "export" / "dataset" / "data"))
+    # as `flywheel export --help` says: <out>/dataset loads with load_from_disk, and load_dataset gives `train`
+    exported = tmp_path / "export" / "dataset"
     curated = sum(len(io.read_rows(out / "rounds" / str(r) / "curated.parquet", schemas.CURATED)) for r in (1, 2))
-    assert len(data) == curated and set(data.column_names) >= {"prompt", "completion", "round"}
+    for data in (datasets.load_from_disk(str(exported))["train"], datasets.load_dataset(str(exported))["train"]):
+        assert len(data) == curated and set(data.column_names) >= {"prompt", "completion", "round"}
+    assert list(datasets.load_dataset(str(exported))) == ["train"]
     model_dir = tmp_path / "export" / "model"
     AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)  # a plain HF directory
     AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    assert (model_dir / "README.md").read_text().startswith("---") and (model_dir / "lineage.json").is_file()
+    assert (model_dir / "lineage.json").is_file()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(model_dir / "README.md")  # the Hub's reader: model-index metadata with the eval results
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    decision = json.loads((out / "rounds" / "2" / "decision.json").read_text())
+    side = "candidate_accuracy" if decision["promote"] else "champion_accuracy"
+    last_promoted = [json.loads((out / "rounds" / str(r) / "decision.json").read_text()) for r in (1, 2)]
+    assert "accuracy" in results and results["accuracy"] == last_promoted[-1][side]
+    assert {f"accuracy (bucket {b})" for b in decision["buckets"]} <= set(results)
     # a committee of 2: member 2 does not exist; an unreachable hub is one line, exit 2
     assert main(["export", str(out), "--out", str(tmp_path / "x"), "--member", "2"]) == 2
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

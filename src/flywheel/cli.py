@@ -155,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="Write a run's curated data as a Hugging Face dataset and its champion as a "
                                       "Hub-ready model folder (optionally push both).",
-                       description="Write <out>/dataset (every round's curated rows, datasets.load_from_disk) and "
-                                   "<out>/model (the last champion as one plain Hugging Face model directory with "
-                                   "its model card). --push-to-hub uploads them (HF_ENDPOINT, HF_TOKEN).")
+                       description="Write <out>/dataset (every round's curated rows as a `train` split: "
+                                   "datasets.load_from_disk(<out>/dataset)['train'] or load_dataset(<out>/dataset)) "
+                                   "and <out>/model (the last champion as one plain Hugging Face model directory "
+                                   "with its model card, evaluation results as model-index metadata). "
+                                   "--push-to-hub uploads them (HF_ENDPOINT, HF_TOKEN).")
     p.add_argument("root", type=Path, help="the run directory (loop.out_dir)")
     p.add_argument("--out", type=Path, required=True, help="where to write dataset/ and model/")
     p.add_argument("--member", type=int, default=0, help="the committee member to export (default 0)")

@@ -38,9 +38,28 @@ def round_entry(round_index: int, decision: dict, candidate_meta: dict) -> dict:
     }
 
 
+def card_metadata(lineage: list[dict], buckets: dict, *, promoted_side: str) -> str:
+    """The card's YAML front matter (``huggingface_hub.ModelCardData``): its held-out accuracy, overall and per
+    bucket, as model-index evaluation results, which the Hub shows and ``ModelCard.load`` reads back."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    def result(value: float, name: str) -> EvalResult:
+        return EvalResult(task_type="text-generation", dataset_type="flywheel-eval", dataset_name="flywheel held-out "
+                          "eval (labeled)", dataset_split="eval", metric_type="accuracy", metric_value=float(value),
+                          metric_name=name)
+
+    side = "candidate_accuracy" if promoted_side == "candidate" else "champion_accuracy"
+    overall = lineage[-1].get(side) if lineage else None
+    results = ([result(overall, "accuracy")] if overall is not None else []) + [
+        result(entry[promoted_side], f"accuracy (bucket {name})") for name, entry in buckets.items()]
+    data = ModelCardData(model_name="flywheel champion", library_name="transformers",
+                         tags=["flywheel", "self-training"], eval_results=results or None)
+    return data.to_yaml()
+
+
 def render(lineage: list[dict], buckets: dict, *, promoted_side: str) -> str:
     """Markdown: front matter, how the model was made, the rounds, its per-bucket eval accuracy."""
-    lines = ["---", "library_name: transformers", "tags:", "- flywheel", "- self-training", "---", "",
+    lines = ["---", card_metadata(lineage, buckets, promoted_side=promoted_side), "---", "",
              "# flywheel champion", "",
              "Made by flywheel self-training rounds: each round this model's predecessor "
              "answered unlabeled prompts several times, the majority vote became the pseudo-label, the "
