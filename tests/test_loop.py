@@ -147,6 +147,35 @@ def test_the_registered_champion_loads_as_an_mlflow_model_and_answers(loop_resul
     assert list(answers["answer"]) == [v["majority_answer"] for v in votes]
 
 
+def test_every_registered_version_is_an_mlflow_3_logged_model(loop_result):
+    """MLflow 3's model conventions: each version comes from a LoggedModel (`models:/m-...`) that is an output of
+    its run, with a signature and an input example; `search_logged_models` lists them; runs carry the system
+    tags; a DataFrame with a `prompt` column answers as a list does."""
+    import mlflow
+    import pandas as pd
+
+    config, _, report, tracker = loop_result
+    mlflow.set_tracking_uri(config.tracking.uri)
+    versions = tracker.client.search_model_versions(f"name = '{config.tracking.registered_model}'")
+    logged = {m.model_id: m for m in mlflow.search_logged_models(experiment_ids=[tracker.experiment_id],
+                                                                  output_format="list")}
+    model_of = {v.version: v.source.removeprefix("models:/") for v in versions}
+    assert versions and all(v.source.startswith("models:/m-") for v in versions) and set(model_of.values()) == set(
+        logged)
+    assert {m.name for m in logged.values()} == {"seed", "candidate"}
+    assert all(m.status.to_proto() == 2 for m in logged.values())  # READY
+    info = mlflow.models.get_model_info(versions[0].source)
+    assert info.signature.inputs.input_types()[0].name == "string" and info.saved_input_example_info
+    round_run = tracker.client.get_run(report["mlflow"]["rounds"][1]["run_id"])
+    assert [o.model_id for o in round_run.outputs.model_outputs] == [
+        model_of[v.version] for v in versions if v.run_id == round_run.info.run_id]
+    for run in (round_run, tracker.client.get_run(round_run.data.tags["mlflow.parentRunId"])):
+        assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(run.data.tags)
+    model = mlflow.pyfunc.load_model(f"models:/{config.tracking.registered_model}@{CHAMPION_ALIAS}")
+    framed = model.predict(pd.DataFrame({"prompt": ["12+34="]}))
+    assert list(framed["answer"]) == list(model.predict(["12+34="])["answer"])
+
+
 def client_champion_dir(tracker, config, out, report):
     """The round directory whose model the alias points at (the seed's copy if no round was promoted)."""
     champion = tracker.client.get_model_version_by_alias(config.tracking.registered_model, CHAMPION_ALIAS)
@@ -255,3 +284,28 @@ def test_export_writes_a_dataset_and_a_hub_ready_model(loop_result, tmp_path, mo
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     assert main(["export", str(out), "--out", str(tmp_path / "export"), "--push-to-hub", "me/flywheel"]) == 2
+
+
+def test_flywheel_report_rebuilt_later_keeps_the_mlflow_section_and_shows_it(loop_result, tmp_path):
+    """`flywheel report --root` after the run: report.json keeps its MLflow section (from the rounds' tracking
+    records) and report.html names the runs; with a tracking server, they are links to its UI."""
+    import shutil
+
+    from flywheel.cli import main
+    from flywheel.report import build_report, html_report
+
+    config, out, report, _ = loop_result
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    assert main(["report", "--root", str(copy), "-c", str(copy / "config.yaml")]) == 0
+    rebuilt = json.loads((copy / "report.json").read_text())
+    assert rebuilt["mlflow"]["parent_run_id"] == report["mlflow"]["parent_run_id"]
+    assert {int(k): v["run_id"] for k, v in rebuilt["mlflow"]["rounds"].items()} == {
+        k: v["run_id"] for k, v in report["mlflow"]["rounds"].items()}
+    page = (copy / "report.html").read_text()
+    assert report["mlflow"]["rounds"][1]["run_id"] in page and "mlflow ui --backend-store-uri" in page
+    served = load_config(copy / "config.yaml", ["tracking.uri=http://mlflow.example:5000"])
+    linked = html_report(build_report(copy, served))
+    run_id = report["mlflow"]["rounds"][1]["run_id"]
+    experiment = report["mlflow"]["experiment_id"]
+    assert f'href="http://mlflow.example:5000/#/experiments/{experiment}/runs/{run_id}"' in linked

@@ -10,7 +10,7 @@ import pytest
 
 from flywheel import io
 from flywheel.config import load_config
-from flywheel.tracking import CHAMPION_ALIAS, DECLINED, PROMOTED, STALE, Tracker
+from flywheel.tracking import CHAMPION_ALIAS, DECLINED, PROMOTED, STALE, Tracker, promotion_record
 from tests.conftest import mlflow_server
 
 
@@ -63,8 +63,14 @@ def test_two_promotions_from_one_champion_move_the_alias_once(server, trial):
     winner = first if results[0][0] == PROMOTED else second
     assert tracker.champion_version() == winner
     assert all(holder == winner for _, holder in results)
-    records = tracker.client.search_registered_models(f"name LIKE 'race-{trial}.promoted-from-%'")
-    assert [r.name for r in records] == [f"race-{trial}.promoted-from-v{champion}"]
+    # One record, out of the user's sight: no registered model besides the real one, no visible experiment.
+    assert [m.name for m in tracker.client.search_registered_models(f"name LIKE 'race-{trial}%'")] == [
+        f"race-{trial}"]
+    from mlflow.entities import ViewType
+
+    records = tracker.client.search_experiments(ViewType.ALL, filter_string=f"name LIKE '%:race-{trial}:%'")
+    assert [(r.name, r.lifecycle_stage) for r in records] == [(promotion_record(f"race-{trial}", champion),
+                                                              "deleted")]
     assert records[0].tags["to_version"] == winner
 
 
@@ -82,13 +88,16 @@ def test_a_round_from_a_champion_that_was_replaced_is_stale_and_moves_nothing(se
 def test_a_round_killed_between_its_record_and_the_alias_move_finishes_its_own_claim(server):
     tracker = _tracker(server, "killed")
     seed, candidate, retried = _versions(tracker, 3)
-    tracker.client.create_registered_model(f"killed.promoted-from-v{seed}",
-                                           tags={"flywheel.claim": "loop-a:round-2", "to_version": candidate})
+    record = tracker.client.create_experiment(promotion_record("killed", seed),
+                                              tags={"flywheel.claim": "loop-a:round-2", "to_version": candidate})
+    tracker.client.delete_experiment(record)
     # Someone else's round from the same seed cannot use that record (the alias is on its way to `candidate`) ...
     assert tracker.promote(retried, started_from=seed, claim="loop-b:round-1") == (STALE, candidate)
     # ... the round that wrote it, re-run (its candidate registered again as a new version), completes it.
     assert tracker.promote(retried, started_from=seed, claim="loop-a:round-2") == (PROMOTED, retried)
     assert tracker.champion_version() == retried
+    assert tracker.client.get_experiment(record).tags["to_version"] == retried
+    assert tracker.client.get_experiment(record).lifecycle_stage == "deleted"
 
 
 def _round_dir(root: Path, seed: Path, promote: bool) -> Path:

@@ -168,31 +168,26 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
             if tracker is not None:
                 ledger.stage(0, "track", [run.tracking_record(0)], lambda: io.write_json(
                     run.tracking_record(0), {"seed_version": tracker.register_seed(parent, zero.champion)}))
-            tracked = {}
             for round_index in range(1, config.loop.rounds + 1):
                 decision = run_round(config, root, round_index, task=task, eval_path=eval_path, ledger=ledger)
                 if tracker is not None:
                     record = run.tracking_record(round_index)
                     ledger.stage(round_index, "track", [record], lambda: log_round_files(
                         tracker, parent, root, round_index, config))
-                    tracked[round_index] = {k: v for k, v in io.read_json(record).items()
-                                            if k not in ("seconds", "parent_run_id")}
-                    if tracked[round_index].get("promotion") == "stale":
+                    logged = io.read_json(record)
+                    if logged.get("promotion") == "stale":
                         log.warning("round %d: the gate promoted, but MLflow's '%s' alias of %s names v%s, not "
                                     "v%s that this run started from: the alias stays (stale)", round_index,
-                                    "champion", config.tracking.registered_model,
-                                    tracked[round_index].get("champion_version"),
-                                    tracked[round_index].get("started_from"))
+                                    "champion", config.tracking.registered_model, logged.get("champion_version"),
+                                    logged.get("started_from"))
                 if on_round is not None:
                     on_round(round_index, build_report(root, config))
                 if config.loop.stop_on_decline and not decision["promote"]:
                     break  # what the Kubeflow `flywheel` pipeline does: its next round runs only after a promotion
-            report = build_report(root, config)
+            report = build_report(root, config)  # with its MLflow section, from the rounds' tracking records
             write_report(root, report)
             if tracker is not None:
                 tracker.end_loop(parent, {"final": report["summary"]})
-                report["mlflow"] = {"parent_run_id": parent, "rounds": tracked}
-                write_report(root, report)
         except BaseException as error:
             if parent is not None:
                 tracker.fail_loop(parent, error)

@@ -50,8 +50,9 @@ class FlywheelModel(mlflow.pyfunc.PythonModel):
         from flywheel.stages.generate import generate
         from flywheel.stages.vote import vote
 
-        if isinstance(model_input, pd.DataFrame):
-            prompts = [str(p) for p in model_input["prompt"]]
+        if isinstance(model_input, pd.DataFrame):  # a list arrives as one unnamed column (the signature's input)
+            column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
+            prompts = [str(p) for p in model_input[column]]
         elif isinstance(model_input, str):
             prompts = [model_input]
         else:
@@ -86,8 +87,32 @@ def requirements() -> list[str]:
     return pins
 
 
-def save_pyfunc(model_dir: Path, target: Path, *, task: str, max_new_tokens: int) -> None:
-    """Write ``model_dir`` as an MLflow pyfunc model at ``target`` (which must not exist)."""
+def example_prompt(task: str) -> str:
+    """A prompt of ``task`` for the model's input example: one its generator makes, or, for a task whose prompts
+    come from a file, a plain question."""
+    from flywheel.tasks import load_task
+
+    try:
+        return str(load_task(task).make_prompts(bucket=1, count=1, seed=0, id_prefix="example")[0]["prompt"])
+    except Exception:  # no generator (prompts from data.prompts): any string shows the input's type
+        return "What is 1 + 1?"
+
+
+def signature():
+    """Prompts in (one string column: a list of strings, or a DataFrame with a ``prompt`` column), the voted
+    answers out: what ``predict`` takes and returns, and what ``mlflow models serve`` checks requests against."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([
+        ColSpec("string", "prompt"), ColSpec("string", "answer"), ColSpec("string", "completion"),
+        ColSpec("double", "vote_share")]))
+
+
+def save_pyfunc(model_dir: Path, target: Path, *, task: str, max_new_tokens: int, input_example: str = "1+1=",
+                mlflow_model=None) -> None:
+    """Write ``model_dir`` as an MLflow pyfunc model at ``target`` (which must not exist), with its signature
+    and an input example (a prompt of the task)."""
     import logging
     import os
 
@@ -97,23 +122,36 @@ def save_pyfunc(model_dir: Path, target: Path, *, task: str, max_new_tokens: int
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     mlflow.pyfunc.save_model(
         path=str(target), python_model=FlywheelModel(), artifacts={"model": str(model_dir)},
-        code_paths=[str(PACKAGE_DIR)], pip_requirements=requirements(),
+        code_paths=[str(PACKAGE_DIR)], pip_requirements=requirements(), signature=signature(),
+        input_example=[input_example], mlflow_model=mlflow_model,
         model_config={"task": task, "max_new_tokens": max_new_tokens, "device": "cpu", "precision": "auto"})
 
 
-def log_pyfunc(client, run_id: str, model_dir: Path, artifact_path: str, *, task: str,
-               max_new_tokens: int) -> tuple[str, str]:
-    """Log ``model_dir`` as a pyfunc under ``artifact_path`` of ``run_id``.
+def log_pyfunc(client, run_id: str, experiment_id: str, model_dir: Path, name: str, *, task: str,
+               max_new_tokens: int, input_example: str = "1+1=") -> tuple[str, str, str]:
+    """Log ``model_dir`` as an MLflow 3 LoggedModel called ``name``, an output of run ``run_id``.
 
-    Returns (the pyfunc's URI, the URI of the model directory inside it): the Kubeflow round
-    downloads the second to continue from the champion, so the weights are stored once.
+    Through the client (not ``mlflow.pyfunc.log_model``, which reads the process's active run and experiment,
+    and predicts on the example again to validate it): create the LoggedModel, save the pyfunc with its id,
+    upload it, mark it READY, and link it to the run. Returns (its id, its ``models:/<id>`` URI, the URI of the
+    model directory inside it): the Kubeflow round downloads the last to continue from the champion, so the
+    weights are stored once.
     """
-    import yaml
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix="flywheel-mlflow-") as scratch:
-        target = Path(scratch) / artifact_path
-        save_pyfunc(model_dir, target, task=task, max_new_tokens=max_new_tokens)
-        inside = yaml.safe_load((target / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
-        client.log_artifacts(run_id, str(target), artifact_path)
-    model_uri = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-    return model_uri, f"{model_uri}/{inside['model']['path']}"
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type="flywheel")
+    try:
+        with tempfile.TemporaryDirectory(prefix="flywheel-mlflow-") as scratch:
+            target = Path(scratch) / name
+            save_pyfunc(model_dir, target, task=task, max_new_tokens=max_new_tokens, input_example=input_example,
+                        mlflow_model=Model(model_id=logged.model_id, run_id=run_id, model_uuid=logged.model_id,
+                                           artifact_path=logged.artifact_location))
+            inside = Model.load(str(target)).flavors["python_function"]["artifacts"]["model"]["path"]
+            client.log_model_artifacts(logged.model_id, str(target))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return logged.model_id, f"models:/{logged.model_id}", f"{logged.artifact_location}/{inside}"

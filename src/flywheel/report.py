@@ -58,7 +58,33 @@ def build_report(root: Path, config, *, last_round: int | None = None) -> dict:
         })
         lifted = [b for b, acc in final["buckets"].items() if seed_scores["buckets"].get(b, 0) < 0.10 and acc >= 0.80]
         summary["buckets_lifted_from_below_10_to_80"] = sorted(lifted, key=bucket_key)  # named buckets too
-    return {"name": config.name, "summary": summary, "rounds": rounds}
+    report = {"name": config.name, "summary": summary, "rounds": rounds}
+    tracked = mlflow_section(root, config, [r["round"] for r in rounds[1:]])
+    if tracked:
+        report["mlflow"] = tracked
+    return report
+
+
+def mlflow_section(root: Path, config, round_indices: list[int]) -> dict | None:
+    """Where the run is in MLflow, from the tracking records the rounds wrote (so ``flywheel report`` rebuilt
+    later keeps it): the store, the parent run, and each round's run, model version and promotion. None
+    where no round was tracked."""
+    records = {index: _read(RunLayout(Path(root)).tracking_record(index)) or {} for index in round_indices}
+    records = {index: record for index, record in records.items() if record.get("run_id")}
+    if not records:
+        return None
+    last = records[max(records)]
+    return {"tracking_uri": config.tracking.uri, "experiment": config.tracking.experiment,
+            "experiment_id": last.get("experiment_id"), "registered_model": config.tracking.registered_model,
+            "parent_run_id": last.get("parent_run_id"), "rounds": records}
+
+
+def mlflow_run_url(section: dict, run_id: str) -> str | None:
+    """The MLflow UI's page of ``run_id`` where the store is a server (http[s]); None for a local store."""
+    uri, experiment = section.get("tracking_uri") or "", section.get("experiment_id")
+    if not uri.startswith(("http://", "https://")) or not experiment:
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
 def table(report: dict) -> str:
@@ -179,8 +205,32 @@ def html_report(report: dict) -> str:
 <h2>Curation and gate</h2>
 <table><tr><th>round</th><th>bucket</th><th>pseudo-label precision</th><th>samples kept</th><th>drops by reason</th>
 <th>vote-share threshold → yield / precision</th><th>gate</th></tr>{''.join(rows)}</table>
-<h2>Summary</h2><pre>{html.escape(json.dumps(report['summary'], indent=2))}</pre></body></html>
+<h2>Summary</h2><pre>{html.escape(json.dumps(report['summary'], indent=2))}</pre>{_mlflow_html(report)}</body></html>
 """
+
+
+def _mlflow_html(report: dict) -> str:
+    """The MLflow runs behind the report: links where the store is a server, else how to open it."""
+    section = report.get("mlflow")
+    if not section:
+        return ""
+
+    def run(run_id: str | None) -> str:
+        if not run_id:
+            return ""
+        url = mlflow_run_url(section, run_id)
+        return f'<a href="{html.escape(url)}">{html.escape(run_id)}</a>' if url else f"<code>{html.escape(run_id)}</code>"
+
+    uri = section.get("tracking_uri") or ""
+    opening = (f'<p>Store: <a href="{html.escape(uri)}">{html.escape(uri)}</a></p>' if uri.startswith("http") else
+               f"<p>Open it with <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>.</p>")
+    rows = "".join(f"<tr><td>{index}</td><td>{run(record.get('run_id'))}</td>"
+                   f"<td>{html.escape(str(record.get('model_version', '')))}</td>"
+                   f"<td>{html.escape(str(record.get('promotion', '')))}</td></tr>"
+                   for index, record in sorted(section["rounds"].items(), key=lambda kv: int(kv[0])))
+    return (f"<h2>MLflow</h2>{opening}<p>Experiment {html.escape(str(section.get('experiment')))}, registered model "
+            f"{html.escape(str(section.get('registered_model')))}, parent run {run(section.get('parent_run_id'))}.</p>"
+            f"<table><tr><th>round</th><th>run</th><th>model version</th><th>promotion</th></tr>{rows}</table>")
 
 
 def plot_tables(report: dict) -> dict[str, list[dict]]:

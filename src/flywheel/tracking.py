@@ -58,6 +58,19 @@ def _mlflow_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
 
+def promotion_record(model: str, started_from: str) -> str:
+    """The name of the record that lets one promotion leave ``model``'s version ``started_from`` (``promote``)."""
+    return f".flywheel-promotion:{model}:from-v{started_from}"
+
+
+def _system_tags(tags: dict) -> dict:
+    """``tags`` plus the system tags MLflow's own ``start_run`` adds (``mlflow.user``, ``mlflow.source.name``,
+    ``mlflow.source.type``, ...), from MLflow's run-context registry: the client's ``create_run`` adds none."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags(tags)
+
+
 def _ended_status(error: BaseException) -> str:
     """How a run that ``error`` stopped ends in MLflow: KILLED (Ctrl-C, SIGTERM) or FAILED."""
     from flywheel.errors import Terminated
@@ -140,7 +153,8 @@ class Tracker:
         found = self._loop_run_id(loop_key)
         if found is not None:
             return found
-        run = self.client.create_run(self.experiment_id, run_name=f"{config.name}", tags={LOOP_TAG: loop_key})
+        run = self.client.create_run(self.experiment_id, run_name=f"{config.name}",
+                                     tags=_system_tags({LOOP_TAG: loop_key}))
         params = {}
         for section, values in asdict(config).items():
             if isinstance(values, dict):
@@ -156,8 +170,12 @@ class Tracker:
         return run.info.run_id
 
     def use_config(self, config: FlywheelConfig) -> None:
-        """How the registered models answer prompts: the task and completion length the loop evaluates with."""
-        self._serving = {"task": config.task, "max_new_tokens": config.evaluate.max_new_tokens}
+        """How the registered models answer prompts: the task and completion length the loop evaluates with, and
+        a prompt of the task as their input example."""
+        from flywheel.mlflow_model import example_prompt
+
+        self._serving = {"task": config.task, "max_new_tokens": config.evaluate.max_new_tokens,
+                         "input_example": example_prompt(config.task)}
 
     @_store_call
     def continue_loop(self, config: FlywheelConfig, root: Path, *, resume: bool) -> str:
@@ -311,9 +329,10 @@ class Tracker:
                 return version.version
         from flywheel.mlflow_model import log_pyfunc  # MLflow's pyfunc: only where a run is tracked
 
-        source, files = log_pyfunc(self.client, parent_run_id, Path(seed_dir), "seed", **self._serving)
+        model_id, source, files = log_pyfunc(self.client, parent_run_id, self.experiment_id, Path(seed_dir), "seed",
+                                             **self._serving)
         version = self.client.create_model_version(self.config.registered_model, source, parent_run_id,
-                                                   tags={"role": "seed", FILES_TAG: files})
+                                                   tags={"role": "seed", FILES_TAG: files}, model_id=model_id)
         try:
             self.client.get_model_version_by_alias(self.config.registered_model, CHAMPION_ALIAS)
         except MlflowException:
@@ -350,11 +369,14 @@ class Tracker:
         """Move the ``champion`` alias to ``version`` only if it still names ``started_from``.
 
         MLflow has no conditional alias update, so the swap is guarded by a record only one writer can
-        create: a registered model named ``<model>.promoted-from-v<started_from>`` (names are unique in
-        every MLflow store; a second create fails with RESOURCE_ALREADY_EXISTS). The alias only ever
-        moves to a new version, so each version is left at most once and two rounds that started from the
-        same champion cannot both move it. ``claim`` names the round (loop run and round); a re-run of the
-        same round after a kill finishes its own claim. Returns (PROMOTED or STALE, the alias holder after).
+        create: an MLflow experiment named ``.flywheel-promotion:<model>:from-v<started_from>`` (experiment
+        names are unique in every MLflow store, deleted ones included; a second create fails with
+        RESOURCE_ALREADY_EXISTS). The record is deleted as soon as it is made, so it never shows in the
+        user's experiments or models, while its name stays taken and its tags readable. The alias only
+        ever moves to a new version, so each version is left at most once and two rounds that started
+        from the same champion cannot both move it. ``claim`` names the round (loop run and round); a re-run
+        of the same round after a kill finishes its own claim. Returns (PROMOTED or STALE, the alias holder
+        after).
         """
         from mlflow.exceptions import MlflowException
 
@@ -362,31 +384,38 @@ class Tracker:
         current = self.champion_version()
         if started_from is None:  # a lineage with no registered champion (no seed version): never move
             return STALE, current
-        record = f"{name}.promoted-from-v{started_from}"
+        record = promotion_record(name, started_from)
         if current != started_from and self._record(record).get("flywheel.claim") != claim:
             return STALE, current
         try:
-            self.client.create_registered_model(
-                record, tags={"flywheel.claim": claim, "from_version": started_from, "to_version": version},
-                description=f"Promotion record: the '{CHAMPION_ALIAS}' alias of {name} left v{started_from} "
-                            f"for v{version}. Guards the compare-and-swap; do not delete.")
+            record_id = self.client.create_experiment(
+                record, tags={"flywheel.claim": claim, "from_version": started_from, "to_version": version,
+                              "mlflow.note.content": f"Promotion record: the '{CHAMPION_ALIAS}' alias of {name} "
+                                                     f"left v{started_from} for v{version}. Guards the "
+                                                     "compare-and-swap; do not delete permanently."})
+            self.client.delete_experiment(record_id)  # out of sight; the name stays taken
         except MlflowException as error:
             existing = self._record(record)
             if error.error_code != "RESOURCE_ALREADY_EXISTS" or existing.get("flywheel.claim") != claim:
                 # Lost the race: the winner's version is (or is about to be) the alias holder.
                 return STALE, existing.get("to_version") or self.champion_version()
-            self.client.set_registered_model_tag(record, "to_version", version)  # our own, interrupted
+            self._retarget(record, version)  # our own claim, interrupted before the alias moved
         self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
         return PROMOTED, version
 
     def _record(self, name: str) -> dict:
         """The tags of promotion record ``name`` ({} if there is none)."""
-        from mlflow.exceptions import MlflowException
+        experiment = self.client.get_experiment_by_name(name)
+        return dict(experiment.tags) if experiment is not None else {}
 
+    def _retarget(self, name: str, version: str) -> None:
+        """Point our own promotion record at ``version`` (a deleted experiment takes tags only while restored)."""
+        record_id = self.client.get_experiment_by_name(name).experiment_id
+        self.client.restore_experiment(record_id)
         try:
-            return dict(self.client.get_registered_model(name).tags)
-        except MlflowException:
-            return {}
+            self.client.set_experiment_tag(record_id, "to_version", version)
+        finally:
+            self.client.delete_experiment(record_id)
 
     @_store_call
     def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
@@ -408,8 +437,9 @@ class Tracker:
                 self.client.delete_model_version(version.name, version.version)
             self.client.delete_run(earlier.info.run_id)
         run = self.client.create_run(self.experiment_id, run_name=f"round-{round_index}",
-                                     tags={"mlflow.parentRunId": parent_run_id, "flywheel.round": str(round_index),
-                                           "mlflow.source.git.commit": git_commit() or "unknown"})
+                                     tags=_system_tags({"mlflow.parentRunId": parent_run_id,
+                                                        "flywheel.round": str(round_index),
+                                                        "mlflow.source.git.commit": git_commit() or "unknown"}))
         run_id = run.info.run_id
         for earlier in finished:
             self.client.set_tag(earlier, SUPERSEDED_TAG, run_id)
@@ -421,11 +451,7 @@ class Tracker:
 
     def _log_round(self, run_id: str, parent_run_id: str, round_index: int, round_dir: Path,
                    config: FlywheelConfig, data_digest: str, started_from: str | None) -> dict:
-        import warnings
-
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         from flywheel.run_state import raise_if_terminated
 
@@ -444,13 +470,13 @@ class Tracker:
         metrics = [(_mlflow_key(key), value, round_index) for key, value in round_metrics(round_dir).items()]
         self._log_batch(run_id, params=params, metrics=curves + metrics)
         self._log_batch(parent_run_id, metrics=metrics)
-        with warnings.catch_warnings():  # mlflow warns that a local path matches two equivalent source types
-            warnings.simplefilter("ignore")
-            source = resolve_dataset_source(os.fspath(round_dir.resolve()))
-        # The digest is DVC's md5 of the round directory: the same value dvc.lock records.
-        dataset = MetaDataset(source, name=f"round-{round_index}", digest=data_digest)
-        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                              tags=[InputTag("mlflow.data.context", "training")])])
+        # The round's data as the run's training dataset, in MLflow's public entities (what mlflow.log_input
+        # logs, without its process-wide active run): a local source, and DVC's md5 of the round directory as
+        # the digest, the same value dvc.lock records.
+        dataset = Dataset(name=f"round-{round_index}", digest=data_digest, source_type="local",
+                          source=json.dumps({"uri": os.fspath(round_dir.resolve())}))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
+                                                                                      "training")])])
         # Each output's DVC md5, as dvc.lock records it: from a run to `dvc checkout` of exactly its data.
         for name, md5 in output_digests(round_dir).items():
             self.client.set_tag(run_id, f"dvc.md5.{name}", md5)
@@ -460,13 +486,14 @@ class Tracker:
         self._ensure_registered_model()
         from flywheel.mlflow_model import log_pyfunc
 
-        source, files = log_pyfunc(self.client, run_id, round_dir / FILES.candidate, "candidate", **self._serving)
+        model_id, source, files = log_pyfunc(self.client, run_id, self.experiment_id, round_dir / FILES.candidate,
+                                             "candidate", **self._serving)
         decision = json.loads((round_dir / FILES.decision).read_text())
         version = self.client.create_model_version(
             self.config.registered_model, source, run_id,
             tags={"round": str(round_index), "promoted": str(decision["promote"]).lower(),
                   "data_digest": data_digest, FILES_TAG: files},
-            description=decision["reason"])
+            description=decision["reason"], model_id=model_id)
         promotion, holder = DECLINED, self.champion_version()
         if decision["promote"]:
             promotion, holder = self.promote(version.version, started_from=started_from,
@@ -481,7 +508,8 @@ class Tracker:
                                 "started from: nothing moved")
         self.client.set_terminated(run_id)
         raise_if_terminated()  # a SIGTERM lost while it logged: log_round ends the run KILLED instead
-        return {"run_id": run_id, "model_version": version.version, "promoted": decision["promote"],
+        return {"run_id": run_id, "experiment_id": self.experiment_id, "model_version": version.version,
+                "promoted": decision["promote"],
                 "promotion": promotion, "started_from": started_from, "champion_version": holder}
 
 
