@@ -389,7 +389,7 @@ class Tracker:
             return STALE, current
         try:
             record_id = self.client.create_experiment(
-                record, tags={"flywheel.claim": claim, "from_version": started_from, "to_version": version,
+                record, tags={"flywheel.claim": claim, "from_version": str(started_from), "to_version": str(version),
                               "mlflow.note.content": f"Promotion record: the '{CHAMPION_ALIAS}' alias of {name} "
                                                      f"left v{started_from} for v{version}. Guards the "
                                                      "compare-and-swap; do not delete permanently."})
@@ -413,7 +413,7 @@ class Tracker:
         record_id = self.client.get_experiment_by_name(name).experiment_id
         self.client.restore_experiment(record_id)
         try:
-            self.client.set_experiment_tag(record_id, "to_version", version)
+            self.client.set_experiment_tag(record_id, "to_version", str(version))
         finally:
             self.client.delete_experiment(record_id)
 
