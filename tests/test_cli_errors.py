@@ -179,3 +179,12 @@ def test_a_directory_at_one_of_votes_outputs_fails_before_the_vote_and_writes_no
                       cwd=workdir)
     assert_clean_error(result, "out/agreement.parquet", "field '--out-dir'", "is a directory")
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["agreement.parquet"]
+
+
+def test_flywheel_version_prints_the_version(capsys):
+    from flywheel import __version__
+    from flywheel.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"flywheel {__version__}"

@@ -86,3 +86,19 @@ def test_run_gate_refuses_empty_predictions_and_writes_nothing(tmp_path):
         run_gate(tmp_path / "ev", tmp_path / "decision.json", GateConfig(alpha=1.0, min_gain=0.0))
     assert str(error.value).startswith(str(tmp_path / "ev" / PREDICTIONS)) and "no rows" in str(error.value)
     assert not (tmp_path / "decision.json").exists()
+
+
+def test_the_multinomial_bootstrap_matches_resampling_items():
+    """The bootstrap draws each resample's counts of -1/0/+1 differences at once; the same p as resampling
+    the n items one by one (the textbook form, kept here as the oracle), within Monte Carlo error."""
+    import random
+
+    rng = random.Random(1)
+    champion = [rng.random() < 0.6 for _ in range(400)]
+    candidate = [rng.random() < 0.62 for _ in range(400)]
+    diffs = [int(c) - int(h) for h, c in zip(champion, candidate)]
+    draw = random.Random(0)
+    oracle = sum(sum(diffs[draw.randrange(400)] for _ in range(400)) <= 0 for _ in range(4000)) / 4000
+    p = bootstrap_p(champion, candidate, samples=4000, seed=0)
+    assert abs(p - oracle) < 0.02 and 0.05 < p < 0.95, (p, oracle)  # a p far from both ends
+    assert bootstrap_p(champion, candidate, samples=4000, seed=0) == p  # same seed, same p

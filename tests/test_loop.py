@@ -309,3 +309,22 @@ def test_flywheel_report_rebuilt_later_keeps_the_mlflow_section_and_shows_it(loo
     run_id = report["mlflow"]["rounds"][1]["run_id"]
     experiment = report["mlflow"]["experiment_id"]
     assert f'href="http://mlflow.example:5000/#/experiments/{experiment}/runs/{run_id}"' in linked
+
+
+def test_each_progress_bar_names_its_stage_model_and_member(loop_result, tmp_path, capsys):
+    """Evaluate's bars say which model they score and training's which member: a committee's bars are told
+    apart (they all said "generate member N" and "train" before)."""
+    from flywheel.stages.evaluate import evaluate_model
+    from flywheel.stages.train import run_train
+    from flywheel.tasks import load_task
+
+    config, out, _, _ = loop_result
+    champion = out / "rounds" / "0" / "champion"
+    rows = [{"id": f"e{i}", "prompt": f"{i}+1=", "bucket": "1", "meta": "", "answer": str(i + 1)} for i in range(4)]
+    capsys.readouterr()
+    evaluate_model(champion, rows, config.evaluate, task=load_task("addition"), device="cpu", progress=True)
+    assert "evaluate champion member 0" in capsys.readouterr().err
+    run_train(out / "rounds" / "1" / "train.parquet", champion, tmp_path / "candidate", config.train, round_index=1,
+              progress=True)
+    err = capsys.readouterr().err
+    assert "train member 0" in err and "train member 1" in err  # the smoke committee has two members

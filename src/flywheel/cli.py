@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-improving data flywheel: each round the champion answers unlabeled prompts K times, "
                     "votes, keeps what it trusts, is fine-tuned on it, and the candidate replaces it only if "
                     "it wins the gate.")
+    from flywheel import __version__
     from flywheel.run_state import ROUND_STAGES
 
+    parser.add_argument("--version", action="version", version=f"flywheel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:

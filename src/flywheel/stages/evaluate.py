@@ -74,7 +74,8 @@ def evaluate_model(model_dir: Path, eval_rows: list[dict], config: EvaluateConfi
     greedy = GenerateConfig(samples_per_prompt=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
                             batch_size=config.batch_size, batch_tokens=config.batch_tokens)
     backends = load_backends(model_dir, batch_size=config.batch_size, device=device, progress=progress,
-                             precision=config.dtype, batch_tokens=config.batch_tokens)
+                             precision=config.dtype, batch_tokens=config.batch_tokens,
+                             label=f"evaluate {Path(model_dir).name}")
     samples = generate(eval_rows, backends, greedy, task=task, round_index=0)
     return score(eval_rows, samples, task=task)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import random
 from pathlib import Path
 
 from flywheel import io
@@ -30,17 +29,20 @@ def mcnemar_p(only_champion: int, only_candidate: int) -> float:
 
 
 def bootstrap_p(champion: list[bool], candidate: list[bool], *, samples: int, seed: int) -> float:
-    """Share of paired resamples in which the candidate's accuracy is not above the champion's."""
+    """Share of paired resamples in which the candidate's accuracy is not above the champion's.
+
+    A paired difference is -1, 0 or +1, so a resample of ``n`` items is fully described by how many of each
+    it drew: one multinomial draw per resample (numpy) instead of ``n`` index draws, the same distribution
+    at O(samples) cost."""
+    import numpy as np
+
     n = len(champion)
     if n == 0:
         return 1.0
-    diffs = [int(c) - int(h) for h, c in zip(champion, candidate)]
-    rng = random.Random(seed)
-    not_better = 0
-    for _ in range(samples):
-        total = sum(diffs[rng.randrange(n)] for _ in range(n))
-        not_better += total <= 0
-    return not_better / samples
+    diffs = np.asarray(candidate, dtype=np.int8) - np.asarray(champion, dtype=np.int8)
+    shares = np.array([(diffs == -1).sum(), (diffs == 0).sum(), (diffs == 1).sum()], dtype=np.float64) / n
+    counts = np.random.default_rng(seed).multinomial(n, shares, size=samples)
+    return float(np.count_nonzero(counts[:, 2] - counts[:, 0] <= 0)) / samples
 
 
 def decide(items: list[dict], config: GateConfig) -> dict:

@@ -126,8 +126,9 @@ def with_generated_tests(prompts: list[dict], backends: list[GenerationBackend],
 
 def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bool, precision: str,
                   config: GenerateConfig | None = None,
-                  batch_tokens: int = GenerateConfig.batch_tokens) -> list[GenerationBackend]:
+                  batch_tokens: int = GenerateConfig.batch_tokens, label: str = "generate") -> list[GenerationBackend]:
     """One backend per member; ``config.backend`` picks transformers or vLLM (evaluate passes no config: HF).
+    ``label`` names the progress bars: "<label> member N".
 
     ``precision`` is the weights' dtype (``generate.dtype`` / ``evaluate.dtype``, resolved for ``device``).
     """
@@ -140,7 +141,7 @@ def load_backends(model_dir: Path, *, batch_size: int, device: str, progress: bo
     for index, path in enumerate(member_dirs(model_dir)):
         model, tokenizer = load_member(path, device=device, precision=precision)
         backends.append(HFBackend(model, tokenizer, batch_size=batch_size, batch_tokens=batch_tokens,
-                                  progress=progress, desc=f"generate member {index}"))
+                                  progress=progress, desc=f"{label} member {index}"))
     return backends
 
 

@@ -21,6 +21,7 @@ each round (ReST-EM).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -132,16 +133,23 @@ def check_finite(model, bad_log: tuple | None, training_loss: float, learning_ra
                          field="train.learning_rate")
 
 
+# The training bar's label: the member loop sets it ("train member 1"), so the bars of a committee say whose
+# they are without every method passing the index down to its trainer.
+_BAR_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("flywheel_train_bar", default="train")
+
+
 def _labelled_progress():
-    """A training progress bar labelled 'train' with the latest loss as its postfix, never a printed dict.
-    (Built here: transformers is imported only when a stage trains.)"""
+    """A training progress bar labelled with the member it trains and the latest loss as its postfix, never a
+    printed dict. (Built here: transformers is imported only when a stage trains.)"""
     from transformers.trainer_callback import ProgressCallback
+
+    label = _BAR_LABEL.get()
 
     class LabelledProgress(ProgressCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             super().on_train_begin(args, state, control, **kwargs)
             if self.training_bar is not None:
-                self.training_bar.set_description("train")
+                self.training_bar.set_description(label)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.training_bar is not None and logs and "loss" in logs:
@@ -435,9 +443,13 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
     per_member, formats = [], []
     with _candidate_dir(out_dir) as tmp:
         for index, member in enumerate(members):
-            trained, tokenizer, metrics = train_member(
-                member, rows, config, task=task, seed=derive_seed(config.seed, round_index, index) % 2**31,
-                device=device, progress=progress)
+            label = _BAR_LABEL.set(f"train member {index}")
+            try:
+                trained, tokenizer, metrics = train_member(
+                    member, rows, config, task=task, seed=derive_seed(config.seed, round_index, index) % 2**31,
+                    device=device, progress=progress)
+            finally:
+                _BAR_LABEL.reset(label)
             formats.append(save_member(trained, tokenizer, tmp / f"member-{index}", config=config, base=member,
                                        final_dir=Path(out_dir) / f"member-{index}"))
             per_member.append(metrics)
