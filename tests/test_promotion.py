@@ -155,7 +155,8 @@ def test_a_loop_never_replaces_a_champion_it_did_not_compete_against(server, tin
 
 def test_a_round_logged_again_keeps_the_finished_run_and_replaces_a_partial_one(server, tiny_seed, tmp_path):
     """`dvc repro` after a change logs a finished round again: the earlier run and its version stay (marked
-    superseded) and the loop's lineage follows the new one. A partial run (a kill while tracking) is replaced."""
+    superseded) and the loop's lineage follows the new one. A partial run (a kill while tracking), or one of
+    the same data (a kill just after tracking, then a resume), is replaced."""
     config = load_config(None, [f"tracking.uri={server}", "tracking.registered_model=relogged",
                                 "tracking.experiment=promotion"])
     tracker = Tracker(config.tracking)
@@ -168,6 +169,9 @@ def test_a_round_logged_again_keeps_the_finished_run_and_replaces_a_partial_one(
     assert kept.info.status == "FINISHED" and kept.data.tags["flywheel.superseded_by"] == again["run_id"]
     assert client.get_model_version("relogged", first["model_version"]).run_id == first["run_id"]
     assert tracker.lineage_version(parent, 2) == again["model_version"]
+    resumed = tracker.log_round(parent, 1, _round_dir(tmp_path / "b2", tiny_seed, promote=True), config, "md5-b")
+    assert client.get_run(again["run_id"]).info.lifecycle_stage == "deleted"
+    assert tracker.lineage_version(parent, 2) == resumed["model_version"]
     partial = client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent, "flywheel.round": "2"})
     logged = tracker.log_round(parent, 2, _round_dir(tmp_path / "c", tiny_seed, promote=False), config, "md5-c")
     assert client.get_run(partial.info.run_id).info.lifecycle_stage == "deleted"

@@ -35,6 +35,8 @@ FILES_TAG = "flywheel.files"
 LOOP_TAG = "flywheel.loop"
 # On a finished round run that a later run of the same round (under the same parent run) replaced: its id.
 SUPERSEDED_TAG = "flywheel.superseded_by"
+# On a round run: DVC's md5 of the round directory it logged (also its dataset input's digest).
+DATA_DIGEST_TAG = "flywheel.data_digest"
 # Parent run tags: the host and PID of the ``flywheel run`` process that runs it now (what a later run of the same
 # directory needs to know that a RUNNING parent was left by a killed process).
 HOST_TAG, PID_TAG = "flywheel.host", "flywheel.pid"
@@ -56,6 +58,14 @@ def _flatten(prefix: str, value, out: dict) -> dict:
 
 def _mlflow_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+def _data_digest(run) -> str | None:
+    """The digest of the round data ``run`` logged (its tag; older runs: their dataset input), if any."""
+    if DATA_DIGEST_TAG in run.data.tags:
+        return run.data.tags[DATA_DIGEST_TAG]
+    inputs = run.inputs.dataset_inputs if run.inputs is not None else []
+    return inputs[0].dataset.digest if inputs else None
 
 
 def promotion_record(model: str, started_from: str) -> str:
@@ -426,11 +436,12 @@ class Tracker:
         self.use_config(config)
         if started_from is None:
             started_from = self.lineage_version(parent_run_id, round_index)
-        # A round logged again after a kill while tracking it replaces its earlier, partial run. A finished one
-        # (the round ran again: `dvc repro` after a change) is history: kept, and marked superseded.
+        # A round logged again over the same data (a resumed run killed while or just after tracking it)
+        # replaces its earlier run. A finished run of other data (the round ran again: `dvc repro` after a
+        # change) is history: kept, and marked superseded.
         finished = []
         for earlier in self._children(parent_run_id, round_index):
-            if earlier.info.status == "FINISHED":
+            if earlier.info.status == "FINISHED" and _data_digest(earlier) not in (None, data_digest):
                 finished.append(earlier.info.run_id)
                 continue
             for version in self.client.search_model_versions(f"run_id = '{earlier.info.run_id}'"):
@@ -439,6 +450,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"round-{round_index}",
                                      tags=_system_tags({"mlflow.parentRunId": parent_run_id,
                                                         "flywheel.round": str(round_index),
+                                                        DATA_DIGEST_TAG: data_digest,
                                                         "mlflow.source.git.commit": git_commit() or "unknown"}))
         run_id = run.info.run_id
         for earlier in finished:
