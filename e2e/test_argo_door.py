@@ -205,6 +205,13 @@ def running_pod(workflow_name: str, stage: str, round_index: int | None = None) 
     return None
 
 
+def node_running(workflow_name: str, display_name: str) -> bool:
+    """Whether the controller has marked the workflow's node ``display_name`` Running. Until it has (its node
+    is Pending), a pod deleted under it is created again under the same node, not failed and retried."""
+    nodes = kubectl_json("-n", NAMESPACE, "get", "workflow", workflow_name).get("status", {}).get("nodes", {})
+    return any(n["displayName"] == display_name and n["phase"] == "Running" for n in nodes.values())
+
+
 # Long enough (about 30 s in a pod) that a pod caught running is caught mid-stage; the smoke recipe's 5 steps end
 # in about a second, before a delete or a stop lands.
 LONG_TRAIN = ["-s", "train.steps=1500"]
@@ -215,7 +222,8 @@ def test_a_deleted_stage_pod_is_retried_and_the_round_ends_the_same(door, tmp_pa
     round ends with the decision of the same round without the fault."""
     workspace = f"/models/argo/e2e-podkill-{int(time.time())}"
     name = submit(workspace, 1, *PROMOTE, *LONG_TRAIN)
-    pod = wait_until("the train pod running", lambda: running_pod(name, "train"), timeout_s=900, every_s=1)
+    pod = wait_until("the train pod running, its node Running",
+                     lambda: node_running(name, "train(0)") and running_pod(name, "train"), timeout_s=900, every_s=1)
     kubectl("-n", NAMESPACE, "delete", "pod", pod, "--wait=false")
     wf = wait_for_workflow(name)
     assert wf["status"]["phase"] == "Succeeded", describe_failure(wf)
