@@ -40,7 +40,9 @@ start() {  # start NAME COMMAND...: in the namespace, in the background, unless 
   if running "$name"; then return; fi
   mkdir -p "$logs" "$run"
   # nsenter and setsid exec the command: $! is its pid (a function here would leave a subshell in between).
-  nsenter --net="/run/netns/$netns" setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null &
+  # In /: a daemon (and every containerd shim it forks) must not hold the checkout as its working directory,
+  # which a later clone's cluster would otherwise meet as a deleted directory.
+  nsenter --net="/run/netns/$netns" --wd=/ setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$run/$name.pid"
   log "started $name (pid $!, log $logs/$name.log)"
 }
@@ -163,9 +165,12 @@ state = "$run/containerd"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$home/cni"
 EOF
-  # The shim runs the first `runc` on its PATH: runc-oom-clamp, which runs Debian's runc.
+  # The shim runs the first `runc` on its PATH: runc-oom-clamp, which runs Debian's runc. A copy in the
+  # cluster's home, run by Debian's python3: the shims of running pods outlive this checkout.
   mkdir -p "$home/shim-path"
-  ln -sf "$here/runc-oom-clamp" "$home/shim-path/runc"
+  rm -f "$home/shim-path/runc"
+  sed '1s|.*|#!/usr/bin/python3|' "$here/runc-oom-clamp" > "$home/shim-path/runc.new"
+  chmod 755 "$home/shim-path/runc.new" && mv "$home/shim-path/runc.new" "$home/shim-path/runc"
   start containerd env PATH="$home/shim-path:$PATH" containerd --config "$home/containerd.toml"
   wait_for 30 containerd ctr --address "$containerd_sock" version
 }
@@ -337,6 +342,8 @@ down() {
     done
   fi
   stop containerd
+  # A shim whose task was killed lives on until its container is deleted: none may outlast the cluster.
+  pkill -9 -f "containerd-shim-runc-v2 .*-address $containerd_sock" 2>/dev/null || true
   # Mounts the kubelet made for volumes and service-account tokens, then the namespace with its iptables.
   grep -o " $home/kubelet/[^ ]*\| $run/[^ ]*" /proc/mounts | sort -r | while read -r mount; do umount -l "$mount" || true; done
   [[ -e /run/netns/$netns ]] && ip netns delete "$netns"
