@@ -219,7 +219,8 @@ def _mlflow_html(report: dict) -> str:
         if not run_id:
             return ""
         url = mlflow_run_url(section, run_id)
-        return f'<a href="{html.escape(url)}">{html.escape(run_id)}</a>' if url else f"<code>{html.escape(run_id)}</code>"
+        shown = html.escape(run_id)
+        return f'<a href="{html.escape(url)}">{shown}</a>' if url else f"<code>{shown}</code>"
 
     uri = section.get("tracking_uri") or ""
     opening = (f'<p>Store: <a href="{html.escape(uri)}">{html.escape(uri)}</a></p>' if uri.startswith("http") else

@@ -40,6 +40,8 @@ DATA_DIGEST_TAG = "flywheel.data_digest"
 # Parent run tags: the host and PID of the ``flywheel run`` process that runs it now (what a later run of the same
 # directory needs to know that a RUNNING parent was left by a killed process).
 HOST_TAG, PID_TAG = "flywheel.host", "flywheel.pid"
+# Parent run tag: what ended the loop other than well (an error, a signal, a workflow's first failed step).
+ERROR_TAG = "flywheel.error"
 # The outcome of a round for the registry: the gate declined, promoted (alias moved), or promoted a candidate
 # of a champion that is no longer the alias holder (stale: nothing moved).
 PROMOTED, DECLINED, STALE = "promoted", "declined", "stale"
@@ -234,7 +236,7 @@ class Tracker:
             if parent.info.run_id == keep or not tags.get(LOOP_TAG, "").startswith(prefix):
                 continue
             self._end_children(parent.info.run_id, "KILLED")
-            self.client.set_tag(parent.info.run_id, "flywheel.error",
+            self.client.set_tag(parent.info.run_id, ERROR_TAG,
                                 f"its process (pid {tags.get(PID_TAG)} on {host}) was killed; ended by a later "
                                 "flywheel run of the directory")
             self.client.set_terminated(parent.info.run_id, status="KILLED")
@@ -266,15 +268,16 @@ class Tracker:
     def end_loop_of(self, loop_key: str, status: str, *, error: str | None = None) -> str | None:
         """End the parent run of ``loop_key`` as ``status``, and its round runs still RUNNING as ``status`` (FAILED
         where the parent FINISHED: a round left open then is a fault); ``error`` (what stopped it) as its
-        ``flywheel.error`` tag (removed when a later workflow of the loop ends well). Returns its id, or None where ``loop_key`` has no parent run."""
+        ``flywheel.error`` tag (removed when a later workflow of the loop ends well). Returns its id, or None
+        where ``loop_key`` has no parent run."""
         parent = self._loop_run_id(loop_key)
         if parent is not None:
             self._end_children(parent, "FAILED" if status == "FINISHED" else status)
             if error:
-                self.client.set_tag(parent, "flywheel.error", error[:500])
-            elif "flywheel.error" in self.client.get_run(parent).data.tags:
+                self.client.set_tag(parent, ERROR_TAG, error[:500])
+            elif ERROR_TAG in self.client.get_run(parent).data.tags:
                 # a schedule's later trigger continues the same parent run: an earlier trigger's error is history
-                self.client.delete_tag(parent, "flywheel.error")
+                self.client.delete_tag(parent, ERROR_TAG)
             self.client.set_terminated(parent, status=status)
         return parent
 
@@ -291,7 +294,7 @@ class Tracker:
         status = _ended_status(error)
         try:
             self._end_children(run_id, status)
-            self.client.set_tag(run_id, "flywheel.error", f"{type(error).__name__}: {error}"[:500])
+            self.client.set_tag(run_id, ERROR_TAG, f"{type(error).__name__}: {error}"[:500])
             self.client.set_terminated(run_id, status=status)
         except Exception as tracking_error:  # the original error is the one to report
             if isinstance(error, InputError) and error.field == "tracking.uri":
