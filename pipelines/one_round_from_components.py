@@ -30,8 +30,8 @@ def one_round(config_yaml: str, workspace_root: str = "/models/runs", seed_uri: 
                  train_steps=0, learning_rate=0.0)
     preflight = load("preflight")(
         config_yaml=config_yaml, workspace_root=workspace_root, seed_uri=seed_uri, dvc_remote="",
-        compiled_knobs=json.dumps(knobs, sort_keys=True), vote_on_gpu=False, train_on_gpu=True, curate_on_gpu=False,
-        prompts_on_gpu=False, **knobs)
+        compiled_knobs=json.dumps(knobs, sort_keys=True),
+        gpu_steps="prepare,generate,train,evaluate", **knobs)  # the specs' images: CUDA for the model steps
     config = preflight.outputs["Output"]
     prepared = load("prepare")(config_yaml=config, workspace_root=workspace_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     workspace, champion = prepared.outputs["Output"], prepared.outputs["champion"]

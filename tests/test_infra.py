@@ -176,8 +176,8 @@ def tolerates(pod: dict, taint: dict) -> bool:
 
 
 def wants_gpu(obj: dict, pod: dict) -> bool:
-    if obj["kind"] == "ClusterTrainingRuntime":  # its TrainJobs ask for GPUs per node
-        return True
+    if obj["kind"] == "ClusterTrainingRuntime":  # its TrainJobs ask for GPUs per node, except the CPU runtime's
+        return obj["metadata"]["name"] != infra.CPU_TRAINING_RUNTIME
     return any(infra.GPU_RESOURCE in ((c.get("resources") or {}).get(part) or {})
                for c in pod.get("containers", []) for part in ("requests", "limits"))
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from flywheel.config import dump_config, load_config
+from flywheel.infra import cluster_config
 from flywheel.errors import InputError
 from flywheel.kubeflow import pipelines
 from flywheel.preflight import check_stage
@@ -197,12 +198,27 @@ def test_a_knob_overrides_config_yaml_only_when_changed_and_is_named_in_errors()
 
 
 def test_a_config_that_contradicts_the_compiled_placement_is_refused():
-    with pytest.raises(InputError, match="vote.method=self_judge, but this pipeline was compiled with its vote step "
-                                         "on the CPU image"):
-        check_placement(load_config(None, ["vote.method=self_judge"]), Placement(vote_on_gpu=False, train_on_gpu=True))
-    with pytest.raises(InputError, match="train.num_nodes=4, but this pipeline was compiled for one node"):
-        check_placement(load_config(None, ["train.num_nodes=4"]), Placement(vote_on_gpu=False, train_on_gpu=True))
-    check_placement(load_config(), Placement(vote_on_gpu=False, train_on_gpu=True))
+    compiled = Placement.of(cluster_config())
+    assert compiled.gpu_steps == ("prepare", "generate", "train", "evaluate")
+    assert Placement.from_text(compiled.to_text()) == compiled
+    with pytest.raises(InputError, match="vote.method=self_judge and loop.device=cuda, but this pipeline was compiled "
+                                         "with its vote step on the CPU image"):
+        check_placement(cluster_config(None, ["vote.method=self_judge"]), compiled)
+    with pytest.raises(InputError, match="train.num_nodes=4 and loop.device=cuda, but this pipeline was compiled with "
+                                         "its train step on a GPU"):
+        check_placement(cluster_config(None, ["train.num_nodes=4"]), compiled)
+    # A CPU run of a pipeline compiled for the GPU: the first step that loads a model names loop.device.
+    with pytest.raises(InputError, match="field 'loop.device': loop.device=cpu, but this pipeline was compiled with "
+                                         "its prepare step on a GPU"):
+        check_placement(cluster_config(None, ["loop.device=cpu"]), compiled)
+    check_placement(cluster_config(), compiled)
+
+
+def test_every_step_that_loads_a_model_runs_where_its_device_is():
+    """K1: the `flywheel` pipeline's prepare scores the seed with loop.device, so it is placed like generate."""
+    assert Placement.of(cluster_config(None, ["loop.device=cpu"])).gpu_steps == ()
+    multi = Placement.of(cluster_config(None, ["train.num_nodes=2"]))
+    assert not multi.on_gpu("train") and multi.on_gpu("prepare")  # the step submits a TrainJob and waits
 
 
 def test_a_relative_seed_is_copied_from_the_image_onto_the_volume_once(tmp_path, tiny_seed, monkeypatch):

@@ -90,12 +90,13 @@ def test_step_rollouts_without_a_champion_is_a_one_line_error():
 
 def test_step_rollouts_put_curate_on_the_gpu_in_the_cluster_doors():
     from flywheel.errors import InputError
+    from flywheel.infra import cluster_config
     from flywheel.kubeflow.preflight import Placement, check_placement
     from flywheel.preflight import uses_model
 
-    plain = load_config("configs/default.yaml")
-    scored = load_config("configs/process-rewards.yaml")
+    plain = cluster_config("configs/default.yaml")
+    scored = cluster_config("configs/process-rewards.yaml")
     assert uses_model(scored, "curate") and not uses_model(plain, "curate")  # Argo's gpu-stage follows uses_model
-    assert Placement.of(scored).curate_on_gpu and not Placement.of(plain).curate_on_gpu
-    with pytest.raises(InputError, match="curate.step_rollouts=4, but this pipeline was compiled"):
+    assert Placement.of(scored).on_gpu("curate") and not Placement.of(plain).on_gpu("curate")
+    with pytest.raises(InputError, match="curate.step_rollouts=4 and loop.device=cuda, but this pipeline was compiled"):
         check_placement(scored, Placement.of(plain))

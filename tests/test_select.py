@@ -93,10 +93,11 @@ def test_select_without_a_champion_is_a_one_line_error():
 def test_select_puts_curate_on_the_gpu_in_kubeflow():
     """(The Argo door: tests/test_argo.py's variants.)"""
     from flywheel.errors import InputError
+    from flywheel.infra import cluster_config
     from flywheel.kubeflow.preflight import Placement, check_placement
 
-    plain = load_config("configs/default.yaml")
-    chosen = load_config("configs/default.yaml", ["curate.select=loss"])
-    assert not Placement.of(plain).curate_on_gpu and Placement.of(chosen).curate_on_gpu
-    with pytest.raises(InputError, match="curate.select=loss and curate.step_rollouts=0, but this pipeline was compiled with its curate step"):
+    plain = cluster_config("configs/default.yaml")
+    chosen = cluster_config("configs/default.yaml", ["curate.select=loss"])
+    assert not Placement.of(plain).on_gpu("curate") and Placement.of(chosen).on_gpu("curate")
+    with pytest.raises(InputError, match="curate.select=loss and curate.step_rollouts=0 and loop.device=cuda, but this pipeline was compiled with its curate step"):
         check_placement(chosen, Placement.of(plain))

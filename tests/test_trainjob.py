@@ -23,7 +23,7 @@ def test_num_nodes_defaults_to_one_and_must_be_at_least_one():
 
 
 def test_trainjob_shape_nodes_resources_and_command():
-    config = load_config(SMOKE, ["train.num_nodes=3"])
+    config = load_config(SMOKE, ["train.num_nodes=3", "loop.device=cuda"])
     job = infra.trainjob(config, "registry.example.com/flywheel/flywheel-cuda:0.1.0", round_index=2,
                          gpus_per_node=4, cpu="16", memory="128Gi", name="flywheel-run7-r2", **PATHS)
     validate_custom(job, "trainjob")
@@ -49,7 +49,8 @@ def test_trainjob_shape_nodes_resources_and_command():
 
 
 def test_the_runtime_it_uses_puts_its_pods_on_the_gpu_pool():
-    job = infra.trainjob(load_config(SMOKE, ["train.num_nodes=2"]), "flywheel-cuda:0.1.0", round_index=1, **PATHS)
+    job = infra.trainjob(load_config(SMOKE, ["train.num_nodes=2", "loop.device=cuda"]), "flywheel-cuda:0.1.0",
+                         round_index=1, **PATHS)
     runtimes = {o["metadata"]["name"]: o for o in documents(ROOT / "infra" / "gpu" / "training-runtime.yaml")}
     runtime = runtimes[job["spec"]["runtimeRef"]["name"]]
     assert runtime["kind"] == job["spec"]["runtimeRef"]["kind"]
@@ -59,6 +60,27 @@ def test_the_runtime_it_uses_puts_its_pods_on_the_gpu_pool():
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert infra.MODELS_MOUNT in mounts
     assert all(p.startswith(infra.MODELS_MOUNT + "/") for p in PATHS.values())  # every node sees the files
+
+
+def test_on_the_cpu_device_the_nodes_take_the_cpu_image_runtime_and_resources_and_no_gpu():
+    """loop.device=cpu: the rule of every model stage (flywheel.preflight.on_gpu), for the TrainJob's nodes too."""
+    config = load_config(SMOKE, ["train.num_nodes=2", "train.gpus_per_node=4", "kubeflow.cpu_step_cpu=500m",
+                                 "kubeflow.cpu_step_memory=3Gi"])
+    job = infra.trainjob(config, infra.device_image(config), round_index=1, **PATHS)
+    validate_custom(job, "trainjob")
+    trainer = job["spec"]["trainer"]
+    assert trainer["image"] == infra.images()[0] and "flywheel-cpu" in trainer["image"]
+    assert trainer["numProcPerNode"] == 1  # one gloo process per node; gpus_per_node counts GPUs
+    assert trainer["resourcesPerNode"] == {"requests": {"cpu": "500m", "memory": "3Gi"},
+                                           "limits": {"cpu": "4", "memory": "3Gi"}}
+    assert job["spec"]["runtimeRef"]["name"] == infra.CPU_TRAINING_RUNTIME
+    runtimes = {o["metadata"]["name"]: o for o in documents(ROOT / "infra" / "cpu" / "training-runtime.yaml")}
+    pod = pod_specs(runtimes[infra.CPU_TRAINING_RUNTIME])[0]
+    assert "nodeSelector" not in pod and not tolerates(pod, infra.GPU_TAINT) and "priorityClassName" not in pod
+    assert infra.MODELS_MOUNT in {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert pod["containers"][0]["image"] == "flywheel-cpu:0.1.0"
+    cuda = load_config(SMOKE, ["train.num_nodes=2", "loop.device=cuda"])
+    assert infra.device_image(cuda) == infra.images()[1]
 
 
 @pytest.mark.parametrize("overrides, kwargs, message", [

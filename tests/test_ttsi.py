@@ -93,10 +93,11 @@ def test_a_task_that_can_neither_generate_nor_be_asked_is_a_config_error():
 def test_ttsi_puts_the_prompts_step_on_the_gpu_in_kubeflow():
     """(The Argo door: tests/test_argo.py's variants.)"""
     from flywheel.errors import InputError
+    from flywheel.infra import cluster_config
     from flywheel.kubeflow.preflight import Placement, check_placement
 
-    plain = load_config("configs/default.yaml")
-    ttsi = load_config("configs/default.yaml", ["prompts.similar_per_uncertain=1"])
-    assert not Placement.of(plain).prompts_on_gpu and Placement.of(ttsi).prompts_on_gpu
-    with pytest.raises(InputError, match="prompts.similar_per_uncertain=1, but this pipeline was compiled"):
+    plain = cluster_config("configs/default.yaml")
+    ttsi = cluster_config("configs/default.yaml", ["prompts.similar_per_uncertain=1"])
+    assert not Placement.of(plain).on_gpu("prompts") and Placement.of(ttsi).on_gpu("prompts")
+    with pytest.raises(InputError, match="prompts.similar_per_uncertain=1 and loop.device=cuda, but this pipeline was compiled"):
         check_placement(ttsi, Placement.of(plain))

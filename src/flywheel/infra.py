@@ -20,7 +20,8 @@ GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 GPU_PRIORITY_CLASS = "flywheel-gpu"
 GPU_RESOURCE = "nvidia.com/gpu"
-TRAINING_RUNTIME = "flywheel-torch-distributed"
+TRAINING_RUNTIME = "flywheel-torch-distributed"  # infra/gpu/training-runtime.yaml: nodes on the GPU pool
+CPU_TRAINING_RUNTIME = "flywheel-torch-distributed-cpu"  # infra/cpu/training-runtime.yaml: loop.device=cpu
 TRAINER_RELEASE = "v2.3.0"  # infra/trainer installs it; the TrainJob and the runtime follow its CRD schema
 # JobSet names a node's pod <trainjob>-node-0-<index>-<5 random>, which must be a DNS label (<= 63): with up to
 # 100 nodes that leaves 47 characters for the TrainJob's name.
@@ -68,13 +69,19 @@ def images() -> tuple[str, str]:
     return f"{registry}/flywheel-cpu:{__version__}", f"{registry}/flywheel-cuda:{__version__}"
 
 
+def device_image(config: FlywheelConfig) -> str:
+    """The image of ``loop.device``: the CUDA image for ``cuda``, else the CPU image (``images()``)."""
+    cpu_image, gpu_image = images()
+    return gpu_image if config.loop.device.startswith("cuda") else cpu_image
+
+
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_file: str, train_data: str,
              init_dir: str, out_dir: str, name: str | None = None, gpus_per_node: int | None = None,
              cpu: str = "8", memory: str = "64Gi", timeout_s: int = 86400, namespace: str = RUN_NAMESPACE,
-             runtime: str = TRAINING_RUNTIME, labels: dict | None = None) -> dict:
+             runtime: str | None = None, labels: dict | None = None) -> dict:
     """The TrainJob (trainer.kubeflow.org/v1alpha1, Trainer v2.3) that fine-tunes round ``round_index`` on
     ``train.num_nodes`` nodes of ``gpus_per_node`` GPUs (default ``train.gpus_per_node``).
 
@@ -83,6 +90,10 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
     (``numProcPerNode``). Paths are inside the shared model volume (``/models/...``) so every node reads the
     same files. The job stops after ``timeout_s`` (``activeDeadlineSeconds``: Failed, DeadlineExceeded).
     Raises InputError when ``train.num_nodes`` is 1 (the pipeline's own train step trains then).
+
+    With ``loop.device=cpu`` the nodes follow the rule of every other model stage (``flywheel.preflight.on_gpu``):
+    one process per node on the CPU image, a CPU step's resources (``kubeflow.cpu_step_*``), no GPU, and the CPU
+    runtime (``CPU_TRAINING_RUNTIME``, off the GPU pool); torch then runs DDP over gloo.
     """
     nodes = config.train.num_nodes
     gpus_per_node = config.train.gpus_per_node if gpus_per_node is None else gpus_per_node
@@ -100,6 +111,17 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
                          field="image")
     command = ["torchrun", "--module", "flywheel.cli", "train", "-c", config_file, "--round", str(round_index),
                "--data", train_data, "--init", init_dir, "--out", out_dir]
+    if config.loop.device.startswith("cuda"):
+        processes = gpus_per_node
+        resources = {"requests": {"cpu": cpu, "memory": memory, GPU_RESOURCE: str(gpus_per_node)},
+                     "limits": {"memory": memory, GPU_RESOURCE: str(gpus_per_node)}}
+        runtime = runtime or TRAINING_RUNTIME
+    else:
+        options = config.kubeflow
+        processes = 1
+        resources = {"requests": {"cpu": options.cpu_step_cpu, "memory": options.cpu_step_memory},
+                     "limits": {"cpu": options.cpu_step_cpu_limit, "memory": options.cpu_step_memory}}
+        runtime = runtime or CPU_TRAINING_RUNTIME
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
@@ -116,11 +138,8 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
                 "image": image,
                 "command": command,
                 "numNodes": nodes,
-                "numProcPerNode": gpus_per_node,
-                "resourcesPerNode": {
-                    "requests": {"cpu": cpu, "memory": memory, GPU_RESOURCE: str(gpus_per_node)},
-                    "limits": {"memory": memory, GPU_RESOURCE: str(gpus_per_node)},
-                },
+                "numProcPerNode": processes,
+                "resourcesPerNode": resources,
                 "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TOKENIZERS_PARALLELISM", "value": "false"}],
             },
         },
@@ -139,9 +158,7 @@ def trainjob_name(workspace: str, round_index: int, attempt: str | None = None) 
 
 def example_trainjob() -> dict:
     """The TrainJob of ``infra/trainer/trainjob-example.yaml`` (round 3 of the default recipe on 2 nodes)."""
-    from flywheel.config import load_config
-
-    config = load_config(None, ["train.num_nodes=2", "train.gpus_per_node=4"])
+    config = cluster_config(None, ["train.num_nodes=2", "train.gpus_per_node=4"])
     return trainjob(config, "flywheel-cuda:0.1.0", round_index=3, config_file="/models/run/config.yaml",
                     train_data="/models/run/rounds/3/train.parquet", init_dir="/models/run/rounds/2/champion",
                     out_dir="/models/run/rounds/3/candidate", name=trainjob_name("/models/run", 3, "a1b2c3"))

@@ -30,6 +30,16 @@ def uses_model(config: FlywheelConfig, stage: str) -> bool:
             or (stage == "prompts" and config.prompts.similar_per_uncertain > 0))
 
 
+def on_gpu(config: FlywheelConfig, stage: str) -> bool:
+    """Where a Kubernetes door runs ``stage``'s pod, one rule for every door: a stage that loads a model runs on
+    the image and pool of ``loop.device`` (the CUDA image and the GPU pool for ``cuda``), every other stage on
+    the CPU image. Train on more than one node is the exception: its step submits a TrainJob, whose nodes
+    follow the same rule, and holds no GPU itself."""
+    if stage == "train" and config.train.num_nodes > 1:
+        return False
+    return uses_model(config, stage) and config.loop.device.startswith("cuda")
+
+
 def check_stage(config: FlywheelConfig, stage: str, *, where: str = "on this machine") -> None:
     """Everything ``stage`` needs from this machine; ``where`` words the error (``in this pod``)."""
     if uses_model(config, stage):

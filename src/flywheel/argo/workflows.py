@@ -29,7 +29,7 @@ import yaml
 from flywheel import infra
 from flywheel.config import FlywheelConfig, dump_config
 from flywheel.layout import RoundLayout, RunLayout
-from flywheel.preflight import uses_model
+from flywheel.preflight import on_gpu
 
 
 def _import_hera_models():
@@ -63,6 +63,9 @@ NEXT_ROUND_IN_POD = "/tmp/flywheel-next-round"
 # unless the controller sets DISABLE_MAX_RECURSION=true. A schedule runs a few rounds per trigger instead.
 MAX_ROUNDS_PER_WORKFLOW = 96
 
+# The round's stages, one pod each, in order (train: a TrainJob with train.num_nodes > 1).
+ROUND_STEPS = ("prompts", "generate", "vote", "curate", "train", "evaluate")
+
 # What the templates substitute at run time.
 WORKSPACE = "{{workflow.parameters.workspace}}"
 ROUND = "{{inputs.parameters.round}}"
@@ -75,12 +78,13 @@ def workflow_template(config: FlywheelConfig) -> m.WorkflowTemplate:
     train = _train_job(config) if config.train.num_nodes > 1 else None
     templates = [
         _main(),
-        _round(prompts_on_gpu=uses_model(config, "prompts"), vote_on_gpu=uses_model(config, "vote"),
-               curate_on_gpu=uses_model(config, "curate"), train_job=train is not None),
+        _round(config, train_job=train is not None),
         _promote(config),
         _start(config),
         _stage("cpu-stage", config, gpu=False, retried=True),
-        _stage("gpu-stage", config, gpu=True, retried=True),
+        # (none on a cluster without GPUs: loop.device=cpu, as in `make cluster`'s)
+        *([_stage("gpu-stage", config, gpu=True, retried=True)] if any(
+            on_gpu(config, stage) for stage in ROUND_STEPS) else []),
         _stage("gate", config, gpu=False, retried=False, fixed_stage="gate"),
         _track(config),
         *_exit(config, train_jobs=train is not None),
@@ -178,20 +182,19 @@ def _main() -> m.Template:
     ])
 
 
-def _round(*, prompts_on_gpu: bool, vote_on_gpu: bool, curate_on_gpu: bool, train_job: bool) -> m.Template:
-    """One round, then itself for the next while the gate promotes and ``last`` is not reached."""
-    def stage(name: str, gpu: bool) -> m.ParallelSteps:
-        return m.ParallelSteps([m.WorkflowStep(name=name, template="gpu-stage" if gpu else "cpu-stage",
-                                               arguments=_args(stage=name, round=ROUND))])
+def _round(config: FlywheelConfig, *, train_job: bool) -> m.Template:
+    """One round, then itself for the next while the gate promotes and ``last`` is not reached. Each stage runs on
+    the image and pool of ``loop.device`` when it loads a model (``flywheel.preflight.on_gpu``), else on the CPU's."""
+    def stage(name: str) -> m.ParallelSteps:
+        return m.ParallelSteps([m.WorkflowStep(name=name, template="gpu-stage" if on_gpu(config, name) else
+                                               "cpu-stage", arguments=_args(stage=name, round=ROUND))])
 
     train = (m.ParallelSteps([m.WorkflowStep(name="train", template="train-job", arguments=_args(
-        round=ROUND, previous="{{=asInt(inputs.parameters.round) - 1}}"))]) if train_job else stage("train", True))
+        round=ROUND, previous="{{=asInt(inputs.parameters.round) - 1}}"))]) if train_job else stage("train"))
     again = ("{{=jsonpath(steps.promote.outputs.parameters.record, '$.promotion') == 'promoted' && "
              "asInt(inputs.parameters.round) < asInt(inputs.parameters.last)}}")
     return m.Template(name="round", inputs=_inputs("round", "last"), steps=[
-        stage("prompts", prompts_on_gpu), stage("generate", True), stage("vote", vote_on_gpu),
-        stage("curate", curate_on_gpu),
-        train, stage("evaluate", True),
+        *[train if name == "train" else stage(name) for name in ROUND_STEPS],
         m.ParallelSteps([m.WorkflowStep(name="promote", template="promote", arguments=_args(round=ROUND))]),
         m.ParallelSteps([m.WorkflowStep(name="next", template="round", when=again, arguments=_args(
             round="{{=asInt(inputs.parameters.round) + 1}}", last="{{inputs.parameters.last}}"))]),
@@ -216,7 +219,7 @@ def _start(config: FlywheelConfig) -> m.Template:
     print the next round. Retried: every write is atomic."""
     template = _container_template("start", config, ["flywheel", "step", "start", "--root", WORKSPACE,
                                                      "-c", CONFIG_IN_POD, "--next-round-file", NEXT_ROUND_IN_POD],
-                                   gpu=True, retried=True)
+                                   gpu=on_gpu(config, "prepare"), retried=True)
     template.inputs = m.Inputs(artifacts=[m.Artifact(name="config", path=CONFIG_IN_POD, raw=m.RawArtifact(
         data="{{workflow.parameters.config}}"))])
     template.outputs = m.Outputs(parameters=[m.Parameter(name="round", value_from=m.ValueFrom(
@@ -275,10 +278,9 @@ def _train_job(config: FlywheelConfig) -> m.Template:
     here). The TrainJob's nodes run ``flywheel train`` on the round's files, the same paths ``flywheel step``
     reads. Success and failure come from its one child Job (``status.jobsStatus``: the runtime's replicated
     job ``node``); the TrainJob's own ``activeDeadlineSeconds`` and this template's stop a hung job."""
-    _, gpu_image = infra.images()
     this, previous, run = RoundLayout(Path(WORKSPACE), ROUND), RoundLayout(Path(WORKSPACE), PREVIOUS), \
         RunLayout(Path(WORKSPACE))
-    manifest = infra.trainjob(config, gpu_image, round_index=ROUND, config_file=str(run.config),
+    manifest = infra.trainjob(config, infra.device_image(config), round_index=ROUND, config_file=str(run.config),
                               train_data=str(this.train_data(config.train.method)),
                               init_dir=str(config.train.start_from(previous.champion, run.seed)),
                               out_dir=str(this.candidate), name="flywheel-train", namespace="{{workflow.namespace}}",
@@ -306,9 +308,6 @@ def _container_template(name: str, config: FlywheelConfig, command: list[str], *
                         retried: bool) -> m.Template:
     options = config.kubeflow
     cpu_image, gpu_image = infra.images()
-    # loop.device=cpu (`-s loop.device=cpu`): a cluster without GPUs, such as `make cluster`'s; every step then
-    # runs the CPU image with a CPU step's resources, off the GPU pool.
-    gpu = gpu and config.loop.device != "cpu"
     mounts = [m.VolumeMount(name="models", mount_path=infra.MODELS_MOUNT)]
     env_from = [m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name=infra.CLUSTER_CONFIG_MAP, optional=True)),
                 m.EnvFromSource(secret_ref=m.SecretEnvSource(name=infra.S3_SECRET, optional=True))]

@@ -28,14 +28,13 @@ def _component(image: str = IMAGE):
 
 @_component()
 def preflight(config_yaml: str, workspace_root: str, seed_uri: str, dvc_remote: str, compiled_knobs: str,
-              vote_on_gpu: bool, train_on_gpu: bool, curate_on_gpu: bool, prompts_on_gpu: bool,
-              samples_per_prompt: int, temperature: float,
+              gpu_steps: str, samples_per_prompt: int, temperature: float,
               min_vote_share: float, gate_alpha: float, gate_min_gain: float, train_steps: int,
               learning_rate: float, run_config: Output[Artifact]) -> str:
     """The run's effective config (``flywheel.kubeflow.preflight.effective_config``): the typed knobs a user
-    changed (from ``compiled_knobs``, the defaults compiled in) applied to ``config_yaml``, the seed staged on
-    the shared volume, and one line per dependency checked (volume writable, seed, MLflow, object store).
-    Every later step reads the config this returns."""
+    changed (from ``compiled_knobs``, the defaults compiled in) applied to ``config_yaml``, checked against the
+    steps compiled onto the GPU (``gpu_steps``), the seed staged on the shared volume, and one line per dependency
+    checked (volume writable, seed, MLflow, object store). Every later step reads the config this returns."""
     from pathlib import Path
 
     from flywheel.kubeflow.preflight import Knobs, effective_config
@@ -44,15 +43,14 @@ def preflight(config_yaml: str, workspace_root: str, seed_uri: str, dvc_remote: 
                   gate_alpha=gate_alpha, gate_min_gain=gate_min_gain, train_steps=train_steps,
                   learning_rate=learning_rate)
     effective = effective_config(config_yaml, knobs, Knobs.from_json(compiled_knobs), seed_uri=seed_uri,
-                                 workspace_root=workspace_root, vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu,
-                                 curate_on_gpu=curate_on_gpu, prompts_on_gpu=prompts_on_gpu, dvc_remote=dvc_remote)
+                                 workspace_root=workspace_root, gpu_steps=gpu_steps, dvc_remote=dvc_remote)
     # Also as an artifact (the UI shows it): what steps inside a ParallelFor read (see generate).
     Path(run_config.path).parent.mkdir(parents=True, exist_ok=True)
     Path(run_config.path).write_text(effective + "\n")
     return effective
 
 
-@_component()
+@_component(GPU_IMAGE)  # scores the seed; a pipeline compiled for loop.device=cpu puts it on the CPU image
 def prepare(config_yaml: str, workspace_root: str, run_id: str, eval_set: Output[Dataset], champion: Output[Model],
             seed_metrics: Output[Metrics]) -> str:
     """Round 0 of a new run in ``<workspace_root>/<run_id>`` (``flywheel.loop.prepare``): the eval set,
@@ -67,7 +65,7 @@ def prepare(config_yaml: str, workspace_root: str, run_id: str, eval_set: Output
     from flywheel.loop import prepare as prepare_round_zero
     from flywheel.tasks import load_task
 
-    config = artifacts.load(config_yaml)
+    config = artifacts.load(config_yaml, stage="prepare")  # scores the seed: a GPU in this pod for loop.device=cuda
     workspace = Path(workspace_root) / run_id
     eval_path = prepare_round_zero(config, workspace, task=load_task(config.task, config.code))
     artifacts.publish_file(eval_path, eval_set)
@@ -241,14 +239,16 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         # Several nodes: a Kubeflow Trainer TrainJob runs `torchrun -m flywheel.cli train` on every node
         # over the shared volume (rank 0 writes the candidate); this step (no GPU of its own) submits it,
         # waits, copies rank 0's log here and deletes it.
+        # (Never `from flywheel.kubeflow.components import ...` here: KFP runs this body with _KFP_RUNTIME=true,
+        # where kfp.dsl has no `component` and that module cannot be imported.)
         from flywheel import infra, io
         from flywheel.config import dump_config
-        from flywheel.kubeflow.components import GPU_IMAGE
         config_file = here / "train-config.yaml"
         with io.atomic_path(config_file) as tmp:
             tmp.write_text(dump_config(config))
         # A new name per attempt: a retried step never meets the TrainJob of the attempt before it.
-        manifest = infra.trainjob(config, GPU_IMAGE, round_index=round_index, config_file=str(config_file),
+        manifest = infra.trainjob(config, infra.device_image(config), round_index=round_index,
+                                  config_file=str(config_file),
                                   train_data=str(this.train_data(config.train.method)), init_dir=str(init),
                                   out_dir=str(this.candidate), timeout_s=config.kubeflow.gpu_step_timeout_s,
                                   name=infra.trainjob_name(workspace, round_index))
@@ -362,4 +362,4 @@ def push_data(workspace: str, round_index: int, dvc_remote: str, gate_metrics: I
     dvc_file.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})
 
 
-GPU_COMPONENTS = (generate, train, evaluate)
+GPU_COMPONENTS = (prepare, generate, train, evaluate)  # the specs name the CUDA image (a pipeline may place them on the CPU)

@@ -97,36 +97,37 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
     def named(task: dsl.PipelineTask, step: str, **platform) -> dsl.PipelineTask:
         return _platform(task.set_display_name(f"{label}{step}"), pvc_name, options, step=step, **platform)
 
-    def placed(task: dsl.PipelineTask, step: str, on_gpu: bool) -> dsl.PipelineTask:
-        """A CPU-image step that loads the champion for some settings (``Placement``): then the GPU image and pool."""
-        if on_gpu:
-            task.set_container_image(c.GPU_IMAGE)
-        return named(task, step, gpu=on_gpu)
+    def placed(task: dsl.PipelineTask, step: str, **platform) -> dsl.PipelineTask:
+        """A step that may load a model: the image and pool of ``loop.device`` when it does (``Placement``, from
+        ``flywheel.preflight.on_gpu``: one rule for every door), else the CPU image."""
+        on_gpu = placement.on_gpu(step)
+        task.set_container_image(c.GPU_IMAGE if on_gpu else c.IMAGE)
+        return named(task, step, gpu=on_gpu, **platform)
 
     common = {"config_yaml": config_yaml, "workspace": workspace, "round_index": round_index}
     # TT-SI probes the prompts with the champion
-    prompts = placed(c.make_prompts(**common, champion=champion), "prompts", placement.prompts_on_gpu)
+    prompts = placed(c.make_prompts(**common, champion=champion), "prompts")
     if after is not None:
         prompts.after(after)
     plan = named(c.plan_shards(shards=shards), "plan-shards")
     with dsl.ParallelFor(plan.output, name=f"{label}generate-shards") as shard:
-        generated = named(c.generate(run_config=run_config, shard=shard, shards=shards,
-                                     prompts=prompts.outputs["prompts"], champion=champion), "generate", gpu=True)
+        generated = placed(c.generate(run_config=run_config, shard=shard, shards=shards,
+                                      prompts=prompts.outputs["prompts"], champion=champion), "generate")
     merged = named(c.merge_samples(workspace=workspace, round_index=round_index, prompts=prompts.outputs["prompts"],
                                    shards=dsl.Collected(generated.outputs["samples"])), "merge-samples")
     # self_judge's vote, and curate.select or curate.step_rollouts, load the champion
     voted = placed(c.vote(**common, prompts=prompts.outputs["prompts"], samples=merged.outputs["samples"],
-                          champion=champion), "vote", placement.vote_on_gpu)
+                          champion=champion), "vote")
     curated = placed(c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set, champion=champion),
-                     "curate", placement.curate_on_gpu)
-    # One node: the step trains on its GPU. More: it submits a TrainJob (RBAC, FLYWHEEL_REGISTRY from the
-    # ConfigMap) and waits on the CPU pool, holding no GPU of its own.
-    trained = named(c.train(**common, train_set=curated.outputs["train_set"], champion=champion),
-                    "train", gpu=placement.train_on_gpu, secrets=True)
-    if not placement.train_on_gpu:
+                     "curate")
+    # One node: the step trains on its device. More: it submits a TrainJob (RBAC, FLYWHEEL_REGISTRY from the
+    # ConfigMap) and waits on the CPU pool, holding no GPU of its own. Either way it may take as long as a GPU step.
+    trained = placed(c.train(**common, train_set=curated.outputs["train_set"], champion=champion), "train",
+                     secrets=True)
+    if not placement.on_gpu("train"):
         kubernetes.set_timeout(trained, options.gpu_step_timeout_s)
-    evaluated = named(c.evaluate(**common, eval_set=eval_set, candidate=trained.outputs["candidate"],
-                                 champion=champion), "evaluate", gpu=True)
+    evaluated = placed(c.evaluate(**common, eval_set=eval_set, candidate=trained.outputs["candidate"],
+                                  champion=champion), "evaluate")
     gated = named(c.gate(**common, candidate=trained.outputs["candidate"], champion=champion,
                          eval_metrics=evaluated.outputs["eval_metrics"]), "gate")
     tracked = named(c.track(**common, register_seed=register_seed, champion=champion,
@@ -143,9 +144,7 @@ def _preflight(parameters: dict, *, options: KubeflowConfig, placement: Placemen
     config as a parameter (for steps outside loops) and as the ``run_config`` artifact (for steps inside)."""
     task = c.preflight(config_yaml=parameters["config_yaml"], workspace_root=parameters["workspace"],
                        seed_uri=parameters["seed_uri"], dvc_remote=parameters["dvc_remote"],
-                       compiled_knobs=compiled.to_json(), vote_on_gpu=placement.vote_on_gpu,
-                       train_on_gpu=placement.train_on_gpu, curate_on_gpu=placement.curate_on_gpu,
-                       prompts_on_gpu=placement.prompts_on_gpu,
+                       compiled_knobs=compiled.to_json(), gpu_steps=placement.to_text(),
                        **{name: parameters[name] for name in Knobs.keys()})
     _platform(task.set_display_name("preflight"), parameters["pvc_name"], options, step="preflight", secrets=True)
     return task.outputs["Output"], task.outputs["run_config"]
@@ -200,9 +199,12 @@ def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = 
                  learning_rate: float = knob.learning_rate) -> str:
         run_config, run_config_file = _preflight(locals(), options=options, placement=placement, compiled=knob)
         # The run's id as a task constant: the only place the backend substitutes {{$.pipeline_job_uuid}}.
-        prepared = _platform(c.prepare(config_yaml=run_config, workspace_root=workspace,
-                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("prepare"),
-                             pvc_name, options, step="prepare")
+        # prepare scores the seed: on the image and pool of loop.device (Placement)
+        prepared = c.prepare(config_yaml=run_config, workspace_root=workspace, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        if placement.on_gpu("prepare"):
+            prepared.set_container_image(c.GPU_IMAGE)
+        prepared = _platform(prepared.set_display_name("prepare"), pvc_name, options, step="prepare",
+                             gpu=placement.on_gpu("prepare"))
         here = prepared.outputs["Output"]
         _unroll(1, rounds, config_yaml=run_config, workspace=here, champion=prepared.outputs["champion"],
                 eval_set=prepared.outputs["eval_set"], shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name,

@@ -26,7 +26,7 @@ from flywheel.config import FlywheelConfig, load_config_text, dump_config, to_di
 from flywheel import io
 from flywheel.errors import InputError, one_line
 from flywheel.modeling import seed_location
-from flywheel.preflight import uses_model
+from flywheel.preflight import on_gpu
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
 
@@ -91,44 +91,61 @@ def apply_knobs(config_yaml: str, knobs: Knobs, compiled: Knobs) -> FlywheelConf
         raise
 
 
+# The steps that may load a model, in round order: each is placed by ``flywheel.preflight.on_gpu``.
+PLACED_STEPS = ("prepare", "prompts", "generate", "vote", "curate", "train", "evaluate")
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Which image and pool a step runs on: decided when the pipeline is compiled, from its config, and
-    checked again by the preflight step against the config a run actually gets (``check_placement``)."""
+    """Which steps run on the GPU image and pool: decided when the pipeline is compiled, from its config
+    (``flywheel.preflight.on_gpu``, the rule every door follows), and checked again by the preflight step against
+    the config a run actually gets (``check_placement``)."""
 
-    vote_on_gpu: bool  # vote.method loads the champion (self_judge)
-    train_on_gpu: bool  # train.num_nodes == 1; above 1 the step only submits a TrainJob and waits
-    curate_on_gpu: bool = False  # curate.select (Middo) or curate.step_rollouts (process rewards) runs the champion
-    prompts_on_gpu: bool = False  # prompts.similar_per_uncertain probes the prompts with the champion (TT-SI)
+    gpu_steps: tuple[str, ...]
 
     @classmethod
     def of(cls, config: FlywheelConfig) -> "Placement":
-        return cls(vote_on_gpu=uses_model(config, "vote"), train_on_gpu=config.train.num_nodes == 1,
-                   curate_on_gpu=uses_model(config, "curate"), prompts_on_gpu=uses_model(config, "prompts"))
+        return cls(tuple(step for step in PLACED_STEPS if on_gpu(config, step)))
+
+    def on_gpu(self, step: str) -> bool:
+        return step in self.gpu_steps
+
+    def to_text(self) -> str:
+        """How the pipeline passes it to the preflight step (a constant argument): ``generate,train,evaluate``."""
+        return ",".join(self.gpu_steps)
+
+    @classmethod
+    def from_text(cls, text: str) -> "Placement":
+        return cls(tuple(step for step in text.split(",") if step))
+
+
+def _deciding_settings(config: FlywheelConfig, step: str) -> tuple[str, str]:
+    """The settings that place ``step`` (for the error), and the field to name."""
+    device = f"loop.device={config.loop.device}"
+    if step == "vote":
+        return f"vote.method={config.vote.method} and {device}", "vote.method"
+    if step == "curate":
+        return (f"curate.select={config.curate.select} and curate.step_rollouts={config.curate.step_rollouts} "
+                f"and {device}", "curate.select")
+    if step == "prompts":
+        return f"prompts.similar_per_uncertain={config.prompts.similar_per_uncertain} and {device}", \
+            "prompts.similar_per_uncertain"
+    if step == "train":
+        return f"train.num_nodes={config.train.num_nodes} and {device}", "train.num_nodes"
+    return device, "loop.device"
 
 
 def check_placement(config: FlywheelConfig, compiled: Placement) -> None:
-    """A vote that loads the champion runs on the GPU image and pool, and a multi-node train step holds no GPU:
-    the pipeline decided both when it was compiled, from its config; a run's config must agree."""
-    hint = "compile the pipeline with this config (flywheel pipeline compile|upload|run -c ...)"
+    """Every step that loads a model runs where ``loop.device`` is, and a multi-node train step holds no GPU: the
+    pipeline decided both when it was compiled, from its config; a run's config must agree."""
     wanted = Placement.of(config)
-    # The steps that load the champion only for some settings: (placement, step, the settings that decide, field).
-    model_steps = [
-        ("vote_on_gpu", "vote", f"vote.method={config.vote.method}", "vote.method"),
-        ("curate_on_gpu", "curate", f"curate.select={config.curate.select} and "
-                                    f"curate.step_rollouts={config.curate.step_rollouts}", "curate.select"),
-        ("prompts_on_gpu", "prompts", f"prompts.similar_per_uncertain={config.prompts.similar_per_uncertain}",
-         "prompts.similar_per_uncertain"),
-    ]
-    for placed, step, settings, field in model_steps:
-        if getattr(wanted, placed) != getattr(compiled, placed):
-            where = "a GPU" if getattr(compiled, placed) else "the CPU image"
-            raise InputError("pipeline parameter config_yaml", f"{settings}, but this pipeline was compiled with "
-                             f"its {step} step on {where}: {hint}", field=field)
-    if wanted.train_on_gpu != compiled.train_on_gpu:
-        raise InputError("pipeline parameter config_yaml", f"train.num_nodes={config.train.num_nodes}, but this "
-                         f"pipeline was compiled for {'one node' if compiled.train_on_gpu else 'a multi-node TrainJob'}: "
-                         f"{hint}", field="train.num_nodes")
+    for step in PLACED_STEPS:
+        if wanted.on_gpu(step) != compiled.on_gpu(step):
+            settings, field = _deciding_settings(config, step)
+            where = "a GPU" if compiled.on_gpu(step) else "the CPU image"
+            raise InputError("pipeline parameter config_yaml", f"{settings}, but this pipeline was compiled with its "
+                             f"{step} step on {where}: compile the pipeline with this config "
+                             "(flywheel pipeline compile|upload|run -c ...)", field=field)
 
 
 def stage_seed(config: FlywheelConfig, seed_uri: str, seeds_dir: Path) -> FlywheelConfig:
@@ -272,12 +289,11 @@ def _check_object_store(dvc_remote: str) -> str:
 
 
 def effective_config(config_yaml: str, knobs: Knobs, compiled: Knobs, *, seed_uri: str, workspace_root: str,
-                     vote_on_gpu: bool, train_on_gpu: bool, curate_on_gpu: bool = False,
-                     prompts_on_gpu: bool = False, dvc_remote: str = "") -> str:
-    """The preflight step: knobs applied, seed staged, checks run; returns the config every later step reads."""
+                     gpu_steps: str, dvc_remote: str = "") -> str:
+    """The preflight step: knobs applied, placement checked against ``gpu_steps`` (``Placement.to_text``), seed
+    staged, checks run; returns the config every later step reads."""
     config = apply_knobs(config_yaml, knobs, compiled)
-    check_placement(config, Placement(vote_on_gpu=vote_on_gpu, train_on_gpu=train_on_gpu,
-                                      curate_on_gpu=curate_on_gpu, prompts_on_gpu=prompts_on_gpu))
+    check_placement(config, Placement.from_text(gpu_steps))
     root = Path(workspace_root)
     stage_seed(config, seed_uri, root.parent / SEEDS_DIR)
     run_checks(config, root, dvc_remote=dvc_remote)
