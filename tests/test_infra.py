@@ -452,8 +452,9 @@ def test_the_runner_role_grants_what_the_kfp_backend_and_flywheel_do_in_a_step_p
     from flywheel.kubeflow.pipelines import CONFIG_MAP, SECRET
 
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "flywheel-pipeline-runner",
-                                    "namespace": infra.RUN_NAMESPACE}]
+    # flywheel's account (`flywheel pipeline run|schedule`) and KFP's default (runs started from the UI)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": infra.RUN_NAMESPACE}
+                                   for name in ("flywheel-pipeline-runner", "pipeline-runner")]
     assert SECRET == "flywheel-s3" and CONFIG_MAP == "flywheel-cluster"
     assert _allows(role, *access), f"{role['metadata']['name']} does not allow {access}"
 

@@ -347,3 +347,28 @@ def test_each_schedule_gets_its_own_workspace_and_a_bad_name_is_refused(capsys):
     assert code == 2
     assert capsys.readouterr().err.strip() == ("flywheel: error: --name: '../x' must be letters, digits, '.', '_' "
                                                "or '-' (it names the workspace)")
+
+
+def test_two_pipelines_of_one_name_on_the_server_are_one_line_not_a_traceback(tmp_path):
+    """The KFP UI lets two pipelines share a name; kfp's client then raises ValueError on every lookup by it."""
+    from kfp import Client
+
+    from flywheel.kubeflow.cli import _api_errors, upload
+
+    class Pipelines:
+        def pipeline_service_list_pipelines(self, filter):
+            pipeline = type("Pipeline", (), {"pipeline_id": "p"})()
+            return type("Listed", (), {"pipelines": [pipeline, pipeline]})()
+
+    client = Client.__new__(Client)  # the real client's lookup over a server holding two of the name
+    client._pipelines_api = Pipelines()
+    package = tmp_path / "flywheel.yaml"
+    package.write_text("pipeline: 1\n")
+    with pytest.raises(InputError) as error:
+        with _api_errors("http://kfp:8888"):
+            upload(client, package, "flywheel", "d")
+    assert str(error.value) == ("http://kfp:8888: Kubeflow Pipelines: Multiple pipelines with the name: flywheel "
+                                "found, the name needs to be unique.")
+    with pytest.raises(ValueError):  # flywheel's own ValueErrors are not the server's to explain
+        with _api_errors("http://kfp:8888"):
+            raise ValueError("a bug of ours")

@@ -250,4 +250,17 @@ class _api_errors:
         if isinstance(error, ApiException):
             raise InputError(self.host, f"Kubeflow Pipelines API error {error.status} "
                                         f"({one_line(error.reason)})") from None
+        if isinstance(error, ValueError) and _raised_in_kfp_client(traceback):
+            # What the server holds, as the client reads it: two pipelines or experiments of one name (the UI allows
+            # it; the client then refuses every lookup by that name), no experiment of a name.
+            raise InputError(self.host, f"Kubeflow Pipelines: {one_line(error)}") from None
         return False
+
+
+def _raised_in_kfp_client(traceback) -> bool:
+    """Whether the innermost frame of ``traceback`` is the kfp client's own code (not flywheel's)."""
+    import os
+
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return f"{os.sep}kfp{os.sep}client{os.sep}" in traceback.tb_frame.f_code.co_filename
