@@ -29,7 +29,7 @@ def run_component(name: str, parameters: dict, artifacts: dict[str, Path], outpu
         return {"artifacts": [{"name": key, "uri": str(path), "metadata": {}, "type": {"schemaTitle": schema}}]}
 
     executor_input = {
-        "inputs": {"parameterValues": parameters,
+        "inputs": {"parameterValues": parameters,  # a PipelineTaskFinalStatus input is a struct among them
                    "artifacts": {k: artifact(k, p, "inputDefinitions") for k, p in artifacts.items()}},
         "outputs": {"artifacts": {k: artifact(k, p, "outputDefinitions") for k, p in outputs.items()},
                     "outputFile": str(tmp_path / "executor_output.json")},
@@ -67,3 +67,48 @@ def test_a_component_body_that_imports_the_component_module_fails_under_the_kfp_
     result = subprocess.run([sys.executable, "-c", "import flywheel.kubeflow.components"], capture_output=True,
                             text=True, env={**os.environ, "_KFP_RUNTIME": "true"}, timeout=120)
     assert result.returncode != 0 and "has no attribute 'component'" in result.stderr
+
+
+def test_the_exit_task_ends_the_runs_as_the_pipeline_ended(tmp_path):
+    """Both pipelines' exit task (components/end_run.yaml), with the final status KFP's driver hands it: the parent
+    run of the workspace ends FINISHED, FAILED (its error message as flywheel.error) or KILLED (cancelled), with the
+    round runs left RUNNING under it. The flywheel pipeline passes its workspace root and the run's id."""
+    from mlflow.tracking import MlflowClient
+
+    from flywheel.kubeflow.champion import loop_key
+    from flywheel.tracking import Tracker
+
+    db = tmp_path / "mlflow.db"
+    config = load_config(SMOKE, [f"tracking.uri=sqlite:///{db}"])
+    tracker = Tracker(config.tracking)
+    parent = tracker.start_loop(config, loop_key=loop_key(str(tmp_path / "runs" / "run-7")))
+    client = MlflowClient(f"sqlite:///{db}")
+    cases = (({"state": "FAILED", "error": {"code": 2, "message": "round-1-train: exit status 1"}}, "FAILED",
+              "round-1-train: exit status 1"),
+             ({"state": "CANCELLED"}, "KILLED", "CANCELLED"),
+             ({"state": "SUCCEEDED"}, "FINISHED", None))
+    for status, expected, tag in cases:
+        round_run = tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        result = run_component("end_run", {"config_yaml": dump_config(config), "workspace": str(tmp_path / "runs"),
+                                           "run_id": "run-7", "status": status}, {}, {}, tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert client.get_run(parent).info.status == expected
+        assert client.get_run(parent).data.tags.get("flywheel.error") == tag
+        assert client.get_run(round_run).info.status == ("FAILED" if expected == "FINISHED" else expected)
+
+
+def test_a_trainjob_is_owned_by_and_labelled_with_the_workflow_that_runs_the_step():
+    """The run's workflow owns its TrainJobs (deleting the run deletes them) and labels them (the exit task finds
+    them); in the pod's own namespace, not a fixed one."""
+    from flywheel import infra
+
+    manifest = infra.example_trainjob()
+    owned = infra.owned_by(manifest, {"name": "flywheel-abc12", "uid": "u-1"}, "team-a")
+    assert owned["metadata"]["namespace"] == "team-a"
+    assert owned["metadata"]["labels"][infra.WORKFLOW_LABEL] == "flywheel-abc12"
+    assert owned["metadata"]["ownerReferences"] == [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                                                     "name": "flywheel-abc12", "uid": "u-1",
+                                                     "blockOwnerDeletion": False}]
+    assert "ownerReferences" not in manifest["metadata"]  # a copy: the rendered job is left alone
+    assert "ownerReferences" not in infra.owned_by(manifest, None, "team-a")["metadata"]
+    assert infra.delete_workflow_trainjobs() == []  # outside a cluster: nothing to find

@@ -173,7 +173,10 @@ def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str], knobs:
         logging.getLogger().removeHandler(records)
     assert not [m for m in records.messages if "Could not resolve" in m or "Condition evaluation failed" in m], (
         records.messages)
-    return Path(task.output), base / "loop", report, pipeline_config, base
+    # The run's workspace, <workspace>/<run id>: the pipeline returns no output from inside its exit handler.
+    (workspace,) = (base / "workspaces").iterdir()
+    assert task.outputs == {} or task.output is None
+    return workspace, base / "loop", report, pipeline_config, base
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +257,9 @@ def test_pipeline_tracks_in_mlflow_and_moves_the_alias_only_on_promotion(pipelin
     run = tracker.client.get_run(io.read_json(workspace / "tracking" / "round-1.json")["run_id"])
     assert run.data.params["curate.min_vote_share"] == str(config.curate.min_vote_share)
     assert "evaluate.candidate.accuracy" in run.data.metrics
+    # The exit task (end-run) ended the workspace's parent run as the pipeline ended: FINISHED.
+    parent = tracker.client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and "flywheel.error" not in parent.data.tags
 
 
 def test_pipeline_shows_metrics_vote_audit_and_round_report(pipeline_and_loop):

@@ -53,9 +53,10 @@ def test_no_component_input_default_holds_a_runtime_placeholder(name):
     for definition in definitions:
         for key, parameter in definition.get("inputDefinitions", {}).get("parameters", {}).items():
             assert "{{$." not in json.dumps(parameter.get("defaultValue", "")), f"{name}: {key} defaults to a placeholder"
-    if name == "flywheel":  # the run id reaches prepare as a task constant, where it is substituted
-        prepare = pipeline["root"]["dag"]["tasks"]["prepare"]
-        assert prepare["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    if name == "flywheel":  # the run id reaches prepare and the exit task as task constants, where it is substituted
+        body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+        for task in (body["prepare"], pipeline["root"]["dag"]["tasks"]["end-run"]):
+            assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -180,37 +180,120 @@ def trainjob_state(trainjob_object: dict) -> str:
 def run_trainjob(manifest: dict, *, timeout_s: float = 24 * 3600, poll_s: float = 30.0, log=print) -> dict:
     """Submit a TrainJob from inside the cluster (the pipeline pod's ServiceAccount may create TrainJobs,
     infra/base/runs/rbac.yaml), wait for it to end, copy its rank-0 node's log into this step's log, and
-    delete it (its JobSet and pods go with it) whether it completed, failed or timed out. Returns its final
-    object; a failed or timed-out job raises ``InputError`` naming the job, so the step fails in one line.
+    delete it (its JobSet and pods go with it) whether it completed, failed, timed out or this step was stopped.
+    Returns its final object; a failed or timed-out job raises ``InputError`` naming the job, so the step fails
+    in one line.
 
-    Not exercised in this repository's tests: they have no cluster. ``trainjob_state`` is tested.
+    The job goes to this pod's namespace, labelled with, and owned by, the Argo workflow that runs this pod (KFP
+    runs every run as one): a SIGTERM (a cancelled run, a step's time limit) unwinds through the ``finally`` that
+    deletes it, the run's exit handler deletes what a SIGKILL left (``delete_workflow_trainjobs``), and deleting
+    the run's workflow deletes the rest. Exercised in the local cluster (make e2e); ``trainjob_state`` and the
+    ownership are unit-tested.
     """
     import time
 
     from kubernetes import client, config
 
+    from flywheel.run_state import install_termination_handler
+
     config.load_incluster_config()
-    api = client.CustomObjectsApi()
+    api, core = client.CustomObjectsApi(), client.CoreV1Api()
     group, version, plural = TRAINJOB_API
-    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    api.create_namespaced_custom_object(group, version, namespace, plural, manifest)
-    log(f"trainjob {namespace}/{name}: submitted ({manifest['spec']['trainer']['numNodes']} nodes)")
-    deadline = time.monotonic() + timeout_s
+    namespace = pod_namespace() or manifest["metadata"]["namespace"]
+    manifest = owned_by(manifest, my_workflow(api, core, namespace), namespace)
+    name = manifest["metadata"]["name"]
+    restore = install_termination_handler()  # SIGTERM raises Terminated here, so the finally below runs
     try:
-        while True:
-            current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
-            state = trainjob_state(current)
-            if state == "complete":
-                return current
-            if state == "failed" or time.monotonic() > deadline:
-                raise InputError(f"trainjob/{namespace}/{name}", "failed" if state == "failed" else
-                                 f"did not finish within {timeout_s:.0f} s", field="status")
-            time.sleep(poll_s)
+        api.create_namespaced_custom_object(group, version, namespace, plural, manifest)
+        log(f"trainjob {namespace}/{name}: submitted ({manifest['spec']['trainer']['numNodes']} nodes)")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
+                state = trainjob_state(current)
+                if state == "complete":
+                    return current
+                if state == "failed" or time.monotonic() > deadline:
+                    raise InputError(f"trainjob/{namespace}/{name}", "failed" if state == "failed" else
+                                     f"did not finish within {timeout_s:.0f} s", field="status")
+                time.sleep(poll_s)
+        finally:
+            _copy_node_log(core, namespace, name, log)
+            api.delete_namespaced_custom_object(group, version, namespace, plural, name,
+                                                body=client.V1DeleteOptions(propagation_policy="Foreground"))
+            log(f"trainjob {namespace}/{name}: deleted")
     finally:
-        _copy_node_log(client.CoreV1Api(), namespace, name, log)
+        restore()
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+WORKFLOW_API = ("argoproj.io", "v1alpha1", "workflows")
+
+
+def pod_namespace() -> str | None:
+    """The namespace of the pod this runs in (its ServiceAccount's), or None outside one."""
+    from pathlib import Path
+
+    path = Path(SERVICE_ACCOUNT_NAMESPACE)
+    return path.read_text().strip() if path.is_file() else None
+
+
+def my_workflow(api, core, namespace: str) -> dict | None:
+    """The Argo workflow that runs this pod (``{"name", "uid"}``: Argo labels its pods with ``WORKFLOW_LABEL``, and
+    KFP runs each run as a workflow), read through the pod's own object (``HOSTNAME`` is the pod's name); None
+    where this pod belongs to none."""
+    import os
+
+    pod = core.read_namespaced_pod(os.environ.get("HOSTNAME", ""), namespace)
+    name = (pod.metadata.labels or {}).get(WORKFLOW_LABEL)
+    if not name:
+        return None
+    group, version, plural = WORKFLOW_API
+    workflow = api.get_namespaced_custom_object(group, version, namespace, plural, name)
+    return {"name": name, "uid": workflow["metadata"]["uid"]}
+
+
+def owned_by(manifest: dict, workflow: dict | None, namespace: str) -> dict:
+    """``manifest`` in ``namespace``, labelled with and owned by ``workflow`` (``my_workflow``) where there is one:
+    the exit handler finds the workflow's TrainJobs by the label, and the garbage collector deletes them with
+    the workflow."""
+    import copy
+
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["namespace"] = namespace
+    if workflow is not None:
+        manifest["metadata"].setdefault("labels", {})[WORKFLOW_LABEL] = workflow["name"]
+        manifest["metadata"]["ownerReferences"] = [{
+            "apiVersion": "/".join(WORKFLOW_API[:2]), "kind": "Workflow", "name": workflow["name"],
+            "uid": workflow["uid"], "blockOwnerDeletion": False}]
+    return manifest
+
+
+def delete_workflow_trainjobs(log=print) -> list[str]:
+    """Delete the TrainJobs of the workflow that runs this pod (an exit handler's job: a run that failed or was
+    cancelled while its train step waited leaves its TrainJob holding the nodes' GPUs). Returns their names;
+    nothing outside a cluster."""
+    import os
+
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return []
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    api, core = client.CustomObjectsApi(), client.CoreV1Api()
+    namespace = pod_namespace() or RUN_NAMESPACE
+    workflow = my_workflow(api, core, namespace)
+    if workflow is None:
+        return []
+    group, version, plural = TRAINJOB_API
+    listed = api.list_namespaced_custom_object(group, version, namespace, plural,
+                                               label_selector=f"{WORKFLOW_LABEL}={workflow['name']}")
+    names = [item["metadata"]["name"] for item in listed.get("items", [])]
+    for name in names:
         api.delete_namespaced_custom_object(group, version, namespace, plural, name,
                                             body=client.V1DeleteOptions(propagation_policy="Foreground"))
-        log(f"trainjob {namespace}/{name}: deleted")
+        log(f"trainjob {namespace}/{name}: deleted (workflow {workflow['name']} ended)")
+    return names
 
 
 def node_zero_selector(name: str) -> str:

@@ -636,13 +636,30 @@ def workflow_end(workflow_status: str, failures: str = "") -> WorkflowEnd:
     return WorkflowEnd(status, first if status != "FINISHED" else None)
 
 
-def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status: str, failures: str = "") -> dict:
-    """A workflow's exit handler (the Argo door's ``onExit``): end the parent run of ``loop_key`` as the workflow
-    ended (``workflow_end``: FINISHED, FAILED, or KILLED for ``argo stop``), with round runs a failed or stopped
-    step left RUNNING under it, and tag the first failed step on it. Nothing to end (tracking off, or no round was
-    ever tracked) is not an error: a workflow that failed before its first track has no parent run. Idempotent: a
-    retried handler ends nothing twice."""
-    end = workflow_end(workflow_status, failures)
+# KFP's PipelineTaskFinalStatus.state in a pipeline's exit task (kfp.dsl documents CANCELLED; the backend's runtime
+# state is spelled CANCELED), as the MLflow status the parent run ends with.
+PIPELINE_ENDINGS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELLED": "KILLED", "CANCELED": "KILLED"}
+
+
+def pipeline_end(state: str, error_message: str | None = None) -> WorkflowEnd:
+    """How a Kubeflow run ended, as its exit task sees it (``dsl.PipelineTaskFinalStatus``)."""
+    from flywheel.errors import InputError, one_line
+
+    if state not in PIPELINE_ENDINGS:
+        raise InputError("status.state", f"{state!r} is not a final pipeline state ({', '.join(PIPELINE_ENDINGS)})")
+    status = PIPELINE_ENDINGS[state]
+    return WorkflowEnd(status, None if status == "FINISHED" else one_line(error_message or state, 500))
+
+
+def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status: str = "", failures: str = "",
+                       end: WorkflowEnd | None = None) -> dict:
+    """A workflow's exit handler (the Argo door's ``onExit``, the Kubeflow pipelines' exit task): end the parent run
+    of ``loop_key`` as the workflow ended (``end``, else ``workflow_end`` of Argo's status and failures: FINISHED,
+    FAILED, or KILLED for ``argo stop``), with round runs a failed or stopped step left RUNNING under it, and tag
+    the first failed step on it. Nothing to end (tracking off, or no round was ever tracked) is not an error: a
+    workflow that failed before its first track has no parent run. Idempotent: a retried handler ends nothing
+    twice."""
+    end = end or workflow_end(workflow_status, failures)
     if not config.tracking.enabled:
         return {"tracking": "disabled", "status": end.status}
     parent = Tracker(config.tracking).end_loop_of(loop_key, end.status, error=end.first_failure)

@@ -362,4 +362,28 @@ def push_data(workspace: str, round_index: int, dvc_remote: str, gate_metrics: I
     dvc_file.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})
 
 
+@_component()
+def end_run(config_yaml: str, workspace: str, run_id: str, status: dsl.PipelineTaskFinalStatus) -> str:
+    """The exit handler of both pipelines: runs when the run ends, however it ends. Ends the workspace's MLflow
+    parent run (and round runs left RUNNING) as FINISHED, FAILED or KILLED (cancelled), tagging what failed
+    (``flywheel.tracking.end_workspace_loop``, as the Argo door's exit handler), and with ``train.num_nodes > 1``
+    deletes the TrainJobs this run created (a cancelled run's train step may not have). ``workspace`` is the run's
+    directory; for the ``flywheel`` pipeline, its root and ``run_id``. Returns what it did, as JSON."""
+    import json
+    from pathlib import Path
+
+    from flywheel import infra
+    from flywheel.kubeflow import artifacts
+    from flywheel.kubeflow.champion import loop_key
+    from flywheel.tracking import end_workspace_loop, pipeline_end
+
+    config = artifacts.load(config_yaml)
+    here = str(Path(workspace) / run_id) if run_id else workspace
+    deleted = infra.delete_workflow_trainjobs() if config.train.num_nodes > 1 else []
+    ended = end_workspace_loop(config, loop_key=loop_key(here), end=pipeline_end(status.state, status.error_message))
+    result = {**ended, "trainjobs_deleted": deleted}
+    print(json.dumps(result))
+    return json.dumps(result)
+
+
 GPU_COMPONENTS = (prepare, generate, train, evaluate)  # the specs name the CUDA image (a pipeline may place them on the CPU)

@@ -45,7 +45,8 @@ COMPILED_DIR = Path(__file__).resolve().parents[3] / "pipelines" / "compiled"
 COMPONENTS_DIR = Path(__file__).resolve().parents[3] / "components"
 # The reusable component specs written to components/ (one per step; flywheel's pipelines use the same functions).
 COMPONENT_NAMES = ("preflight", "prepare", "resolve_champion", "plan_shards", "make_prompts", "generate",
-                   "merge_samples", "vote", "curate", "train", "evaluate", "gate", "track", "report", "push_data")
+                   "merge_samples", "vote", "curate", "train", "evaluate", "gate", "track", "report", "push_data",
+                   "end_run")
 
 
 cluster_config = infra.cluster_config  # every Kubernetes door runs the recipe as it runs on the cluster
@@ -150,6 +151,13 @@ def _preflight(parameters: dict, *, options: KubeflowConfig, placement: Placemen
     return task.outputs["Output"], task.outputs["run_config"]
 
 
+def _end_run(parameters: dict, *, options: KubeflowConfig, run_id) -> dsl.PipelineTask:
+    """Every pipeline's exit task (``components.end_run``): ends the MLflow runs and deletes leftover TrainJobs as
+    the run ended, however it ended. Retried: ending twice changes nothing."""
+    task = c.end_run(config_yaml=parameters["config_yaml"], workspace=parameters["workspace"], run_id=run_id)
+    return _platform(task.set_display_name("end-run"), parameters["pvc_name"], options, step="end-run", secrets=True)
+
+
 def _pipeline_config(options: KubeflowConfig) -> dsl.PipelineConfig:
     return dsl.PipelineConfig(active_deadline_seconds=options.run_deadline_s,
                               ttl_seconds_after_finished=options.ttl_s)
@@ -196,20 +204,25 @@ def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = 
                  samples_per_prompt: int = knob.samples_per_prompt, temperature: float = knob.temperature,
                  min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
                  gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
-                 learning_rate: float = knob.learning_rate) -> str:
-        run_config, run_config_file = _preflight(locals(), options=options, placement=placement, compiled=knob)
-        # The run's id as a task constant: the only place the backend substitutes {{$.pipeline_job_uuid}}.
-        # prepare scores the seed: on the image and pool of loop.device (Placement)
-        prepared = c.prepare(config_yaml=run_config, workspace_root=workspace, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        if placement.on_gpu("prepare"):
-            prepared.set_container_image(c.GPU_IMAGE)
-        prepared = _platform(prepared.set_display_name("prepare"), pvc_name, options, step="prepare",
-                             gpu=placement.on_gpu("prepare"))
-        here = prepared.outputs["Output"]
-        _unroll(1, rounds, config_yaml=run_config, workspace=here, champion=prepared.outputs["champion"],
-                eval_set=prepared.outputs["eval_set"], shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name,
-                options=options, placement=placement, run_config=run_config_file)
-        return here
+                 learning_rate: float = knob.learning_rate):
+        # No pipeline output: KFP returns none from inside an exit handler. The prepare step's output is the run's
+        # workspace (<workspace>/<run id>).
+        parameters = dict(locals())
+        with dsl.ExitHandler(_end_run(parameters, options=options, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+                             name="flywheel-run"):
+            run_config, run_config_file = _preflight(parameters, options=options, placement=placement, compiled=knob)
+            # The run's id as a task constant: the only place the backend substitutes {{$.pipeline_job_uuid}}.
+            # prepare scores the seed: on the image and pool of loop.device (Placement)
+            prepared = c.prepare(config_yaml=run_config, workspace_root=workspace,
+                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+            if placement.on_gpu("prepare"):
+                prepared.set_container_image(c.GPU_IMAGE)
+            prepared = _platform(prepared.set_display_name("prepare"), pvc_name, options, step="prepare",
+                                 gpu=placement.on_gpu("prepare"))
+            here = prepared.outputs["Output"]
+            _unroll(1, rounds, config_yaml=run_config, workspace=here, champion=prepared.outputs["champion"],
+                    eval_set=prepared.outputs["eval_set"], shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name,
+                    options=options, placement=placement, run_config=run_config_file)
 
     flywheel.__doc__ = "The flywheel: seed evaluation, then up to N rounds.\n" + PARAMETER_DOCS
     return dsl.pipeline(flywheel, name="flywheel", pipeline_config=_pipeline_config(options),
@@ -235,18 +248,22 @@ def make_flywheel_round(config: FlywheelConfig | None = None):
                        samples_per_prompt: int = knob.samples_per_prompt, temperature: float = knob.temperature,
                        min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
                        gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
-                       learning_rate: float = knob.learning_rate) -> str:
-        run_config, run_config_file = _preflight(locals(), options=options, placement=placement, compiled=knob)
-        resolved = _platform(c.resolve_champion(config_yaml=run_config, workspace=workspace)
-                             .set_display_name("resolve-champion"), pvc_name, options, step="resolve-champion",
-                             secrets=True)
-        _, tracked = _round(config_yaml=run_config, workspace=workspace, round_index=resolved.outputs["Output"],
-                            champion=resolved.outputs["champion"], eval_set=resolved.outputs["eval_set"],
-                            shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name, options=options,
-                            placement=placement, register_seed=False, label="", run_config=run_config_file)
-        return tracked.outputs["Output"]
+                       learning_rate: float = knob.learning_rate):
+        # No pipeline output (KFP returns none from inside an exit handler): the track step's output says
+        # promoted, declined or stale.
+        parameters = dict(locals())
+        with dsl.ExitHandler(_end_run(parameters, options=options, run_id=""), name="flywheel-round-run"):
+            run_config, run_config_file = _preflight(parameters, options=options, placement=placement, compiled=knob)
+            resolved = _platform(c.resolve_champion(config_yaml=run_config, workspace=workspace)
+                                 .set_display_name("resolve-champion"), pvc_name, options, step="resolve-champion",
+                                 secrets=True)
+            _round(config_yaml=run_config, workspace=workspace, round_index=resolved.outputs["Output"],
+                   champion=resolved.outputs["champion"], eval_set=resolved.outputs["eval_set"], shards=shards,
+                   dvc_remote=dvc_remote, pvc_name=pvc_name, options=options, placement=placement,
+                   register_seed=False, label="", run_config=run_config_file)
 
-    flywheel_round.__doc__ = ("One round; returns promoted, declined or stale (the alias moved meanwhile).\n"
+    flywheel_round.__doc__ = ("One round; its track step returns promoted, declined or stale (the alias moved "
+                              "meanwhile).\n"
                               + PARAMETER_DOCS)
     return dsl.pipeline(flywheel_round, name="flywheel-round", pipeline_config=_pipeline_config(options),
                         description="One flywheel round on a long-lived workspace, starting from the MLflow "
@@ -257,7 +274,7 @@ def make_flywheel_round(config: FlywheelConfig | None = None):
 # both and fails when they grow past these). Argo refuses a workflow object over 1 MiB (MAX_WORKFLOW_SIZE) and
 # etcd one over 1.5 MiB; the backend turns every task of the IR into driver and executor templates with the
 # task's specs inlined as JSON, so the IR may use half of that.
-BASE_BYTES = 20_000
+BASE_BYTES = 30_000  # with the exit task (end-run) and its spec
 ROUND_BYTES = 64_000
 MAX_COMPILED_BYTES = 512 * 1024
 
