@@ -72,6 +72,9 @@ def _trainer_args(steps: int, batch_size: int, learning_rate: float, warmup_rati
         disable_tqdm=not progress,
         use_cpu=device_type == "cpu",
         dataloader_num_workers=0,
+        # Under torchrun (a TrainJob, train.num_nodes > 1): every trainable parameter takes part in a causal LM's
+        # forward, so DDP need not walk the graph a second time each step looking for unused ones.
+        ddp_find_unused_parameters=False,
     )
 
 
