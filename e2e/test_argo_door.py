@@ -10,54 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import (ARGO_SERVER, CLUSTER, NAMESPACE, ROOT, VOLUME, describe_failure, flywheel, kubectl, kubectl_json,
-                      wait_for_workflow, wait_until)
-
-SMOKE = ROOT / "configs" / "smoke.yaml"
-CPU = ["-s", "loop.device=cpu"]  # the local cluster has no GPU: every step on the CPU image, off the GPU pool
-# The smoke seed scores 0% and so does its candidate: with the recipe's alpha the gate declines on p = 1, and the
-# recursion would never run. alpha = 1 promotes any round with compared items and a gain >= min_gain (-1).
-PROMOTE = ["-s", "gate.alpha=1"]
-MLFLOW = "http://mlflow.flywheel.svc.cluster.local:5000"
-
-
-def mlflow_get(path: str, **params) -> dict:
-    """The MLflow server's REST API, through the cluster's Service (kube-proxy) as the pods reach it."""
-    service = kubectl_json("-n", "flywheel", "get", "service", "mlflow")["spec"]["clusterIP"]
-    query = "&".join(f"{k}={urllib.request.quote(str(v))}" for k, v in params.items())
-    with urllib.request.urlopen(f"http://{service}:5000/api/2.0/mlflow/{path}?{query}", timeout=30) as response:
-        return json.loads(response.read())
-
-
-def model_of(workspace: str) -> str:
-    """The registered model a test's workspace promotes into. One each: a registered model's champion belongs to
-    the loop that first set it, and another loop's candidates end `stale` against it (compare-and-swap)."""
-    return f"flywheel-{Path(workspace).name}"
-
-
-def submit(workspace: str, rounds: int = 2, *extra: str) -> str:
-    """`flywheel argo submit`; returns the new workflow's name."""
-    result = flywheel("argo", "submit", "--host", ARGO_SERVER, "-c", str(SMOKE), *CPU,
-                      "-s", f"tracking.registered_model={model_of(workspace)}", *extra,  # extra's -s win
-                      "--workspace", workspace, "--rounds", str(rounds))
-    line = result.stdout.strip().splitlines()[-1]  # workflow argo/<name>: <url>
-    return line.split(":", 1)[0].split("/", 1)[1]
-
-
-@pytest.fixture(scope="module")
-def door():
-    """infra/argo applied exactly as docs/argo.md says, and MLflow served in the cluster."""
-    kubectl("apply", "-k", str(ROOT / "infra" / "argo"))
-    kubectl("apply", "-f", str(ROOT / "e2e" / "manifests" / "mlflow.yaml"))
-    kubectl("-n", NAMESPACE, "wait", "--for=condition=complete", "job/flywheel-models-init", "--timeout=300s")
-    kubectl("-n", "flywheel", "rollout", "status", "deployment/mlflow", "--timeout=300s")
-    return True
-
+from conftest import (CLUSTER, CPU, LONG_TRAIN, NAMESPACE, PROMOTE, SMOKE, VOLUME, describe_failure, flywheel,
+                      kubectl, kubectl_json, mlflow_get, model_of, node_running, running_pod, submit, wait_for_workflow,
+                      wait_until)
 
 @pytest.fixture(scope="module")
 def two_rounds(door):
@@ -190,31 +149,6 @@ def test_two_workflows_promoting_into_one_model_move_the_alias_once(door):
     winner = next(r for r in records if r["promotion"] == "promoted")
     aliases = mlflow_get("registered-models/get", name=model)["registered_model"]["aliases"]
     assert [a["version"] for a in aliases if a["alias"] == "champion"] == [winner["model_version"]]
-
-
-def running_pod(workflow_name: str, stage: str, round_index: int | None = None) -> str | None:
-    """The name of the workflow's pod of ``stage`` (and round) whose main container runs, if any."""
-    pods = kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"workflows.argoproj.io/workflow={workflow_name}")
-    for pod in pods["items"]:
-        main = next(c for c in pod["spec"]["containers"] if c["name"] == "main")
-        words = main.get("args", []) + main.get("command", [])
-        statuses = {c["name"]: c.get("state", {}) for c in pod["status"].get("containerStatuses", [])}
-        if stage in words and "running" in statuses.get("main", {}) and (
-                round_index is None or words[words.index("--round") + 1] == str(round_index)):
-            return pod["metadata"]["name"]
-    return None
-
-
-def node_running(workflow_name: str, display_name: str) -> bool:
-    """Whether the controller has marked the workflow's node ``display_name`` Running. Until it has (its node
-    is Pending), a pod deleted under it is created again under the same node, not failed and retried."""
-    nodes = kubectl_json("-n", NAMESPACE, "get", "workflow", workflow_name).get("status", {}).get("nodes", {})
-    return any(n["displayName"] == display_name and n["phase"] == "Running" for n in nodes.values())
-
-
-# Long enough (about 30 s in a pod) that a pod caught running is caught mid-stage; the smoke recipe's 5 steps end
-# in about a second, before a delete or a stop lands.
-LONG_TRAIN = ["-s", "train.steps=1500"]
 
 
 def test_a_deleted_stage_pod_is_retried_and_the_round_ends_the_same(door, tmp_path):

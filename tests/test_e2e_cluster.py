@@ -91,8 +91,40 @@ def test_every_go_module_is_pinned_to_one_release():
     staging = re.findall(r"^\s*(k8s\.io/[\w-]+) => k8s\.io/[\w-]+ (v\S+)$", kubernetes, re.M)
     assert len(staging) >= 30 and {v for _, v in staging} == {f"v0.{release[1]}.{release[2]}"}
     assert re.search(r"go\.etcd\.io/etcd/server/v3 v3\.\d+\.\d+\b", kubernetes)
-    for module, path in (("github.com/argoproj/argo-workflows/v4", "argo"), ("github.com/coredns/coredns", "coredns")):
+    for module, path in (("github.com/argoproj/argo-workflows/v4", "argo"), ("github.com/coredns/coredns", "coredns"),
+                         ("github.com/kubeflow/trainer/v2", "trainer"), ("sigs.k8s.io/jobset", "trainer")):
         text = (CLUSTER / path / "go.mod").read_text()
         assert re.search(rf"{re.escape(module)} v\d+\.\d+\.\d+\s", text), module
         assert (CLUSTER / path / "go.sum").is_file()
     assert (CLUSTER / "go.sum").is_file()
+
+
+def test_webhooks_point_upstreams_configurations_at_the_node_and_keep_the_rest():
+    """e2e/cluster/webhooks.py: upstream's webhook configurations (as `kubectl kustomize` renders JobSet's) get a URL
+    on the node and the cluster's CA; names are prefixed (Trainer and JobSet share theirs); rules, selectors and
+    failure policies stay; the Service a pod install needs is dropped."""
+    import base64
+
+    spec = importlib.util.spec_from_file_location("e2e_webhooks", CLUSTER / "webhooks.py")
+    webhooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(webhooks)
+    rendered = [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webhook-service", "namespace": "system"}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+         "metadata": {"name": "mutating-webhook-configuration", "labels": {"x": "y"}},
+         "webhooks": [{"name": "mpod.kb.io", "failurePolicy": "Fail",
+                       "objectSelector": {"matchExpressions": [{"key": "jobset.sigs.k8s.io/jobset-name",
+                                                                "operator": "Exists"}]},
+                       "clientConfig": {"service": {"name": "webhook-service", "namespace": "system",
+                                                    "path": "/mutate--v1-pod"}}}]},
+    ]
+    (out,) = webhooks.rewrite(rendered, "https://10.244.0.1:9444/", b"CA PEM", "jobset")
+    assert out["metadata"] == {"name": "jobset-mutating-webhook-configuration"}
+    (hook,) = out["webhooks"]
+    assert hook["clientConfig"] == {"url": "https://10.244.0.1:9444/mutate--v1-pod",
+                                    "caBundle": base64.b64encode(b"CA PEM").decode()}
+    assert hook["failurePolicy"] == "Fail" and hook["objectSelector"]["matchExpressions"][0]["operator"] == "Exists"
+    import pytest
+
+    with pytest.raises(SystemExit):
+        webhooks.rewrite(rendered[:1], "https://x", b"", "p")

@@ -74,6 +74,8 @@ def test_on_the_cpu_device_the_nodes_take_the_cpu_image_runtime_and_resources_an
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "500m", "memory": "3Gi"},
                                            "limits": {"cpu": "4", "memory": "3Gi"}}
     assert job["spec"]["runtimeRef"]["name"] == infra.CPU_TRAINING_RUNTIME
+    assert {"name": "OMP_NUM_THREADS", "value": "1"} in trainer["env"]  # the half core promised, rounded up
+    assert [infra.cpu_threads(q) for q in ("500m", "1", "2", "2500m", "16")] == [1, 1, 2, 3, 16]
     runtimes = {o["metadata"]["name"]: o for o in documents(ROOT / "infra" / "cpu" / "training-runtime.yaml")}
     pod = pod_specs(runtimes[infra.CPU_TRAINING_RUNTIME])[0]
     assert "nodeSelector" not in pod and not tolerates(pod, infra.GPU_TAINT) and "priorityClassName" not in pod

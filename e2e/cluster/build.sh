@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries from the Go module proxy into e2e/cluster/bin (make cluster):
 # Kubernetes v1.34.4 (apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl), etcd
-# v3.6.4 (the release Kubernetes is built against), the pod sandbox's pause, CoreDNS v1.14.7 and Argo
-# Workflows v4.0.5 (controller, executor, CLI with the server). Versions come from the go.mod files
+# v3.6.4 (the release Kubernetes is built against), the pod sandbox's pause, CoreDNS v1.14.7, Argo
+# Workflows v4.0.5 (controller, executor, CLI with the server), and Kubeflow Trainer v2.3.0's controller
+# manager with JobSet v0.12.0 (multi-node training). Versions come from the go.mod files
 # alone. Cold: every module is downloaded and compiled (e2e/README.md has the time); warm: seconds.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +24,9 @@ go build -trimpath -ldflags "$ldflags" -o "$bin/" tool
 go build -trimpath -ldflags "-s -w" -o "$bin/" ./cmd/etcd ./cmd/pause
 
 cd "$here/coredns"
+go build -trimpath -ldflags "-s -w" -o "$bin/" tool
+
+cd "$here/trainer"
 go build -trimpath -ldflags "-s -w" -o "$bin/" tool
 
 cd "$here/argo"

@@ -7,8 +7,8 @@
 #   e2e/cluster/cluster.sh status   what runs, and the node's readiness
 #   e2e/cluster/cluster.sh exec CMD run CMD inside the cluster's network (kubectl, flywheel argo submit, curl)
 #
-# Everything comes from the package registries: Kubernetes, etcd, CoreDNS and Argo from the Go module proxy
-# (build.sh, pinned by the go.mod files here), containerd, runc and the CNI plugins from Debian, and the
+# Everything comes from the package registries: Kubernetes, etcd, CoreDNS, Argo, Kubeflow Trainer and JobSet from
+# the Go module proxy (build.sh, pinned by the go.mod files here), containerd, runc and the CNI plugins from Debian, and the
 # images from a Debian root filesystem (images.sh). Every process runs in a network namespace of its own
 # (flywheel-e2e), so the API server, the kubelet, CoreDNS, the Argo Server and the pods listen only there, and
 # kube-proxy's iptables rules never touch the host's. The host reaches it with `cluster.sh exec`.
@@ -305,6 +305,60 @@ EOF
 }
 argo_version() { (cd "$here/argo" && GOFLAGS=-mod=mod go list -m -f '{{.Version}}' github.com/argoproj/argo-workflows/v4); }
 
+module_dir() {  # module_dir GO_MODULE_DIR MODULE: where the module that built a binary lies (its manifests are read there)
+  (cd "$here/$1" && GOFLAGS=-mod=mod go mod download "$2" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "$2")
+}
+
+trainer_up() {
+  # Kubeflow Trainer and JobSet (multi-node training, train.num_nodes > 1): their CRDs and admission webhooks from
+  # the modules that built the controllers, the controllers as node processes like Argo's. Upstream runs them as
+  # pods behind a webhook Service, with certificates their cert rotators make; here the webhook servers listen on the
+  # node's address with a certificate from the cluster's CA, and webhooks.py points upstream's webhook
+  # configurations at them (URL and CA; rules, selectors and failure policies as upstream wrote them).
+  local trainer_dir jobset_dir certs=$home/webhook-certs
+  trainer_dir=$(module_dir trainer github.com/kubeflow/trainer/v2)
+  jobset_dir=$(module_dir trainer sigs.k8s.io/jobset)
+  kubectl apply --server-side -k "$trainer_dir/manifests/base/crds" >/dev/null
+  kubectl apply --server-side -f "$jobset_dir/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml" >/dev/null
+  # The controllers watch these kinds from their start: served first, not just created.
+  kubectl wait --for=condition=Established --timeout=60s crd/jobsets.jobset.x-k8s.io \
+    crd/trainjobs.trainer.kubeflow.org crd/trainingruntimes.trainer.kubeflow.org \
+    crd/clustertrainingruntimes.trainer.kubeflow.org >/dev/null
+  cert webhooks flywheel-e2e-webhooks "" "IP:$node_ip"
+  # Trainer reads its serving certificate from controller-runtime's default directory under TMPDIR.
+  mkdir -p "$certs/k8s-webhook-server/serving-certs"
+  cp "$pki/webhooks.crt" "$certs/k8s-webhook-server/serving-certs/tls.crt"
+  cp "$pki/webhooks.key" "$certs/k8s-webhook-server/serving-certs/tls.key"
+  cat > "$home/jobset.yaml" <<EOF
+apiVersion: config.jobset.x-k8s.io/v1alpha1
+kind: Configuration
+leaderElection: {leaderElect: false}
+internalCertManagement: {enable: false}
+webhook: {host: $node_ip, port: 9444, certDir: $certs/k8s-webhook-server/serving-certs}
+metrics: {bindAddress: "0"}
+health: {healthProbeBindAddress: "127.0.0.1:8092"}
+EOF
+  cat > "$home/trainer.yaml" <<EOF
+apiVersion: config.trainer.kubeflow.org/v1alpha1
+kind: Configuration
+leaderElection: {leaderElect: false}
+certManagement: {enable: false}
+webhook: {host: $node_ip, port: 9443}
+metrics: {bindAddress: "0"}
+health: {healthProbeBindAddress: "127.0.0.1:8091"}
+EOF
+  start jobset env KUBECONFIG="$pki/admin.kubeconfig" "$bin/jobset" --config "$home/jobset.yaml"
+  start trainer env KUBECONFIG="$pki/admin.kubeconfig" TMPDIR="$certs" "$bin/trainer-controller-manager" \
+    --config "$home/trainer.yaml"
+  wait_for 60 "the JobSet controller" in_ns curl -fsS http://127.0.0.1:8092/readyz
+  wait_for 60 "the Trainer controller" in_ns curl -fsS http://127.0.0.1:8091/readyz
+  kubectl kustomize "$jobset_dir/config/components/webhook" \
+    | "$repo/.venv/bin/python" "$here/webhooks.py" "https://$node_ip:9444" "$pki/ca.crt" jobset | kubectl apply -f - >/dev/null
+  kubectl kustomize "$trainer_dir/manifests/base/webhook" \
+    | "$repo/.venv/bin/python" "$here/webhooks.py" "https://$node_ip:9443" "$pki/ca.crt" kubeflow-trainer \
+    | kubectl apply -f - >/dev/null
+}
+
 packages() {  # Debian's: the container runtime, the CNI plugins, iptables for kube-proxy, debootstrap for images
   local wanted=(containerd runc containernetworking-plugins iptables conntrack debootstrap openssl curl) missing=()
   for package in "${wanted[@]}"; do
@@ -319,7 +373,8 @@ packages() {  # Debian's: the container runtime, the CNI plugins, iptables for k
 up() {
   [[ $(id -u) == 0 ]] || die "needs root (network namespace, containerd, the kubelet)"
   packages
-  [[ -x $bin/kubelet && -x $bin/argo && -x $bin/coredns ]] || "$here/build.sh"
+  [[ -x $bin/kubelet && -x $bin/argo && -x $bin/coredns && -x $bin/trainer-controller-manager && -x $bin/jobset ]] \
+    || "$here/build.sh"
   network
   certificates
   containerd_up
@@ -328,11 +383,12 @@ up() {
   node_up
   volume
   argo_up
+  trainer_up
   log "up: kubectl with: e2e/cluster/cluster.sh exec kubectl ...; Argo Server: http://127.0.0.1:2746 (in the namespace)"
 }
 
 down() {
-  for name in argo-server workflow-controller coredns proxy kubelet scheduler controller-manager apiserver etcd; do
+  for name in trainer jobset argo-server workflow-controller coredns proxy kubelet scheduler controller-manager apiserver etcd; do
     stop "$name"
   done
   # The pods' containers outlive the kubelet: stop them, then containerd.
@@ -351,7 +407,8 @@ down() {
 }
 
 status() {
-  for name in containerd etcd apiserver controller-manager scheduler kubelet proxy coredns workflow-controller argo-server; do
+  for name in containerd etcd apiserver controller-manager scheduler kubelet proxy coredns workflow-controller argo-server \
+              jobset trainer; do
     if running "$name"; then echo "$name: running (pid $(cat "$run/$name.pid"))"; else echo "$name: stopped"; fi
   done
   running apiserver && kubectl get nodes -o wide

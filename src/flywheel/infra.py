@@ -111,6 +111,7 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
                          field="image")
     command = ["torchrun", "--module", "flywheel.cli", "train", "-c", config_file, "--round", str(round_index),
                "--data", train_data, "--init", init_dir, "--out", out_dir]
+    env = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TOKENIZERS_PARALLELISM", "value": "false"}]
     if config.loop.device.startswith("cuda"):
         processes = gpus_per_node
         resources = {"requests": {"cpu": cpu, "memory": memory, GPU_RESOURCE: str(gpus_per_node)},
@@ -122,6 +123,9 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
         resources = {"requests": {"cpu": options.cpu_step_cpu, "memory": options.cpu_step_memory},
                      "limits": {"cpu": options.cpu_step_cpu_limit, "memory": options.cpu_step_memory}}
         runtime = runtime or CPU_TRAINING_RUNTIME
+        # torch's threads, set here rather than guessed from the machine's cores (accelerate picks 2 when unset):
+        # the cores the node's pod is promised.
+        env.append({"name": "OMP_NUM_THREADS", "value": str(cpu_threads(options.cpu_step_cpu))})
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
@@ -140,10 +144,18 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
                 "numNodes": nodes,
                 "numProcPerNode": processes,
                 "resourcesPerNode": resources,
-                "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TOKENIZERS_PARALLELISM", "value": "false"}],
+                "env": env,
             },
         },
     }
+
+
+def cpu_threads(quantity: str) -> int:
+    """Whole cores in a Kubernetes CPU quantity ('500m' -> 1, '2' -> 2, '2500m' -> 3): at least one."""
+    import math
+
+    cores = int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    return max(1, math.ceil(cores))
 
 
 def trainjob_name(workspace: str, round_index: int, attempt: str | None = None) -> str:

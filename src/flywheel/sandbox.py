@@ -312,7 +312,8 @@ def require(limits: Limits) -> None:
         ok, why = strict_available()
         if not ok:
             raise InputError("code.sandbox", f"strict needs PID, mount and network namespaces, which this machine "
-                             f"does not allow ({why}); run where they are (the images do), or opt into "
+                             f"does not allow ({why}); run where they are (a pod whose seccomp profile allows "
+                             "unshare: Unconfined, not the RuntimeDefault KFP's step pods get), or opt into "
                              "code.sandbox=weak, which cannot keep a program from the caller's files "
                              "(docs/code-tests-and-judge.md)", field="code.sandbox")
 
