@@ -1,6 +1,7 @@
 """Multi-node training on Kubeflow Trainer v2.3.0 in the local cluster: a round with `train.num_nodes: 2` through
-the Argo door, whose train step creates a TrainJob that JobSet runs as two CPU pods (torchrun, DDP over gloo), and
-a stopped workflow whose exit handler deletes its TrainJob.
+the Argo door, whose train step creates a TrainJob that JobSet runs as two CPU pods (torchrun, DDP over gloo); a
+stopped workflow whose exit handler deletes its TrainJob; and the Kubeflow door's train step, run as KFP's
+launcher would run it, submitting one and deleting it when cancelled.
 
 The cluster runs the real Trainer and JobSet controllers with their admission webhooks (cluster.sh trainer_up);
 the training runtime is infra/cpu's, applied as docs/kubeflow-infra.md tells a user of a cluster without GPUs.
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (LONG_TRAIN, NAMESPACE, PROMOTE, ROOT, VOLUME, describe_failure, kubectl, kubectl_json,
-                      mlflow_get, submit, wait_for_workflow, wait_until)
+                      submit, wait_for_workflow, wait_until)
 
 # Two nodes of half a core each beside the MLflow server and the step pods: the node has 2 cores.
 TWO_NODES = ["-s", "train.num_nodes=2", "-s", "kubeflow.cpu_step_cpu=500m", "-s", "kubeflow.cpu_step_memory=3Gi"]
@@ -37,13 +38,19 @@ def node_pods(trainjob: str) -> list[dict]:
     return kubectl_json("-n", NAMESPACE, "get", "pods", "-l", f"jobset.sigs.k8s.io/jobset-name={trainjob}")["items"]
 
 
-def test_a_two_node_round_trains_on_kubeflow_trainer_through_the_argo_door(trainer):
+@pytest.fixture(scope="module")
+def two_node_round(trainer):
+    """One round with train.num_nodes=2 through the Argo door, run to its end: (workflow name, workspace, workflow)."""
+    workspace = f"/models/argo/e2e-trainer-{int(time.time())}"
+    name = submit(workspace, 1, *PROMOTE, *TWO_NODES)
+    return name, workspace, wait_for_workflow(name)
+
+
+def test_a_two_node_round_trains_on_kubeflow_trainer_through_the_argo_door(two_node_round):
     """train.num_nodes=2: the train step creates a TrainJob (owned by the workflow), the Trainer makes a JobSet
     of two pods that torchrun into one DDP job (node ranks 0 and 1), rank 0 writes the candidate, and the round
     goes on to evaluate, gate and track."""
-    workspace = f"/models/argo/e2e-trainer-{int(time.time())}"
-    name = submit(workspace, 1, *PROMOTE, *TWO_NODES)
-    wf = wait_for_workflow(name)
+    name, workspace, wf = two_node_round
     assert wf["status"]["phase"] == "Succeeded", describe_failure(wf)
     (job,) = trainjobs_of(name)
     assert job["spec"]["runtimeRef"]["name"] == "flywheel-torch-distributed-cpu"
@@ -56,6 +63,7 @@ def test_a_two_node_round_trains_on_kubeflow_trainer_through_the_argo_door(train
     env = [{e["name"]: e for e in p["spec"]["containers"][0].get("env", [])} for p in pods]
     assert {e["PET_NNODES"]["value"] for e in env} == {"2"}
     assert all("job-completion-index" in e["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] for e in env)
+    assert {e["OMP_NUM_THREADS"]["value"] for e in env} == {"1"}  # the half core each node is promised
     index = "batch.kubernetes.io/job-completion-index"
     assert sorted(p["metadata"]["annotations"][index] for p in pods) == ["0", "1"]
     rank_zero = next(p for p in pods if p["metadata"]["annotations"][index] == "0")
@@ -68,28 +76,33 @@ def test_a_two_node_round_trains_on_kubeflow_trainer_through_the_argo_door(train
     assert decision["promote"] in (True, False)
 
 
-def test_a_stopped_two_node_workflow_deletes_its_trainjob_and_ends_its_runs_killed(trainer):
-    """`argo stop` while the TrainJob's two pods train: the exit handler ends the MLflow parent run KILLED and
-    deletes the TrainJob (its JobSet and pods with it), which would otherwise hold its nodes until the workflow
-    itself is deleted."""
+def test_a_stopped_two_node_workflow_deletes_its_trainjob(trainer):
+    """`argo stop` while the TrainJob's two pods train: the workflow ends Failed and its exit handler deletes the
+    TrainJob (its JobSet and pods with it), which would otherwise hold its nodes until the workflow itself is
+    deleted. (The MLflow side of a stop, KILLED, is test_argo_door's.)"""
     workspace = f"/models/argo/e2e-trainer-stop-{int(time.time())}"
-    name = submit(workspace, 2, *PROMOTE, *TWO_NODES, *LONG_TRAIN)
+    name = submit(workspace, 1, *PROMOTE, *TWO_NODES, *LONG_TRAIN)
 
-    def round_two_training():
-        jobs = [j for j in trainjobs_of(name) if j["metadata"]["labels"].get("flywheel/round") == "2"]
-        pods = node_pods(jobs[0]["metadata"]["name"]) if jobs else []
-        return len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods) and jobs[0]
-
-    job = wait_until("round 2's TrainJob with both pods running", round_two_training, timeout_s=1500, every_s=2)
-    kubectl("-n", NAMESPACE, "patch", "workflow", name, "--type", "merge", "-p", '{"spec":{"shutdown":"Stop"}}')
-    wf = wait_for_workflow(name)
-    assert wf["status"]["phase"] == "Failed", describe_failure(wf)
+    job, wf = stop_while_training(name, timeout_s=900)
     deleted = [n for n in wf["status"]["nodes"].values() if n["displayName"] == "delete-train-jobs"]
     assert [n["phase"] for n in deleted] == ["Succeeded"], deleted
     wait_until("the TrainJob and its pods gone", lambda: not trainjobs_of(name)
                and not node_pods(job["metadata"]["name"]), timeout_s=180)
-    record = json.loads((VOLUME / Path(workspace).relative_to("/models") / "tracking" / "round-1.json").read_text())
-    assert mlflow_get("runs/get", run_id=record["parent_run_id"])["run"]["info"]["status"] == "KILLED"
+
+
+def stop_while_training(name: str, timeout_s: float) -> tuple[dict, dict]:
+    """Once workflow ``name``'s TrainJob has both pods running, `argo stop` it; returns (the TrainJob as it was
+    then, the workflow once it ended Failed)."""
+    def training():
+        jobs = trainjobs_of(name)
+        pods = node_pods(jobs[0]["metadata"]["name"]) if jobs else []
+        return len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods) and jobs[0]
+
+    job = wait_until("the TrainJob with both pods running", training, timeout_s=timeout_s, every_s=1)
+    kubectl("-n", NAMESPACE, "patch", "workflow", name, "--type", "merge", "-p", '{"spec":{"shutdown":"Stop"}}')
+    wf = wait_for_workflow(name)
+    assert wf["status"]["phase"] == "Failed", describe_failure(wf)
+    return job, wf
 
 
 # --- the Kubeflow door's multi-node train step, in a pod --------------------------------------------------------
@@ -114,15 +127,18 @@ def runner_account_in(namespace: str) -> None:
     kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
 
 
-def kfp_train_step(workspace: str, round_index: int, name: str) -> str:
-    """An Argo workflow of one pod that runs components/train.yaml as KFP's launcher would; returns its name."""
+def kfp_train_step(workspace: str, round_index: int, name: str, *overrides: str) -> str:
+    """An Argo workflow of one pod that runs components/train.yaml as KFP's launcher would, with the workspace's
+    config and ``overrides`` (``train.steps=1500``); returns its name."""
     import yaml
 
+    from flywheel.config import dump_config, load_config
     from flywheel.infra import images
 
     spec = yaml.safe_load((ROOT / "components" / "train.yaml").read_text())
     container = next(iter(spec["deploymentSpec"]["executors"].values()))["container"]
-    config_yaml = (VOLUME / Path(workspace).relative_to("/models") / "config.yaml").read_text()
+    config_yaml = dump_config(load_config(VOLUME / Path(workspace).relative_to("/models") / "config.yaml",
+                                          list(overrides)))
     here = f"{workspace}/rounds/{round_index}"
     executor_input = {
         "inputs": {"parameterValues": {"config_yaml": config_yaml, "workspace": workspace,
@@ -152,14 +168,12 @@ def kfp_train_step(workspace: str, round_index: int, name: str) -> str:
     return name
 
 
-def test_the_kubeflow_train_step_runs_a_two_node_trainjob_from_its_pod(trainer):
+def test_the_kubeflow_train_step_runs_a_two_node_trainjob_from_its_pod(two_node_round):
     """K2 and the TrainJob's ownership, in a pod: the compiled train component under kfp's runtime flag imports,
     submits a TrainJob owned by and labelled with its workflow, waits for both nodes, copies rank 0's log and
-    deletes the job."""
+    deletes the job. The round's files are the two-node round's (what prepare .. curate wrote)."""
     runner_account_in(NAMESPACE)
-    workspace = f"/models/argo/e2e-kfp-train-{int(time.time())}"
-    first = submit(workspace, 1, *PROMOTE, *TWO_NODES)  # a round's files on the volume: what prepare..curate wrote
-    assert wait_for_workflow(first)["status"]["phase"] == "Succeeded"
+    _, workspace, _ = two_node_round
     name = kfp_train_step(workspace, 1, f"kfp-train-{int(time.time())}")
     seen = wait_until("the step's TrainJob", lambda: trainjobs_of(name), timeout_s=600, every_s=1)[0]
     assert [(o["kind"], o["name"]) for o in seen["metadata"]["ownerReferences"]] == [("Workflow", name)]
@@ -171,23 +185,13 @@ def test_the_kubeflow_train_step_runs_a_two_node_trainjob_from_its_pod(trainer):
     assert not trainjobs_of(name)
 
 
-def test_a_cancelled_kubeflow_train_step_deletes_its_trainjob(trainer):
+def test_a_cancelled_kubeflow_train_step_deletes_its_trainjob(two_node_round):
     """The TrainJob leak: stopping the run sends the step's pod SIGTERM, which now unwinds through the deletion
     (before: the `finally` never ran, and the job held its nodes up to a day)."""
     runner_account_in(NAMESPACE)
-    workspace = f"/models/argo/e2e-kfp-cancel-{int(time.time())}"
-    first = submit(workspace, 1, *PROMOTE, *TWO_NODES, *LONG_TRAIN)
-    assert wait_for_workflow(first)["status"]["phase"] == "Succeeded"
-    name = kfp_train_step(workspace, 1, f"kfp-cancel-{int(time.time())}")
+    _, workspace, _ = two_node_round
+    name = kfp_train_step(workspace, 1, f"kfp-cancel-{int(time.time())}", "train.steps=1500")
 
-    def both_nodes_running():
-        jobs = trainjobs_of(name)
-        pods = node_pods(jobs[0]["metadata"]["name"]) if jobs else []
-        return len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods) and jobs[0]
-
-    job = wait_until("the TrainJob's two pods running", both_nodes_running, timeout_s=600, every_s=1)
-    kubectl("-n", NAMESPACE, "patch", "workflow", name, "--type", "merge", "-p", '{"spec":{"shutdown":"Stop"}}')
-    wf = wait_for_workflow(name)
-    assert wf["status"]["phase"] == "Failed", describe_failure(wf)
+    job, _ = stop_while_training(name, timeout_s=600)
     wait_until("the TrainJob and its pods gone", lambda: not trainjobs_of(name)
                and not node_pods(job["metadata"]["name"]), timeout_s=180)
