@@ -30,6 +30,7 @@ from flywheel import infra
 from flywheel.config import FlywheelConfig, dump_config
 from flywheel.layout import RoundLayout, RunLayout
 from flywheel.preflight import on_gpu
+from flywheel.run_state import ROUND_STAGES
 
 
 def _import_hera_models():
@@ -63,8 +64,9 @@ NEXT_ROUND_IN_POD = "/tmp/flywheel-next-round"
 # unless the controller sets DISABLE_MAX_RECURSION=true. A schedule runs a few rounds per trigger instead.
 MAX_ROUNDS_PER_WORKFLOW = 96
 
-# The round's stages, one pod each, in order (train: a TrainJob with train.num_nodes > 1).
-ROUND_STEPS = ("prompts", "generate", "vote", "curate", "train", "evaluate")
+# The round's stages before the promotion, one pod each, in order (train: a TrainJob with train.num_nodes > 1);
+# gate runs in `promote`, under the mutex.
+ROUND_STEPS = tuple(stage for stage in ROUND_STAGES if stage != "gate")
 
 # What the templates substitute at run time.
 WORKSPACE = "{{workflow.parameters.workspace}}"

@@ -381,9 +381,9 @@ def end_run(config_yaml: str, workspace: str, run_id: str, status: dsl.PipelineT
     here = str(Path(workspace) / run_id) if run_id else workspace
     deleted = infra.delete_workflow_trainjobs() if config.train.num_nodes > 1 else []
     ended = end_workspace_loop(config, loop_key=loop_key(here), end=pipeline_end(status.state, status.error_message))
-    result = {**ended, "trainjobs_deleted": deleted}
-    print(json.dumps(result))
-    return json.dumps(result)
+    result = json.dumps({**ended, "trainjobs_deleted": deleted})
+    print(result)  # in the step's log as well as its output
+    return result
 
 
 GPU_COMPONENTS = (prepare, generate, train, evaluate)  # the specs name the CUDA image (a pipeline may place them on the CPU)

@@ -27,6 +27,7 @@ from flywheel import io
 from flywheel.errors import InputError, one_line
 from flywheel.modeling import seed_location
 from flywheel.preflight import on_gpu
+from flywheel.run_state import ROUND_STAGES
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
 
@@ -91,8 +92,8 @@ def apply_knobs(config_yaml: str, knobs: Knobs, compiled: Knobs) -> FlywheelConf
         raise
 
 
-# The steps that may load a model, in round order: each is placed by ``flywheel.preflight.on_gpu``.
-PLACED_STEPS = ("prepare", "prompts", "generate", "vote", "curate", "train", "evaluate")
+# The steps a pipeline places, in order: each by ``flywheel.preflight.on_gpu`` (gate never loads a model).
+PLACED_STEPS = ("prepare", *ROUND_STAGES)
 
 
 @dataclass(frozen=True)
