@@ -34,11 +34,11 @@ seed: setup
 
 ## test: the fast suite (CI runs this); one test file per core (pytest-xdist)
 test: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 ## test-slow: the tests marked slow (kill-and-resume in every stage, dvc exp run, mlflow models serve, ...)
 test-slow: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadfile -m slow
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m slow
 
 ## bench: time per stage of one round at two sizes (3000 and 12000 prompts), generation tokens/s by batching, vote and curate at 1M samples
 bench: setup

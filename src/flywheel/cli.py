@@ -490,12 +490,13 @@ def _quiet_libraries(models: bool = True) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if not models:
         return
-    import datasets
+    # datasets reads this when train imports it: importing it here would cost every generate and evaluate process
+    # 0.8 s for a library only training uses.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
 
 
 def _run(config, *, track: bool, mode: str) -> int:

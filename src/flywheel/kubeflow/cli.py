@@ -120,11 +120,14 @@ def run(args: argparse.Namespace, config) -> int:
         for path in pipelines.compile_components(args.components_dir):
             print(path)
         return 0
+    # The host is reached before the pipelines are built: a wrong or unreachable host is one line at once, not
+    # after seconds of compiling.
     if args.pipeline_command == "upload":
         rounds = config.loop.rounds if args.rounds is None else args.rounds
+        pipelines.check_rounds(rounds)
+        client = _client(args.host)
         built = [(f"{args.prefix}flywheel", pipelines.make_flywheel(rounds, config)),
                  (f"{args.prefix}flywheel-round", pipelines.make_flywheel_round(config))]
-        client = _client(args.host)
         with tempfile.TemporaryDirectory(prefix="flywheel-kfp-") as scratch, _api_errors(args.host):
             for name, pipeline in built:
                 package = Path(scratch) / f"{name}.yaml"
@@ -134,14 +137,17 @@ def run(args: argparse.Namespace, config) -> int:
     arguments = run_arguments(args, config)
     if args.pipeline_command == "run":
         rounds = config.loop.rounds if args.rounds is None else args.rounds
-        pipeline = pipelines.make_flywheel(rounds, config)
+        pipelines.check_rounds(rounds)
     else:
         cron = check_cron(args.cron)
+    client = _client(args.host)
+    if args.pipeline_command == "run":
+        pipeline = pipelines.make_flywheel(rounds, config)
+    else:
         pipeline = pipelines.make_flywheel_round(config)
     with tempfile.TemporaryDirectory(prefix="flywheel-kfp-") as scratch:
         package = Path(scratch) / "pipeline.yaml"
         pipelines.compile_checked(pipeline, package)
-        client = _client(args.host)
         with _api_errors(args.host):
             if args.pipeline_command == "run":
                 result = client.create_run_from_pipeline_package(

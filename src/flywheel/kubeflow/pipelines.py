@@ -186,11 +186,8 @@ PARAMETER_DOCS = """
 """
 
 
-def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = None):
-    """The ``flywheel`` pipeline with ``rounds`` rounds unrolled, its parameter defaults, resources and step
-    placement from ``config`` (default: ``cluster_config()``)."""
-    config = config or cluster_config()
-    options, placement, knob = config.kubeflow, Placement.of(config), Knobs.of(config)
+def check_rounds(rounds: int) -> None:
+    """One line when ``rounds`` cannot be unrolled into one pipeline."""
     if rounds < 1:
         raise InputError("--rounds", f"must be >= 1, got {rounds}")
     if rounds > max_rounds():
@@ -198,6 +195,14 @@ def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = 
                          f"(each unrolled round adds about {ROUND_BYTES // 1000} KB to the compiled pipeline; Argo "
                          f"refuses a workflow over 1 MiB): schedule `flywheel-round` for longer runs "
                          "(flywheel pipeline schedule)")
+
+
+def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = None):
+    """The ``flywheel`` pipeline with ``rounds`` rounds unrolled, its parameter defaults, resources and step
+    placement from ``config`` (default: ``cluster_config()``)."""
+    config = config or cluster_config()
+    options, placement, knob = config.kubeflow, Placement.of(config), Knobs.of(config)
+    check_rounds(rounds)
 
     def flywheel(config_yaml: str = dump_config(config), workspace: str = f"{MOUNT_PATH}/runs", seed_uri: str = "",
                  shards: int = 4, dvc_remote: str = "", pvc_name: str = DEFAULT_PVC,
