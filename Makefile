@@ -9,15 +9,18 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Every version comes from constraints.txt (scripts/lock.sh regenerates it; tests/test_lock.py checks it).
-# torch first, with pip: the index here serves 2.13.0 as a CPU build, and an unpinned torch would pull
-# a multi-GB CUDA build. The rest with uv: 9 s against pip's 91 s for the same locked set (README).
+# torch first, pinned (torch==2.13.0): an unpinned resolve could pick another build. The package index here
+# serves 2.13.0 as its CUDA 13 build, which runs on the CPU; a local wheel directory (PIP_FIND_LINKS) that
+# holds a CPU build is searched too. Everything with uv: torch in 37 s against pip's 81 s, cold cache (README).
 # --compile-bytecode: uv skips it by default, and then every test process that imports torch, transformers
-# or MLflow first compiles them itself (a fresh clone's `make test` took 3 minutes longer).
+# or MLflow first compiles them itself (PYTHONDONTWRITEBYTECODE=1 here: never cached).
+UV_PIP = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt \
+	$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 uv
-	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt uv
+	$(UV_PIP) torch==2.13.0
+	$(UV_PIP) -e ".[test]"
 	touch $(STAMP)
 
 ## lock: regenerate constraints.txt from the newest versions inside pyproject.toml's ranges

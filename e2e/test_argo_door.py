@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CLUSTER, CPU, LONG_TRAIN, NAMESPACE, PROMOTE, SMOKE, VOLUME, describe_failure, flywheel,
-                      kubectl, kubectl_json, mlflow_get, model_of, node_running, running_pod, submit, wait_for_workflow,
-                      wait_until)
+from conftest import (ARGO_SERVER, CLUSTER, CPU, LONG_TRAIN, NAMESPACE, PROMOTE, SMOKE, VOLUME, describe_failure,
+                      flywheel, kubectl, kubectl_json, mlflow_get, model_of, node_running, running_pod, submit,
+                      wait_for_workflow, wait_until)
 
 @pytest.fixture(scope="module")
 def two_rounds(door):

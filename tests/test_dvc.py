@@ -39,22 +39,37 @@ def test_params_yaml_has_every_section_dvc_yaml_lists():
     assert "data" in pipeline["stages"]["prepare"]["params"]
 
 
+def test_the_rounds_chain_each_to_the_one_before():
+    """The shipped dvc.yaml's later rounds, which the repro below does not run: round r reads round r-1's
+    champion, the rounds are 1..loop.rounds, and the report waits for every round's decision and MLflow record."""
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    rounds = list(pipeline["vars"][0]["rounds"].values())
+    assert [(r["round"], r["prev"]) for r in rounds] == [(i, i - 1) for i in range(1, len(rounds) + 1)]
+    assert len(rounds) == yaml.safe_load((ROOT / "params.yaml").read_text())["loop"]["rounds"]
+    for stage in ("generate", "vote", "train", "evaluate", "gate"):
+        assert "data/rounds/${item.prev}/champion" in pipeline["stages"][stage]["do"]["deps"], stage
+    report = pipeline["stages"]["report"]["deps"]
+    for r in rounds:
+        assert {f"data/rounds/{r['round']}/decision.json", f"data/tracking/round-{r['round']}.json"} <= set(report)
+
+
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, tiny_seed):
     repo = tmp_path_factory.mktemp("dvcrepo")
-    # The shipped dvc.yaml, cut to its first two rounds to keep CI fast (the stages are untouched).
+    # The shipped dvc.yaml, cut to its first round to keep CI fast (the stages are untouched; every stage runs,
+    # and test_the_rounds_chain_each_to_the_one_before holds the later rounds' wiring).
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    rounds = pipeline["vars"][0]["rounds"]
-    pipeline["vars"][0]["rounds"] = {"r1": rounds["r1"], "r2": rounds["r2"]}
+    pipeline["vars"][0]["rounds"] = {"r1": pipeline["vars"][0]["rounds"]["r1"]}
     pipeline["stages"]["report"]["deps"] = [d for d in pipeline["stages"]["report"]["deps"] if not any(
-        cut in d for cut in ("/3/", "/4/", "round-3", "round-4"))]
-    pipeline["plots"][0]["data/plots/accuracy_by_digits.csv"]["y"] = ["seed", "round_1", "round_2"]
+        cut in d for cut in ("/2/", "/3/", "/4/", "round-2", "round-3", "round-4"))]
+    pipeline["plots"][0]["data/plots/accuracy_by_digits.csv"]["y"] = ["seed", "round_1"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     # Every section dvc.yaml lists must be in params.yaml (DVC fails on a missing one): write them all.
     params = to_dict(load_config(SMOKE))
     params["seed"]["path"] = "seed/tiny"
     params["tracking"]["uri"] = "sqlite:///mlflow.db"  # relative to the stage's directory, as params.yaml ships
     params["loop"]["out_dir"] = "data"
+    params["loop"]["rounds"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(tiny_seed, repo / "seed" / "tiny")
     # the stages depend on the code they run (src/flywheel/...); .dvcignore keeps bytecode out of the hashes
@@ -73,16 +88,16 @@ def dvc_repo(tmp_path_factory, tiny_seed):
 
 def test_repro_writes_every_round_under_data_rounds(dvc_repo):
     repo, _ = dvc_repo
-    for r in (1, 2):
+    for r in (1,):
         here = repo / "data" / "rounds" / str(r)
         for name in ("prompts.parquet", "samples.parquet", "votes.parquet", "curated.parquet", "train.parquet",
                      "decision.json", "curation.json", "vote.json"):
             assert (here / name).exists(), here / name
         assert (here / "champion").is_dir() and (here / "candidate").is_dir()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert "generate@r1" in lock["stages"] and "gate@r2" in lock["stages"]
+    assert {"prepare", "generate@r1", "gate@r1", "track@r1", "report"} <= set(lock["stages"])
     report = json.loads((repo / "data" / "report.json").read_text())
-    assert report["summary"]["rounds"] == 2
+    assert report["summary"]["rounds"] == 1
     status = sh("dvc", "status", cwd=repo).stdout
     assert "up to date" in status.lower() or status.strip() == ""
 
@@ -91,7 +106,7 @@ def test_metrics_and_plots_show(dvc_repo):
     repo, _ = dvc_repo
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
     files = next(iter(metrics.values()))["data"]
-    assert "data/rounds/1/decision.json" in files and "data/rounds/2/eval/metrics.json" in files
+    assert "data/rounds/1/decision.json" in files and "data/rounds/1/eval/metrics.json" in files
     out = sh("dvc", "plots", "show", "--json", cwd=repo).stdout
     assert "data/plots/accuracy_by_digits.csv" in out
 
@@ -105,13 +120,13 @@ def test_push_to_local_remote_and_same_digest_in_mlflow(dvc_repo):
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri, uri)  # the registry too: another test's Tracker may have set the global one
     experiment = client.get_experiment_by_name("flywheel-smoke")
-    runs = client.search_runs([experiment.experiment_id], "tags.`flywheel.round` = '2'")
+    runs = client.search_runs([experiment.experiment_id], "tags.`flywheel.round` = '1'")
     assert len(runs) == 1
     from flywheel.versioning import digest
 
-    assert runs[0].inputs.dataset_inputs[0].dataset.digest == digest(repo / "data" / "rounds" / "2")
+    assert runs[0].inputs.dataset_inputs[0].dataset.digest == digest(repo / "data" / "rounds" / "1")
     versions = client.search_model_versions("name = 'flywheel-smoke'")
-    assert len(versions) == 3  # seed + 2 candidates
+    assert len(versions) == 2  # the seed and round 1's candidate
 
 
 def test_the_last_stage_ends_the_parent_run(dvc_repo):
@@ -154,7 +169,7 @@ def test_mlflow_tags_each_output_with_the_md5_dvc_lock_records(dvc_repo):
     client = mlflow.MlflowClient(uri, uri)
     experiment = client.get_experiment_by_name("flywheel-smoke")
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    for r in (1, 2):
+    for r in (1,):
         (run,) = client.search_runs([experiment.experiment_id], f"tags.`flywheel.round` = '{r}'")
         prefix = f"data/rounds/{r}/"
         outs = {o["path"][len(prefix):]: o["md5"] for name, stage in lock.items() if name.endswith(f"@r{r}")
@@ -173,7 +188,7 @@ def test_a_change_to_a_stages_code_re_runs_that_stage_only(dvc_repo):
         changed = set(json.loads(sh("dvc", "status", "--json", cwd=repo).stdout))
     finally:
         gate.write_text(original)
-    assert {"gate@r1", "gate@r2"} <= changed
+    assert "gate@r1" in changed
     assert not any(name.startswith(("train@", "generate@", "vote@")) for name in changed), changed
 
 
@@ -199,7 +214,7 @@ def test_a_dvc_experiment_adds_to_mlflow_and_leaves_the_baseline_as_it_was(dvc_r
     sh("git", "commit", "-qm", "baseline", cwd=repo)
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     before_runs, before_versions = mlflow_state(uri)
-    # A setting only the track and report stages read, so that only they re-run (3 processes, not a round's 8):
+    # A setting only the track and report stages read, so that only they re-run (2 processes, not a round's 8):
     # the experiment registers its models under a name of its own.
     sh("dvc", "exp", "run", "-S", "tracking.registered_model=flywheel-smoke-exp", cwd=repo)
     after_runs, after_versions = mlflow_state(uri)
@@ -213,9 +228,9 @@ def test_a_dvc_experiment_adds_to_mlflow_and_leaves_the_baseline_as_it_was(dvc_r
     assert params["tracking.registered_model"] == "flywheel-smoke-exp" and "@exp:" in tags["flywheel.loop"]
     rounds = sorted(tags["flywheel.round"] for status, _, tags in added.values()
                     if tags.get("mlflow.parentRunId") == parent_id and status == "FINISHED")
-    assert rounds == ["1", "2"]
+    assert rounds == ["1"]
     assert {status for status, _, _ in added.values()} == {"FINISHED"}  # the report stage ended the parent
     _, experiment_versions = mlflow_state(uri, "flywheel-smoke-exp")
-    assert len(experiment_versions) == 3  # the experiment's seed and its 2 candidates
+    assert len(experiment_versions) == 2  # the experiment's seed and its round 1 candidate
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo).stdout)
     assert shown[0]["data"]["params"]["params.yaml"]["data"]["tracking"]["registered_model"] == "flywheel-smoke-exp"
