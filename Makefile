@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo seed test test-slow bench smoke dvc-demo clean lock cluster cluster-down e2e
+.PHONY: setup demo seed lint test test-slow bench smoke dvc-demo clean lock cluster cluster-down e2e
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ UV_PIP = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c c
 	$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt uv
+	$(BIN)/pip install -q -c constraints.txt --upgrade pip uv
 	$(UV_PIP) torch==2.13.0
 	$(UV_PIP) -e ".[test]"
 	touch $(STAMP)
@@ -34,6 +34,10 @@ demo: setup
 ## seed: re-train the shipped seed committee from scratch (labels, 1-5 digits)
 seed: setup
 	$(BIN)/flywheel seed -c configs/default.yaml
+
+## lint: ruff over the code, the tests, the benchmarks and the e2e checks (pyproject.toml's [tool.ruff])
+lint: setup
+	$(BIN)/ruff check src tests bench e2e scripts
 
 ## test: the fast suite (CI runs this); one test file per core (pytest-xdist)
 test: setup

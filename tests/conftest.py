@@ -64,9 +64,22 @@ def tiny_seed(tmp_path_factory) -> Path:
     from flywheel.seed_model import train_seed
     from flywheel.tasks import load_task
 
-    out = tmp_path_factory.mktemp("seed") / "seed"
-    config = load_config(SMOKE, [f"seed.path={out}"])
-    train_seed(config, task=load_task("addition"))
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp("seed") / "seed"
+        train_seed(load_config(SMOKE, [f"seed.path={out}"]), task=load_task("addition"))
+        return out
+    # Under `make test` the workers share one seed: the first to get here trains it (13 s), the others wait for it.
+    # This session's base directory (pytest-<n>) is the workers' common parent, so no other session's seed is used.
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp().parent
+    out = shared / "tiny-seed" / "seed"
+    with open(shared / "tiny-seed.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "tiny-seed.done").exists():
+            shutil.rmtree(out.parent, ignore_errors=True)
+            train_seed(load_config(SMOKE, [f"seed.path={out}"]), task=load_task("addition"))
+            (shared / "tiny-seed.done").touch()
     return out
 
 

@@ -132,8 +132,6 @@ def _vllm_usable():
     return vllm_available()[0]
 
 
-import pytest  # noqa: E402
-
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _vllm_usable(), reason="needs CUDA and vllm (the [gpu] extra)")

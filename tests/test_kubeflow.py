@@ -65,7 +65,7 @@ def test_every_gpu_task_has_its_accelerator_toleration_node_selector_and_shm():
         executors = pipeline["deploymentSpec"]["executors"]
         k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         gpu_tasks = set()
-        for dag, task_name, task in _tasks(pipeline):
+        for _dag, task_name, task in _tasks(pipeline):
             component = pipeline["components"][task["componentRef"]["name"]]
             if "executorLabel" not in component:
                 continue  # a sub-DAG (condition, loop)

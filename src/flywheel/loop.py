@@ -172,8 +172,8 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
                 decision = run_round(config, root, round_index, task=task, eval_path=eval_path, ledger=ledger)
                 if tracker is not None:
                     record = run.tracking_record(round_index)
-                    ledger.stage(round_index, "track", [record], lambda: log_round_files(
-                        tracker, parent, root, round_index, config))
+                    ledger.stage(round_index, "track", [record], lambda r=round_index: log_round_files(
+                        tracker, parent, root, r, config))
                     logged = io.read_json(record)
                     if logged.get("promotion") == "stale":
                         log.warning("round %d: the gate promoted, but MLflow's '%s' alias of %s names v%s, not "

@@ -292,6 +292,7 @@ def max_rounds() -> int:
 def compile_all(out_dir: Path = COMPILED_DIR, rounds: int = DEFAULT_ROUNDS,
                 config: FlywheelConfig | None = None) -> list[Path]:
     """Write ``flywheel_round.yaml`` and ``flywheel.yaml`` (``rounds`` unrolled) to ``out_dir``."""
+    check_rounds(rounds)  # before seconds of building the round pipeline
     built = (("flywheel_round", make_flywheel_round(config)), ("flywheel", make_flywheel(rounds, config)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the round count was accepted
