@@ -181,11 +181,11 @@ def _run_pipeline_and_loop(base: Path, tiny_seed: Path, extra: list[str], knobs:
 
 @pytest.fixture(scope="module")
 def pipeline_and_loop(tmp_path_factory, tiny_seed):
-    """Both rounds run: ``gate.alpha=1.0`` (no significance test) promotes the tiny model's candidates, so
-    round 2 runs inside round 1's nested ``dsl.If``. The pipeline gets it as its typed ``gate_alpha``
-    parameter (what a UI user turns), the loop in its config: same decisions means the knob arrived."""
-    return _run_pipeline_and_loop(tmp_path_factory.mktemp("kubeflow"), tiny_seed, ["gate.alpha=1.0"],
-                                  knobs={"gate_alpha": 1.0})
+    """The two-round pipeline and ``flywheel run -s loop.stop_on_decline=true`` on the smoke recipe, whose gate
+    (alpha 0.999) declines the tiny model's round 1: kfp.local evaluates round 2's nested ``dsl.If`` (false) and
+    runs nothing more, and so does the loop. One round's cost for CI; the promoted two-round run, round 2 inside
+    round 1's condition, is ``test_both_rounds_ran_through_the_nested_condition`` (make test-slow)."""
+    return _run_pipeline_and_loop(tmp_path_factory.mktemp("kubeflow"), tiny_seed, [])
 
 
 class _Records(logging.Handler):
@@ -205,6 +205,11 @@ def test_pipeline_gate_decisions_and_metrics_equal_flywheel_run(pipeline_and_loo
     workspace, loop_out, report, _, _ = pipeline_and_loop
     assert workspace.parent.name == "workspaces"  # <workspace>/<run id>
     assert _rounds(workspace) == _rounds(loop_out) == [r["round"] for r in report["rounds"]]
+    _assert_rounds_equal(workspace, loop_out)
+
+
+def _assert_rounds_equal(workspace: Path, loop_out: Path) -> None:
+    """Every round's decision, metrics and data in the pipeline's workspace equal the loop's."""
     for r in _rounds(workspace)[1:]:
         here, there = workspace / "rounds" / str(r), loop_out / "rounds" / str(r)
         assert io.read_json(here / "decision.json") == io.read_json(there / "decision.json")
@@ -220,18 +225,22 @@ def test_pipeline_gate_decisions_and_metrics_equal_flywheel_run(pipeline_and_loo
         loop_out / "rounds" / "0" / "eval" / "metrics.json")
 
 
-def test_both_rounds_ran_through_the_nested_condition(pipeline_and_loop):
-    workspace, _, report, _, _ = pipeline_and_loop
-    assert _rounds(workspace) == [0, 1, 2]
+@pytest.mark.slow
+def test_both_rounds_ran_through_the_nested_condition(tmp_path, tiny_seed):
+    """``gate.alpha=1.0`` (no significance test) promotes the tiny model's candidates, so round 2 runs inside round
+    1's nested ``dsl.If``. The pipeline gets it as its typed ``gate_alpha`` parameter (what a UI user turns), the
+    loop in its config: the same decisions and metrics mean the knob arrived."""
+    workspace, loop_out, report, _, _ = _run_pipeline_and_loop(tmp_path, tiny_seed, ["gate.alpha=1.0"],
+                                                               knobs={"gate_alpha": 1.0})
+    assert _rounds(workspace) == _rounds(loop_out) == [0, 1, 2]
     assert all(io.read_json(workspace / "rounds" / str(r) / "decision.json")["promote"] for r in (1, 2))
     assert [r["decision"]["promote"] for r in report["rounds"][1:]] == [True, True]
+    _assert_rounds_equal(workspace, loop_out)
 
 
-@pytest.mark.slow
-def test_pipeline_stops_at_the_first_declined_round_like_stop_on_decline(tmp_path, tiny_seed):
-    """The smoke gate (alpha 0.999) declines the tiny model's round 1: neither the pipeline nor the loop
-    runs round 2, and both decided the same."""
-    workspace, loop_out, report, _, _ = _run_pipeline_and_loop(tmp_path, tiny_seed, [])
+def test_the_declined_round_stops_the_pipeline_like_stop_on_decline(pipeline_and_loop):
+    """The smoke gate declines round 1: neither the pipeline nor the loop runs round 2, and both decided the same."""
+    workspace, loop_out, report, _, _ = pipeline_and_loop
     decisions = [io.read_json(workspace / "rounds" / str(r) / "decision.json") for r in _rounds(workspace)[1:]]
     assert [d["promote"] for d in decisions] == [False]
     assert _rounds(workspace) == _rounds(loop_out) == [0, 1]
@@ -279,7 +288,7 @@ def test_pipeline_shows_metrics_vote_audit_and_round_report(pipeline_and_loop):
     metrics = io.read_json(workspace / "rounds" / "1" / "eval" / "metrics.json")
     assert eval_metrics["candidate.accuracy"] == metrics["candidate"]["accuracy"]
     reports = {path.read_text().splitlines()[0]: path.read_text() for path in (base / "kfp").rglob("round_report")}
-    assert set(reports) == {"# smoke: round 1", "# smoke: round 2"}
+    assert set(reports) == {"# smoke: round 1"}  # round 2 never ran: round 1 was declined
     report = reports["# smoke: round 1"]
     decision = io.read_json(workspace / "rounds" / "1" / "decision.json")
     curation = io.read_json(workspace / "rounds" / "1" / "curation.json")
