@@ -43,7 +43,8 @@ lint: setup
 test: setup
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
-## test-slow: the tests marked slow (kill-and-resume in every stage, dvc exp run, mlflow models serve, ...)
+## test-slow: the tests marked slow (kill-and-resume in every stage, the promoted two-round kfp.local run,
+## mlflow models serve, the benchmarks' own checks, ...)
 test-slow: setup
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m slow
 

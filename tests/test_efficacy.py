@@ -4,6 +4,8 @@ seed from the same seed model, the table holds mean and spread, and the controls
 import runpy
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,6 +61,7 @@ def test_the_gap_recovered_is_measured_against_the_weak_seed_and_the_ceiling():
     assert table.splitlines()[-1].endswith("-")  # a ceiling under 5 points above the weak seed: no ratio
 
 
+@pytest.mark.slow  # the benchmark's --jobs, --collect and --reuse: 25 s of runs (make test-slow)
 def test_parallel_runs_and_collecting_runs_as_they_stand(tiny_seed, tmp_path, capsys):
     """--jobs runs each (arm, seed) in its own process and reads their figures back; --collect shows the runs
     in --out as they stand, cut at the last round every one of them finished."""

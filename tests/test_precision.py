@@ -93,6 +93,7 @@ def test_config_rejects_unknown_precision(key):
         load_config(None, [f"{key}=fp64"])
 
 
+@pytest.mark.slow  # a benchmark's own check: 14 s of training at four settings (make test-slow)
 def test_precision_bench_prints_one_row_per_setting(capsys, monkeypatch):
     """bench/precision.py on the shipped seed, 1 step per setting: four rows, TRL's default marked."""
     import runpy
