@@ -11,6 +11,7 @@ reaches the server); an unreachable or failing Kubeflow Pipelines API becomes on
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import re
 import tempfile
@@ -138,16 +139,14 @@ def run(args: argparse.Namespace, config) -> int:
     if args.pipeline_command == "run":
         rounds = config.loop.rounds if args.rounds is None else args.rounds
         pipelines.check_rounds(rounds)
+        build = functools.partial(pipelines.make_flywheel, rounds, config)
     else:
         cron = check_cron(args.cron)
+        build = functools.partial(pipelines.make_flywheel_round, config)
     client = _client(args.host)
-    if args.pipeline_command == "run":
-        pipeline = pipelines.make_flywheel(rounds, config)
-    else:
-        pipeline = pipelines.make_flywheel_round(config)
     with tempfile.TemporaryDirectory(prefix="flywheel-kfp-") as scratch:
         package = Path(scratch) / "pipeline.yaml"
-        pipelines.compile_checked(pipeline, package)
+        pipelines.compile_checked(build(), package)
         with _api_errors(args.host):
             if args.pipeline_command == "run":
                 result = client.create_run_from_pipeline_package(
