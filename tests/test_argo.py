@@ -160,14 +160,17 @@ def test_the_committed_manifests_recompile_byte_for_byte(tmp_path, capsys):
 
 
 def test_the_door_adds_no_paths_and_no_tracking_glue():
-    """Paths come from flywheel.layout, the stage wiring from flywheel.loop, MLflow from flywheel.tracking."""
+    """Paths come from flywheel.layout, the stages and their placement from their records (flywheel.stages.records,
+    through flywheel.loop and flywheel.preflight), MLflow from flywheel.tracking."""
     package = ROOT / "src" / "flywheel" / "argo"
     names = [value for key, value in vars(FILES).items() if not key.startswith("_") and isinstance(value, str)]
     for path in package.glob("*.py"):
         text = path.read_text()
         for needle in [*(f'"{n}"' for n in names), *(f"/{n}" for n in names), "rounds/", "tracking/", ".parquet",
-                       "mlflow", "Tracker", "log_round", "register_seed", "import flywheel.stages", "flywheel.stages"]:
+                       "mlflow", "Tracker", "log_round", "register_seed"]:
             assert needle not in text, f"{path.name} spells {needle!r}"
+        # A stage's own module never: only the records that declare every stage.
+        assert not re.search(r"flywheel\.stages(?!\.records\b)", text), f"{path.name} imports a stage's module"
 
 
 def test_the_steps_commands_run_a_round_in_order(tiny_seed, tmp_path, monkeypatch, capsys):

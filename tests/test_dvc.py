@@ -53,6 +53,56 @@ def test_the_rounds_chain_each_to_the_one_before():
         assert {f"data/rounds/{r['round']}/decision.json", f"data/tracking/round-{r['round']}.json"} <= set(report)
 
 
+def test_every_round_stage_is_its_record(tmp_path):
+    """dvc.yaml's round stages, held to their records (flywheel.stages.records): the command's flags are the
+    record's paths with the round layout's values, params its config sections, outs and metrics what it writes,
+    and every path it reads is a dep."""
+    import shlex
+
+    from flywheel.layout import RoundLayout, train_data_files
+    from flywheel.stages.records import ROUND
+
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    config = load_config(ROOT / "params.yaml")
+    (tmp_path / "rounds" / "0" / "champion").mkdir(parents=True)  # the run's own seed copy, as dvc's data/ has
+    this = RoundLayout(tmp_path, 1)
+
+    def in_dvc(path) -> str:
+        return str(Path("data") / Path(path).relative_to(tmp_path))
+
+    def filled(text: str) -> str:  # round 1 of the foreach
+        return text.replace("${item.round}", "1").replace("${item.prev}", "0")
+
+    for stage in ROUND:
+        spec = pipeline["stages"][stage.name]["do"]
+        words = shlex.split(filled(spec["cmd"]))
+        assert words[:4] == ["flywheel", stage.name, "-c", "params.yaml"], stage.name
+        flags: dict[str, list[str]] = {}
+        for word in words[4:]:
+            if word.startswith("--"):
+                flags[word] = []
+            else:
+                flags[list(flags)[-1]].append(word)
+        expected = {p.flag: p for p in stage.paths}
+        assert set(flags) == set(expected) | ({"--round"} if stage.takes_round else set()), stage.name
+        deps = [filled(d) for d in spec["deps"]]
+        for flag, path in expected.items():
+            want = in_dvc(path.of_round(this, config))
+            given = flags[flag][0]
+            if flag == "--data":  # train reads the round directory: the method's file in it
+                assert want.startswith(given + "/"), (stage.name, flag, given)
+                assert {f"{given}/{name}" for name in train_data_files().values()} <= set(deps), stage.name
+                continue
+            assert given == want, (stage.name, flag, given, want)
+            if not path.output:  # a dep itself, or the files in it that the stage reads (gate: eval/predictions)
+                assert given in deps or any(d.startswith(given + "/") for d in deps), (stage.name, flag)
+        assert spec["params"] == list(stage.sections), stage.name
+        written = [filled(next(iter(m)) if isinstance(m, dict) else m) for m in spec["outs"] + spec.get("metrics", [])]
+        declared = [in_dvc(Path(value) / name) for p in stage.paths if p.output
+                    for value in [p.of_round(this, config)] for name in (p.files or [""])]
+        assert sorted(w.rstrip("/") for w in written) == sorted(d.rstrip("/") for d in declared), stage.name
+
+
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, tiny_seed):
     repo = tmp_path_factory.mktemp("dvcrepo")

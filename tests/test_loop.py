@@ -107,8 +107,8 @@ def test_a_round_with_nothing_curated_declines_and_keeps_the_champion(tmp_path, 
     config = load_config(_smoke(), [f"seed.path={tiny_seed}", f"loop.out_dir={tmp_path}", "loop.progress=false",
                                     "curate.min_vote_share=1.0", "curate.format_filter=true"])
     task = load_task("addition")
-    eval_path = prepare(config, tmp_path, task=task)
-    decision = run_round(config, tmp_path, 1, task=task, eval_path=eval_path)
+    prepare(config, tmp_path, task=task)
+    decision = run_round(config, tmp_path, 1, task=task)
     curation = json.loads((tmp_path / "rounds" / "1" / "curation.json").read_text())
     assert curation["samples_kept"] == 0
     assert not decision["promote"] and "no curated data" in decision["reason"]

@@ -57,7 +57,7 @@ def test_curate_drops_weak_steps_and_counts_the_rollouts_the_same_on_both_paths(
     config = load_config("configs/smoke.yaml", [f"seed.path={tiny_seed}", f"loop.out_dir={root}",
                                                 "loop.progress=false", "curate.min_vote_share=0"])
     eval_path = prepare(config, root, task=TASK)
-    for stage in round_stages(config, root, 1, task=TASK, eval_path=eval_path)[:3]:  # prompts, generate, vote
+    for stage in round_stages(config, root, 1, task=TASK)[:3]:  # prompts, generate, vote
         stage.run()
     this = RoundLayout(root, 1)
     plain = run_curate(this.dir, config.curate, task=TASK, eval_path=eval_path, round_index=1, previous_pool=None)

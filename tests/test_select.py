@@ -49,8 +49,8 @@ def _round(tmp_path, tiny_seed):
     config = load_config("configs/smoke.yaml", [f"seed.path={tiny_seed}", f"loop.out_dir={root}",
                                                 "loop.progress=false", "curate.min_vote_share=0"])
     task = load_task("addition")
-    eval_path = prepare(config, root, task=task)
-    for stage in round_stages(config, root, 1, task=task, eval_path=eval_path)[:3]:  # prompts, generate, vote
+    prepare(config, root, task=task)
+    for stage in round_stages(config, root, 1, task=task)[:3]:  # prompts, generate, vote
         stage.run()
     return config, task, RoundLayout(root, 1), RunLayout(root).eval_set
 

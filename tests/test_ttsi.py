@@ -46,8 +46,8 @@ def test_the_round_votes_on_the_similar_prompts_and_audits_them(tmp_path, tiny_s
     config = load_config("configs/smoke.yaml", [f"seed.path={tiny_seed}", f"loop.out_dir={root}", "loop.progress=false",
                                                 "prompts.similar_per_uncertain=2", "prompts.uncertain_below=1.0"])
     task = load_task("addition")
-    eval_path = prepare(config, root, task=task)
-    for stage in round_stages(config, root, 1, task=task, eval_path=eval_path)[:3]:  # prompts, generate, vote
+    prepare(config, root, task=task)
+    for stage in round_stages(config, root, 1, task=task)[:3]:  # prompts, generate, vote
         stage.run()
     this = RoundLayout(root, 1)
     summary = io.read_json(this.prompts_summary)["ttsi"]

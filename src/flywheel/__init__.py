@@ -12,7 +12,7 @@ The public surface for scripts (the CLI is built on the same functions)::
     report = flywheel.run_loop(config, mode="restart")          # the whole loop, as `flywheel run`
     task = flywheel.load_task(config.task, config.code)
     flywheel.run_generate(prompts, champion, out, config.generate, task=task, round_index=1)  # one stage
-    for stage in flywheel.round_stages(config, root, 1, task=task, eval_path=flywheel.RunLayout(root).eval_set):
+    for stage in flywheel.round_stages(config, root, 1, task=task):
         stage.run()                                             # a round stage by stage, as `flywheel step`
 
 Extension points (docs/extending.md): ``flywheel.TASKS``, ``VOTE_METHODS``, ``TRAIN_METHODS``.

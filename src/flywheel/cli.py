@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "votes, keeps what it trusts, is fine-tuned on it, and the candidate replaces it only if "
                     "it wins the gate.")
     from flywheel import __version__
-    from flywheel.run_state import ROUND_STAGES
+    from flywheel.stages.records import ROUND_STAGES
 
     parser.add_argument("--version", action="version", version=f"flywheel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,55 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prepare", "Write the eval set and round 0: the seed as champion, its scores, an empty pool.")
     p.add_argument("--root", type=Path, required=True, help="the loop's data directory")
 
-    p = add("prompts", "Write a round's unlabeled prompts (and its audit file of hidden answers).")
-    p.add_argument("--round", type=int, required=True)
-    p.add_argument("--champion", type=Path, required=True, help="the round's champion: its curriculum bucket + 1")
-    p.add_argument("--out-dir", type=Path, required=True, help="the round's directory")
+    from flywheel.stages.records import ROUND
 
-    p = add("generate", "Sample K completions per prompt from every champion member.")
-    p.add_argument("--round", type=int, required=True)
-    p.add_argument("--prompts", type=Path, required=True, help="prompts (Parquet or JSONL): id, prompt")
-    p.add_argument("--model", type=Path, required=True, help="champion directory")
-    p.add_argument("--out", type=Path, required=True, help="samples.parquet to write")
-
-    p = add("vote", "Majority vote per prompt: votes.parquet, agreement.parquet, vote.json.")
-    p.add_argument("--samples", type=Path, required=True)
-    p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--audit", type=Path, default=None, help="hidden answers, for pseudo-label precision only "
-                   "(and the labels themselves with vote.method=reference)")
-    p.add_argument("--prompts", type=Path, default=None, help="the round's prompts (vote.method=self_judge)")
-    p.add_argument("--model", type=Path, default=None, help="the champion that judges (vote.method=self_judge)")
-
-    p = add("curate", "Filter voted samples into the training set, counting every drop by reason.")
-    p.add_argument("--round", type=int, required=True)
-    p.add_argument("--round-dir", type=Path, required=True, help="holds prompts, samples, votes")
-    p.add_argument("--eval", type=Path, required=True, nargs="+", help="eval set(s), for decontamination")
-    p.add_argument("--previous-pool", type=Path, default=None, help="earlier rounds' pool.parquet")
-    p.add_argument("--audit", type=Path, default=None)
-    p.add_argument("--model", type=Path, default=None, help="the champion, for curate.select (Middo selection)")
-
-    p = add("train", "Fine-tune every champion member with TRL (train.method: sft, dpo or grpo).")
-    p.add_argument("--round", type=int, required=True)
-    p.add_argument("--data", type=Path, required=True,
-                   help="the method's file (train.parquet, pairs.parquet or rl_prompts.parquet) or the round "
-                        "directory holding it")
-    p.add_argument("--init", type=Path, required=True, help="the champion: where train.init=champion starts")
-    p.add_argument("--base", type=Path, default=None,
-                   help="the seed: where train.init=base starts (default: --init)")
-    p.add_argument("--out", type=Path, required=True, help="candidate directory")
-
-    p = add("evaluate", "Score candidate and champion on the eval set, overall and per bucket.")
-    p.add_argument("--eval", type=Path, required=True)
-    p.add_argument("--candidate", type=Path, required=True)
-    p.add_argument("--champion", type=Path, required=True)
-    p.add_argument("--out-dir", type=Path, required=True)
-
-    p = add("gate", "Promote the candidate only on a significant, non-regressing win: decision.json.")
-    p.add_argument("--eval-dir", type=Path, required=True)
-    p.add_argument("--candidate", type=Path, required=True)
-    p.add_argument("--champion", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="decision.json")
-    p.add_argument("--next-champion", type=Path, required=True, help="directory that becomes the next champion")
+    for stage in ROUND:  # a round's stages: each flag from its record (flywheel.stages.records)
+        p = add(stage.name, stage.help)
+        if stage.takes_round:
+            p.add_argument("--round", type=int, required=True)
+        for path in stage.paths:
+            p.add_argument(path.flag, type=Path, required=path.required, default=None, help=path.help or None,
+                           nargs="+" if path.many else None)
 
     p = add("track", "Log a round's files to MLflow (nested run, dataset digest, model version, alias).")
     p.add_argument("--round", type=int, default=None, help="the round to log (every use but --end-loop)")
@@ -280,7 +240,7 @@ def _dispatch(args) -> int:
         return run_door(args, cluster_config(args.config, args.overrides))
     task = _set_up(args, config)
     _check_outputs(args)  # a bad output path fails now, not after the compute
-    result = STAGE_COMMANDS[args.command](args, config, task)
+    result = STAGE_COMMANDS.get(args.command, _round_stage)(args, config, task)
     if isinstance(result, int):
         return result
     print(json.dumps(result, indent=2, default=str))
@@ -357,60 +317,13 @@ def _prepare(args, config, task) -> int:
     return 0
 
 
-def _prompts(args, config, task) -> dict:
-    from flywheel.stages.prompts import run_prompts
+def _round_stage(args, config, task) -> dict:
+    """``flywheel <stage>`` for a stage of a round: its record's call with the paths the flags give."""
+    from flywheel.stages.records import STAGES
 
-    return run_prompts(args.out_dir, config.prompts, task=task, round_index=args.round, champion_dir=args.champion,
-                       data=config.data, generate=config.generate, device=config.loop.device)
-
-
-def _generate(args, config, task) -> dict:
-    from flywheel.stages.generate import run_generate
-
-    return run_generate(args.prompts, args.model, args.out, config.generate, task=task, round_index=args.round,
-                        device=config.loop.device, progress=config.loop.progress, code=config.code)
-
-
-def _vote(args, config, task) -> dict:
-    from flywheel.stages.vote import run_vote
-
-    return run_vote(args.samples, args.out_dir, config.vote, task=task, audit_path=args.audit,
-                    prompts_path=args.prompts, model_dir=args.model, device=config.loop.device)
-
-
-def _curate(args, config, task) -> dict:
-    from flywheel.stages.curate import run_curate
-
-    return run_curate(args.round_dir, config.curate, task=task, eval_path=args.eval, round_index=args.round,
-                      previous_pool=args.previous_pool, audit_path=args.audit, model_dir=args.model,
-                      device=config.loop.device, generate=config.generate)
-
-
-def _train(args, config, task) -> dict:
-    from flywheel.registry import TRAIN_METHODS
-    from flywheel.stages.train import run_train
-
-    data = args.data / TRAIN_METHODS.get(config.train.method).data_file if args.data.is_dir() else args.data
-    # train.init: 'champion' continues from --init; 'base' restarts from --base (the seed), as flywheel run does.
-    init = config.train.start_from(args.init, args.base or args.init)
-    return run_train(data, init, args.out, config.train, round_index=args.round, device=config.loop.device,
-                     progress=config.loop.progress, task=task)
-
-
-def _evaluate(args, config, task) -> dict:
-    from flywheel.stages.evaluate import run_evaluate
-
-    result = run_evaluate(args.eval, args.candidate, args.champion, args.out_dir, config.evaluate, task=task,
-                          device=config.loop.device, progress=config.loop.progress)
-    return {k: {"accuracy": v["accuracy"], "frontier": v["frontier"], "reach": v["reach"]} for k, v in result.items()}
-
-
-def _gate(args, config, task) -> dict:
-    from flywheel.stages.gate import run_gate
-
-    result = run_gate(args.eval_dir, args.out, config.gate, candidate_dir=args.candidate,
-                      champion_dir=args.champion, next_champion=args.next_champion)
-    return {k: result[k] for k in ("promote", "reason", "delta", "p_value")}
+    stage = STAGES[args.command]
+    paths = {path.name: getattr(args, path.name) for path in stage.paths}
+    return stage.shown(stage.run(config, task, getattr(args, "round", None), paths))
 
 
 def _track(args, config, task) -> dict:
@@ -445,7 +358,7 @@ def _step(args, config, task) -> dict | int:
         return 0
     if args.round is None or args.round < 1:
         raise InputError("--round", f"flywheel step {args.stage} needs --round N (N >= 1)")
-    stage = next(s for s in round_stages(config, args.root, args.round, task=task, eval_path=run.eval_set)
+    stage = next(s for s in round_stages(config, args.root, args.round, task=task)
                  if s.name == args.stage)
     return stage.run()
 
@@ -471,9 +384,8 @@ def _report(args, config, task) -> int:
 
 # Each command's function: those that need neither a config nor the machine, then the rest.
 PLAIN_COMMANDS = {"data": lambda args: _data(args), "export": _export, "status": _status}
-STAGE_COMMANDS = {"run": _run_command, "seed": _seed, "prepare": _prepare, "prompts": _prompts,
-                  "generate": _generate, "vote": _vote, "curate": _curate, "train": _train, "evaluate": _evaluate,
-                  "gate": _gate, "track": _track, "report": _report, "step": _step}
+STAGE_COMMANDS = {"run": _run_command, "seed": _seed, "prepare": _prepare, "track": _track, "report": _report,
+                  "step": _step}
 
 
 def _quiet_libraries(models: bool = True) -> None:
@@ -543,36 +455,39 @@ def _data(args) -> int:
     return 0
 
 
-# Each stage command's outputs: (argument, a directory?). Checked before any model loads.
-STAGE_OUTPUTS = {
-    "prompts": [("out_dir", True)], "generate": [("out", False)], "vote": [("out_dir", True)],
-    "curate": [("round_dir", True)], "train": [("out", True)], "evaluate": [("out_dir", True)],
-    "gate": [("out", False), ("next_champion", True)], "track": [("out", False)], "seed": [("out", True)],
-    "prepare": [("root", True)],
-}
+# The outputs of the commands that are not a round's stage: (argument, a directory?). A round's stages: their
+# records' output paths (``stage_outputs``).
+OTHER_OUTPUTS = {"track": [("out", False)], "seed": [("out", True)], "prepare": [("root", True)]}
+
+
+def stage_outputs(command: str) -> list[tuple[str, bool]]:
+    """A command's output arguments, (name, a directory?). Checked before any model loads."""
+    from flywheel.stages.records import STAGES
+
+    if command in STAGES:
+        return [(p.name, p.directory) for p in STAGES[command].paths if p.output]
+    return OTHER_OUTPUTS.get(command, [])
 
 
 def written_inside(command: str) -> list[tuple[str, bool]]:
     """What a stage command writes inside its output directory: (path relative to it, a directory?). Each is
     checked with the directory: a directory where one of its files goes would otherwise fail the final rename,
     after the compute."""
-    from flywheel.layout import FILES, RoundLayout, RunLayout
+    from flywheel.layout import RoundLayout, RunLayout
+    from flywheel.stages.records import STAGES
 
     if command == "prepare":
         run, zero = RunLayout(Path()), RoundLayout(Path(), 0)
         return [(str(run.eval_set), False), (str(zero.champion), True), (str(zero.pool), False),
                 (str(zero.eval_dir), True), (str(zero.metrics), False)]
-    files = {"prompts": (FILES.prompts, FILES.audit, FILES.prompts_summary),
-             "vote": (FILES.votes, FILES.agreement, FILES.vote_summary),
-             "curate": RoundLayout.CURATE_OUTPUTS,
-             "evaluate": (FILES.predictions, FILES.metrics)}
-    return [(name, False) for name in files.get(command, ())]
+    stage = STAGES.get(command)
+    return [(name, False) for p in (stage.paths if stage else ()) if p.output for name in p.files]
 
 
 def _check_outputs(args) -> None:
     from flywheel.io import check_output, remove_leftovers
 
-    outputs = [(getattr(args, name), name, directory) for name, directory in STAGE_OUTPUTS.get(args.command, [])
+    outputs = [(getattr(args, name), name, directory) for name, directory in stage_outputs(args.command)
                if getattr(args, name, None) is not None]
     for value, name, directory in outputs:  # every output checked before anything is removed
         flag = "--" + name.replace("_", "-")

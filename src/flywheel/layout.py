@@ -201,11 +201,14 @@ class RunLayout:
         return self.tracking_dir / f"round-{index}.json"
 
 
-def start_model(config, layout: RoundLayout, seed_path: str | Path | None = None) -> Path:
-    """The model round ``layout.index`` trains from: its champion, or with ``train.init: base`` the seed (round 0's
-    champion where the run has one, else ``seed_path``, default ``seed.path``). The one place every door asks."""
-    champion = layout.previous().champion
+def seed_model(config, layout: RoundLayout, seed_path: str | Path | None = None) -> Path:
+    """The seed as round ``layout.index`` sees it: round 0's champion where the run has one, else ``seed_path``
+    (default ``seed.path``: a scheduled workspace's rounds have no round 0)."""
     seed = RunLayout(layout.root).seed
-    if not seed.exists():
-        seed = Path(seed_path or config.seed.path)
-    return config.train.start_from(champion, seed)
+    return seed if seed.exists() else Path(seed_path or config.seed.path)
+
+
+def start_model(config, layout: RoundLayout, seed_path: str | Path | None = None) -> Path:
+    """The model round ``layout.index`` trains from: its champion, or with ``train.init: base`` the seed
+    (``seed_model``). The one place every door asks."""
+    return config.train.start_from(layout.previous().champion, seed_model(config, layout, seed_path))

@@ -9,21 +9,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 from flywheel import io, schemas
 from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
-from flywheel.layout import RoundLayout, RunLayout, start_model
+from flywheel.layout import RoundLayout, RunLayout
 from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model, seed_location
-from flywheel.stages.prompts import run_prompts
-from flywheel.run_state import ROUND_STAGES, Ledger, RunLock, check_out_dir, disk_full_is_one_line, open_run
-from flywheel.stages.curate import run_curate
-from flywheel.stages.evaluate import evaluate_model, make_eval_set, run_evaluate
-from flywheel.stages.gate import run_gate
-from flywheel.stages.generate import run_generate
-from flywheel.stages.train import run_train
-from flywheel.stages.vote import run_vote
+from flywheel.run_state import Ledger, RunLock, check_out_dir, disk_full_is_one_line, open_run
+from flywheel.stages.evaluate import evaluate_model, make_eval_set
+from flywheel.stages.records import ROUND, ROUND_STAGES
 from flywheel.tasks import load_task
 
 log = logging.getLogger("flywheel")
@@ -91,49 +87,27 @@ class RoundStage:
     run: Callable[[], dict]
 
 
-def round_stages(config: FlywheelConfig, root: Path, round_index: int, *, task, eval_path: Path) -> list[RoundStage]:
-    """The stages of round ``round_index`` of the run at ``root``, in order: the one place a round's files are
-    wired to the stage functions. ``flywheel run`` runs them all (``run_round``); ``flywheel step`` runs one
-    (the Argo Workflows door, one pod per stage)."""
+def round_stages(config: FlywheelConfig, root: Path, round_index: int, *, task) -> list[RoundStage]:
+    """The stages of round ``round_index`` of the run at ``root``, in order, every path from the round's layout
+    (``flywheel.stages.records``: each stage's files and call). ``flywheel run`` runs them all (``run_round``);
+    ``flywheel step`` runs one (the Argo Workflows door, one pod per stage)."""
     this = RoundLayout(Path(root), round_index)
-    here, champion = this.dir, this.previous().champion
-    device, progress = config.loop.device, config.loop.progress
-    init = start_model(config, this)
-    return [
-        RoundStage("prompts", [this.prompts, this.audit, this.prompts_summary], lambda: run_prompts(
-            here, config.prompts, task=task, round_index=round_index, champion_dir=champion, data=config.data,
-            generate=config.generate, device=device)),
-        RoundStage("generate", [this.samples], lambda: run_generate(
-            this.prompts, champion, this.samples, config.generate, task=task,
-            round_index=round_index, device=device, progress=progress, code=config.code)),
-        RoundStage("vote", [this.votes, this.agreement, this.vote_summary], lambda: run_vote(
-            this.samples, here, config.vote, task=task, audit_path=this.audit,
-            prompts_path=this.prompts, model_dir=champion, device=device)),
-        RoundStage("curate", [here / name for name in RoundLayout.CURATE_OUTPUTS], lambda: run_curate(
-            here, config.curate, task=task, eval_path=eval_path, round_index=round_index,
-            previous_pool=this.previous().pool, audit_path=this.audit, model_dir=champion, device=device,
-            generate=config.generate)),
-        RoundStage("train", [this.candidate], lambda: run_train(
-            this.train_data(config.train.method), init, this.candidate, config.train,
-            round_index=round_index, device=device, progress=progress, task=task)),
-        RoundStage("evaluate", [this.eval_dir], lambda: run_evaluate(
-            eval_path, this.candidate, champion, this.eval_dir, config.evaluate, task=task, device=device,
-            progress=progress)),
-        RoundStage("gate", [this.decision, this.champion], lambda: run_gate(
-            this.eval_dir, this.decision, config.gate, candidate_dir=this.candidate,
-            champion_dir=champion, next_champion=this.champion)),
-    ]
+    stages = []
+    for stage in ROUND:
+        paths = stage.paths_of(this, config)
+        stages.append(RoundStage(stage.name, stage.outputs(paths),
+                                 partial(stage.run, config, task, round_index, paths)))
+    return stages
 
 
-def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, eval_path: Path,
-              ledger: Ledger | None = None) -> dict:
+def run_round(config: FlywheelConfig, root: Path, round_index: int, *, task, ledger: Ledger | None = None) -> dict:
     """One round; every stage reads the previous stage's files. Returns the gate's decision.
 
     ``ledger`` (``flywheel run``) records each completed stage and, on ``--resume``, skips the ones
     that are complete; without it every stage runs.
     """
     ledger = ledger or Ledger(None)
-    for stage in round_stages(config, root, round_index, task=task, eval_path=eval_path):
+    for stage in round_stages(config, root, round_index, task=task):
         ledger.stage(round_index, stage.name, stage.outputs, stage.run)
     this = RoundLayout(Path(root), round_index)
     seconds = ledger.seconds(round_index)
@@ -169,7 +143,7 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
                 ledger.stage(0, "track", [run.tracking_record(0)], lambda: io.write_json(
                     run.tracking_record(0), {"seed_version": tracker.register_seed(parent, zero.champion)}))
             for round_index in range(1, config.loop.rounds + 1):
-                decision = run_round(config, root, round_index, task=task, eval_path=eval_path, ledger=ledger)
+                decision = run_round(config, root, round_index, task=task, ledger=ledger)
                 if tracker is not None:
                     record = run.tracking_record(round_index)
                     ledger.stage(round_index, "track", [record], lambda r=round_index: log_round_files(

@@ -5,7 +5,7 @@ never a stack trace in the middle of a stage (or, on Kubernetes, an hour into a 
 ``check_stage`` before any work; each Kubeflow step calls it first in its pod (``kubeflow.artifacts.load``).
 What a stage needs comes from the config and the registries, never from a door:
 
-- a model stage on ``loop.device=cuda`` needs a visible GPU (vote only when its method loads the champion);
+- a stage that loads a model (its record's ``needs_model``) on ``loop.device=cuda`` needs a visible GPU;
 - generate with ``generate.backend=vllm`` needs CUDA and vLLM (``auto`` falls back to transformers);
 - train with a method that generates with vLLM (``TrainMethod.uses_vllm``: GRPO's ``use_vllm``) needs vLLM;
 - train with ``train.student`` (weak-to-strong) needs the student's directory.
@@ -17,17 +17,17 @@ import os
 
 from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
-from flywheel.registry import TRAIN_METHODS, VOTE_METHODS
+from flywheel.registry import TRAIN_METHODS
+from flywheel.stages.records import STAGES
 
-# Stages that load a model on loop.device; ``run`` is the whole loop.
-MODEL_STAGES = ("run", "seed", "prepare", "generate", "train", "evaluate")
+# The commands besides a round's stages that load a model on loop.device; ``run`` is the whole loop.
+MODEL_COMMANDS = ("run", "seed", "prepare")
 
 
 def uses_model(config: FlywheelConfig, stage: str) -> bool:
-    """Whether ``stage`` loads a model (and so torch) on ``loop.device``."""
-    return (stage in MODEL_STAGES or (stage == "vote" and VOTE_METHODS.get(config.vote.method).needs_model)
-            or (stage == "curate" and (config.curate.select != "off" or config.curate.step_rollouts > 0))
-            or (stage == "prompts" and config.prompts.similar_per_uncertain > 0))
+    """Whether ``stage`` loads a model (and so torch) on ``loop.device``: a round's stage says so in its record
+    (``flywheel.stages.records``)."""
+    return stage in MODEL_COMMANDS or (stage in STAGES and STAGES[stage].needs_model(config))
 
 
 def on_gpu(config: FlywheelConfig, stage: str) -> bool:

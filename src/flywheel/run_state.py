@@ -49,8 +49,6 @@ INPUTS_RECORD = "inputs.json"  # in state/: the first file a run writes, the mar
 # Keys a resumed run may change: how many rounds to run, how the console looks and where the directory is now
 # (a copied or moved run), never a result.
 RESUMABLE_KEYS = ("loop.rounds", "loop.progress", "loop.out_dir")
-# The stages of a round in loop order (``flywheel run`` adds "track" after them when MLflow is on).
-ROUND_STAGES = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate")
 MODES = ("new", "resume", "restart")
 
 

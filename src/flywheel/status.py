@@ -12,7 +12,8 @@ from pathlib import Path
 
 from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout
-from flywheel.run_state import ROUND_STAGES, RUN_CONFIG, STATE_DIR, LockState, describe_holder, read_lock
+from flywheel.run_state import RUN_CONFIG, STATE_DIR, LockState, describe_holder, read_lock
+from flywheel.stages.records import ROUND_STAGES
 
 # The stages of round 0 and of each round, in loop order ("track" only when MLflow is on).
 PREPARE_STAGES = ("prepare", "track")
@@ -103,7 +104,7 @@ def _stepwise_status(status: RunStatus, config, root: Path) -> RunStatus:
     run = RunLayout(root)
     status.stepwise = True
     for index in [i for i in run.round_indices() if i > 0]:
-        stages = round_stages(config, root, index, task=None, eval_path=run.eval_set)
+        stages = round_stages(config, root, index, task=None)
         done = [stage.name for stage in stages if all(path.exists() for path in stage.outputs)]
         status.rounds.append(_round_status(index, done, run.round(index).decision))
         missing = [stage.name for stage in stages if stage.name not in done]

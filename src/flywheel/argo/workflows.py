@@ -30,7 +30,7 @@ from flywheel import infra
 from flywheel.config import FlywheelConfig, dump_config
 from flywheel.layout import RoundLayout, RunLayout
 from flywheel.preflight import on_gpu
-from flywheel.run_state import ROUND_STAGES
+from flywheel.stages.records import ROUND_STAGES
 
 
 def _import_hera_models():

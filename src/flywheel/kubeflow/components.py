@@ -106,14 +106,13 @@ def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: I
                  prompts: Output[Dataset]):
     """The round's unlabeled prompts (``flywheel.stages.prompts.run_prompts``); the truth stays in audit.parquet."""
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.prompts import run_prompts
+    from flywheel.stages.records import STAGES
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="prompts")  # a GPU in this pod when TT-SI probes with the champion
-    this = artifacts.layout(workspace, round_index)
-    summary = run_prompts(this.dir, config.prompts, task=load_task(config.task, config.code), round_index=round_index,
-                          champion_dir=artifacts.model_path(champion), data=config.data, generate=config.generate,
-                          device=config.loop.device)
+    this, stage = artifacts.layout(workspace, round_index), STAGES["prompts"]
+    summary = stage.run(config, load_task(config.task, config.code), round_index,
+                        stage.paths_of(this, config, champion=artifacts.model_path(champion)))
     artifacts.publish_file(this.prompts, prompts)
     prompts.metadata.update({**summary, "round": round_index})
 
@@ -130,14 +129,15 @@ def generate(run_config: Input[Artifact], shard: int, shards: int, prompts: Inpu
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.generate import run_generate
+    from flywheel.stages.records import STAGES
     from flywheel.tasks import load_task
 
     config = artifacts.load(Path(run_config.path).read_text(), stage="generate")
     round_index = int(prompts.metadata["round"])
-    summary = run_generate(Path(prompts.path), artifacts.model_path(champion), Path(samples.path), config.generate,
-                           task=load_task(config.task, config.code), round_index=round_index,
-                           device=config.loop.device, shard=shard, shards=shards, code=config.code)
+    stage = STAGES["generate"]
+    paths = stage.paths_of(None, config, prompts=Path(prompts.path), model=artifacts.model_path(champion),
+                           out=Path(samples.path))
+    summary = stage.run(config, load_task(config.task, config.code), round_index, paths, shard=shard, shards=shards)
     samples.metadata.update({"round": round_index, "shard": shard, "shards": shards, **summary})
 
 
@@ -167,14 +167,13 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.vote import run_vote
+    from flywheel.stages.records import STAGES
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="vote")  # a GPU in this pod when the vote loads the champion
-    this = artifacts.layout(workspace, round_index)
-    summary = run_vote(Path(samples.path), this.dir, config.vote, task=load_task(config.task, config.code),
-                       audit_path=this.audit, prompts_path=Path(prompts.path),
-                       model_dir=artifacts.model_path(champion), device=config.loop.device)
+    this, stage = artifacts.layout(workspace, round_index), STAGES["vote"]
+    summary = stage.run(config, load_task(config.task, config.code), round_index, stage.paths_of(
+        this, config, samples=Path(samples.path), prompts=Path(prompts.path), model=artifacts.model_path(champion)))
     artifacts.publish_file(this.votes, votes)
     artifacts.log_metrics(vote_metrics, summary, "vote")
 
@@ -195,18 +194,16 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     from flywheel import io, schemas
     from flywheel.kubeflow import artifacts
     from flywheel.report import vote_confusion
-    from flywheel.stages.curate import run_curate
+    from flywheel.stages.records import STAGES
     from flywheel.stages.vote import read_truth
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="curate")  # a GPU in this pod when curate.select loads the champion
     task = load_task(config.task, config.code)
-    this = artifacts.layout(workspace, round_index)
+    this, stage = artifacts.layout(workspace, round_index), STAGES["curate"]
     audit_path = this.audit
-    report = run_curate(this.dir, config.curate, task=task, eval_path=Path(eval_set.path), round_index=round_index,
-                        previous_pool=this.previous().pool, audit_path=audit_path,
-                        model_dir=artifacts.model_path(champion), device=config.loop.device,
-                        generate=config.generate)
+    report = stage.run(config, task, round_index, stage.paths_of(
+        this, config, eval=Path(eval_set.path), model=artifacts.model_path(champion)))
     # What train.method trains on: train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo).
     artifacts.publish_file(this.train_data(config.train.method), train_set)
     report.pop("thresholds", None)
@@ -226,15 +223,13 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.train import run_train
+    from flywheel.layout import start_model
+    from flywheel.stages.records import STAGES
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
-    from flywheel.layout import start_model
-
     this = artifacts.layout(workspace, round_index)
     here = this.dir
-    init = start_model(config, this)  # the same choice as flywheel run's
     if config.train.num_nodes > 1:
         # Several nodes: a Kubeflow Trainer TrainJob runs `torchrun -m flywheel.cli train` on every node
         # over the shared volume (rank 0 writes the candidate); this step (no GPU of its own) submits it,
@@ -249,7 +244,8 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         # A new name per attempt: a retried step never meets the TrainJob of the attempt before it.
         manifest = infra.trainjob(config, infra.device_image(config), round_index=round_index,
                                   config_file=str(config_file),
-                                  train_data=str(this.train_data(config.train.method)), init_dir=str(init),
+                                  train_data=str(this.train_data(config.train.method)),
+                                  init_dir=str(start_model(config, this)),  # the same choice as flywheel run's
                                   out_dir=str(this.candidate), timeout_s=config.kubeflow.gpu_step_timeout_s,
                                   name=infra.trainjob_name(workspace, round_index))
         infra.run_trainjob(manifest, timeout_s=config.kubeflow.gpu_step_timeout_s)
@@ -258,8 +254,9 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         from flywheel.preflight import check_stage
 
         check_stage(config, "train", where="in this pod")
-        summary = run_train(Path(train_set.path), init, this.candidate, config.train, round_index=round_index,
-                            device=config.loop.device, task=load_task(config.task, config.code))
+        stage = STAGES["train"]
+        summary = stage.run(config, load_task(config.task, config.code), round_index,
+                            stage.paths_of(this, config, data=Path(train_set.path)))
     artifacts.publish_model(this.candidate, candidate, round=round_index, role="candidate",
                             train_rows=summary["train_rows"])
 
@@ -271,14 +268,14 @@ def evaluate(config_yaml: str, workspace: str, round_index: int, eval_set: Input
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.evaluate import run_evaluate
+    from flywheel.stages.records import STAGES
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="evaluate")
-    this = artifacts.layout(workspace, round_index)
-    metrics = run_evaluate(Path(eval_set.path), artifacts.model_path(candidate), artifacts.model_path(champion),
-                           this.eval_dir, config.evaluate, task=load_task(config.task, config.code),
-                           device=config.loop.device)
+    this, stage = artifacts.layout(workspace, round_index), STAGES["evaluate"]
+    metrics = stage.run(config, load_task(config.task, config.code), round_index, stage.paths_of(
+        this, config, eval=Path(eval_set.path), candidate=artifacts.model_path(candidate),
+        champion=artifacts.model_path(champion)))
     artifacts.log_metrics(eval_metrics, metrics)
 
 
@@ -292,12 +289,12 @@ def gate(config_yaml: str, workspace: str, round_index: int, candidate: Input[Mo
     alias moves in ``track``, through the same ``Tracker.log_round`` as ``flywheel run``.
     """
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.gate import run_gate
+    from flywheel.stages.records import STAGES
 
     config = artifacts.load(config_yaml)
-    this = artifacts.layout(workspace, round_index)
-    decision = run_gate(this.eval_dir, this.decision, config.gate, candidate_dir=artifacts.model_path(candidate),
-                        champion_dir=artifacts.model_path(champion), next_champion=this.champion)
+    this, stage = artifacts.layout(workspace, round_index), STAGES["gate"]
+    decision = stage.run(config, None, round_index, stage.paths_of(
+        this, config, candidate=artifacts.model_path(candidate), champion=artifacts.model_path(champion)))
     artifacts.publish_model(this.champion, next_champion, round=round_index, promoted=decision["promote"])
     artifacts.log_metrics(gate_metrics, {k: decision[k] for k in (
         "promote", "delta", "p_value", "champion_accuracy", "candidate_accuracy", "only_champion_correct",

@@ -27,7 +27,7 @@ from flywheel import io
 from flywheel.errors import InputError, one_line
 from flywheel.modeling import seed_location
 from flywheel.preflight import on_gpu
-from flywheel.run_state import ROUND_STAGES
+from flywheel.stages.records import ROUND_STAGES
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
 

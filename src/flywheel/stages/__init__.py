@@ -1,6 +1,9 @@
-"""The six stages of a round, one module each: generate, vote, curate, train, evaluate, gate.
+"""The stages of a round: prompts, generate, vote, curate, train, evaluate, gate, one module each, and
+``records`` (each stage declared once: its paths, config sections, whether it loads a model, and its call; every
+door derives from it).
 
-Each module has a pure core (lists of dicts in, lists of dicts out, testable by
-hand) and a ``run_*`` shell that reads the input files, calls the core and writes
-the outputs atomically.
+Each stage module has a pure core (lists of dicts in, lists of dicts out, testable by hand) and a ``run_*`` shell
+that reads the input files, calls the core and writes the outputs atomically. Sub-steps that load the champion
+have modules of their own: ``select`` and ``process_rewards`` (curate), ``ttsi`` (prompts), ``step_search``
+(generate).
 """
