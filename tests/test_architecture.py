@@ -19,7 +19,7 @@ LAYERS = [
     ["config"],
     ["generation", "run_state", "infra", "export", "report"],
     ["stages", "stages.*", "seed_model"],
-    ["mlflow_model", "preflight"],
+    ["mlflow_model", "machine_checks"],
     ["tracking", "loop", "status"],
     ["kubeflow", "kubeflow.*", "argo", "argo.*", "cli"],  # the doors
 ]

@@ -161,7 +161,7 @@ def test_the_committed_manifests_recompile_byte_for_byte(tmp_path, capsys):
 
 def test_the_door_adds_no_paths_and_no_tracking_glue():
     """Paths come from flywheel.layout, the stages and their placement from their records (flywheel.stages.records,
-    through flywheel.loop and flywheel.preflight), MLflow from flywheel.tracking."""
+    through flywheel.loop and flywheel.machine_checks), MLflow from flywheel.tracking."""
     package = ROOT / "src" / "flywheel" / "argo"
     names = [value for key, value in vars(FILES).items() if not key.startswith("_") and isinstance(value, str)]
     for path in package.glob("*.py"):

@@ -15,7 +15,7 @@ from flywheel.config import dump_config, load_config
 from flywheel.infra import cluster_config
 from flywheel.errors import InputError
 from flywheel.kubeflow import pipelines
-from flywheel.preflight import check_stage
+from flywheel.machine_checks import check_stage
 from flywheel.kubeflow.preflight import (Knobs, Placement, apply_knobs, check_placement, run_checks,
                                         stage_seed)
 

@@ -261,7 +261,7 @@ def test_weak_to_strong_trains_the_student_until_one_is_promoted(tmp_path, init_
 def test_a_missing_student_is_a_one_line_error_before_any_work(tmp_path):
     from flywheel.config import load_config
     from flywheel.errors import InputError
-    from flywheel.preflight import check_stage
+    from flywheel.machine_checks import check_stage
 
     with pytest.raises(InputError, match="train.student .* is not a model directory"):
         check_stage(load_config(None, [f"train.student={tmp_path / 'nowhere'}"]), "train")

@@ -92,7 +92,7 @@ def test_step_rollouts_put_curate_on_the_gpu_in_the_cluster_doors():
     from flywheel.errors import InputError
     from flywheel.infra import cluster_config
     from flywheel.kubeflow.preflight import Placement, check_placement
-    from flywheel.preflight import uses_model
+    from flywheel.machine_checks import uses_model
 
     plain = cluster_config("configs/default.yaml")
     scored = cluster_config("configs/process-rewards.yaml")

@@ -63,7 +63,7 @@ def test_the_runtime_it_uses_puts_its_pods_on_the_gpu_pool():
 
 
 def test_on_the_cpu_device_the_nodes_take_the_cpu_image_runtime_and_resources_and_no_gpu():
-    """loop.device=cpu: the rule of every model stage (flywheel.preflight.on_gpu), for the TrainJob's nodes too."""
+    """loop.device=cpu: the rule of every model stage (flywheel.machine_checks.on_gpu), for the TrainJob's nodes too."""
     config = load_config(SMOKE, ["train.num_nodes=2", "train.gpus_per_node=4", "kubeflow.cpu_step_cpu=500m",
                                  "kubeflow.cpu_step_memory=3Gi"])
     job = infra.trainjob(config, infra.device_image(config), round_index=1, **PATHS)

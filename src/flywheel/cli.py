@@ -248,9 +248,9 @@ def _dispatch(args) -> int:
 
 
 def _set_up(args, config):
-    """Threads, the machine checks every door shares (``flywheel.preflight``), logging and progress bars;
+    """Threads, the machine checks every door shares (``flywheel.machine_checks``), logging and progress bars;
     returns the task."""
-    from flywheel.preflight import check_stage, uses_model
+    from flywheel.machine_checks import check_stage, uses_model
     from flywheel.tasks import load_task
 
     stage = args.stage if args.command == "step" else args.command

@@ -91,7 +91,7 @@ def trainjob(config: FlywheelConfig, image: str, *, round_index: int, config_fil
     same files. The job stops after ``timeout_s`` (``activeDeadlineSeconds``: Failed, DeadlineExceeded).
     Raises InputError when ``train.num_nodes`` is 1 (the pipeline's own train step trains then).
 
-    With ``loop.device=cpu`` the nodes follow the rule of every other model stage (``flywheel.preflight.on_gpu``):
+    With ``loop.device=cpu`` the nodes follow the rule of every other model stage (``flywheel.machine_checks.on_gpu``):
     one process per node on the CPU image, a CPU step's resources (``kubeflow.cpu_step_*``), no GPU, and the CPU
     runtime (``CPU_TRAINING_RUNTIME``, off the GPU pool); torch then runs DDP over gloo.
     """

@@ -29,7 +29,7 @@ import yaml
 from flywheel import infra
 from flywheel.config import FlywheelConfig, dump_config
 from flywheel.layout import RoundLayout, RunLayout
-from flywheel.preflight import on_gpu
+from flywheel.machine_checks import on_gpu
 from flywheel.stages.records import ROUND_STAGES
 
 
@@ -186,7 +186,7 @@ def _main() -> m.Template:
 
 def _round(config: FlywheelConfig, *, train_job: bool) -> m.Template:
     """One round, then itself for the next while the gate promotes and ``last`` is not reached. Each stage runs on
-    the image and pool of ``loop.device`` when it loads a model (``flywheel.preflight.on_gpu``), else on the CPU's."""
+    the image and pool of ``loop.device`` when it loads a model (``flywheel.machine_checks.on_gpu``), else on the CPU's."""
     def stage(name: str) -> m.ParallelSteps:
         return m.ParallelSteps([m.WorkflowStep(name=name, template="gpu-stage" if on_gpu(config, name) else
                                                "cpu-stage", arguments=_args(stage=name, round=ROUND))])

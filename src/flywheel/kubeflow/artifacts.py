@@ -18,13 +18,13 @@ from flywheel.tracking import _flatten
 def load(config_yaml: str, *, stage: str | None = None) -> FlywheelConfig:
     """The run's config (what the preflight step returned); no progress bars in pod logs.
 
-    ``stage``: the step first runs the machine checks every door shares (``flywheel.preflight.check_stage``:
+    ``stage``: the step first runs the machine checks every door shares (``flywheel.machine_checks.check_stage``:
     a GPU visible in its pod, vLLM where the config asks for it).
     """
     config = load_config_text(config_yaml, source="pipeline parameter config_yaml")
     config.loop.progress = False
     if stage is not None:
-        from flywheel.preflight import check_stage
+        from flywheel.machine_checks import check_stage
 
         check_stage(config, stage, where="in this pod")
     return config

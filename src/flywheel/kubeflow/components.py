@@ -251,7 +251,7 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         infra.run_trainjob(manifest, timeout_s=config.kubeflow.gpu_step_timeout_s)
         summary = {"train_rows": None, "num_nodes": config.train.num_nodes}
     else:
-        from flywheel.preflight import check_stage
+        from flywheel.machine_checks import check_stage
 
         check_stage(config, "train", where="in this pod")
         stage = STAGES["train"]

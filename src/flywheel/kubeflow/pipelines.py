@@ -100,7 +100,7 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
 
     def placed(task: dsl.PipelineTask, step: str, **platform) -> dsl.PipelineTask:
         """A step that may load a model: the image and pool of ``loop.device`` when it does (``Placement``, from
-        ``flywheel.preflight.on_gpu``: one rule for every door), else the CPU image."""
+        ``flywheel.machine_checks.on_gpu``: one rule for every door), else the CPU image."""
         on_gpu = placement.on_gpu(step)
         task.set_container_image(c.GPU_IMAGE if on_gpu else c.IMAGE)
         return named(task, step, gpu=on_gpu, **platform)

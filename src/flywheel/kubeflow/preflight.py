@@ -9,7 +9,7 @@ and one line per thing the run depends on, checked before any GPU is asked for.
 * ``run_checks``: the volume is writable, the seed is a model, MLflow answers, the object store answers.
   Each check prints one line; any failure ends the step with one line naming every failed check.
 
-The GPU is checked where it is used: each GPU step starts with ``flywheel.preflight.check_stage`` in its pod.
+The GPU is checked where it is used: each GPU step starts with ``flywheel.machine_checks.check_stage`` in its pod.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from flywheel.config import FlywheelConfig, load_config_text, dump_config, to_di
 from flywheel import io
 from flywheel.errors import InputError, one_line
 from flywheel.modeling import seed_location
-from flywheel.preflight import on_gpu
+from flywheel.machine_checks import on_gpu
 from flywheel.stages.records import ROUND_STAGES
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
@@ -92,14 +92,14 @@ def apply_knobs(config_yaml: str, knobs: Knobs, compiled: Knobs) -> FlywheelConf
         raise
 
 
-# The steps a pipeline places, in order: each by ``flywheel.preflight.on_gpu`` (gate never loads a model).
+# The steps a pipeline places, in order: each by ``flywheel.machine_checks.on_gpu`` (gate never loads a model).
 PLACED_STEPS = ("prepare", *ROUND_STAGES)
 
 
 @dataclass(frozen=True)
 class Placement:
     """Which steps run on the GPU image and pool: decided when the pipeline is compiled, from its config
-    (``flywheel.preflight.on_gpu``, the rule every door follows), and checked again by the preflight step against
+    (``flywheel.machine_checks.on_gpu``, the rule every door follows), and checked again by the preflight step against
     the config a run actually gets (``check_placement``)."""
 
     gpu_steps: tuple[str, ...]

@@ -5,7 +5,7 @@ config sections its results depend on, whether it loads a model, and its call. E
   from the round's layout; the resume ledger records each stage's ``outputs``;
 - ``flywheel <stage>`` (and so ``dvc repro``): its path flags are ``paths``, its output checks come from the
   ``output`` ones (``flywheel.cli``); tests/test_dvc.py holds ``dvc.yaml``'s commands, params and outs to them;
-- the machine check and the GPU placement of every door: ``needs_model`` (``flywheel.preflight.uses_model``);
+- the machine check and the GPU placement of every door: ``needs_model`` (``flywheel.machine_checks.uses_model``);
 - each Kubeflow component runs its record with the paths its artifacts give (``flywheel.kubeflow.components``).
 
 A stage's call is written here and nowhere else: a new option of a stage changes its module and its config

@@ -346,7 +346,7 @@ class TrainMethod:
     schema: schemas.Schema
     fit: Callable[..., tuple]
     needs_task: bool = False  # its reward or rows read answers with the task
-    uses_vllm: Callable[[TrainConfig], bool] = lambda config: False  # generates with vLLM (flywheel.preflight)
+    uses_vllm: Callable[[TrainConfig], bool] = lambda config: False  # generates with vLLM (flywheel.machine_checks)
     check: Callable[[TrainConfig], None] = lambda config: None  # the method's own config rules (config.py)
 
 
