@@ -122,3 +122,38 @@ def test_the_worked_example_runs_the_loop(tmp_path, monkeypatch, capsys):
     assert all("*" in p["prompt"] for p in prompts)
     assert sorted({p["bucket"] for p in prompts}) == ["1", "2", "3"]  # the next bucket and the replayed easier ones
     assert io.read_json(tmp_path / "loop" / "rounds" / "1" / "decision.json")["promote"] in (True, False)
+
+
+def test_a_curate_option_that_needs_the_champion_moves_every_door_by_its_section(monkeypatch):
+    """docs/extending.md's second worked example: an option that makes curate load the champion says so in
+    CurateConfig.needs_model, and nothing else changes: the machine check, the Kubeflow placement, the Argo step's
+    template and the DVC command (which always passes --model) follow."""
+    from flywheel.argo import workflows
+    from flywheel.config import CurateConfig
+    from flywheel.kubeflow.preflight import Placement
+    from flywheel.machine_checks import on_gpu, uses_model
+
+    config = load_config(None, ["loop.device=cuda"])
+
+    def curate_template() -> str:
+        template = workflows.to_dict(workflows.workflow_template(config))
+        round_steps = next(t for t in template["spec"]["templates"] if t["name"] == "round")["steps"]
+        return next(step[0]["template"] for step in round_steps if step[0]["name"] == "curate")
+
+    assert not uses_model(config, "curate") and not Placement.of(config).on_gpu("curate")
+    assert curate_template() == "cpu-stage"
+    monkeypatch.setattr(CurateConfig, "needs_model", lambda self: True)  # the new option, turned on
+    assert uses_model(config, "curate") and on_gpu(config, "curate") and Placement.of(config).on_gpu("curate")
+    assert curate_template() == "gpu-stage"
+    dvc = (ROOT / "dvc.yaml").read_text()
+    assert "--model data/rounds/${item.prev}/champion" in dvc.split("\n  curate:")[1].split("\n  train:")[0]
+
+
+def test_no_door_names_a_stages_placement_or_its_call():
+    """The doors take a round stage's placement from machine_checks (its record's needs_model) and its call from
+    its record: none spells a stage's own function or tests a config option that loads a model."""
+    doors = [SRC / "cli.py", SRC / "loop.py", *(SRC / "kubeflow").glob("*.py"), *(SRC / "argo").glob("*.py")]
+    needles = ["run_prompts(", "run_generate(", "run_vote(", "run_curate(", "run_train(", "run_evaluate(",
+               "run_gate(", "similar_per_uncertain", "step_rollouts", "curate.select", "needs_model"]
+    offenders = [f"{path.name}: {needle}" for path in doors for needle in needles if needle in path.read_text()]
+    assert offenders == []

@@ -146,6 +146,13 @@ class PromptsConfig:
     def __post_init__(self):
         _check_ranges(self, "prompts")
 
+    # The settings that make the prompts stage load the champion (TT-SI probes it for what it is unsure of): every
+    # door places and checks the stage by needs_model (flywheel.stages.records).
+    MODEL_SETTINGS: typing.ClassVar[tuple[str, ...]] = ("similar_per_uncertain",)
+
+    def needs_model(self) -> bool:
+        return self.similar_per_uncertain > 0
+
     def bucket_after(self, champion_bucket: int | None, champion_accuracy: dict[str, float] | None = None) -> int:
         """The round's bucket: the next one, or the champion's own while it scores below ``advance_at`` there;
         then, with ``skip_solved_at``, past every bucket it already scores that much on.
@@ -309,6 +316,11 @@ class VoteConfig:
                             "label_noise_seed.")
     label_noise_seed: int = _f(0, "Seed of label_noise's draws.")
 
+    MODEL_SETTINGS: typing.ClassVar[tuple[str, ...]] = ("method",)  # self_judge scores with the champion
+
+    def needs_model(self) -> bool:
+        return VOTE_METHODS.get(self.method).needs_model
+
     def __post_init__(self):
         _check_ranges(self, "vote")
         VOTE_METHODS.check(self.method)
@@ -357,6 +369,13 @@ class CurateConfig:
                             "(docs/methods.md).")
     min_step_score: float = _f(0.5, "step_rollouts: a row whose weakest step scores below this is dropped "
                                "(step:weak).")
+
+    # Curate loads the champion when selection scores the rows or step rollouts continue them. A new option that
+    # needs the champion joins these two lines, and every door places and checks curate by them.
+    MODEL_SETTINGS: typing.ClassVar[tuple[str, ...]] = ("select", "step_rollouts")
+
+    def needs_model(self) -> bool:
+        return self.select != "off" or self.step_rollouts > 0
 
     def __post_init__(self):
         _check_ranges(self, "curate")

@@ -185,9 +185,9 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     """Keep what the vote trusts (``flywheel.stages.curate.run_curate``); count every drop by reason.
 
     ``vote_audit``: the vote's verdict (trusted at ``curate.min_vote_share`` or not) against whether the
-    majority answer is truly correct, where the round has an audit set. The champion is an input because
-    ``curate.select`` scores the kept rows with it and ``curate.step_rollouts`` continues them with it; the pipeline
-    then runs this step on the GPU image and pool.
+    majority answer is truly correct, where the round has an audit set. The champion is an input because some
+    curate options score or continue the rows with it (``CurateConfig.MODEL_SETTINGS``); the pipeline then runs
+    this step on the GPU image and pool.
     """
     from pathlib import Path
 
@@ -198,7 +198,7 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     from flywheel.stages.vote import read_truth
     from flywheel.tasks import load_task
 
-    config = artifacts.load(config_yaml, stage="curate")  # a GPU in this pod when curate.select loads the champion
+    config = artifacts.load(config_yaml, stage="curate")  # a GPU in this pod when curate loads the champion
     task = load_task(config.task, config.code)
     this, stage = artifacts.layout(workspace, round_index), STAGES["curate"]
     audit_path = this.audit

@@ -116,7 +116,7 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
                                       prompts=prompts.outputs["prompts"], champion=champion), "generate")
     merged = named(c.merge_samples(workspace=workspace, round_index=round_index, prompts=prompts.outputs["prompts"],
                                    shards=dsl.Collected(generated.outputs["samples"])), "merge-samples")
-    # self_judge's vote, and curate.select or curate.step_rollouts, load the champion
+    # vote and curate load the champion as their config sections say (placed by machine_checks.on_gpu)
     voted = placed(c.vote(**common, prompts=prompts.outputs["prompts"], samples=merged.outputs["samples"],
                           champion=champion), "vote")
     curated = placed(c.curate(**common, votes=voted.outputs["votes"], eval_set=eval_set, champion=champion),

@@ -27,7 +27,7 @@ from flywheel import io
 from flywheel.errors import InputError, one_line
 from flywheel.modeling import seed_location
 from flywheel.machine_checks import on_gpu
-from flywheel.stages.records import ROUND_STAGES
+from flywheel.stages.records import ROUND_STAGES, STAGES
 
 SEEDS_DIR = "seeds"  # beside the workspace root on the volume: /models/seeds next to /models/runs
 
@@ -123,16 +123,11 @@ class Placement:
 def _deciding_settings(config: FlywheelConfig, step: str) -> tuple[str, str]:
     """The settings that place ``step`` (for the error), and the field to name."""
     device = f"loop.device={config.loop.device}"
-    if step == "vote":
-        return f"vote.method={config.vote.method} and {device}", "vote.method"
-    if step == "curate":
-        return (f"curate.select={config.curate.select} and curate.step_rollouts={config.curate.step_rollouts} "
-                f"and {device}", "curate.select")
-    if step == "prompts":
-        return f"prompts.similar_per_uncertain={config.prompts.similar_per_uncertain} and {device}", \
-            "prompts.similar_per_uncertain"
     if step == "train":
         return f"train.num_nodes={config.train.num_nodes} and {device}", "train.num_nodes"
+    settings = STAGES[step].model_settings(config) if step in STAGES else []  # from the stage's record
+    if settings:
+        return " and ".join([*settings, device]), settings[0].split("=")[0]
     return device, "loop.device"
 
 

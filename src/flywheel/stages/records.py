@@ -9,7 +9,8 @@ config sections its results depend on, whether it loads a model, and its call. E
 - each Kubeflow component runs its record with the paths its artifacts give (``flywheel.kubeflow.components``).
 
 A stage's call is written here and nowhere else: a new option of a stage changes its module and its config
-section, and, when it makes the stage load a model, its ``needs_model``.
+section; when it makes the stage load a model, the section's ``needs_model`` says so (``CurateConfig.needs_model``),
+and every door follows.
 """
 
 from __future__ import annotations
@@ -60,10 +61,24 @@ class Stage:
     help: str
     paths: tuple[StagePath, ...]
     sections: tuple[str, ...]  # the config sections its results depend on (dvc.yaml's params)
-    needs_model: Callable[["FlywheelConfig"], bool]  # loads a model (and so torch) on loop.device
+    # Loads a model (and so torch) on loop.device: always, never, or as the named config section's needs_model()
+    # says (the options that make it load the champion: the section's MODEL_SETTINGS).
+    loads_model: bool | str
     call: Callable[..., dict]  # (StageCall, **door extras) -> the stage's summary
     takes_round: bool = True  # the command line has --round
     shown: Callable[[dict], dict] = field(default=lambda summary: summary)  # what `flywheel <stage>` prints
+
+    def needs_model(self, config: "FlywheelConfig") -> bool:
+        if isinstance(self.loads_model, str):
+            return getattr(config, self.loads_model).needs_model()
+        return self.loads_model
+
+    def model_settings(self, config: "FlywheelConfig") -> list[str]:
+        """The settings that decide whether it loads a model, as ``section.key=value`` (for an error)."""
+        if not isinstance(self.loads_model, str):
+            return []
+        section = getattr(config, self.loads_model)
+        return [f"{self.loads_model}.{key}={getattr(section, key)}" for key in section.MODEL_SETTINGS]
 
     def paths_of(self, layout: RoundLayout, config: "FlywheelConfig", **given: Path | None) -> dict[str, Path | None]:
         """Every path of round ``layout.index`` by name; ``given`` replaces some (a Kubeflow artifact's path)."""
@@ -165,30 +180,6 @@ def _gate(c: StageCall) -> dict:
                     champion_dir=c.paths.champion, next_champion=c.paths.next_champion)
 
 
-# --- whether each loads a model ----------------------------------------------------------------------------------
-
-def _always(config: "FlywheelConfig") -> bool:
-    return True
-
-
-def _never(config: "FlywheelConfig") -> bool:
-    return False
-
-
-def _prompts_probe(config: "FlywheelConfig") -> bool:  # TT-SI: the champion answers to find what it is unsure of
-    return config.prompts.similar_per_uncertain > 0
-
-
-def _vote_judges(config: "FlywheelConfig") -> bool:  # vote.method=self_judge scores candidates with the champion
-    from flywheel.registry import VOTE_METHODS
-
-    return VOTE_METHODS.get(config.vote.method).needs_model
-
-
-def _curate_scores(config: "FlywheelConfig") -> bool:  # selection scores rows; step rollouts continue them
-    return config.curate.select != "off" or config.curate.step_rollouts > 0
-
-
 # --- the round, in order -----------------------------------------------------------------------------------------
 
 ROUND = (
@@ -196,12 +187,12 @@ ROUND = (
         StagePath("champion", _previous("champion"), "the round's champion: its curriculum bucket + 1"),
         StagePath("out_dir", _round_dir, "the round's directory", output=True, directory=True, shared=True,
                   files=(FILES.prompts, FILES.audit, FILES.prompts_summary)),
-    ), ("task", "prompts", "data", "generate"), _prompts_probe, _prompts),
+    ), ("task", "prompts", "data", "generate"), "prompts", _prompts),
     Stage("generate", "Sample K completions per prompt from every champion member.", (
         StagePath("prompts", _this("prompts"), "prompts (Parquet or JSONL): id, prompt"),
         StagePath("model", _previous("champion"), "champion directory"),
         StagePath("out", _this("samples"), "samples.parquet to write", output=True),
-    ), ("task", "generate", "code"), _always, _generate),
+    ), ("task", "generate", "code"), True, _generate),
     Stage("vote", "Majority vote per prompt: votes.parquet, agreement.parquet, vote.json.", (
         StagePath("samples", _this("samples")),
         StagePath("out_dir", _round_dir, output=True, directory=True, shared=True,
@@ -211,7 +202,7 @@ ROUND = (
         StagePath("prompts", _this("prompts"), "the round's prompts (vote.method=self_judge)", required=False),
         StagePath("model", _previous("champion"), "the champion that judges (vote.method=self_judge)",
                   required=False),
-    ), ("task", "vote", "code"), _vote_judges, _vote, takes_round=False),
+    ), ("task", "vote", "code"), "vote", _vote, takes_round=False),
     Stage("curate", "Filter voted samples into the training set, counting every drop by reason.", (
         StagePath("round_dir", _round_dir, "holds prompts, samples, votes", output=True, directory=True,
                   shared=True, files=RoundLayout.CURATE_OUTPUTS),
@@ -220,7 +211,7 @@ ROUND = (
         StagePath("audit", _this("audit"), required=False),
         StagePath("model", _previous("champion"), "the champion, for curate.select (Middo selection)",
                   required=False),
-    ), ("task", "curate", "code", "generate"), _curate_scores, _curate),
+    ), ("task", "curate", "code", "generate"), "curate", _curate),
     Stage("train", "Fine-tune every champion member with TRL (train.method: sft, dpo or grpo).", (
         StagePath("data", lambda this, config: this.train_data(config.train.method),
                   "the method's file (train.parquet, pairs.parquet or rl_prompts.parquet) or the round directory "
@@ -228,13 +219,13 @@ ROUND = (
         StagePath("init", _previous("champion"), "the champion: where train.init=champion starts"),
         StagePath("base", lambda this, config: seed_model(config, this), "the seed: where train.init=base starts (default: --init)", required=False),
         StagePath("out", _this("candidate"), "candidate directory", output=True, directory=True),
-    ), ("task", "train", "code"), _always, _train),
+    ), ("task", "train", "code"), True, _train),
     Stage("evaluate", "Score candidate and champion on the eval set, overall and per bucket.", (
         StagePath("eval", _eval_set),
         StagePath("candidate", _this("candidate")),
         StagePath("champion", _previous("champion")),
         StagePath("out_dir", _this("eval_dir"), output=True, directory=True, files=(FILES.predictions, FILES.metrics)),
-    ), ("task", "evaluate", "code"), _always, _evaluate, takes_round=False,
+    ), ("task", "evaluate", "code"), True, _evaluate, takes_round=False,
         shown=lambda result: {k: {"accuracy": v["accuracy"], "frontier": v["frontier"], "reach": v["reach"]}
                               for k, v in result.items()}),
     Stage("gate", "Promote the candidate only on a significant, non-regressing win: decision.json.", (
@@ -244,7 +235,7 @@ ROUND = (
         StagePath("out", _this("decision"), "decision.json", output=True),
         StagePath("next_champion", _this("champion"), "directory that becomes the next champion", output=True,
                   directory=True),
-    ), ("gate",), _never, _gate, takes_round=False,
+    ), ("gate",), False, _gate, takes_round=False,
         shown=lambda decision: {k: decision[k] for k in ("promote", "reason", "delta", "p_value")}),
 )
 
