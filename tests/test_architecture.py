@@ -18,7 +18,7 @@ LAYERS = [
     ["modeling", "versioning", "data"],
     ["config"],
     ["generation", "run_state", "infra", "export", "report"],
-    ["stages", "stages.*", "seed_model"],
+    ["stages", "stages.*", "experimental", "experimental.*", "seed_model"],
     ["mlflow_model", "machine_checks"],
     ["tracking", "loop", "status"],
     ["kubeflow", "kubeflow.*", "argo", "argo.*", "cli"],  # the doors

@@ -9,7 +9,7 @@ import pytest
 
 from flywheel.config import CurateConfig, GenerateConfig, load_config
 from flywheel.generation import Completion
-from flywheel.stages.process_rewards import step_scores
+from flywheel.experimental.process_rewards import step_scores
 from flywheel.tasks import load_task
 
 TASK = load_task("addition")
@@ -81,11 +81,26 @@ def test_curate_drops_weak_steps_and_counts_the_rollouts_the_same_on_both_paths(
 
 def test_step_rollouts_without_a_champion_is_a_one_line_error():
     from flywheel.errors import InputError
-    from flywheel.stages.process_rewards import run_process_rewards
+    from flywheel.experimental.process_rewards import run_process_rewards
 
     with pytest.raises(InputError, match="curate.step_rollouts continues rows with the champion"):
         run_process_rewards([{"id": "p", "prompt": "1+1="}], ["2"], CurateConfig(step_rollouts=2), None, task=TASK,
                             model_dir=None, device="cpu", round_index=1)
+
+
+def test_an_experimental_method_warns_once_in_one_line(caplog, monkeypatch):
+    from flywheel import experimental
+    from flywheel.errors import InputError
+    from flywheel.experimental.process_rewards import run_process_rewards
+
+    monkeypatch.setattr(experimental, "_warned", set())
+    for _ in range(2):
+        with pytest.raises(InputError):
+            run_process_rewards([{"id": "p", "prompt": "1+1="}], ["2"], CurateConfig(step_rollouts=2), None,
+                                task=TASK, model_dir=None, device="cpu", round_index=1)
+    warnings = [r.getMessage() for r in caplog.records if "experimental" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith("curate.step_rollouts is experimental (flywheel.experimental.process_rewards)")
 
 
 def test_step_rollouts_put_curate_on_the_gpu_in_the_cluster_doors():

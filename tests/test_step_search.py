@@ -11,7 +11,7 @@ from flywheel.errors import ConfigError
 from flywheel.generation import Completion, Shard
 from flywheel.stages.generate import generate, load_backends
 from flywheel.rng import derive_seed
-from flywheel.stages.step_search import Offer, Slot, _advance, _budgets, step_beam
+from flywheel.experimental.step_search import Offer, Slot, _advance, _budgets, step_beam
 from flywheel.tasks import load_task
 
 TASK = load_task("addition")

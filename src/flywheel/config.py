@@ -232,7 +232,7 @@ class GenerateConfig:
     search: str = _f("sample", "How the K samples are drawn: 'sample' (K independent completions) or 'step_beam' "
                      "(a beam of K prefixes grown one step at a time: each prefix is continued search_rollouts "
                      "times, and the next steps whose rollouts agree most with the rollouts' majority answer are "
-                     "kept; flywheel.stages.step_search). step_beam costs about search_rollouts x (steps + 2) / 2 "
+                     "kept; flywheel.experimental.step_search). step_beam costs about search_rollouts x (steps + 2) / 2 "
                      "times plain sampling's tokens (samples' search_tokens column; on the code task every rollout's program "
                      "runs on the tests) and needs generate.backend=hf.")
     search_rollouts: int = _f(2, "step_beam: rollouts per beam prefix per step; they both value the next steps and "

@@ -198,7 +198,7 @@ class HFBackend:
               stopped: list[bool] | None = None) -> list[tuple[float, int]]:
         """(log-probability under softmax(logits / T), tokens) of each completion given its prompt, the end of
         sequence included where ``stopped[i]`` (default: all): what ``generate`` records of a sample it drew, for
-        a completion assembled elsewhere (``stages.step_search``). A forward pass holds every position's logits,
+        a completion assembled elsewhere (``experimental.step_search``). A forward pass holds every position's logits,
         in about four copies (the model's, fp32, scaled, log-softmax), so a batch is also capped at 2**26 of them
         (about 1 GiB: 2 rows of 1000 tokens for a 32k vocabulary), not just at ``batch_tokens``."""
         pairs = list(zip(prompts, completions))

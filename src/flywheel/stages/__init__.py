@@ -4,6 +4,6 @@ door derives from it).
 
 Each stage module has a pure core (lists of dicts in, lists of dicts out, testable by hand) and a ``run_*`` shell
 that reads the input files, calls the core and writes the outputs atomically. Sub-steps that load the champion
-have modules of their own: ``select`` and ``process_rewards`` (curate), ``ttsi`` (prompts), ``step_search``
-(generate).
+have modules of their own: ``select`` (curate), ``ttsi`` (prompts). Methods the benchmark has not shown to help
+are in ``flywheel.experimental``: process rewards (curate) and the step search (generate).
 """

@@ -47,7 +47,7 @@ from flywheel import io, schemas
 from flywheel.config import CurateConfig, GenerateConfig
 from flywheel.layout import FILES
 from flywheel.rng import derive_seed
-from flywheel.stages.process_rewards import run_process_rewards
+from flywheel.experimental.process_rewards import run_process_rewards
 from flywheel.stages.select import run_select
 from flywheel.stages.vote import (BATCH, DuplicateSample, audit, audit_columns, ranks, read_truth, run_starts,
                                   sample_order)
@@ -371,7 +371,7 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
     ``run_curate_rows``'s (tests/test_curate_columnar.py); with ``near_dedup``, or prompts sharing a text, that
     reference runs instead (its order-dependent rules). ``curate.select`` then scores the kept rows with the
     champion at ``model_dir`` (``flywheel.stages.select``), and ``curate.step_rollouts`` scores their steps by
-    the champion's rollouts, sampled as ``generate`` says (``flywheel.stages.process_rewards``).
+    the champion's rollouts, sampled as ``generate`` says (``flywheel.experimental.process_rewards``).
     """
 
     prompts = io.read_table(round_dir / FILES.prompts, schemas.PROMPTS)

@@ -13,7 +13,7 @@ and every sampled program is then run on them to form its vote (``CodeTask.extra
 The model sees only the question, never a given test.
 
 ``generate.search: step_beam`` grows the K samples of a prompt a step at a time instead of drawing them
-whole (``stages.step_search``); the rows are the same, with the search's cost in ``search_tokens``.
+whole (``experimental.step_search``); the rows are the same, with the search's cost in ``search_tokens``.
 
 Sharding (the Kubeflow door's ``generate-shards``): shard s of n runs batches s, s + n, ... of the batch plan
 an unsharded run makes (``generation.Shard``), so the merged shards equal the unsharded samples bit for bit on
@@ -47,7 +47,7 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
     if code is not None and task.takes_tests and code.generated_tests != "off":
         prompts = with_generated_tests(prompts, backends, config, code, task=task, round_index=round_index)
     if config.search == "step_beam":
-        from flywheel.stages.step_search import step_beam
+        from flywheel.experimental.step_search import step_beam
 
         prompts = [p for i, p in enumerate(prompts) if shard.takes(i)]
         return [row for voter, backend in enumerate(backends)

@@ -1,5 +1,12 @@
 """Model-informed selection of the curated SFT rows (Middo, 2025): the champion's own signals decide.
 
+Where it departs from the paper (Middo, Tang et al., 2025):
+
+1. One pass per round, over rows the vote already trusts; Middo loops selection with training on a fixed set.
+2. Flagged rows are dropped; Middo also refines the samples it flags.
+3. Two of its signals, the loss and the embedding clusters; the model's own judgement of a row's quality is
+   not asked.
+
 ``curate.select`` runs after every other curation rule, on the rows they kept:
   loss        each row's loss under the champion (mean negative log-probability per completion token,
               end-of-sequence included, averaged over the committee's members). The ``select_known_share``
@@ -11,8 +18,7 @@
               that: ``select:redundant``. Keeps a spread instead of many near-identical rows.
   loss+diversity  both, in that order.
 
-Middo (Tang et al., 2025) loops selection with training on instruction data; here one pass per round picks
-from rows the vote already trusts. Every drop is counted in curation.json like every other curate drop.
+Every drop is counted in curation.json like every other curate drop.
 """
 
 from __future__ import annotations

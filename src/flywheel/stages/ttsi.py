@@ -1,5 +1,11 @@
 """TT-SI: more prompts like the ones the champion is unsure of, voted and trained on in the same round.
 
+Where it departs from the paper (Acikgoz et al., 2025):
+
+1. Uncertainty is the vote share of probe samples, not the paper's margin between the model's likeliest options.
+2. The task's own generator writes the similar prompts where it has one; the champion writes them otherwise.
+3. The new prompts join the round's training set; the paper fine-tunes on them per test instance and then resets.
+
 Test-time self-improvement (Acikgoz et al., 2025, "Self-Improving LLM Agents at Test-Time") in three steps,
 run by the prompts stage when ``prompts.similar_per_uncertain`` > 0:
 

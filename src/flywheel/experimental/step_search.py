@@ -1,5 +1,12 @@
 """Step-level beam search guided by Monte Carlo step values: ``generate.search: step_beam``.
 
+Where it departs from the papers (AlphaMath, ReST-MCTS*; tree search with step values):
+
+1. A beam of K slots per prompt, a step at a time, not a Monte Carlo tree (no selection by UCB, no backup).
+2. A step's value is counted from rollouts, never predicted: no value model or value head is trained.
+3. The rollouts' majority answer stands in for the verifier; no label is read.
+4. The search only samples: its values are not trained on (curate sees finished completions, as from sampling).
+
 The sampling side of process rewards (OmegaPRM, AlphaMath, ReST-MCTS*): where ``curate.step_rollouts`` scores
 the steps of finished samples, this grows each sample a step at a time and keeps the steps whose rollouts
 do best. Per prompt and champion member, K slots (``generate.samples_per_prompt``; slot j becomes sample j)
@@ -32,6 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from flywheel.config import GenerateConfig
+from flywheel.experimental import warn_experimental
 from flywheel.rng import derive_seed
 from flywheel.tasks.base import render_prompt
 
@@ -67,6 +75,7 @@ class Proposal:
 def step_beam(prompts: list[dict], backend, config: GenerateConfig, *, task, round_index: int,
               voter: int) -> list[dict]:
     """``config.samples_per_prompt`` searched samples per prompt from one member (``backend``), as sample rows."""
+    warn_experimental("generate.search=step_beam", "step_search")
     tokenizer = backend.tokenizer
     questions = {p["id"]: render_prompt(task, p["prompt"], tokenizer) for p in prompts}
     slots = {p["id"]: [Slot(p, j) for j in range(config.samples_per_prompt)] for p in prompts}

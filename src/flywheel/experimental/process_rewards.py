@@ -1,5 +1,12 @@
 """Process rewards from rollouts (OmegaPRM, AlphaMath, ReST-MCTS*): score the steps of a kept row, drop weak ones.
 
+Where it departs from the paper (OmegaPRM, Luo et al., 2024):
+
+1. The vote's label stands in for the gold answer that decides a rollout's correctness.
+2. Every step but the last is rolled out; OmegaPRM binary-searches for the first wrong step inside its MCTS.
+3. The step scores filter the rows (``step:weak``); no process reward model is trained on them.
+4. Only champion member 0 rolls out, at ``generate.temperature``.
+
 ``curate.step_rollouts`` > 0 runs after every other curation rule (``curate.select`` included), on the SFT
 rows they kept. A row's completion is cut into steps by the task (``task.steps``: a digit for addition, a
 line for math). For every step but the last, champion member 0 continues the row from the prefix that ends
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from flywheel.config import CurateConfig, GenerateConfig
+from flywheel.experimental import warn_experimental
 from flywheel.rng import derive_seed
 from flywheel.tasks.base import render_prompt
 
@@ -77,6 +85,7 @@ def run_process_rewards(prompts: list[dict], completions: list[str], config: Cur
     from flywheel.modeling import member_dirs
     from flywheel.stages.generate import load_backends
 
+    warn_experimental("curate.step_rollouts", "process_rewards")
     if model_dir is None:
         raise InputError("config", "curate.step_rollouts continues rows with the champion, and no champion was given "
                          "to curate", field="curate.step_rollouts")
