@@ -169,6 +169,26 @@ def tokenize_processes(rows: int) -> int | None:
     return processes if processes > 1 else None
 
 
+def _sft_trainer_class():
+    """TRL's SFTTrainer with the model's own loss.
+
+    TRL 1.16 computes SFT's loss through its tiled "fused LM head" (``trl.trainer.utils.add_fused_lm_head``), which
+    also computes every position's entropy and top-1 agreement for its logged metrics, with a ``.item()`` for each
+    every step. flywheel reads only the loss (the candidate's metadata, MLflow's curve). The model's own loss is
+    the same quantity (the mean negative log-likelihood of the completion tokens: the collator sets every other
+    label to -100), so this keeps that and drops the rest: ``bench/train_overhead.py`` measures the difference."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return ModelLossSFTTrainer
+
+
 def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
               warmup_ratio: float, scheduler: str, seed: int, progress: bool, precision: str,
               gradient_checkpointing: bool, peft_config=None, task=None) -> tuple:
@@ -178,7 +198,7 @@ def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int
     rows for a chat task on a model with a chat template, which TRL renders itself).
     """
     import datasets
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     datasets.disable_progress_bars()  # the map() bars of tokenisation drown the training bar
     check_alphabet(tokenizer, (r["prompt"] + r["completion"] for r in rows), "training row")
@@ -191,8 +211,8 @@ def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int
         args = SFTConfig(completion_only_loss=True, dataset_num_proc=tokenize_processes(len(rows)), **_trainer_args(
             steps, batch_size, learning_rate, warmup_ratio, scheduler, seed, progress, model.device.type, scratch,
             precision, gradient_checkpointing))
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft_config)
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                       peft_config=peft_config)
         metrics = _fit(trainer, steps=steps, rows=len(rows), progress=progress)
     return trainer.accelerator.unwrap_model(trainer.model), metrics
 
