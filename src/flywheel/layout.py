@@ -58,6 +58,15 @@ class RoundLayout:
     def previous(self) -> "RoundLayout":
         return RoundLayout(self.root, self.index - 1)
 
+    @classmethod
+    def of_champion(cls, champion_dir: Path) -> "RoundLayout | None":
+        """The round whose gate wrote ``champion_dir`` (``<root>/rounds/<r>/champion``), or None for a champion
+        from elsewhere."""
+        here = Path(champion_dir).parent
+        if here.parent.name != "rounds" or not here.name.isdigit():
+            return None
+        return cls(here.parent.parent, int(here.name))
+
     # prompts
     @property
     def prompts(self) -> Path:

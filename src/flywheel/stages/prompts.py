@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import DataConfig, GenerateConfig, PromptsConfig
-from flywheel.layout import FILES
+from flywheel.layout import FILES, RoundLayout
 from flywheel.modeling import read_model_meta
 
 
@@ -38,10 +38,10 @@ def champion_accuracy(champion_dir: Path) -> dict[str, float]:
 
     Empty when those files are not there (a champion from elsewhere): the curriculum then advances.
     """
-    here = Path(champion_dir).parent  # the round whose gate wrote this champion
-    metrics_path, decision_path = here / FILES.eval_dir / FILES.metrics, here / FILES.decision
-    if not metrics_path.is_file():
+    made = RoundLayout.of_champion(champion_dir)  # the round whose gate wrote this champion
+    if made is None or not made.metrics.is_file():
         return {}
+    metrics_path, decision_path = made.metrics, made.decision
     metrics = io.read_json(metrics_path)
     decision = io.read_json(decision_path) if decision_path.is_file() else None
     scores = metrics.get("candidate" if decision and decision["promote"] else "champion") or {}
