@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flywheel import io, schemas
 from flywheel.config import CodeConfig, GenerateConfig
-from flywheel.generation import WHOLE, GenerationBackend, HFBackend, Shard, VLLMBackend, choose_backend
+from flywheel.generation import (WHOLE, Completion, GenerationBackend, HFBackend, Shard, VLLMBackend,
+                                 choose_backend)
 from flywheel.modeling import load_member, member_dirs
 from flywheel.precision import resolve_precision
 from flywheel.rng import derive_seed
@@ -58,28 +60,37 @@ def generate(prompts: list[dict], backends: list[GenerationBackend], config: Gen
         views = task.views(p["prompt"], min(config.views, config.samples_per_prompt))
         for v, question in enumerate(views):
             jobs.append((p, question, list(range(v, config.samples_per_prompt, len(views)))))
-    rows = []
+    rows = [{
+        "prompt_id": prompt["id"],
+        "sample_idx": j,
+        "voter": voter,
+        "completion": completion.text,
+        "answer": task.extract_answer(completion.text, prompt),
+        "n_tokens": completion.n_tokens,
+        "logprob": completion.logprob,
+    } for voter, prompt, j, completion in sample_jobs(
+        jobs, backends, task=task, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+        seed_of=lambda p, voter, j: derive_seed(round_index, p["id"], voter, j), shard=shard)]
+    return canonical_order(prompts, rows) if config.views > 1 else rows  # views ran question by question
+
+
+def sample_jobs(jobs: list[tuple[dict, str, list[int]]], backends: list[GenerationBackend], *, task,
+                temperature: float, max_new_tokens: int, seed_of: Callable[[dict, int, int], int],
+                shard: Shard = WHOLE) -> Iterator[tuple[int, dict, int, Completion]]:
+    """The one sampling loop (generate's samples, TT-SI's probes): every member samples every job, a
+    (prompt row, question, sample indices), sample j of a prompt seeded ``seed_of(prompt, member, j)``.
+    Yields (member, prompt row, j, completion), member by member; another shard's samples are skipped."""
     for voter, backend in enumerate(backends):
         # The task decides how its question is shown to this member's tokenizer (chat template or raw).
         texts = [render_prompt(task, question, getattr(backend, "tokenizer", None)) for _, question, _ in jobs]
-        seeds = [[derive_seed(round_index, p["id"], voter, j) for j in indices] for p, _, indices in jobs]
+        seeds = [[seed_of(p, voter, j) for j in indices] for p, _, indices in jobs]
         sharded = {"shard": shard} if shard != WHOLE else {}  # a backend of the user's may not take shards
-        completions = backend.generate(texts, seeds, temperature=config.temperature,
-                                       max_new_tokens=config.max_new_tokens, **sharded)
+        completions = backend.generate(texts, seeds, temperature=temperature, max_new_tokens=max_new_tokens,
+                                       **sharded)
         for (prompt, _, indices), row in zip(jobs, completions):
             for j, completion in zip(indices, row):
-                if completion is None:  # another shard's
-                    continue
-                rows.append({
-                    "prompt_id": prompt["id"],
-                    "sample_idx": j,
-                    "voter": voter,
-                    "completion": completion.text,
-                    "answer": task.extract_answer(completion.text, prompt),
-                    "n_tokens": completion.n_tokens,
-                    "logprob": completion.logprob,
-                })
-    return canonical_order(prompts, rows) if config.views > 1 else rows  # views ran question by question
+                if completion is not None:  # None: another shard's
+                    yield voter, prompt, j, completion
 
 
 def canonical_order(prompts: list[dict], rows: list[dict]) -> list[dict]:

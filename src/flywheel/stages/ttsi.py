@@ -32,7 +32,7 @@ from pathlib import Path
 from flywheel.config import GenerateConfig, PromptsConfig
 from flywheel.errors import InputError
 from flywheel.rng import derive_seed
-from flywheel.tasks.base import render_message, render_prompt
+from flywheel.tasks.base import render_message
 
 
 @dataclass
@@ -48,19 +48,16 @@ class Probe:
 def probe(prompts: list[dict], backends, config: PromptsConfig, generate: GenerateConfig, *, task,
           round_index: int) -> list[Probe]:
     """Step 1: every prompt's probe share, pooled over the members."""
+    from flywheel.stages.generate import sample_jobs
+
     votes = {p["id"]: Counter() for p in prompts}
     tokens = {p["id"]: 0 for p in prompts}
-    for voter, backend in enumerate(backends):
-        texts = [render_prompt(task, p["prompt"], getattr(backend, "tokenizer", None)) for p in prompts]
-        seeds = [[derive_seed("probe", round_index, p["id"], voter, j) for j in range(config.probe_samples)]
-                 for p in prompts]
-        completions = backend.generate(texts, seeds, temperature=generate.temperature,
-                                       max_new_tokens=generate.max_new_tokens)
-        for prompt, row in zip(prompts, completions):
-            for completion in row:
-                key = task.vote_key(task.extract_answer(completion.text, prompt))
-                votes[prompt["id"]][key] += 1
-                tokens[prompt["id"]] += completion.n_tokens
+    jobs = [(p, p["prompt"], list(range(config.probe_samples))) for p in prompts]  # the question as written
+    for _, prompt, _, completion in sample_jobs(
+            jobs, backends, task=task, temperature=generate.temperature, max_new_tokens=generate.max_new_tokens,
+            seed_of=lambda p, voter, j: derive_seed("probe", round_index, p["id"], voter, j)):
+        votes[prompt["id"]][task.vote_key(task.extract_answer(completion.text, prompt))] += 1
+        tokens[prompt["id"]] += completion.n_tokens
     out = []
     for p in prompts:
         counts, total = votes[p["id"]], sum(votes[p["id"]].values())
