@@ -44,12 +44,12 @@ def training_rows(config, count: int) -> list[dict]:
 
 def run_flywheel(model, tokenizer, rows, config, task) -> float:
     """The stage's own call; returns the seconds its loop took (TrainerOutput's clock)."""
-    from flywheel.stages.train import train_sft
+    from dataclasses import replace
 
-    t = config.train
-    _, metrics = train_sft(model, tokenizer, rows, steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                           warmup_ratio=t.warmup_ratio, scheduler=t.scheduler, seed=0, progress=False,
-                           precision="fp32", gradient_checkpointing=False, task=task)
+    from flywheel.stages.train import TrainerSettings, train_sft
+
+    settings = replace(TrainerSettings.of(config.train), precision="fp32", gradient_checkpointing=False)
+    _, metrics = train_sft(model, tokenizer, rows, settings, seed=0, progress=False, task=task)
     return metrics["train_seconds"]
 
 

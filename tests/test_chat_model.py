@@ -37,14 +37,14 @@ def test_render_prompt_follows_the_task_and_the_tokenizer(tiny_chat_model):
 
 
 def test_conversational_sft_trains_on_completions(tiny_chat_model):
-    from flywheel.stages.train import sft
+    from flywheel.stages.train import TrainerSettings, sft
 
     model, tokenizer = load_member(tiny_chat_model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     model.train()
     rows = [{"prompt": f"What is {i}+1?", "completion": f"It is \\boxed{{{i + 1}}}"} for i in range(4)]
-    metrics = sft(model, tokenizer, rows, steps=2, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0,
-                  scheduler="constant", seed=0, progress=False, task=load_task("math"))
+    settings = TrainerSettings(steps=2, batch_size=2, learning_rate=1e-3, scheduler="constant")
+    metrics = sft(model, tokenizer, rows, settings, seed=0, progress=False, task=load_task("math"))
     assert metrics["steps"] == 2 and metrics["train_loss"] > 0
     assert any(not p.detach().equal(before[name]) for name, p in model.named_parameters())
 

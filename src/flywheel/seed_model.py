@@ -14,7 +14,7 @@ from flywheel import io
 from flywheel.config import FlywheelConfig
 from flywheel.modeling import build_tiny_model, count_parameters, write_model_meta
 from flywheel.rng import derive_seed
-from flywheel.stages.train import sft
+from flywheel.stages.train import TrainerSettings, sft
 
 
 def labeled_rows(task, config: FlywheelConfig) -> list[dict]:
@@ -35,14 +35,14 @@ def train_seed(config: FlywheelConfig, *, task, out_dir: Path | None = None, dev
     out_dir = Path(out_dir or config.seed.path)
     rows = labeled_rows(task, config)
     results = []
+    settings = TrainerSettings(steps=config.seed.steps, batch_size=config.seed.batch_size,
+                               learning_rate=config.seed.learning_rate, warmup_ratio=0.05, scheduler="cosine")
     with io.atomic_dir(out_dir) as tmp:
         for member in range(config.seed.members):
             member_seed = derive_seed("seed-member", member) % 2**31
             model, tokenizer = build_tiny_model(config.model, seed=member_seed)
             model.to(device)
-            metrics = sft(model, tokenizer, rows, steps=config.seed.steps, batch_size=config.seed.batch_size,
-                          learning_rate=config.seed.learning_rate, warmup_ratio=0.05, scheduler="cosine",
-                          seed=member_seed, progress=progress)
+            metrics = sft(model, tokenizer, rows, settings, seed=member_seed, progress=progress)
             model.save_pretrained(tmp / f"member-{member}")
             tokenizer.save_pretrained(tmp / f"member-{member}")
             results.append(metrics)

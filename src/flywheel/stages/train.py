@@ -48,27 +48,45 @@ from flywheel.stages.vote import winner
 from flywheel.tasks.base import sft_row
 
 
-def _trainer_args(steps: int, batch_size: int, learning_rate: float, warmup_ratio: float, scheduler: str, seed: int,
-                  progress: bool, device_type: str, scratch: str, precision: str, gradient_checkpointing: bool) -> dict:
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What every method's trainer arguments are made of: a round's from ``train`` (``of``), the seed's from
+    ``seed``."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float = 0.0
+    scheduler: str = "cosine"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "TrainerSettings":
+        return cls(config.steps, config.batch_size, config.learning_rate, config.warmup_ratio, config.scheduler,
+                   config.precision, config.gradient_checkpointing)
+
+
+def _trainer_args(settings: TrainerSettings, *, seed: int, progress: bool, device_type: str, scratch: str) -> dict:
     """The ``transformers.TrainingArguments`` every method shares.
 
     Precision and gradient checkpointing are always set here (``train.precision``, resolved for the
     device, and ``train.gradient_checkpointing``): TRL's configs default to bf16 and checkpointing on.
     """
     return dict(
-        **trainer_precision_args(resolve_precision(precision, device_type), gradient_checkpointing),
+        **trainer_precision_args(resolve_precision(settings.precision, device_type), settings.gradient_checkpointing),
         output_dir=scratch,
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
-        lr_scheduler_type=scheduler,
-        warmup_steps=int(warmup_ratio * steps),
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=int(settings.warmup_ratio * settings.steps),
         weight_decay=0.0,
         seed=seed,
         data_seed=seed,
         save_strategy="no",
         report_to=[],
-        logging_steps=max(1, steps // 10),
+        logging_steps=max(1, settings.steps // 10),
         disable_tqdm=not progress,
         use_cpu=device_type == "cpu",
         dataloader_num_workers=0,
@@ -189,9 +207,8 @@ def _sft_trainer_class():
     return ModelLossSFTTrainer
 
 
-def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
-              warmup_ratio: float, scheduler: str, seed: int, progress: bool, precision: str,
-              gradient_checkpointing: bool, peft_config=None, task=None) -> tuple:
+def train_sft(model, tokenizer, rows: list[dict], settings: TrainerSettings, *, seed: int, progress: bool,
+              peft_config=None, task=None) -> tuple:
     """SFTTrainer on prompt-completion rows (loss on completions). Returns (trained model, metrics).
 
     With ``task``, rows are shown as generation showed them (``tasks.base.sft_row``: conversational
@@ -209,21 +226,17 @@ def train_sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int
     dataset = datasets.Dataset.from_list(examples)
     with tempfile.TemporaryDirectory(prefix="flywheel-sft-") as scratch:
         args = SFTConfig(completion_only_loss=True, dataset_num_proc=tokenize_processes(len(rows)), **_trainer_args(
-            steps, batch_size, learning_rate, warmup_ratio, scheduler, seed, progress, model.device.type, scratch,
-            precision, gradient_checkpointing))
+            settings, seed=seed, progress=progress, device_type=model.device.type, scratch=scratch))
         trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                        peft_config=peft_config)
-        metrics = _fit(trainer, steps=steps, rows=len(rows), progress=progress)
+        metrics = _fit(trainer, steps=settings.steps, rows=len(rows), progress=progress)
     return trainer.accelerator.unwrap_model(trainer.model), metrics
 
 
-def sft(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, learning_rate: float,
-        warmup_ratio: float, scheduler: str, seed: int, progress: bool, precision: str = "auto",
-        gradient_checkpointing: bool = False, task=None) -> dict:
+def sft(model, tokenizer, rows: list[dict], settings: TrainerSettings, *, seed: int, progress: bool,
+        task=None) -> dict:
     """Run SFTTrainer in place on ``model`` (full weights); returns the final training metrics."""
-    return train_sft(model, tokenizer, rows, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                     warmup_ratio=warmup_ratio, scheduler=scheduler, seed=seed, progress=progress, precision=precision,
-                     gradient_checkpointing=gradient_checkpointing, task=task)[1]
+    return train_sft(model, tokenizer, rows, settings, seed=seed, progress=progress, task=task)[1]
 
 
 def _preference_row(task, row: dict, tokenizer) -> dict:
@@ -244,8 +257,7 @@ def train_dpo(model, ref_model, tokenizer, rows: list[dict], *, config: TrainCon
     dataset = datasets.Dataset.from_list([_preference_row(task, r, tokenizer) for r in rows])
     with tempfile.TemporaryDirectory(prefix="flywheel-dpo-") as scratch:
         args = DPOConfig(beta=config.dpo.beta, loss_type=[config.dpo.loss_type], **_trainer_args(
-            config.steps, config.batch_size, config.learning_rate, config.warmup_ratio, config.scheduler, seed,
-            progress, model.device.type, scratch, config.precision, config.gradient_checkpointing))
+            TrainerSettings.of(config), seed=seed, progress=progress, device_type=model.device.type, scratch=scratch))
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config)
         metrics = _fit(trainer, steps=config.steps, rows=len(rows), progress=progress)
@@ -319,9 +331,8 @@ def train_grpo(model, tokenizer, rows: list[dict], *, config: TrainConfig, task,
     with tempfile.TemporaryDirectory(prefix="flywheel-grpo-") as scratch:
         args = GRPOConfig(num_generations=config.grpo.num_generations, temperature=config.grpo.temperature,
                           max_completion_length=config.grpo.max_completion_tokens, beta=config.grpo.beta, **vllm,
-                          **_trainer_args(config.steps, config.batch_size, config.learning_rate, config.warmup_ratio,
-                                          config.scheduler, seed, progress, model.device.type, scratch,
-                                          config.precision, config.gradient_checkpointing))
+                          **_trainer_args(TrainerSettings.of(config), seed=seed, progress=progress,
+                                          device_type=model.device.type, scratch=scratch))
         trainer = GRPOTrainer(model=model, reward_funcs=majority_vote_reward(task), args=args, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=peft_config)
         metrics = _fit(trainer, steps=config.steps, rows=len(rows), progress=progress)
@@ -371,10 +382,8 @@ class TrainMethod:
 
 
 def _fit_sft(model, tokenizer, rows, *, init, config: TrainConfig, task, seed, progress, peft_config, device):
-    return train_sft(model, tokenizer, rows, steps=config.steps, batch_size=config.batch_size,
-                     learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
-                     scheduler=config.scheduler, seed=seed, progress=progress, precision=config.precision,
-                     gradient_checkpointing=config.gradient_checkpointing, peft_config=peft_config, task=task)
+    return train_sft(model, tokenizer, rows, TrainerSettings.of(config), seed=seed, progress=progress,
+                     peft_config=peft_config, task=task)
 
 
 def _fit_dpo(model, tokenizer, rows, *, init, config: TrainConfig, task, seed, progress, peft_config, device):
