@@ -369,9 +369,9 @@ def main(argv: list[str] | None = None) -> list[RunFigures]:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
 
-    from flywheel.cli import _quiet_libraries
+    from flywheel.console import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     config = args.config or str(ROOT / "configs" / ("smoke.yaml" if args.smoke else "default.yaml"))
     common = (["loop.rounds=1"] if args.smoke else []) + args.overrides
     names = args.arms.split(",") if args.arms else list(SMOKE_ARMS if args.smoke else ARMS)

@@ -83,12 +83,12 @@ def run_bare(model, tokenizer, prompts, config, task) -> tuple[float, int]:
 def child(arm: str, count: int, config_path: str) -> dict:
     import torch
 
-    from flywheel.cli import _quiet_libraries
+    from flywheel.console import quiet_libraries
     from flywheel.config import load_config
     from flywheel.modeling import load_member, member_dirs
     from flywheel.tasks import load_task
 
-    _quiet_libraries()
+    quiet_libraries()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     config = load_config(config_path)
     task = load_task(config.task)

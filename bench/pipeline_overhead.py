@@ -34,13 +34,13 @@ def main() -> None:
 
     import torch
 
-    from flywheel.cli import _quiet_libraries
+    from flywheel.console import quiet_libraries
     from flywheel.config import dump_config, load_config
     from flywheel.loop import run_loop
     from flywheel.tasks import load_task
     from flywheel.tracking import Tracker
 
-    _quiet_libraries()
+    quiet_libraries()
     warnings.filterwarnings("ignore")
     config_path = Path(args.config).resolve()
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as scratch:

@@ -46,7 +46,7 @@ def main() -> None:
 
     import torch
 
-    from flywheel.cli import _quiet_libraries
+    from flywheel.console import quiet_libraries
     from flywheel.config import load_config
     from flywheel.modeling import build_tiny_model, count_parameters, member_dirs
     from flywheel.precision import resolve_precision
@@ -54,7 +54,7 @@ def main() -> None:
     from flywheel.tasks import load_task
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    _quiet_libraries()
+    quiet_libraries()
     config = load_config(args.config, [f"train.steps={args.steps}"])
     task = load_task(config.task)
     rows = [{**r, "completion": r["answer"], "round": 1}

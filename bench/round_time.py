@@ -67,9 +67,9 @@ def main() -> None:
 
     import torch
 
-    from flywheel.cli import _quiet_libraries
+    from flywheel.console import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     sizes = [int(n) for n in args.sizes.split(",") if n] or [None]
     runs = [one_round(args.config, [*args.overrides, *([f"prompts.per_round={n}"] if n else [])]) for n in sizes]
     order = ("prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "digest", "track")

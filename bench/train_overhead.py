@@ -102,12 +102,12 @@ def child(arm: str, steps: int, rows: int, config_path: str) -> dict:
     """One arm in this process (threads already pinned by the parent's environment)."""
     import torch
 
-    from flywheel.cli import _quiet_libraries
+    from flywheel.console import quiet_libraries
     from flywheel.config import load_config
     from flywheel.modeling import load_member, member_dirs
     from flywheel.tasks import load_task
 
-    _quiet_libraries()
+    quiet_libraries()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     config = load_config(config_path, [f"train.steps={steps}"])
     task = load_task(config.task)

@@ -12,7 +12,7 @@ SRC = ROOT / "src" / "flywheel"
 # Lowest first. A module may import its own layer and the ones below, never one above. (The registries find
 # their entries by importing the modules that register, by name, on first lookup: flywheel.registry.)
 LAYERS = [
-    ["", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],  # "": the package (__version__; its API is lazy)
+    ["", "console", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],  # "": the package (__version__; its API is lazy)
     ["registry", "schemas", "sandbox"],
     ["io", "layout", "tasks", "tasks.*"],
     ["modeling", "versioning", "data"],
@@ -21,7 +21,7 @@ LAYERS = [
     ["stages", "stages.*", "experimental", "experimental.*", "seed_model"],
     ["mlflow_model", "machine_checks"],
     ["tracking", "loop", "status"],
-    ["kubeflow", "kubeflow.*", "argo", "argo.*", "cli"],  # the doors
+    ["kubeflow", "kubeflow.*", "argo", "argo.*", "tool_commands", "cli"],  # the doors
 ]
 
 

@@ -210,7 +210,7 @@ def test_the_console_has_a_heading_per_round_and_stage_and_no_trainer_dicts(unin
 
 
 def test_quiet_prints_no_headings(tmp_path, tiny_seed):
-    from flywheel.cli import setup_logging
+    from flywheel.console import setup_logging
     import logging
 
     assert setup_logging(0, 1) == logging.WARNING and setup_logging(1, 0) == logging.DEBUG

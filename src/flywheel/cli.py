@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from flywheel.console import quiet_libraries, setup_logging
 from flywheel.errors import InputError, Terminated
 
 EXAMPLES = """\
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "votes, keeps what it trusts, is fine-tuned on it, and the candidate replaces it only if "
                     "it wins the gate.")
     from flywheel import __version__
-    from flywheel.stages.records import ROUND_STAGES
+    from flywheel.tool_commands import add_tool_parsers
 
     parser.add_argument("--version", action="version", version=f"flywheel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,99 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
-    p = add("run", "Run the whole loop: seed scores, then loop.rounds rounds; print the table, write the report.")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run in loop.out_dir: complete stages are skipped, the MLflow parent run "
-                            "continues; refuses a changed config (loop.rounds may grow)")
-    again.add_argument("--restart", action="store_true",
-                       help="delete the earlier run in loop.out_dir (after the inputs are checked) and start over")
-
-    add("seed", "Train the seed committee on labeled short problems (writes seed.path).").add_argument(
-        "--out", type=Path, default=None, help="output directory (default: seed.path)")
-
-    p = add("prepare", "Write the eval set and round 0: the seed as champion, its scores, an empty pool.")
-    p.add_argument("--root", type=Path, required=True, help="the loop's data directory")
-
-    from flywheel.stages.records import ROUND
-
-    for stage in ROUND:  # a round's stages: each flag from its record (flywheel.stages.records)
-        p = add(stage.name, stage.help)
-        if stage.takes_round:
-            p.add_argument("--round", type=int, required=True)
-        for path in stage.paths:
-            p.add_argument(path.flag, type=Path, required=path.required, default=None, help=path.help or None,
-                           nargs="+" if path.many else None)
-
-    p = add("track", "Log a round's files to MLflow (nested run, dataset digest, model version, alias).")
-    p.add_argument("--round", type=int, default=None, help="the round to log (every use but --end-loop)")
-    p.add_argument("--root", type=Path, required=True, help="the loop's data directory (holds rounds/)")
-    p.add_argument("--out", type=Path, default=None, help="the record to write (default: <root>/tracking/round-N.json)")
-    p.add_argument("--door", choices=("dvc", "argo"), default="dvc",
-                   help="whose MLflow parent run the round nests under: one per directory and door (default: dvc)")
-    p.add_argument("--end-loop", metavar="WORKFLOW_STATUS", default=None,
-                   help="instead of a round: end the directory's parent run as its workflow ended (Succeeded: "
-                        "FINISHED; Failed, Error: FAILED, or KILLED where --failures shows a stop): the Argo door's "
-                        "exit handler")
-    p.add_argument("--failures", metavar="JSON", default="",
-                   help="with --end-loop: Argo's {{workflow.failures}}, the failed steps and their messages; the "
-                        "first is tagged on the parent run (flywheel.error), and `argo stop`'s message makes it KILLED")
-
-    p = add("step", "Run one step of a workspace's round, every path from the run layout: what each pod of the "
-                    "Argo Workflows door runs (docs/argo.md).")
-    p.add_argument("stage", choices=("start", *ROUND_STAGES),
-                   help="start: write <root>/config.yaml (from -c), prepare round 0 if the workspace has none, "
-                        "print the next round; or one stage of --round")
-    p.add_argument("--root", type=Path, required=True, help="the workspace (holds rounds/)")
-    p.add_argument("--round", type=int, default=None, help="the round (every stage but start)")
-    p.add_argument("--next-round-file", type=Path, default=None,
-                   help="start: also write the next round to this file (what the Argo door reads)")
-
-    p = add("report", "Build report.json and report.html from a loop's directory (with the config.yaml it holds).")
-    p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--end-mlflow-run", action="store_true",
-                   help="end the MLflow parent run that `flywheel track` opened for this directory (dvc repro's "
-                        "last stage), with the report's summary as its metrics")
-
-    p = sub.add_parser("export", help="Write a run's curated data as a Hugging Face dataset and its champion as a "
-                                      "Hub-ready model folder (optionally push both).",
-                       description="Write <out>/dataset (every round's curated rows as a `train` split: "
-                                   "datasets.load_from_disk(<out>/dataset)['train'] or load_dataset(<out>/dataset)) "
-                                   "and <out>/model (the last champion as one plain Hugging Face model directory "
-                                   "with its model card, evaluation results as model-index metadata). "
-                                   "--push-to-hub uploads them (HF_ENDPOINT, HF_TOKEN).")
-    p.add_argument("root", type=Path, help="the run directory (loop.out_dir)")
-    p.add_argument("--out", type=Path, required=True, help="where to write dataset/ and model/")
-    p.add_argument("--member", type=int, default=0, help="the committee member to export (default 0)")
-    p.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
-                   help="upload the model to ORG/NAME and the data to ORG/NAME-data")
-
-    p = sub.add_parser("status", help="Which rounds of a run finished, their decisions, and where it stopped.",
-                       description="Which rounds of a run directory finished, their gate decisions, and the stage "
-                                   "where the loop stopped (read from its files; nothing runs).")
-    p.add_argument("root", type=Path, help="the run directory (loop.out_dir)")
-
-    add("config", "Print every config key with its value and help (after -c/-s).")
-
-    # DVC in the cluster: `push` runs in a pipeline pod (no git), `commit` where the data repo is checked out.
-    data = sub.add_parser("data", help="Version a round's data with DVC: push (no git), commit + tag (data repo).",
-                          description="Version a round's data with DVC. See docs/kubeflow-infra.md.")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    p = data_sub.add_parser("push", help="Upload a round directory to a DVC remote without git; write its .dvc file.",
-                            description="Upload a round directory straight to a DVC remote (s3://bucket/prefix or a "
-                                        "local path) from a scratch no-SCM DVC repo, and write the .dvc file that "
-                                        "points at it. S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL.")
-    p.add_argument("--round-dir", type=Path, required=True, help="the round's data directory (e.g. rounds/3)")
-    p.add_argument("--remote", required=True, help="DVC remote URL: s3://bucket/prefix or a directory")
-    p.add_argument("--dvc-file", type=Path, required=True, help=".dvc file to write (atomically)")
-    p = data_sub.add_parser("commit", help="Commit a round's .dvc file to the data repository and tag it round-K.",
-                            description="Copy a .dvc file (from `flywheel data push`) into a git + DVC data "
-                                        "repository as rounds/K.dvc, commit it and tag round-K.")
-    p.add_argument("--repo", type=Path, required=True, help="the data repository (git + DVC)")
-    p.add_argument("--dvc-file", type=Path, required=True, help="the round's .dvc file")
-    p.add_argument("--round", type=int, required=True, help="round index K (tag round-K)")
-    p.add_argument("--message", default=None, help="commit message (default: 'round K: data <md5>')")
+    # Each command's flags stand beside its function below; the tools and the cluster doors add their own.
+    for add_command in (_add_run, _add_seed, _add_prepare, _add_round_stages, _add_track, _add_step, _add_report,
+                        _add_config):
+        add_command(add)
+    add_tool_parsers(sub)
     from flywheel.kubeflow.cli import add_parser as add_pipeline_parser
 
     add_pipeline_parser(sub, _common)
@@ -160,23 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_argo_parser(sub, _common)
     return parser
-
-
-def setup_logging(verbose: int, quiet: int) -> int:
-    """The ``flywheel`` logger on stderr: INFO (a heading per round and stage) by default, DEBUG with -v,
-    WARNING with -q. Returns the level; the libraries stay at WARNING unless -vv."""
-    import logging
-
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logger = logging.getLogger("flywheel")
-    logger.setLevel(level)
-    if not any(getattr(h, "flywheel", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.flywheel = True
-        logger.addHandler(handler)
-    logger.propagate = False
-    return level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,8 +114,10 @@ def _command_line(args) -> str:
 
 def _dispatch(args) -> int:
     """Commands that need no config, then the config, then the machine (``_set_up``), then the command."""
-    if args.command in PLAIN_COMMANDS:
-        return PLAIN_COMMANDS[args.command](args)
+    from flywheel.tool_commands import TOOL_COMMANDS
+
+    if args.command in TOOL_COMMANDS:
+        return TOOL_COMMANDS[args.command](args)
     from flywheel.config import load_config
 
     if args.command in ("report", "step", "track") and args.config is None:
@@ -262,10 +160,15 @@ def _set_up(args, config):
     task = load_task(config.task, config.code)
     check_stage(config, stage)
     if getattr(args, "verbose", 0) < 2:
-        _quiet_libraries(models=uses_model(config, stage))
+        quiet_libraries(models=uses_model(config, stage))
     # No progress bars in logs (dvc repro, CI, pipes) or with -q.
     config.loop.progress = config.loop.progress and sys.stderr.isatty() and not getattr(args, "quiet", 0)
     return task
+
+
+def _add_config(add) -> None:
+    """flywheel config"""
+    add("config", "Print every config key with its value and help (after -c/-s).")
 
 
 def _config(config) -> int:
@@ -280,135 +183,21 @@ def _config(config) -> int:
     return 0
 
 
-def _export(args) -> int:
-    from flywheel.export import export_run, push_to_hub
-
-    result = export_run(args.root, args.out, member=args.member)
-    if args.push_to_hub:
-        result.update(push_to_hub(args.out, args.push_to_hub))
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def _status(args) -> int:
-    from flywheel.status import run_status, status_lines
-
-    print("\n".join(status_lines(run_status(args.root))))
-    return 0
+def _add_run(add) -> None:
+    """flywheel run"""
+    p = add("run", "Run the whole loop: seed scores, then loop.rounds rounds; print the table, write the report.")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in loop.out_dir: complete stages are skipped, the MLflow parent run "
+                            "continues; refuses a changed config (loop.rounds may grow)")
+    again.add_argument("--restart", action="store_true",
+                       help="delete the earlier run in loop.out_dir (after the inputs are checked) and start over")
 
 
 def _run_command(args, config, task) -> int:
     mode = "resume" if args.resume else "restart" if args.restart else "new"
     return _run(config, track=not args.no_track, mode=mode)
-
-
-def _seed(args, config, task) -> dict:
-    from flywheel.seed_model import train_seed
-
-    return train_seed(config, task=task, out_dir=args.out, device=config.loop.device, progress=config.loop.progress)
-
-
-def _prepare(args, config, task) -> int:
-    from flywheel.loop import prepare
-    from flywheel.versioning import check_dvc_rounds
-
-    check_dvc_rounds(config)  # dvc repro's first stage: dvc.yaml's rounds must be loop.rounds
-    prepare(config, args.root, task=task)
-    return 0
-
-
-def _round_stage(args, config, task) -> dict:
-    """``flywheel <stage>`` for a stage of a round: its record's call with the paths the flags give."""
-    from flywheel.stages.records import STAGES
-
-    stage = STAGES[args.command]
-    paths = {path.name: getattr(args, path.name) for path in stage.paths}
-    return stage.shown(stage.run(config, task, getattr(args, "round", None), paths))
-
-
-def _track(args, config, task) -> dict:
-    from flywheel.tracking import end_workspace_loop, loop_key, track_round
-
-    if args.end_loop is not None:
-        return end_workspace_loop(config, loop_key=loop_key(args.door, args.root), workflow_status=args.end_loop,
-                                  failures=args.failures)
-    if args.round is None:
-        raise InputError("--round", "flywheel track needs --round N (or --end-loop STATUS)")
-    # One parent run per directory and door; round 1 registers the seed.
-    return track_round(config, args.root, args.round, loop_key=loop_key(args.door, args.root),
-                       register_seed=args.round == 1, out=args.out)
-
-
-def _step(args, config, task) -> dict | int:
-    """One step of a workspace's round (the Argo door's pods): ``start`` or a stage of ``flywheel.loop``."""
-    from flywheel import io
-    from flywheel.config import config_file_text
-    from flywheel.layout import RunLayout
-    from flywheel.loop import prepare, round_stages
-
-    run = RunLayout(args.root)
-    if args.stage == "start":
-        io.write_text(run.config, config_file_text(config))  # every later step reads it (-c defaults to it)
-        if not run.round(0).metrics.is_file():
-            prepare(config, args.root, task=task)
-        next_round = run.next_round()
-        if args.next_round_file is not None:  # Argo reads the round from this file: stdout may hold other text
-            io.write_text(args.next_round_file, f"{next_round}\n")
-        print(next_round)
-        return 0
-    if args.round is None or args.round < 1:
-        raise InputError("--round", f"flywheel step {args.stage} needs --round N (N >= 1)")
-    stage = next(s for s in round_stages(config, args.root, args.round, task=task)
-                 if s.name == args.stage)
-    return stage.run()
-
-
-def _report(args, config, task) -> int:
-    from flywheel.report import build_report, table, write_report
-
-    from flywheel.layout import RoundLayout
-
-    if not RoundLayout(args.root, 0).metrics.is_file():
-        raise InputError(RoundLayout(args.root, 0).dir, "no loop here (run `flywheel prepare` or `flywheel run` first)",
-                         field="--root")
-    report = build_report(args.root, config)
-    write_report(args.root, report)
-    if args.end_mlflow_run and config.tracking.enabled:
-        from flywheel.tracking import Tracker, loop_key
-
-        tracker = Tracker(config.tracking)
-        tracker.end_loop(tracker.start_loop(config, loop_key=loop_key("dvc", args.root)), {"final": report["summary"]})
-    print(table(report))
-    return 0
-
-
-# Each command's function: those that need neither a config nor the machine, then the rest.
-PLAIN_COMMANDS = {"data": lambda args: _data(args), "export": _export, "status": _status}
-STAGE_COMMANDS = {"run": _run_command, "seed": _seed, "prepare": _prepare, "track": _track, "report": _report,
-                  "step": _step}
-
-
-def _quiet_libraries(models: bool = True) -> None:
-    """Keep the output to our own progress bars and tables. ``models``: also transformers and datasets (imported
-    here only for the stages that load a model)."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside TRL/transformers
-    # MLflow sets up its own loggers when it is imported, at this level: "Creating initial MLflow database
-    # tables..." stays out. Not importing it here keeps the stages that never log (2.5 s per process) fast.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if not models:
-        return
-    # datasets reads this when train imports it: importing it here would cost every generate and evaluate process
-    # 0.8 s for a library only training uses.
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def _run(config, *, track: bool, mode: str) -> int:
@@ -443,16 +232,155 @@ def _run(config, *, track: bool, mode: str) -> int:
     return 0
 
 
-def _data(args) -> int:
-    """``flywheel data push|commit``: no config, no torch; DVC and git only."""
-    from flywheel import versioning
+def _add_seed(add) -> None:
+    """flywheel seed"""
+    add("seed", "Train the seed committee on labeled short problems (writes seed.path).").add_argument(
+        "--out", type=Path, default=None, help="output directory (default: seed.path)")
 
-    if args.data_command == "push":
-        result = versioning.push_round(args.round_dir, args.remote, args.dvc_file)
-    else:
-        result = versioning.commit_round(args.repo, args.dvc_file, args.round, args.message)
-    print(json.dumps(result, indent=2))
+
+def _seed(args, config, task) -> dict:
+    from flywheel.seed_model import train_seed
+
+    return train_seed(config, task=task, out_dir=args.out, device=config.loop.device, progress=config.loop.progress)
+
+
+def _add_prepare(add) -> None:
+    """flywheel prepare"""
+    p = add("prepare", "Write the eval set and round 0: the seed as champion, its scores, an empty pool.")
+    p.add_argument("--root", type=Path, required=True, help="the loop's data directory")
+
+
+def _prepare(args, config, task) -> int:
+    from flywheel.loop import prepare
+    from flywheel.versioning import check_dvc_rounds
+
+    check_dvc_rounds(config)  # dvc repro's first stage: dvc.yaml's rounds must be loop.rounds
+    prepare(config, args.root, task=task)
     return 0
+
+
+def _add_round_stages(add) -> None:
+    """flywheel prompts|generate|vote|curate|train|evaluate|gate: each flag from the stage's record"""
+    from flywheel.stages.records import ROUND
+
+    for stage in ROUND:  # a round's stages: each flag from its record (flywheel.stages.records)
+        p = add(stage.name, stage.help)
+        if stage.takes_round:
+            p.add_argument("--round", type=int, required=True)
+        for path in stage.paths:
+            p.add_argument(path.flag, type=Path, required=path.required, default=None, help=path.help or None,
+                           nargs="+" if path.many else None)
+
+
+def _round_stage(args, config, task) -> dict:
+    """``flywheel <stage>`` for a stage of a round: its record's call with the paths the flags give."""
+    from flywheel.stages.records import STAGES
+
+    stage = STAGES[args.command]
+    paths = {path.name: getattr(args, path.name) for path in stage.paths}
+    return stage.shown(stage.run(config, task, getattr(args, "round", None), paths))
+
+
+def _add_track(add) -> None:
+    """flywheel track"""
+    p = add("track", "Log a round's files to MLflow (nested run, dataset digest, model version, alias).")
+    p.add_argument("--round", type=int, default=None, help="the round to log (every use but --end-loop)")
+    p.add_argument("--root", type=Path, required=True, help="the loop's data directory (holds rounds/)")
+    p.add_argument("--out", type=Path, default=None, help="the record to write (default: <root>/tracking/round-N.json)")
+    p.add_argument("--door", choices=("dvc", "argo"), default="dvc",
+                   help="whose MLflow parent run the round nests under: one per directory and door (default: dvc)")
+    p.add_argument("--end-loop", metavar="WORKFLOW_STATUS", default=None,
+                   help="instead of a round: end the directory's parent run as its workflow ended (Succeeded: "
+                        "FINISHED; Failed, Error: FAILED, or KILLED where --failures shows a stop): the Argo door's "
+                        "exit handler")
+    p.add_argument("--failures", metavar="JSON", default="",
+                   help="with --end-loop: Argo's {{workflow.failures}}, the failed steps and their messages; the "
+                        "first is tagged on the parent run (flywheel.error), and `argo stop`'s message makes it KILLED")
+
+
+def _track(args, config, task) -> dict:
+    from flywheel.tracking import end_workspace_loop, loop_key, track_round
+
+    if args.end_loop is not None:
+        return end_workspace_loop(config, loop_key=loop_key(args.door, args.root), workflow_status=args.end_loop,
+                                  failures=args.failures)
+    if args.round is None:
+        raise InputError("--round", "flywheel track needs --round N (or --end-loop STATUS)")
+    # One parent run per directory and door; round 1 registers the seed.
+    return track_round(config, args.root, args.round, loop_key=loop_key(args.door, args.root),
+                       register_seed=args.round == 1, out=args.out)
+
+
+def _add_step(add) -> None:
+    """flywheel step"""
+    p = add("step", "Run one step of a workspace's round, every path from the run layout: what each pod of the "
+                    "Argo Workflows door runs (docs/argo.md).")
+    from flywheel.stages.records import ROUND_STAGES
+
+    p.add_argument("stage", choices=("start", *ROUND_STAGES),
+                   help="start: write <root>/config.yaml (from -c), prepare round 0 if the workspace has none, "
+                        "print the next round; or one stage of --round")
+    p.add_argument("--root", type=Path, required=True, help="the workspace (holds rounds/)")
+    p.add_argument("--round", type=int, default=None, help="the round (every stage but start)")
+    p.add_argument("--next-round-file", type=Path, default=None,
+                   help="start: also write the next round to this file (what the Argo door reads)")
+
+
+def _step(args, config, task) -> dict | int:
+    """One step of a workspace's round (the Argo door's pods): ``start`` or a stage of ``flywheel.loop``."""
+    from flywheel import io
+    from flywheel.config import config_file_text
+    from flywheel.layout import RunLayout
+    from flywheel.loop import prepare, round_stages
+
+    run = RunLayout(args.root)
+    if args.stage == "start":
+        io.write_text(run.config, config_file_text(config))  # every later step reads it (-c defaults to it)
+        if not run.round(0).metrics.is_file():
+            prepare(config, args.root, task=task)
+        next_round = run.next_round()
+        if args.next_round_file is not None:  # Argo reads the round from this file: stdout may hold other text
+            io.write_text(args.next_round_file, f"{next_round}\n")
+        print(next_round)
+        return 0
+    if args.round is None or args.round < 1:
+        raise InputError("--round", f"flywheel step {args.stage} needs --round N (N >= 1)")
+    stage = next(s for s in round_stages(config, args.root, args.round, task=task)
+                 if s.name == args.stage)
+    return stage.run()
+
+
+def _add_report(add) -> None:
+    """flywheel report"""
+    p = add("report", "Build report.json and report.html from a loop's directory (with the config.yaml it holds).")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--end-mlflow-run", action="store_true",
+                   help="end the MLflow parent run that `flywheel track` opened for this directory (dvc repro's "
+                        "last stage), with the report's summary as its metrics")
+
+
+def _report(args, config, task) -> int:
+    from flywheel.report import build_report, table, write_report
+
+    from flywheel.layout import RoundLayout
+
+    if not RoundLayout(args.root, 0).metrics.is_file():
+        raise InputError(RoundLayout(args.root, 0).dir, "no loop here (run `flywheel prepare` or `flywheel run` first)",
+                         field="--root")
+    report = build_report(args.root, config)
+    write_report(args.root, report)
+    if args.end_mlflow_run and config.tracking.enabled:
+        from flywheel.tracking import Tracker, loop_key
+
+        tracker = Tracker(config.tracking)
+        tracker.end_loop(tracker.start_loop(config, loop_key=loop_key("dvc", args.root)), {"final": report["summary"]})
+    print(table(report))
+    return 0
+
+
+# Each command's function (the tools, flywheel.tool_commands, need neither a config nor the machine).
+STAGE_COMMANDS = {"run": _run_command, "seed": _seed, "prepare": _prepare, "track": _track, "report": _report,
+                  "step": _step}
 
 
 # The outputs of the commands that are not a round's stage: (argument, a directory?). A round's stages: their
