@@ -149,6 +149,9 @@ def main() -> None:
     for arm in ARMS:
         print(f"{arm:10} {best[arm]['wall_s']:8.2f} {best[arm]['loop_s']:8.2f} "
               f"{1000 * best[arm]['loop_s'] / args.steps:8.1f}")
+    for arm in ARMS:  # every run, to show the spread on a shared machine
+        print(f"  {arm} walls: " + ", ".join(f"{r['wall_s']:.2f}" for r in results[arm])
+              + "; loops: " + ", ".join(f"{r['loop_s']:.2f}" for r in results[arm]))
     walls = {arm: statistics.median(r["wall_s"] for r in runs) for arm, runs in results.items()}
     print(f"ratio flywheel/bare: {best['flywheel']['wall_s'] / best['bare']['wall_s']:.3f} (best walls), "
           f"{walls['flywheel'] / walls['bare']:.3f} (median walls), "

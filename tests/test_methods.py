@@ -279,3 +279,29 @@ def test_grpo_reward_on_code_runs_programs_on_the_prompts_test_inputs():
     meta = json.dumps({"tests": [{"stdin": "3\n"}], "style": "stdin"})
     reward = majority_vote_reward(CodeTask())
     assert reward(["q"] * 3, programs, prompt_id=["p"] * 3, meta=[meta] * 3) == [1.0, 1.0, 0.0]
+
+
+def test_sft_tokens_equal_trls_own_preparation(tmp_path):
+    """flywheel tokenises plain SFT rows itself (two batched calls, stages.train.sft_tokens); TRL's SFTTrainer must
+    have prepared exactly the same tokens and labels from the raw rows, truncation and dropping included."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from flywheel.stages.train import sft_tokens
+    from flywheel.tasks.base import sft_row
+
+    model, tokenizer = load_member(member_dirs(ROOT / "seed" / "default")[0], device="cpu")
+    task = ReversedAddition()
+    prompts = task.make_prompts(bucket=3, count=40, seed=1, id_prefix="t")
+    rows = [sft_row(task, p["prompt"], p["answer"], tokenizer) for p in prompts]
+    rows += [{"prompt": "1+1=", "completion": "2" + tokenizer.eos_token},  # an EOS already there is not doubled
+             {"prompt": "12345678+1=", "completion": "12345679"}]  # cut by max_length below: its prompt fills it
+    for max_length in (1024, 10):
+        args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, max_length=max_length, report_to=[],
+                         use_cpu=True)
+        prepared = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tokenizer).train_dataset
+        ours = sft_tokens(rows, tokenizer, max_length=max_length)
+        assert [r["input_ids"] for r in ours] == prepared["input_ids"]
+        assert [r["labels"] for r in ours] == prepared["labels"]
+    assert len(sft_tokens(rows, tokenizer, max_length=10)) < len(rows)  # the truncation case was exercised
