@@ -125,9 +125,9 @@ def _deciding_settings(config: FlywheelConfig, step: str) -> tuple[str, str]:
     device = f"loop.device={config.loop.device}"
     if step == "train":
         return f"train.num_nodes={config.train.num_nodes} and {device}", "train.num_nodes"
-    settings = STAGES[step].model_settings(config) if step in STAGES else []  # from the stage's record
+    settings = STAGES[step].model_settings(config) if step in STAGES else {}  # from the stage's record
     if settings:
-        return " and ".join([*settings, device]), settings[0].split("=")[0]
+        return " and ".join([*(f"{name}={value}" for name, value in settings.items()), device]), next(iter(settings))
     return device, "loop.device"
 
 

@@ -73,12 +73,12 @@ class Stage:
             return getattr(config, self.loads_model).needs_model()
         return self.loads_model
 
-    def model_settings(self, config: "FlywheelConfig") -> list[str]:
-        """The settings that decide whether it loads a model, as ``section.key=value`` (for an error)."""
+    def model_settings(self, config: "FlywheelConfig") -> dict[str, object]:
+        """The settings that decide whether it loads a model, by their dotted field name (for an error)."""
         if not isinstance(self.loads_model, str):
-            return []
+            return {}
         section = getattr(config, self.loads_model)
-        return [f"{self.loads_model}.{key}={getattr(section, key)}" for key in section.MODEL_SETTINGS]
+        return {f"{self.loads_model}.{key}": getattr(section, key) for key in section.MODEL_SETTINGS}
 
     def paths_of(self, layout: RoundLayout, config: "FlywheelConfig", **given: Path | None) -> dict[str, Path | None]:
         """Every path of round ``layout.index`` by name; ``given`` replaces some (a Kubeflow artifact's path)."""
