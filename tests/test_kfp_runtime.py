@@ -83,7 +83,8 @@ def test_the_exit_task_ends_the_runs_as_the_pipeline_ended(tmp_path):
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key=loop_key(str(tmp_path / "runs" / "run-7")))
     client = MlflowClient(f"sqlite:///{db}")
-    from flywheel.tracking import end_workspace_loop, pipeline_end
+    from flywheel.tracking import end_workspace_loop
+    from flywheel.workflow_ends import pipeline_end
 
     # Through kfp's executor once (each run starts a Python that imports MLflow: seconds), then the same function
     # in this process for the other final states.

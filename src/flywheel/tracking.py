@@ -11,22 +11,21 @@ whose gate promoted but whose alias had moved meanwhile (another run, an overlap
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from flywheel.config import FlywheelConfig, TrackingConfig
 from flywheel.layout import FILES, RoundLayout, RunLayout
 from flywheel.modeling import read_model_meta
+from flywheel.tracking_store import local_dir, sqlite_file, check_reachable, check_writable, store_fault
+from flywheel.workflow_ends import WorkflowEnd, workflow_end
 
 EVAL_METRICS = f"{FILES.eval_dir}/{FILES.metrics}"  # relative to the round, as MLflow's artifact path too
 CHAMPION_ALIAS = "champion"
@@ -154,7 +153,7 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(config.experiment)
         self.experiment_id = (experiment.experiment_id if experiment
                               else self.client.create_experiment(config.experiment))
-        if _sqlite_file(config.uri) or _local_dir(config.uri):  # a server's artifact paths are its own to check
+        if sqlite_file(config.uri) or local_dir(config.uri):  # a server's artifact paths are its own to check
             experiment = experiment or self.client.get_experiment(self.experiment_id)
             check_writable(config.uri, artifacts=experiment.artifact_location)
 
@@ -583,74 +582,6 @@ def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, l
 # Argo's {{workflow.status}} in an exit handler, as the MLflow status its parent run ends with. A stopped
 # workflow runs its exit handler as Failed; a terminated one runs none, and its parent run stays RUNNING until a
 # later workflow on the workspace ends it.
-WORKFLOW_ENDINGS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Error": "FAILED"}
-# How Argo marks the steps `argo stop` ends (workflow/controller/exec_control.go and operator.go, v4.0.5): a running
-# pod's node "workflow shutdown with strategy:  Stop" (replaced by "main: Error (exit code 143)" once the pod's
-# SIGTERM ends it), a retried step "Stopped with strategy 'Stop'". The workflow itself is then only Failed; these
-# messages in {{workflow.failures}} are what tells a stop from a failure.
-_STOPPED = ("shutdown with strategy", "Stopped with strategy", "(exit code 143)")
-
-
-@dataclass(frozen=True)
-class WorkflowEnd:
-    """How a workflow ended, as its exit handler sees it: the MLflow status for the loop's runs, and the first
-    failed step (``name: message``) where one failed."""
-
-    status: str
-    first_failure: str | None
-
-
-def _failed_steps(failures: str) -> list[dict]:
-    """``{{workflow.failures}}`` as the exit handler's argument: Argo quotes the JSON list once more
-    (``strconv.Quote``, to survive its template substitution), so the argument is a JSON string holding the JSON
-    list; "null" or empty where nothing failed. Anything else is kept as one failure's text."""
-    value: object = failures
-    for _ in range(2):
-        if not isinstance(value, str) or not value.strip():
-            break
-        try:
-            value = json.loads(value)
-        except ValueError:
-            break
-    if isinstance(value, list):
-        return [step for step in value if isinstance(step, dict)]
-    if isinstance(value, str) and value.strip():
-        return [{"displayName": "workflow", "message": value}]
-    return []
-
-
-def workflow_end(workflow_status: str, failures: str = "") -> WorkflowEnd:
-    """``workflow_status`` is Argo's ``{{workflow.status}}``; ``failures`` its ``{{workflow.failures}}`` (the failed
-    steps: ``displayName``, ``message``, ``finishedAt``, ...). A stop's marks among the failures make it KILLED."""
-    from flywheel.errors import InputError
-
-    if workflow_status not in WORKFLOW_ENDINGS:
-        raise InputError("--end-loop", f"{workflow_status!r} is not a workflow status "
-                         f"({', '.join(WORKFLOW_ENDINGS)})")
-    status = WORKFLOW_ENDINGS[workflow_status]
-    steps = sorted(_failed_steps(failures), key=lambda s: (str(s.get("finishedAt") or ""), str(s.get("displayName"))))
-    messages = [str(step.get("message") or "") for step in steps]
-    if status == "FAILED" and any(mark in message for message in messages for mark in _STOPPED):
-        status = "KILLED"
-    first = next((f"{s.get('displayName', '?')}: {m}" for s, m in zip(steps, messages) if m), None)
-    return WorkflowEnd(status, first if status != "FINISHED" else None)
-
-
-# KFP's PipelineTaskFinalStatus.state in a pipeline's exit task (kfp.dsl documents CANCELLED; the backend's runtime
-# state is spelled CANCELED), as the MLflow status the parent run ends with.
-PIPELINE_ENDINGS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELLED": "KILLED", "CANCELED": "KILLED"}
-
-
-def pipeline_end(state: str, error_message: str | None = None) -> WorkflowEnd:
-    """How a Kubeflow run ended, as its exit task sees it (``dsl.PipelineTaskFinalStatus``)."""
-    from flywheel.errors import InputError, one_line
-
-    if state not in PIPELINE_ENDINGS:
-        raise InputError("status.state", f"{state!r} is not a final pipeline state ({', '.join(PIPELINE_ENDINGS)})")
-    status = PIPELINE_ENDINGS[state]
-    return WorkflowEnd(status, None if status == "FINISHED" else one_line(error_message or state, 500))
-
-
 def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status: str = "", failures: str = "",
                        end: WorkflowEnd | None = None) -> dict:
     """A workflow's exit handler (the Argo door's ``onExit``, the Kubeflow pipelines' exit task): end the parent run
@@ -664,116 +595,6 @@ def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status
         return {"tracking": "disabled", "status": end.status}
     parent = Tracker(config.tracking).end_loop_of(loop_key, end.status, error=end.first_failure)
     return {"parent_run_id": parent, "status": end.status, "first_failure": end.first_failure}
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """An MLflow server that does not answer is one line within seconds, before any work (MLflow's own client
-    retries for minutes and then raises a traceback). Local stores (sqlite, file) need no check."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    from flywheel.errors import InputError, one_line
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            pass
-    except urllib.error.HTTPError:
-        return  # it answered (an auth proxy or an older server without /health): the client will say more
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise InputError(uri, f"MLflow does not answer within {timeout_s:g} s ({one_line(reason)}); start it, "
-                         "fix tracking.uri, or run with --no-track", field="tracking.uri") from None
-
-
-def check_writable(uri: str, *, artifacts: str | None = None) -> None:
-    """A local store that cannot be written is one line before any work, naming the path: MLflow retries a sqlite
-    file it cannot open for two minutes and then raises a traceback, and a read-only file store fails in the middle
-    of the loop. Checks the sqlite file and its directory (sqlite writes a journal beside the file), or the file
-    store's directory, and ``artifacts`` (an experiment's artifact location) where it is a local directory; a
-    missing directory is made. Remote stores: nothing to check here."""
-    from flywheel.errors import InputError
-
-    targets = []
-    if _sqlite_file(uri) is not None:
-        targets.append(("sqlite file", _sqlite_file(uri), True))
-    elif _local_dir(uri) is not None:
-        targets.append(("file store", _local_dir(uri), False))
-    if artifacts and _local_dir(artifacts) is not None:
-        targets.append(("artifact directory", _local_dir(artifacts), False))
-    for what, path, is_file in targets:
-        error = _write_error(path, is_file=is_file)
-        if error is not None:
-            remedy = "free space there" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
-            raise InputError(uri, f"cannot write the MLflow {what} {path} ({error.strerror or error}): {remedy}, "
-                             "point tracking.uri elsewhere, or run with --no-track", field="tracking.uri")
-
-
-def _write_error(path: Path, *, is_file: bool) -> OSError | None:
-    """Why ``path`` (a file, or a directory) cannot be written, or None: a real write, since permission bits do
-    not stop root and only a write finds a read-only mount or a full disk."""
-    directory = path.parent if is_file else path
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        if is_file and path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
-        with tempfile.TemporaryFile(dir=directory) as probe:  # unnamed where the OS allows: nothing left behind
-            probe.write(bytes(4096))
-            probe.flush()
-    except OSError as error:
-        return error
-    return None
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///path`` URI (relative to the working directory; ``sqlite:////abs``)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-def _local_dir(uri: str) -> Path | None:
-    """The directory of a local file store or artifact location (``file:///x``, ``file:x`` or a plain path)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        return Path(unquote(parsed.path))
-    return Path(uri) if parsed.scheme == "" and uri and uri != "databricks" else None
-
-
-# What a store that refuses a write says: an OSError's errno, or the text MLflow and sqlite wrap it in.
-_FULL = ((errno.ENOSPC, errno.EDQUOT), ("no space left", "disk is full", "quota exceeded"))
-_READ_ONLY = ((errno.EROFS, errno.EACCES, errno.EPERM), ("read-only file system", "readonly database",
-                                                          "permission denied"))
-
-
-def store_fault(uri: str, error: BaseException):
-    """The one-line ``InputError`` for a store that refused a write (full, read-only, not permitted), found in
-    ``error`` or what caused it (MLflow wraps the OSError or sqlite's error in its own); None for any other error.
-    A store of MLflow 3 that no longer writes file stores unless asked is one line too."""
-    from flywheel.errors import InputError, chain
-
-    kind, path = None, None
-    for link in chain(error):
-        text = str(link).lower()
-        code = link.errno if isinstance(link, OSError) else None
-        for name, (codes, words) in (("full", _FULL), ("read-only", _READ_ONLY)):
-            if kind is None and (code in codes or any(word in text for word in words)):
-                kind = name
-        if "mlflow_allow_file_store" in text:
-            return InputError(uri, "MLflow 3 writes a file store only with MLFLOW_ALLOW_FILE_STORE=true set; use "
-                              "sqlite:///<dir>/mlflow.db instead, or set it", field="tracking.uri")
-        if isinstance(link, OSError):  # a copy's error names its source first, the destination second
-            path = path or link.filename2 or link.filename
-    if kind is None:
-        return None
-    where = path or _sqlite_file(uri) or _local_dir(uri) or "its store"
-    if kind == "full":
-        return InputError(uri, f"MLflow could not write {where}: the disk is full; free space there and run again "
-                          "(flywheel run --resume), or run with --no-track", field="tracking.uri")
-    return InputError(uri, f"MLflow could not write {where}: it is read-only or not permitted; make it writable or "
-                      "point tracking.uri elsewhere, or run with --no-track", field="tracking.uri")
 
 
 def output_digests(round_dir: Path) -> dict[str, str]:

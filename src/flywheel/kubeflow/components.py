@@ -372,7 +372,8 @@ def end_run(config_yaml: str, workspace: str, run_id: str, status: dsl.PipelineT
     from flywheel import infra
     from flywheel.kubeflow import artifacts
     from flywheel.kubeflow.champion import loop_key
-    from flywheel.tracking import end_workspace_loop, pipeline_end
+    from flywheel.tracking import end_workspace_loop
+    from flywheel.workflow_ends import pipeline_end
 
     config = artifacts.load(config_yaml)
     here = str(Path(workspace) / run_id) if run_id else workspace

@@ -260,7 +260,7 @@ def _check_mlflow(config: FlywheelConfig) -> str:
     uri = config.tracking.uri
     if not uri.startswith(("http://", "https://")):
         return f"{uri} (not a server: each pod would have its own store)" if "://" in uri else uri
-    from flywheel.tracking import check_reachable
+    from flywheel.tracking_store import check_reachable
 
     check_reachable(uri, timeout_s=10)
     return f"{uri} answers"
