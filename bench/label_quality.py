@@ -52,7 +52,7 @@ def main() -> None:
     from flywheel.config import CurateConfig, GenerateConfig
     from flywheel.generation import HFBackend
     from flywheel.modeling import load_member, member_dirs
-    from flywheel.stages.curate import _prompt_reason
+    from flywheel.stages.curate.rules import prompt_reason
     from flywheel.stages.generate import generate
     from flywheel.stages.vote import audit, vote
     from flywheel.tasks import ReversedAddition
@@ -76,7 +76,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         # What curate keeps before its vote-share filter (a majority, past the task's format filter).
         votes = [v for v in vote(samples)[0]
-                 if _prompt_reason(by_id[v["prompt_id"]], v, CurateConfig(), task, set(), check_share=False) is None]
+                 if prompt_reason(by_id[v["prompt_id"]], v, CurateConfig(), task, set(), check_share=False) is None]
         cells = []
         for row in audit(votes, truth, task.is_correct, args.thresholds):
             cells.append(f"{_precision(row):>5}/{row['kept'] / len(prompts):.2f}      ")

@@ -84,7 +84,8 @@ REFERENCE_VOTE = """
 from pathlib import Path
 from flywheel import io, schemas
 from flywheel.config import load_config
-from flywheel.stages.vote import reliability_weights, sample_weights, vote, vote_summary, voter_reliability
+from flywheel.stages.vote import reliability_weights, sample_weights, vote_summary, voter_reliability
+from reference_rows import vote_rows as vote
 from flywheel.tasks import load_task
 config, task = load_config("{config}", ["vote.method={method}"]), load_task("addition")
 rows = io.read_rows("{samples}", schemas.SAMPLES)
@@ -98,7 +99,7 @@ io.write_rows(Path("{out}") / "agreement.rows.parquet", agreement, schemas.AGREE
 REFERENCE_CURATE = """
 from pathlib import Path
 from flywheel.config import load_config
-from flywheel.stages.curate import run_curate_rows
+from reference_rows import run_curate_rows
 from flywheel.tasks import load_task
 here = Path("{here}")
 run_curate_rows(here, load_config("{config}").curate, task=load_task("addition"), eval_path=Path("{eval}"),
@@ -128,7 +129,7 @@ def main() -> None:
               f"Parquet (built in {time.perf_counter() - start:.1f} s)")
         flywheel = [sys.executable, "-m", "flywheel.cli"]
         common = ["-c", args.config, "-s", f"vote.method={args.method}", "-q"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
         commands = {
             "vote": ["vote", *common, "--samples", str(this.samples), "--out-dir", str(this.dir),
                      "--audit", str(this.audit)],
@@ -136,8 +137,8 @@ def main() -> None:
                        "--eval", str(RunLayout(Path(scratch)).eval_set), "--audit", str(this.audit)]}
         results = {name: timed(flywheel + commands[name], env) for name in args.stages.split(",")}
         if args.reference:
-            # The same work on Python rows: stages.vote.vote and stages.curate.run_curate_rows, as run_vote and
-            # run_curate did before they went columnar (same inputs, same outputs).
+            # The same work on Python rows: the oracle the tests hold the columnar stages to
+            # (tests/reference_rows.py: vote_rows, run_curate_rows), same inputs, same outputs.
             reference = {
                 "vote (rows)": REFERENCE_VOTE.format(samples=this.samples, out=this.dir, config=args.config,
                                                      method=args.method),

@@ -1,7 +1,7 @@
 from collections import Counter
 
 from flywheel.config import CurateConfig
-from flywheel.stages.curate import curate, training_mix
+from reference_rows import curate_rows as curate, training_mix
 from flywheel.stages.vote import vote
 from flywheel.tasks import ReversedAddition
 
@@ -107,7 +107,7 @@ def test_sft_rows_drop_near_duplicates_and_ngram_contamination():
 
 
 def test_preference_pairs_by_hand():
-    from flywheel.stages.curate import preference_pairs
+    from reference_rows import preference_pairs
 
     prompts = [prompt("p", "12+34="), prompt("u", "11+11="), prompt("l", "55+55="), prompt("z", "1+1=")]
     samples = [
@@ -126,7 +126,7 @@ def test_preference_pairs_by_hand():
 
 
 def test_rl_prompts_keep_disagreement_only():
-    from flywheel.stages.curate import rl_prompts
+    from reference_rows import rl_prompts
 
     votes = [{"prompt_id": "unanimous", "majority_answer": "2", "vote_share": 1.0},
              {"prompt_id": "split", "majority_answer": "3", "vote_share": 0.5},
@@ -161,3 +161,29 @@ def test_run_curate_writes_every_view_and_counts(tmp_path):
     assert report["rl_prompts"] == {"prompts_kept": 1, "drops": {"rl:high_share": 1}}  # share filters come first
     assert io.read_rows(tmp_path / "pairs.parquet", schemas.CURATED_PAIRS)[0]["rejected"] == "47"
     assert io.read_rows(tmp_path / "rl_prompts.parquet", schemas.RL_PROMPTS)[0]["prompt_id"] == "p"
+
+
+def test_prompts_that_share_a_text_keep_a_completion_once_and_near_dedup_runs_last(tmp_path):
+    """Filters run in order, each on what the ones before it kept: exact dedup spans prompts of one text, and
+    a row dropped as a near-duplicate has already taken its prompt's place under the cap."""
+    from flywheel import io, schemas
+    from flywheel.stages.curate import run_curate
+
+    prompts = [prompt("a", "12+34="), prompt("b", "12+34=")]  # one question asked twice, under two ids
+    samples = [sample("a", 0, "46"), sample("a", 1, "46"), sample("b", 0, "46"), sample("b", 1, "46 ")]
+    votes, _ = vote(samples)
+    io.write_rows(tmp_path / "prompts.parquet", prompts, schemas.PROMPTS)
+    io.write_rows(tmp_path / "samples.parquet", samples, schemas.SAMPLES)
+    io.write_rows(tmp_path / "votes.parquet", votes, schemas.VOTES)
+    io.write_rows(tmp_path / "eval.parquet", [prompt("e", "1+1=")], schemas.PROMPTS)
+    report = run_curate(tmp_path, CurateConfig(max_per_prompt=1), task=TASK, round_index=1, previous_pool=None,
+                        eval_path=tmp_path / "eval.parquet")
+    # a keeps "46"; a's second "46" is a duplicate; b's "46" (its one place) is a's row again: dropped, not
+    # replaced by b's "46 " (the cap already counted it).
+    assert report["drops"] == {"dedup:exact": 2, "cap:per_prompt": 1}
+    assert [(r["prompt_id"], r["completion"]) for r in io.read_rows(tmp_path / "curated.parquet", schemas.CURATED)] \
+        == [("a", "46")]
+    near = run_curate(tmp_path, CurateConfig(max_per_prompt=2, near_dedup=True, near_dedup_shingle=1,
+                                             near_dedup_threshold=0.5), task=TASK, round_index=1,
+                      previous_pool=None, eval_path=tmp_path / "eval.parquet")
+    assert near["drops"] == {"dedup:exact": 2, "dedup:near": 1}  # b's "46 " is near a's "46"

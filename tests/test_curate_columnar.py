@@ -1,5 +1,5 @@
-"""The columnar curate (``run_curate``) against the row implementation it replaced (``run_curate_rows``, the
-reference): every file it writes and every figure of curation.json identical on randomized rounds and options."""
+"""The columnar curate (``run_curate``) against the rules stated row by row (``reference_rows.run_curate_rows``,
+the oracle): every file it writes and every figure of curation.json identical on randomized rounds and options."""
 
 import json
 import random
@@ -8,7 +8,8 @@ import pytest
 
 from flywheel import io, schemas
 from flywheel.config import CurateConfig
-from flywheel.stages.curate import run_curate, run_curate_rows
+from flywheel.stages.curate import run_curate
+from reference_rows import run_curate_rows
 from flywheel.tasks import load_task
 from string_encodings import ENCODINGS, reencode
 
@@ -23,7 +24,10 @@ def random_round(rng: random.Random, here, task) -> None:
 
     prompts = task.make_prompts(bucket=rng.randint(1, 3), count=rng.randint(1, 30), seed=rng.randint(0, 10**6),
                                 id_prefix="r1-", mixed=True)
-    prompts = list({p["prompt"]: p for p in prompts}.values())  # distinct texts (shared texts: the row path)
+    prompts = list({p["prompt"]: p for p in prompts}.values())
+    if prompts and rng.random() < 0.4:  # prompts that share a text under other ids: exact dedup spans them
+        prompts += [{**p, "id": f"{p['id']}-again{i}"} for i, p in enumerate(rng.sample(prompts, rng.randint(1, 3))
+                                                                           if len(prompts) >= 3 else prompts)]
     samples = []
     for p in prompts:
         if rng.random() < 0.1:
@@ -56,8 +60,8 @@ class ZerosAgree(type(load_task("addition"))):
 def test_columnar_curate_writes_what_the_rows_write(seed, tmp_path, monkeypatch):
     rng = random.Random(seed)
     if seed % 4 == 3:  # the task's rules read rows a batch at a time: batch edges in the middle of a round
-        monkeypatch.setattr("flywheel.stages.curate.BATCH", 3)
-        monkeypatch.setattr("flywheel.stages.vote.BATCH", 3)  # the audit's batches too
+        monkeypatch.setattr("flywheel.stages.curate.columns.BATCH", 3)
+        monkeypatch.setattr("flywheel.stages.vote.labels.BATCH", 3)  # the audit's batches too
     task = load_task("addition") if seed % 2 else ZerosAgree()
     for trial in range(6):
         here = tmp_path / f"t{trial}"
@@ -68,7 +72,8 @@ def test_columnar_curate_writes_what_the_rows_write(seed, tmp_path, monkeypatch)
                               format_filter=rng.random() < 0.5, decontaminate=rng.random() < 0.7,
                               accumulate=rng.random() < 0.7, new_fraction=rng.choice([0.3, 0.5, 1.0]),
                               max_pairs_per_prompt=rng.randint(1, 2), rl_min_vote_share=rng.choice([0.0, 0.3]),
-                              rl_max_vote_share=rng.choice([0.9, 1.0]))
+                              rl_max_vote_share=rng.choice([0.9, 1.0]), near_dedup=rng.random() < 0.4,
+                              near_dedup_threshold=rng.choice([0.5, 0.8]), near_dedup_shingle=rng.choice([1, 2]))
         pool = None
         if rng.random() < 0.6:
             pool = here / "previous_pool.parquet"

@@ -24,7 +24,7 @@ def test_majority_reward_by_hand():
 
 
 def test_majority_reward_ties_and_all_different_go_to_the_smallest_answer():
-    # as stages/vote.py: most votes, ties to the lexicographically smallest answer
+    # as stages/vote/count.py: most votes, ties to the lexicographically smallest answer
     assert majority_rewards(["9", "10", "9", "10"], ["g"] * 4) == [0.0, 1.0, 0.0, 1.0]
     assert majority_rewards(["3", "1", "2"], ["g"] * 3) == [0.0, 1.0, 0.0]
 

@@ -50,7 +50,8 @@ def test_each_step_scores_the_share_of_rollouts_that_reach_the_label():
 def test_curate_drops_weak_steps_and_counts_the_rollouts_the_same_on_both_paths(tmp_path, tiny_seed, monkeypatch):
     from flywheel.layout import RoundLayout
     from flywheel.loop import prepare, round_stages
-    from flywheel.stages.curate import run_curate, run_curate_rows
+    from flywheel.stages.curate import run_curate
+    from reference_rows import run_curate_rows
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     root = tmp_path / "run"

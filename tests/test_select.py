@@ -9,7 +9,7 @@ import pytest
 
 from flywheel import io, schemas
 from flywheel.config import CurateConfig, load_config
-from flywheel.stages.select import kmeans, select
+from flywheel.stages.curate.select import kmeans, select
 
 
 def test_loss_drops_the_share_the_champion_finds_easiest():
@@ -58,7 +58,8 @@ def _round(tmp_path, tiny_seed):
 def test_select_in_curate_counts_its_drops_the_same_on_both_paths(tmp_path, tiny_seed, monkeypatch):
     from pathlib import Path
 
-    from flywheel.stages.curate import run_curate, run_curate_rows
+    from flywheel.stages.curate import run_curate
+    from reference_rows import run_curate_rows
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     config, task, this, eval_path = _round(tmp_path, tiny_seed)
@@ -83,7 +84,7 @@ def test_select_in_curate_counts_its_drops_the_same_on_both_paths(tmp_path, tiny
 
 def test_select_without_a_champion_is_a_one_line_error():
     from flywheel.errors import InputError
-    from flywheel.stages.select import run_select
+    from flywheel.stages.curate.select import run_select
 
     with pytest.raises(InputError, match="curate.select=loss scores rows with the champion"):
         run_select(["1+1="], ["2"], CurateConfig(select="loss"), task=None, model_dir=None, device="cpu",

@@ -7,7 +7,7 @@ import pytest
 
 from flywheel import io, schemas
 from flywheel.config import GenerateConfig, PromptsConfig, load_config
-from flywheel.stages.ttsi import Probe, synthesise, uncertain
+from flywheel.stages.prompts.ttsi import Probe, synthesise, uncertain
 from flywheel.tasks import load_task
 from flywheel.tasks.addition import ReversedAddition, carry_pattern
 from flywheel.tasks.base import TaskBase

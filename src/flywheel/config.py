@@ -354,7 +354,7 @@ class CurateConfig:
     rl_min_vote_share: float = _f(0.0, "GRPO: keep a prompt only if its vote share is >= this (ReST-RL).")
     rl_max_vote_share: float = _f(1.0, "GRPO: ... and < this; a unanimous prompt (share 1.0) gives every "
                                   "completion the same reward, so no gradient.")
-    select: str = _f("off", "Model-informed selection of the SFT rows (Middo; flywheel.stages.select): 'loss' "
+    select: str = _f("off", "Model-informed selection of the SFT rows (Middo; flywheel.stages.curate.select): 'loss' "
                      "drops the select_known_share the champion finds easiest, 'diversity' trims crowded "
                      "clusters of the champion's hidden states, 'loss+diversity' both, 'off'. Loads the "
                      "champion in curate.")

@@ -54,7 +54,7 @@ def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: in
     audit.parquet (the rows that carry an answer), prompts.json.
 
     With ``prompts.similar_per_uncertain`` the champion probes the prompts on ``device`` (sampling as
-    ``generate`` says) and the round gains TT-SI's prompts like the uncertain ones (``stages/ttsi.py``)."""
+    ``generate`` says) and the round gains TT-SI's prompts like the uncertain ones (``stages/prompts/ttsi.py``)."""
     if data is not None and data.prompts:
         from flywheel.data import load_prompts, round_rows
 
@@ -66,7 +66,7 @@ def run_prompts(round_dir: Path, config: PromptsConfig, *, task, round_index: in
         rows = round_prompts(task, config, round_index, bucket)
     summary = {"prompts": len(rows), "bucket": bucket}
     if config.similar_per_uncertain:
-        from flywheel.stages.ttsi import with_similar_prompts
+        from flywheel.stages.prompts.ttsi import with_similar_prompts
 
         rows, summary["ttsi"] = with_similar_prompts(rows, config, generate or GenerateConfig(), task=task,
                                                      round_index=round_index, champion_dir=champion_dir,
