@@ -386,7 +386,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 def _held(root: Path) -> None:
     """Another run's hold on ``root``: its lock, taken by this process and kept until it exits."""
-    from flywheel.run_state import RunLock
+    from flywheel.run_lock import RunLock
 
     RunLock(root).__enter__()
 

@@ -168,7 +168,7 @@ def test_report_and_status_read_the_runs_own_config(uninterrupted_and_resumed):
 
 def test_a_second_run_into_a_held_directory_is_refused(tmp_path, tiny_seed):
     from flywheel.errors import InputError
-    from flywheel.run_state import RunLock
+    from flywheel.run_lock import RunLock
 
     with RunLock(tmp_path):
         with pytest.raises(InputError, match="another flywheel run holds this directory"):

@@ -277,7 +277,7 @@ def test_a_copied_run_opens_for_resume_with_only_its_out_dir_changed(tmp_path, t
 
 def _take_lock(roots, barrier, inside, overlaps, outcomes, index):
     """One process of the race: at each trial's start (the barrier), take the lock on that trial's directory."""
-    from flywheel.run_state import RunLock
+    from flywheel.run_lock import RunLock
 
     for trial, root in enumerate(roots):
         barrier.wait()
@@ -328,7 +328,7 @@ def test_many_processes_taking_a_stale_lock_at_once_never_hold_it_together(tmp_p
 @pytest.mark.parametrize("content", ["", "garbage{", "[1, 2]", '{"pid": "x"}'])
 def test_a_malformed_lock_file_is_taken_over(tmp_path, content):
     """Nothing holds it (a lock is a process holding the file, not the file's text), so a run takes it."""
-    from flywheel.run_state import RunLock
+    from flywheel.run_lock import RunLock
 
     (tmp_path / ".flywheel.lock").write_text(content)
     with RunLock(tmp_path):

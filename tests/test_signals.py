@@ -19,7 +19,8 @@ import pytest
 
 from flywheel import io, schemas
 from flywheel.errors import Terminated
-from flywheel.run_state import Ledger, install_termination_handler
+from flywheel.run_state import Ledger
+from flywheel.termination import install_termination_handler
 
 
 @contextlib.contextmanager

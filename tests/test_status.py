@@ -8,7 +8,8 @@ import pytest
 
 from flywheel.cli import main
 from flywheel.config import load_config
-from flywheel.run_state import RunLock, open_run
+from flywheel.run_lock import RunLock
+from flywheel.run_state import open_run
 from flywheel.stages.records import ROUND_STAGES
 from tests.conftest import SMOKE
 

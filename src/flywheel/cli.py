@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flywheel.run_state import install_termination_handler, raise_if_terminated
+    from flywheel.termination import install_termination_handler, raise_if_terminated
 
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
@@ -203,7 +203,8 @@ def _run_command(args, config, task) -> int:
 def _run(config, *, track: bool, mode: str) -> int:
     from flywheel.loop import check_seed, run_loop
     from flywheel.report import table
-    from flywheel.run_state import check_open, check_out_dir, install_termination_handler
+    from flywheel.run_state import check_open, check_out_dir
+    from flywheel.termination import install_termination_handler
 
     install_termination_handler()  # SIGTERM ends the MLflow runs as KILLED, like Ctrl-C
     check_seed(config)  # before MLflow creates anything

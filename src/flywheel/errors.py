@@ -52,4 +52,4 @@ def one_line(value, limit: int = 200) -> str:
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (``flywheel.run_state.install_termination_handler``): unwind like Ctrl-C, exit 143."""
+    """SIGTERM arrived (``flywheel.termination.install_termination_handler``): unwind like Ctrl-C, exit 143."""

@@ -206,7 +206,7 @@ def run_trainjob(manifest: dict, *, timeout_s: float = 24 * 3600, poll_s: float 
 
     from kubernetes import client, config
 
-    from flywheel.run_state import install_termination_handler
+    from flywheel.termination import install_termination_handler
 
     config.load_incluster_config()
     api, core = client.CustomObjectsApi(), client.CoreV1Api()

@@ -17,7 +17,8 @@ from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout
 from flywheel.modeling import looks_like_hub_name, member_dirs, resolve_model, seed_location
-from flywheel.run_state import Ledger, RunLock, check_out_dir, disk_full_is_one_line, open_run
+from flywheel.run_lock import RunLock
+from flywheel.run_state import Ledger, check_out_dir, disk_full_is_one_line, open_run
 from flywheel.stages.evaluate import evaluate_model, make_eval_set
 from flywheel.stages.records import ROUND, ROUND_STAGES
 from flywheel.tasks import load_task

@@ -16,35 +16,28 @@ is DVC's run-cache rule for a linear pipeline.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import stat
-import sys
-import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from flywheel import faults, io
-from flywheel.errors import InputError, Terminated, chain
+from flywheel.errors import InputError, chain
 from flywheel.layout import RunLayout
+from flywheel.run_lock import LOCK_FILE
+from flywheel.termination import raise_if_terminated
 
 log = logging.getLogger("flywheel")
 
 RUN_CONFIG = RunLayout(Path(".")).config.name  # config.yaml
 STATE_DIR = "state"
-LOCK_FILE = ".flywheel.lock"
 INPUTS_RECORD = "inputs.json"  # in state/: the first file a run writes, the mark of a directory that holds one
 # Keys a resumed run may change: how many rounds to run, how the console looks and where the directory is now
 # (a copied or moved run), never a result.
@@ -92,146 +85,6 @@ def check_out_dir(out_dir: str) -> Path:
     if not str(out_dir).strip():
         raise InputError("loop.out_dir", "is empty; name the run directory (use '.' for the current directory)")
     return io.check_output(Path(out_dir), directory=True, flag="loop.out_dir")
-
-
-@dataclass
-class LockState:
-    """A run directory's lock file: what it says (pid, host, since; empty if unreadable) and whether a process
-    holds its lock now."""
-
-    path: Path
-    holder: dict
-    held: bool
-
-
-def describe_holder(holder: dict) -> str:
-    host = holder.get("host") or "an unknown host"
-    if holder.get("host") and host != socket.gethostname():
-        host += " (another host)"
-    return f"pid {holder.get('pid') or '?'} on {host} since {holder.get('since') or '?'}"
-
-
-def _open_lock_file(path: Path, flags: int) -> int:
-    """An fd of the lock file; one line if the name holds something else (a directory, a pipe, a link), which
-    no flywheel wrote and none removes. O_NONBLOCK: opening a named pipe must not wait for a writer."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-    except FileNotFoundError:
-        raise  # no lock file (read_lock), or no directory: the caller's to say
-    except OSError as error:
-        if error.errno in (errno.EISDIR, errno.ELOOP):
-            raise _not_a_lock_file(path) from error
-        raise InputError(path, f"cannot open the run directory's lock: {error.strerror}", field="loop.out_dir") \
-            from error
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise _not_a_lock_file(path)
-    return fd
-
-
-def _not_a_lock_file(path: Path) -> InputError:
-    return InputError(path, "is not a file (flywheel's lock file is); remove it and run again", field="loop.out_dir")
-
-
-def _holder(content: bytes) -> dict:
-    try:
-        holder = json.loads(content)
-    except ValueError:  # empty: its holder is writing it this instant; garbage: not flywheel's
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open as ``fd`` (a lock's holder unlinks it on the way out)."""
-    try:
-        named = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
-
-
-def read_lock(root: Path) -> LockState | None:
-    """The lock of the run in ``root``, or None if it has no lock file.
-
-    Whether it is held is asked of the kernel (a shared flock tried and dropped at once), not judged from the
-    PID in the file: a PID can be reused, and one from another host cannot be checked from here.
-    """
-    path = Path(root) / LOCK_FILE
-    try:
-        fd = _open_lock_file(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            held = False
-        except BlockingIOError:
-            held = True
-        content = os.pread(fd, 1 << 16, 0)
-    finally:
-        os.close(fd)  # drops the probe's shared lock
-    return LockState(path=path, holder=_holder(content), held=held)
-
-
-class RunLock:
-    """Exclusive hold on a run directory: a second ``flywheel run`` into it fails in one line naming the holder.
-
-    The hold is an exclusive ``flock`` on ``.flywheel.lock``, kept while the loop runs. The kernel grants it to
-    one process at a time and drops it when that process ends, however it ends (SIGKILL too), so a lock left
-    by a killed run, or copied with its directory, is free; no PID is judged. (Linux passes flock on NFS to
-    the server's lock manager, so hosts sharing a volume exclude each other too.) The PID, host and start time
-    written in the file are for people: the refusal and ``flywheel status`` name the holder with them.
-    """
-
-    # `flywheel status` probes with a shared lock held for microseconds: a start that meets it tries again.
-    ATTEMPTS, PAUSE_S = 5, 0.02
-
-    def __init__(self, root: Path):
-        self.path = Path(root) / LOCK_FILE
-        self.fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            for _ in range(self.ATTEMPTS):
-                self.fd = self._try_lock()
-                if self.fd is not None:
-                    return self
-                time.sleep(self.PAUSE_S)
-        except OSError as error:  # no locks on this filesystem, a full disk, a directory removed under us
-            raise InputError(self.path, f"cannot lock the run directory: {error.strerror or error}",
-                             field="loop.out_dir") from error
-        lock = read_lock(self.path.parent)
-        raise InputError(self.path.parent, f"another flywheel run holds this directory "
-                         f"({describe_holder(lock.holder if lock else {})}); wait for it to end", field="loop.out_dir")
-
-    def _try_lock(self) -> int | None:
-        """The fd of the lock file, locked and naming this process; None if another process holds it."""
-        fd = _open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not _same_file(fd, self.path):  # its last holder unlinked it as we opened it: not the lock now
-                os.close(fd)
-                return None
-            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(me).encode(), 0)
-            return fd
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is None:
-            return
-        if _same_file(self.fd, self.path):  # unlinked while still held: the next run locks a file of its own
-            self.path.unlink()
-        os.close(self.fd)
-        self.fd = None
 
 
 @contextlib.contextmanager
@@ -510,105 +363,3 @@ class Ledger:
             folder = Path(self.state_dir) / str(round_index)
             recorded = {p.stem: read_record(p)["seconds"] for p in sorted(folder.glob("*.json"))}
         return {**recorded, **{stage: s for (r, stage), s in self.ran.items() if r == round_index}}
-
-
-# --- termination (SIGTERM) -----------------------------------------------------------------------------------
-
-@dataclass
-class _Termination:
-    """SIGTERM in this process (signals are per process, so this is one module-level instance)."""
-
-    received: bool = False  # a SIGTERM arrived since the handler was installed
-    deferred: int = 0  # inside termination_deferred: the handler only records it
-    in_flight: Callable[[], Terminated | None] = lambda: None  # (a weak reference to) the last Terminated raised
-    arrived: threading.Event = field(default_factory=threading.Event)  # wakes the watcher
-    watcher: threading.Thread | None = None
-
-
-_termination = _Termination()
-
-
-def install_termination_handler() -> Callable[[], None]:
-    """SIGTERM (a pod being stopped, ``kill``) unwinds like Ctrl-C, so runs end as KILLED, not RUNNING.
-
-    The handler raises ``Terminated`` wherever the main thread is. Where that is a callback the interpreter runs
-    itself (the weakref callback of a thread pool MLflow or a library dropped, a ``__del__``), Python prints
-    "Exception ignored in ..." and goes on; C code that clears errors drops it without a word. Either way the
-    signal was lost and the run finished with exit 0. So the handler records it, and a watcher thread raises it
-    again in the main thread as long as no ``Terminated`` is in flight (one that unwinds the stack is alive;
-    a lost one is freed at once); the next safe point raises it too (``raise_if_terminated``: every stage's
-    start, before MLflow ends a run, before ``flywheel`` exits). A SIGTERM while a ``Terminated`` unwinds does
-    nothing: the unwinding ends the MLflow runs as KILLED and must not be cut short.
-
-    Signals reach only the main thread; elsewhere nothing is installed. Returns a function that puts the
-    previous handlers back and forgets the signal (``flywheel.cli.main`` called in-process, tests).
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_sigterm:
-        return lambda: None
-    previous_handler, previous_hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
-
-    def hook(report) -> None:
-        if isinstance(report.exc_value, Terminated):  # lost where it was raised; the watcher raises it again
-            log.debug("SIGTERM arrived inside %r; raising it again", report.object)
-        else:
-            previous_hook(report)
-
-    def restore() -> None:
-        _termination.received = False  # first: the watcher stops raising it
-        _termination.deferred = 0
-        _termination.in_flight = lambda: None
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
-        if sys.unraisablehook is hook:
-            sys.unraisablehook = previous_hook
-
-    if _termination.watcher is None:
-        _termination.watcher = threading.Thread(target=_watch, name="flywheel-sigterm", daemon=True)
-        _termination.watcher.start()
-    sys.unraisablehook = hook
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return restore
-
-
-def _on_sigterm(signum, frame) -> None:
-    _termination.received = True
-    _termination.arrived.set()
-    if not _termination.deferred and _termination.in_flight() is None:
-        raise _new_termination()
-
-
-@contextlib.contextmanager
-def termination_deferred() -> Iterator[None]:
-    """A SIGTERM inside the block is raised when it ends: around a call that must not be cut in the middle (an
-    MLflow store request: cut inside its database commit, it left the client's session broken, and the runs the
-    unwinding should end as KILLED stayed RUNNING)."""
-    _termination.deferred += 1
-    try:
-        yield
-    finally:
-        _termination.deferred -= 1
-    if not _termination.deferred and _termination.received and _termination.in_flight() is None:
-        raise _new_termination()
-
-
-def _new_termination() -> Terminated:
-    error = Terminated(f"signal {int(signal.SIGTERM)}")
-    _termination.in_flight = weakref.ref(error)
-    return error
-
-
-def _watch() -> None:
-    """Raise SIGTERM again in the main thread while it was received and no ``Terminated`` is in flight."""
-    while True:
-        _termination.arrived.wait()
-        _termination.arrived.clear()
-        while _termination.received:
-            time.sleep(0.05)  # also: out of the callback that lost it (the handler would run inside it again)
-            if _termination.received and _termination.in_flight() is None:
-                _thread.interrupt_main(signal.SIGTERM)  # as if it arrived again: the handler runs in the main thread
-
-
-def raise_if_terminated() -> None:
-    """Raise ``Terminated`` if SIGTERM arrived since the handler was installed: at a point where stopping is safe,
-    for a SIGTERM whose own exception was lost (``install_termination_handler``)."""
-    if _termination.received:
-        raise _new_termination()

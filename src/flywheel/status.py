@@ -12,7 +12,8 @@ from pathlib import Path
 
 from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout
-from flywheel.run_state import RUN_CONFIG, STATE_DIR, LockState, describe_holder, read_lock
+from flywheel.run_lock import LockState, describe_holder, read_lock
+from flywheel.run_state import RUN_CONFIG, STATE_DIR
 from flywheel.stages.records import ROUND_STAGES
 
 # The stages of round 0 and of each round, in loop order ("track" only when MLflow is on).

@@ -120,7 +120,7 @@ class _StoreClient:
         self._client = client
 
     def __getattr__(self, name: str):
-        from flywheel.run_state import termination_deferred
+        from flywheel.termination import termination_deferred
 
         value = getattr(self._client, name)
         if not callable(value) or "artifact" in name:
@@ -257,7 +257,7 @@ class Tracker:
 
     @_store_call
     def end_loop(self, run_id: str, summary: dict) -> None:
-        from flywheel.run_state import raise_if_terminated
+        from flywheel.termination import raise_if_terminated
 
         self._log_batch(run_id, metrics=[(_mlflow_key(k), v, 0) for k, v in _flatten("", summary, {}).items()])
         self.client.set_terminated(run_id)
@@ -467,7 +467,7 @@ class Tracker:
                    config: FlywheelConfig, data_digest: str, started_from: str | None) -> dict:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        from flywheel.run_state import raise_if_terminated
+        from flywheel.termination import raise_if_terminated
 
         params = [(f"{section}.{key}", str(value)[:500])
                   for section in ("data", "prompts", "generate", "vote", "curate", "train", "evaluate", "gate", "code")
