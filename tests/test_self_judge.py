@@ -10,7 +10,7 @@ import torch
 
 from flywheel import io, schemas
 from flywheel.config import VoteConfig
-from flywheel.generation import judge_token_ids, judge_yes_probabilities, member_judge, yes_share
+from flywheel.stages.vote.judge import judge_token_ids, judge_yes_probabilities, member_judge, yes_share
 from flywheel.modeling import load_member
 from flywheel.stages.vote import judge_weights, run_vote, vote
 from flywheel.tasks import load_task
