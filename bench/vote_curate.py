@@ -63,6 +63,7 @@ def synthetic_round(here: Path, *, prompts: int, samples_per_prompt: int, seed: 
         "completion": completions, "answer": answers,
         "n_tokens": pa.array(np.full(total, 8, dtype=np.int64)),
         "logprob": pa.array(-rng.gamma(2.0, 1.0, total)),
+        "search_tokens": pa.nulls(total, pa.int64()),  # sampled, not searched
     }, schema=SAMPLES.arrow())
     pq.write_table(samples, here / FILES.samples, row_group_size=1 << 20)
     eval_rows = load_task("addition").make_prompts(bucket=6, count=1000, seed=99, id_prefix="eval-")

@@ -13,7 +13,7 @@ SRC = ROOT / "src" / "flywheel"
 # their entries by importing the modules that register, by name, on first lookup: flywheel.registry.)
 LAYERS = [
     ["", "console", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],  # "": the package (__version__; its API is lazy)
-    ["registry", "schemas", "sandbox", "columnar", "workflow_ends", "tracking_store"],
+    ["registry", "schemas", "sandbox", "columnar", "workflow_ends", "tracking_store", "run_lock", "termination"],
     ["io", "layout", "tasks", "tasks.*"],
     ["modeling", "versioning", "data"],
     ["config"],

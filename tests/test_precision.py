@@ -58,7 +58,7 @@ def test_default_recipe_trains_fp32_without_checkpointing(tmp_path, monkeypatch)
 
 
 def test_large_training_sets_are_tokenised_by_one_process_per_20k_rows_up_to_the_cores(monkeypatch):
-    from flywheel.stages import train
+    from flywheel.stages.train import trainer as train
 
     monkeypatch.setattr(train.os, "cpu_count", lambda: 16)
     assert [train.tokenize_processes(n) for n in (0, 39_999, 40_000, 300_000, 10**7)] == [None, None, 2, 15, 16]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-
 WORKFLOW_ENDINGS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Error": "FAILED"}
 # How Argo marks the steps `argo stop` ends (workflow/controller/exec_control.go and operator.go, v4.0.5): a running
 # pod's node "workflow shutdown with strategy:  Stop" (replaced by "main: Error (exit code 143)" once the pod's

@@ -6,8 +6,8 @@ by row, and tests/test_curate_columnar.py holds the two equal on random rounds.
 
 from __future__ import annotations
 
-from collections import Counter
 import random
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa

@@ -17,6 +17,7 @@ from flywheel.columnar import BATCH
 from flywheel.rng import derive_seed
 from flywheel.stages.vote.count import NO_ANSWER, winner
 
+
 def reference_vote(samples: list[dict], truth: dict[str, str], is_correct, *, label_noise: float = 0.0,
                    noise_seed: int = 0) -> tuple[list[dict], list[dict]]:
     """``reference`` voting (SUPERVISED): the label is the pseudo-label. Same outputs as ``vote``.

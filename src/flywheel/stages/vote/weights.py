@@ -10,7 +10,6 @@ import numpy as np
 
 from flywheel.stages.vote.count import NO_ANSWER
 
-
 # The lowest per-token log-probability a weight is taken at: exp(-700) is about 1e-304. No model's sampled tokens
 # come near it, but a samples file can say -1e308, whose exp underflows to 0: every weight of a prompt 0, its vote
 # share 0/0. Below the floor the samples weigh alike (exp(-700) each).
