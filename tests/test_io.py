@@ -212,10 +212,10 @@ def test_every_string_encoding_reads_as_the_contract_string(tmp_path, encoding):
 WRITE_IN_PLACE = """
 import sys
 from pathlib import Path
-from flywheel import io
+from flywheel import model_copies
 source, target = Path(sys.argv[1]), Path(sys.argv[2])
 if sys.argv[3] == "link":
-    io.link_or_copy_tree(source, target)
+    model_copies.link_or_copy_tree(source, target)
 for path in sorted(p for p in target.rglob("*") if p.is_file()):
     for mode in ("r+b", "ab", "wb"):  # overwrite, append, truncate (what save_pretrained into it would do)
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from functools import partial
 from typing import Callable
 
-from flywheel import io, schemas
+from flywheel import io, model_copies, schemas
 from flywheel.config import FlywheelConfig
 from flywheel.errors import InputError
 from flywheel.layout import RoundLayout, RunLayout
@@ -70,7 +70,7 @@ def prepare(config: FlywheelConfig, root: Path, *, task) -> Path:
 
         eval_path, champion = at(run.eval_set), at(zero.champion)
         io.write_rows(eval_path, rows, schemas.PROMPTS)
-        io.link_or_copy_tree(seed_dir, champion)
+        model_copies.link_or_copy_tree(seed_dir, champion)
         io.write_rows(at(zero.pool), [], schemas.CURATED)
         metrics, _ = evaluate_model(champion, io.read_rows(eval_path, schemas.PROMPTS), config.evaluate,
                                     task=task, device=config.loop.device, progress=config.loop.progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from flywheel import io, schemas
+from flywheel import io, model_copies, schemas
 from flywheel.config import FlywheelConfig
 from flywheel.layout import RoundLayout, RunLayout
 from flywheel.loop import check_seed, eval_set
@@ -46,7 +46,7 @@ def resolve_champion(config: FlywheelConfig, workspace: str | Path, *, task) -> 
     if config.tracking.enabled:
         version = _download_champion(config, root, previous.champion)
     elif not previous.champion.exists():
-        io.link_or_copy_tree(check_seed(config), previous.champion)
+        model_copies.link_or_copy_tree(check_seed(config), previous.champion)
     return {"round": index, "champion_dir": previous.champion, "eval_path": eval_path, "model_version": version}
 
 
@@ -69,5 +69,5 @@ def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
         files = version.tags.get(FILES_TAG, version.source)
         local = mlflow.artifacts.download_artifacts(artifact_uri=files, dst_path=scratch,
                                                     tracking_uri=config.tracking.uri)
-        io.link_or_copy_tree(Path(local), target)
+        model_copies.link_or_copy_tree(Path(local), target)
     return version.version

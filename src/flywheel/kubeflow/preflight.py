@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, load_config_text, dump_config, to_dict
-from flywheel import io
+from flywheel import model_copies
 from flywheel.errors import InputError, one_line
 from flywheel.modeling import seed_location
 from flywheel.machine_checks import on_gpu
@@ -203,7 +203,7 @@ def _copy_once(source: Path, target: Path) -> None:
     """Copy a model directory onto the volume atomically, once (a run that got there first wins)."""
 
     if not target.is_dir():
-        io.link_or_copy_tree(source, target)
+        model_copies.link_or_copy_tree(source, target)
 
 
 def _safe(text: str) -> str:

@@ -15,7 +15,7 @@ import math
 import shutil
 from pathlib import Path
 
-from flywheel import io
+from flywheel import io, model_copies
 from flywheel.config import GateConfig
 from flywheel.schemas import bucket_key
 
@@ -148,5 +148,5 @@ def run_gate(eval_dir: Path, out_path: Path, config: GateConfig, *, candidate_di
 def _write_next_champion(target: Path, winner: Path, lineage: list, decision: dict) -> None:
     from flywheel.model_card import write_card
 
-    shutil.copytree(winner, target, copy_function=io.link_or_copy, dirs_exist_ok=True)
+    shutil.copytree(winner, target, copy_function=model_copies.link_or_copy, dirs_exist_ok=True)
     write_card(target, lineage, decision["buckets"], promoted_side="candidate" if decision["promote"] else "champion")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from flywheel import io, schemas
+from flywheel import io, model_copies, schemas
 from flywheel.config import TrainConfig
 from flywheel.layout import FILES
 from flywheel.modeling import load_member, member_dirs, read_model_meta, write_adapter_meta, write_model_meta
@@ -143,7 +143,7 @@ def run_train(data_path: Path, init_dir: Path, out_dir: Path, config: TrainConfi
               file=sys.stderr)
         with _candidate_dir(out_dir) as tmp:  # rank 0 only under torchrun
             for index, member in enumerate(members):
-                shutil.copytree(member, tmp / f"member-{index}", copy_function=io.link_or_copy)
+                shutil.copytree(member, tmp / f"member-{index}", copy_function=model_copies.link_or_copy)
             write_model_meta(tmp, {"members": [f"member-{i}" for i in range(len(members))], "round": round_index,
                                    "init": str(init_dir), "format": "full", "trained": False})
         return {"train_loss": None, "train_seconds": 0.0, "train_rows": 0, "members": len(members)}
