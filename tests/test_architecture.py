@@ -13,8 +13,8 @@ SRC = ROOT / "src" / "flywheel"
 # their entries by importing the modules that register, by name, on first lookup: flywheel.registry.)
 LAYERS = [
     ["", "console", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],  # "": the package (__version__; its API is lazy)
-    ["registry", "schemas", "sandbox", "columnar", "workflow_ends", "tracking_store", "run_lock", "termination"],
-    ["io", "layout", "tasks", "tasks.*"],
+    ["registry", "schemas", "sandbox", "supervisor", "columnar", "workflow_ends", "tracking_store", "run_lock", "termination"],
+    ["io", "layout", "tasks", "tasks.*", "model_copies"],
     ["modeling", "versioning", "data"],
     ["config"],
     ["generation", "run_state", "infra", "export", "report"],
