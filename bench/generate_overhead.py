@@ -60,7 +60,8 @@ def run_bare(model, tokenizer, prompts, config, task) -> tuple[float, int]:
     from flywheel.generation import token_batches
 
     jobs = jobs_of(prompts, config, task, tokenizer)
-    length = {text: len(ids) for text, ids in zip(*[[t for t, _ in jobs], tokenizer([t for t, _ in jobs])["input_ids"]])}
+    texts = [t for t, _ in jobs]
+    length = {text: len(ids) for text, ids in zip(texts, tokenizer(texts)["input_ids"])}
     order = sorted(range(len(jobs)), key=lambda i: (length[jobs[i][0]], i))  # flywheel's sort: length, then order
     batches = token_batches([length[jobs[i][0]] for i in order], max_new_tokens=config.max_new_tokens,
                             batch_size=config.batch_size, batch_tokens=config.batch_tokens)
@@ -126,8 +127,9 @@ def main() -> None:
     for arm in ARMS:
         print(f"{arm:10} {best[arm]['loop_s']:8.2f} {best[arm]['tokens']:8d} "
               f"{best[arm]['tokens'] / best[arm]['loop_s']:8.0f}")
+    per_token = {arm: best[arm]["loop_s"] / best[arm]["tokens"] for arm in ARMS}
     print(f"ratio flywheel/bare: {best['flywheel']['loop_s'] / best['bare']['loop_s']:.3f} (loops), "
-          f"per token {(best['flywheel']['loop_s'] / best['flywheel']['tokens']) / (best['bare']['loop_s'] / best['bare']['tokens']):.3f}")
+          f"per token {per_token['flywheel'] / per_token['bare']:.3f}")
 
 
 if __name__ == "__main__":

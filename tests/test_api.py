@@ -35,7 +35,8 @@ def test_every_public_name_resolves_to_its_definition():
 
 
 def test_importing_the_package_stays_cheap():
-    code = "import sys, flywheel; print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'trl') if m in sys.modules))"
+    code = ("import sys, flywheel; "
+            "print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'trl') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 

@@ -12,8 +12,10 @@ SRC = ROOT / "src" / "flywheel"
 # Lowest first. A module may import its own layer and the ones below, never one above. (The registries find
 # their entries by importing the modules that register, by name, on first lookup: flywheel.registry.)
 LAYERS = [
-    ["", "console", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],  # "": the package (__version__; its API is lazy)
-    ["registry", "schemas", "sandbox", "supervisor", "columnar", "workflow_ends", "tracking_store", "run_lock", "termination"],
+    # "": the package (__version__; its API is lazy)
+    ["", "console", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],
+    ["registry", "schemas", "sandbox", "supervisor", "columnar", "workflow_ends", "tracking_store", "run_lock",
+     "termination"],
     ["io", "layout", "tasks", "tasks.*", "model_copies"],
     ["modeling", "versioning", "data"],
     ["config"],

@@ -112,7 +112,8 @@ def test_a_multi_node_round_creates_a_trainjob_and_waits_without_a_gpu():
     assert "container" not in job and job["resource"]["action"] == "create" and job["resource"]["setOwnerReference"]
     assert job["resource"]["successCondition"] == "status.jobsStatus.0.succeeded > 0"
     manifest = yaml.safe_load(job["resource"]["manifest"])
-    assert manifest["kind"] == "TrainJob" and manifest["metadata"]["generateName"] == "flywheel-r{{inputs.parameters.round}}-"
+    assert manifest["kind"] == "TrainJob"
+    assert manifest["metadata"]["generateName"] == "flywheel-r{{inputs.parameters.round}}-"
     assert manifest["spec"]["trainer"]["numNodes"] == 2 and manifest["spec"]["trainer"]["numProcPerNode"] == 4
     command = manifest["spec"]["trainer"]["command"]
     assert command[:4] == ["torchrun", "--module", "flywheel.cli", "train"]
@@ -232,7 +233,8 @@ def test_no_decision_reads_a_steps_stdout():
 def test_a_cpu_cluster_runs_every_step_off_the_gpu_pool():
     """loop.device=cpu (make cluster's local cluster has no GPU): no step asks for a GPU or selects the pool."""
     for device, gpu_steps in (("cpu", 0), ("cuda", 2)):
-        by_name = templates(workflows.to_dict(workflows.workflow_template(load_config(None, [f"loop.device={device}"]))))
+        config = load_config(None, [f"loop.device={device}"])
+        by_name = templates(workflows.to_dict(workflows.workflow_template(config)))
         asking = [n for n, t in by_name.items() if "container" in t and
                   infra.GPU_RESOURCE in t["container"]["resources"]["limits"]]
         assert len(asking) == gpu_steps, (device, asking)  # start and gpu-stage

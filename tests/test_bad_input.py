@@ -132,7 +132,8 @@ CASES = [
     # --- the config: every float key finite, every key known and typed ------------------------------------------
     Case("config nan learning rate", [*CONFIG, "-s", "train.learning_rate=.nan"], ("train.learning_rate", "finite")),
     Case("config inf learning rate", [*CONFIG, "-s", "train.learning_rate=.inf"], ("train.learning_rate", "finite")),
-    Case("config nan min_gain switches the gate off", [*CONFIG, "-s", "gate.min_gain=nan"], ("gate.min_gain", "finite")),
+    Case("config nan min_gain switches the gate off", [*CONFIG, "-s", "gate.min_gain=nan"],
+         ("gate.min_gain", "finite")),
     Case("config nan alpha", [*CONFIG, "-s", "gate.alpha=.nan"], ("gate.alpha", "finite")),
     Case("config -inf temperature", [*CONFIG, "-s", "generate.temperature=-.inf"], ("generate.temperature", "finite")),
     Case("config nan vote share", [*CONFIG, "-s", "curate.min_vote_share=.NaN"], ("curate.min_vote_share", "finite")),
@@ -352,9 +353,9 @@ CASES = [
          lambda w: (_text("p.jsonl", _jsonl([{"id": "a", "prompt": "12+34=\n"}]))(w),
                     _text("earlier/rounds/1/decision.json", '{"promote": true}\n')(w),
                     _text("earlier/state/inputs.json", '{"seed.path": "0"}\n')(w))),  # a run: --restart would delete it
-    Case("run with a bad prompt file keeps the earlier run", ["run", "-c", str(SMOKE), "-s", "seed.path=seed",
-                                                              "-s", "loop.out_dir=earlier", "-s", "data.prompts=p.jsonl",
-                                                              "--restart", "--no-track"],
+    Case("run with a bad prompt file keeps the earlier run",
+         ["run", "-c", str(SMOKE), "-s", "seed.path=seed", "-s", "loop.out_dir=earlier", "-s", "data.prompts=p.jsonl",
+          "--restart", "--no-track"],
          ("p.jsonl", "row 2", "field 'prompt'"),
          lambda w: (_text("p.jsonl", _jsonl([PROMPTS[0], {"id": "b", "prompt": ""}]))(w),
                     _text("earlier/rounds/1/decision.json", '{"promote": true}\n')(w),

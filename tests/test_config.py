@@ -69,7 +69,8 @@ def test_every_field_has_help():
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.method=ppo"], "field 'train.method': must be one of sft, dpo, grpo"),
-    (["vote.method=oracle"], "field 'vote.method': must be one of majority, weighted, reliability, self_judge, reference"),
+    (["vote.method=oracle"],
+     "field 'vote.method': must be one of majority, weighted, reliability, self_judge, reference"),
     (["generate.backend=tpu"], "field 'generate.backend': must be 'hf', 'vllm' or 'auto'"),
     (["curate.ngram_unit=byte"], "field 'curate.ngram_unit': must be 'word' or 'char'"),
     (["curate.near_dedup_threshold=0"], "field 'curate.near_dedup_threshold': must be in (0, 1]"),

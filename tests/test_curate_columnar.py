@@ -136,8 +136,8 @@ def test_a_sample_of_an_unknown_prompt_is_one_line_naming_its_row(tmp_path):
         io.write_rows(here / "eval.parquet", prompts[:1], schemas.PROMPTS)
         with pytest.raises(InputError) as error:
             curate(here, CurateConfig(), task=task, eval_path=here / "eval.parquet", round_index=1, previous_pool=None)
-        assert str(error.value) == f"{here / 'samples.parquet'}: row 2: field 'prompt_id': prompt 'stranger' is not in " \
-                                   "prompts.parquet"
+        assert str(error.value) == (f"{here / 'samples.parquet'}: row 2: field 'prompt_id': prompt 'stranger' is not "
+                                    "in prompts.parquet")
         assert not (here / "curated.parquet").exists()
 
 

@@ -105,7 +105,8 @@ def assert_one_line(stderr: str, needles) -> None:
 
 @pytest.mark.parametrize("content, needles", ERRORS)
 def test_cli_data_errors(tmp_path, monkeypatch, capsys, content, needles):
-    """``flywheel.cli.main`` in-process (one interpreter for all cases keeps this fast); the next test runs a process."""
+    """``flywheel.cli.main`` in-process (one interpreter for all cases keeps this fast); the next test runs a
+    process."""
     from flywheel.cli import main
 
     monkeypatch.chdir(tmp_path)

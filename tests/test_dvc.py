@@ -272,7 +272,8 @@ def test_a_dvc_experiment_adds_to_mlflow_and_leaves_the_baseline_as_it_was(dvc_r
         assert after_runs.get(run_id) == state, run_id
     assert after_versions == before_versions
     added = {run_id: after_runs[run_id] for run_id in set(after_runs) - set(before_runs)}
-    parents = [(run_id, params, tags) for run_id, (_, params, tags) in added.items() if "mlflow.parentRunId" not in tags]
+    parents = [(run_id, params, tags) for run_id, (_, params, tags) in added.items()
+               if "mlflow.parentRunId" not in tags]
     assert len(parents) == 1, parents
     parent_id, params, tags = parents[0]
     assert params["tracking.registered_model"] == "flywheel-smoke-exp" and "@exp:" in tags["flywheel.loop"]

@@ -92,7 +92,8 @@ def test_multiplication_prompts_answers_and_filters():
     for similar in task.similar_prompts(rows[0], 5, seed=3):  # TT-SI: same operand lengths, fresh digits
         a, b = similar["prompt"].rstrip("=").split("*")
         assert [len(a), len(b)] == [len(x) for x in rows[0]["prompt"].rstrip("=").split("*")]
-        assert int(similar["answer"][::-1]) == int(a[::-1]) * int(b[::-1]) and task.prompt_issue(similar["prompt"]) is None
+        assert int(similar["answer"][::-1]) == int(a[::-1]) * int(b[::-1])
+        assert task.prompt_issue(similar["prompt"]) is None
 
 
 def test_the_embedded_tokenizer_refuses_a_character_outside_its_alphabet(tiny_seed, tmp_path):

@@ -105,10 +105,12 @@ def test_load_backends_follows_the_choice(tmp_path, monkeypatch):
     tokenizer.save_pretrained(tmp_path / "m")
     auto = GenerateConfig(backend="auto")
     monkeypatch.setattr(generation, "vllm_available", lambda: (False, "CUDA is not available"))
-    assert [type(b).__name__ for b in stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, precision="auto",
-                                                          config=auto)] == ["HFBackend"]
+    backends = stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, precision="auto",
+                                   config=auto)
+    assert [type(b).__name__ for b in backends] == ["HFBackend"]
     monkeypatch.setattr(generation, "vllm_available", lambda: (True, ""))
-    (chosen,) = stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, precision="auto", config=auto)
+    (chosen,) = stage.load_backends(tmp_path / "m", batch_size=8, device="cpu", progress=False, precision="auto",
+                                    config=auto)
     assert isinstance(chosen, generation.VLLMBackend) and chosen.model_path == str(tmp_path / "m")
 
 
@@ -200,7 +202,8 @@ def test_views_split_samples_across_phrasings_in_canonical_order():
     seed = {(pid, j): derive_seed(2, pid, 0, j) for pid in "pq" for j in range(3)}
     # sample j is drawn on phrasing j mod 2, with the seed it has without views
     assert backend.calls == [(["21+543=", "543+21=", "11+11=", "51+7="],
-                              [[seed["p", 0], seed["p", 2]], [seed["p", 1]], [seed["q", 0], seed["q", 2]], [seed["q", 1]]])]
+                              [[seed["p", 0], seed["p", 2]], [seed["p", 1]], [seed["q", 0], seed["q", 2]],
+                               [seed["q", 1]]])]
     assert [(r["prompt_id"], r["sample_idx"], r["completion"]) for r in rows] == [
         ("p", 0, f"21+543=|{seed['p', 0]}"), ("p", 1, f"543+21=|{seed['p', 1]}"), ("p", 2, f"21+543=|{seed['p', 2]}"),
         ("q", 0, f"11+11=|{seed['q', 0]}"), ("q", 1, f"51+7=|{seed['q', 1]}"), ("q", 2, f"11+11=|{seed['q', 2]}")]

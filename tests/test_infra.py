@@ -28,7 +28,8 @@ CORE = {
     "PersistentVolumeClaim": ("v1", "V1PersistentVolumeClaim"), "LimitRange": ("v1", "V1LimitRange"),
     "ResourceQuota": ("v1", "V1ResourceQuota"), "Deployment": ("apps/v1", "V1Deployment"),
     "StatefulSet": ("apps/v1", "V1StatefulSet"), "Job": ("batch/v1", "V1Job"),
-    "Role": ("rbac.authorization.k8s.io/v1", "V1Role"), "RoleBinding": ("rbac.authorization.k8s.io/v1", "V1RoleBinding"),
+    "Role": ("rbac.authorization.k8s.io/v1", "V1Role"),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "V1RoleBinding"),
     "PriorityClass": ("scheduling.k8s.io/v1", "V1PriorityClass"),
 }
 # Custom resources we ship, with the CRD's API version (their pod templates are validated as core models).
@@ -276,7 +277,8 @@ def test_overlay_renders_and_every_object_validates(overlay):
             assert obj["metadata"].get("namespace") in ("flywheel", "kubeflow"), (obj["kind"], obj["metadata"])
     kinds = {o["kind"] for o in objects}
     assert ("ClusterTrainingRuntime" in kinds) == (overlay == "gpu")  # no GPU and no Trainer on a laptop
-    models = next(o for o in objects if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "flywheel-models")
+    models = next(o for o in objects
+                  if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "flywheel-models")
     assert models["metadata"]["namespace"] == infra.RUN_NAMESPACE
     assert models["spec"]["accessModes"] == (["ReadWriteMany"] if overlay == "gpu" else ["ReadWriteOnce"])
 
@@ -340,8 +342,8 @@ def test_every_gpu_workload_tolerates_the_gpu_taint_and_selects_the_pool():
 
 
 def test_gpu_pool_objects_match_the_python_contract():
-    gpu = {o["kind"]: o for o in documents(INFRA / "gpu" / "priorityclass.yaml") + documents(INFRA / "gpu" / "quota.yaml")
-           + documents(INFRA / "gpu" / "training-runtime.yaml")}
+    gpu = {o["kind"]: o for name in ("priorityclass.yaml", "quota.yaml", "training-runtime.yaml")
+           for o in documents(INFRA / "gpu" / name)}
     assert gpu["PriorityClass"]["metadata"]["name"] == infra.GPU_PRIORITY_CLASS
     assert gpu["ResourceQuota"]["metadata"]["namespace"] == infra.RUN_NAMESPACE
     assert f"requests.{infra.GPU_RESOURCE}" in gpu["ResourceQuota"]["spec"]["hard"]

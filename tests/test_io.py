@@ -88,7 +88,8 @@ def test_a_stage_that_fails_while_writing_publishes_none_of_its_outputs(tmp_path
         staged("vote.json").write_text("new summary")
         (staged("champion")).mkdir()
         (tmp_path / "champion").mkdir(exist_ok=True)
-    assert (tmp_path / "votes.parquet").read_text() == "new votes" and (tmp_path / "vote.json").read_text() == "new summary"
+    assert (tmp_path / "votes.parquet").read_text() == "new votes"
+    assert (tmp_path / "vote.json").read_text() == "new summary"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["champion", "vote.json", "votes.parquet"]
 
 

@@ -336,8 +336,8 @@ def test_round_pipeline_continues_from_the_mlflow_champion(tmp_path, tiny_seed):
     assert champion == expected
     # Round 2's champion directory holds the weights the alias named when it started.
     first = "rounds/1/champion/member-0/model.safetensors"
-    assert (workspace / first).read_bytes() == (workspace / "rounds/2/champion/member-0/model.safetensors").read_bytes() \
-        or promoted[1]["promoted"]
+    second = "rounds/2/champion/member-0/model.safetensors"
+    assert (workspace / first).read_bytes() == (workspace / second).read_bytes() or promoted[1]["promoted"]
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.`flywheel.round` = '2'")
     assert len(runs) == 1 and runs[0].data.tags["mlflow.parentRunId"] == promoted[0]["parent_run_id"]
 

@@ -54,7 +54,8 @@ def test_no_component_input_default_holds_a_runtime_placeholder(name):
     definitions = [pipeline["root"]] + list(pipeline["components"].values())
     for definition in definitions:
         for key, parameter in definition.get("inputDefinitions", {}).get("parameters", {}).items():
-            assert "{{$." not in json.dumps(parameter.get("defaultValue", "")), f"{name}: {key} defaults to a placeholder"
+            default = json.dumps(parameter.get("defaultValue", ""))
+            assert "{{$." not in default, f"{name}: {key} defaults to a placeholder"
     if name == "flywheel":  # the run id reaches prepare and the exit task as task constants, where it is substituted
         body = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]
         for task in (body["prepare"], pipeline["root"]["dag"]["tasks"]["end-run"]):
@@ -146,9 +147,10 @@ def test_a_vote_that_loads_the_champion_runs_on_the_gpu_and_a_trainjob_launcher_
     committed, _ = _documents(COMPILED / "flywheel_round.yaml")
     labels = {name: label for name, _, label in _executor_tasks(committed)}
     assert "accelerator" not in committed["deploymentSpec"]["executors"][labels["vote"]]["container"]["resources"]
-    assert "accelerator" not in committed["deploymentSpec"]["executors"][labels["curate"]]["container"]["resources"]
-    assert "accelerator" not in committed["deploymentSpec"]["executors"][labels["make-prompts"]]["container"]["resources"]
-    assert "accelerator" in committed["deploymentSpec"]["executors"][labels["train"]]["container"]["resources"]
+    executors = committed["deploymentSpec"]["executors"]
+    assert "accelerator" not in executors[labels["curate"]]["container"]["resources"]
+    assert "accelerator" not in executors[labels["make-prompts"]]["container"]["resources"]
+    assert "accelerator" in executors[labels["train"]]["container"]["resources"]
 
 
 def test_image_pull_secrets_and_a_kueue_queue_from_the_config(tmp_path):
@@ -168,7 +170,8 @@ def test_compiled_size_per_round_and_the_round_limit(tmp_path):
     would not fit is refused in one line that points to the scheduled round pipeline."""
     # Compiled in a process of its own: in a test worker that imported torch and MLflow, kfp's inspect.stack() on
     # every task setting makes the same compile take 20 times as long.
-    measure = ("import sys; from pathlib import Path; from kfp import compiler; from flywheel.kubeflow import pipelines\n"
+    measure = ("import sys; from pathlib import Path; from kfp import compiler\n"
+               "from flywheel.kubeflow import pipelines\n"
                "for rounds in (1, 2):\n"
                "    path = Path(sys.argv[1]) / f'{rounds}.yaml'\n"
                "    compiler.Compiler().compile(pipelines.make_flywheel(rounds), str(path))\n"
@@ -280,7 +283,8 @@ def test_preflight_checks_print_one_line_each_and_fail_with_every_failed_check(t
     assert "\n" not in message and message.startswith("preflight: volume: ")
     assert "; mlflow: MLflow does not answer" in message and "; object store: object store does not answer" in message
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["FAIL  volume", "ok    seed", "FAIL  mlflow", "FAIL  object store"]
+    assert [line.split(":")[0] for line in lines] == ["FAIL  volume", "ok    seed", "FAIL  mlflow",
+                                                       "FAIL  object store"]
     # All good: a writable volume, the seed, tracking to a local store, no object store.
     good = load_config(None, [f"seed.path={tiny_seed}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
     assert [line[:6] for line in run_checks(good, tmp_path / "volume" / "runs")] == ["ok    "] * 4

@@ -25,7 +25,8 @@ def test_answer_span(completion, span):
 
 
 @pytest.mark.parametrize("completions, canonical", [
-    (["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}", "\\boxed{\\dfrac12}", "#### 0.5", "\\boxed{0.50}"], "1/2"),
+    (["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}", "\\boxed{\\dfrac12}", "#### 0.5",
+      "\\boxed{0.50}"], "1/2"),
     (["#### 5 cm", "\\boxed{5\\text{ cm}}", "#### $5", "\\boxed{\\$5}", "\\boxed{5}", "#### 5.0"], "5"),
     (["\\boxed{50\\%}", "#### 50"], "50"),
     (["\\boxed{x=3}", "\\boxed{3}", "#### x = 3"], "3"),

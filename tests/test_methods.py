@@ -148,7 +148,8 @@ def smoke_overrides(seed_path, out):
 
 @pytest.mark.parametrize("recipe, extra, method, fmt", [
     ("dpo.yaml", [], "dpo", "full"),
-    ("grpo.yaml", ["curate.rl_min_vote_share=0.0", "train.lora.enabled=true", "train.lora.merge=false", "vote.method=weighted"], "grpo", "adapter"),
+    ("grpo.yaml", ["curate.rl_min_vote_share=0.0", "train.lora.enabled=true", "train.lora.merge=false",
+                   "vote.method=weighted"], "grpo", "adapter"),
     ("sft-lora.yaml", ["train.lora.merge=true", "vote.method=self_judge", "curate.near_dedup=true",
                        "curate.ngram_decontaminate=true", "curate.ngram_unit=char", "curate.ngram_n=6"], "sft", "full"),
 ])

@@ -95,7 +95,8 @@ def test_resumed_run_equals_the_uninterrupted_run(uninterrupted_and_resumed):
         for weights in sorted((a / f"rounds/{r}/candidate").rglob("*.safetensors")):
             twin = b / weights.relative_to(a)
             assert weights.read_bytes() == twin.read_bytes(), weights.relative_to(a)
-    assert json.loads((a / "report.json").read_text())["summary"] == json.loads((b / "report.json").read_text())["summary"]
+    summaries = [json.loads((run / "report.json").read_text())["summary"] for run in (a, b)]
+    assert summaries[0] == summaries[1]
 
 
 def test_nothing_temporary_is_left(uninterrupted_and_resumed):

@@ -62,8 +62,8 @@ def test_weak_mode_audit_hook_refuses_network_without_a_namespace(listener, monk
 
     monkeypatch.setattr(flywheel.sandbox, "network_isolation", lambda: "audit-hook")
     port = listener.getsockname()[1]
-    result = run_program(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\nprint('connected')",
-                         limits=Limits(mode="weak"))
+    result = run_program(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+                         "print('connected')", limits=Limits(mode="weak"))
     assert "connected" not in result.stdout
     assert "network access is disabled in the sandbox" in result.stderr
 

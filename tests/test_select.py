@@ -77,7 +77,8 @@ def test_select_in_curate_counts_its_drops_the_same_on_both_paths(tmp_path, tiny
     assert drops.get("select:known", 0) > 0
     plain = run_curate(tmp_path / "rows", config.curate, task=task, eval_path=eval_path, round_index=1,
                        previous_pool=None)
-    assert reports[0]["samples_kept"] == plain["samples_kept"] - drops["select:known"] - drops.get("select:redundant", 0)
+    selected = drops["select:known"] + drops.get("select:redundant", 0)
+    assert reports[0]["samples_kept"] == plain["samples_kept"] - selected
     kept = io.read_rows(tmp_path / "columns" / "curated.parquet", schemas.CURATED)
     assert len(kept) == reports[1]["samples_kept"]
 
@@ -100,5 +101,6 @@ def test_select_puts_curate_on_the_gpu_in_kubeflow():
     plain = cluster_config("configs/default.yaml")
     chosen = cluster_config("configs/default.yaml", ["curate.select=loss"])
     assert not Placement.of(plain).on_gpu("curate") and Placement.of(chosen).on_gpu("curate")
-    with pytest.raises(InputError, match="curate.select=loss and curate.step_rollouts=0 and loop.device=cuda, but this pipeline was compiled with its curate step"):
+    with pytest.raises(InputError, match="curate.select=loss and curate.step_rollouts=0 and loop.device=cuda, but this "
+                                         "pipeline was compiled with its curate step"):
         check_placement(chosen, Placement.of(plain))

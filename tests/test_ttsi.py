@@ -99,5 +99,6 @@ def test_ttsi_puts_the_prompts_step_on_the_gpu_in_kubeflow():
     plain = cluster_config("configs/default.yaml")
     ttsi = cluster_config("configs/default.yaml", ["prompts.similar_per_uncertain=1"])
     assert not Placement.of(plain).on_gpu("prompts") and Placement.of(ttsi).on_gpu("prompts")
-    with pytest.raises(InputError, match="prompts.similar_per_uncertain=1 and loop.device=cuda, but this pipeline was compiled"):
+    with pytest.raises(InputError,
+                       match="prompts.similar_per_uncertain=1 and loop.device=cuda, but this pipeline was compiled"):
         check_placement(ttsi, Placement.of(plain))

@@ -167,7 +167,8 @@ def test_run_vote_modes_and_the_loud_reference_flag(tmp_path, tiny_seed):
     prompts = [{"id": "a", "prompt": "1+1="}, {"id": "b", "prompt": "2+2="}]
     samples = [lp("a", 0, "2", -0.1, 2), lp("a", 1, "3", -0.2, 2), lp("b", 0, "4", -0.3, 2), lp("b", 1, "5", -3.0, 2)]
     io.write_rows(tmp_path / "prompts.parquet", prompts, schemas.PROMPTS)
-    io.write_rows(tmp_path / "audit.parquet", [{**p, "answer": a} for p, a in zip(prompts, ("2", "4"))], schemas.PROMPTS)
+    io.write_rows(tmp_path / "audit.parquet", [{**p, "answer": a} for p, a in zip(prompts, ("2", "4"))],
+                  schemas.PROMPTS)
     io.write_rows(tmp_path / "samples.parquet", samples, schemas.SAMPLES)
     summary = run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="reference"), task=task,
                        audit_path=tmp_path / "audit.parquet")
@@ -185,7 +186,8 @@ def test_run_vote_modes_and_the_loud_reference_flag(tmp_path, tiny_seed):
     assert all(0 < v["vote_share"] < 1 for v in votes)
     weighted = run_vote(tmp_path / "samples.parquet", tmp_path, VoteConfig(method="weighted"), task=task)
     assert weighted["majority_ratio"] == pytest.approx(
-        (math.exp(-0.05) / (math.exp(-0.05) + math.exp(-0.1)) + math.exp(-0.15) / (math.exp(-0.15) + math.exp(-1.5))) / 2)
+        (math.exp(-0.05) / (math.exp(-0.05) + math.exp(-0.1))
+         + math.exp(-0.15) / (math.exp(-0.15) + math.exp(-1.5))) / 2)
 
 
 def committee_samples():

@@ -47,7 +47,8 @@ class Range:
     why: str = ""  # why the low end is where it is, when it is not obvious
 
     def __str__(self) -> str:
-        return f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
+        opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"{opening}{_number(self.low)}, {_number(self.high)}{closing}"
 
     def __contains__(self, value) -> bool:
         return self.problem(value) is None
@@ -63,7 +64,8 @@ class Range:
         if self.whole and (low or high):
             return f"must be in {self}"
         if low:
-            return f"must be {'>' if self.low_open else '>='} {_number(self.low)}" + (f" ({self.why})" if self.why else "")
+            bound = f"must be {'>' if self.low_open else '>='} {_number(self.low)}"
+            return bound + (f" ({self.why})" if self.why else "")
         if high:
             return f"must be {'<' if self.high_open else '<='} {_number(self.high)}"
         return None
@@ -232,9 +234,9 @@ class GenerateConfig:
     search: str = _f("sample", "How the K samples are drawn: 'sample' (K independent completions) or 'step_beam' "
                      "(a beam of K prefixes grown one step at a time: each prefix is continued search_rollouts "
                      "times, and the next steps whose rollouts agree most with the rollouts' majority answer are "
-                     "kept; flywheel.experimental.step_search). step_beam costs about search_rollouts x (steps + 2) / 2 "
-                     "times plain sampling's tokens (samples' search_tokens column; on the code task every rollout's program "
-                     "runs on the tests) and needs generate.backend=hf.")
+                     "kept; flywheel.experimental.step_search). step_beam costs about search_rollouts x "
+                     "(steps + 2) / 2 times plain sampling's tokens (samples' search_tokens column; on the code "
+                     "task every rollout's program runs on the tests) and needs generate.backend=hf.")
     search_rollouts: int = _f(2, "step_beam: rollouts per beam prefix per step; they both value the next steps and "
                               "propose them.")
 
@@ -418,7 +420,8 @@ class DpoSettings:
 
     def __post_init__(self):
         _check_ranges(self, "train.dpo")
-        _check(self.loss_type in ("sigmoid", "ipo", "hinge"), "train.dpo.loss_type", "must be 'sigmoid', 'ipo' or 'hinge'")
+        _check(self.loss_type in ("sigmoid", "ipo", "hinge"), "train.dpo.loss_type",
+               "must be 'sigmoid', 'ipo' or 'hinge'")
 
 
 @dataclass

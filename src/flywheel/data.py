@@ -27,7 +27,8 @@ DEFAULT_COLUMNS = {"id": "id", "prompt": "prompt", "answer": "answer", "bucket":
 
 
 def read_records(path: str | Path, *, key: str) -> list[dict]:
-    """Raw rows of a JSONL/JSON-lines, Parquet or ``datasets.save_to_disk`` directory. ``key`` names the config field."""
+    """Raw rows of a JSONL/JSON-lines, Parquet or ``datasets.save_to_disk`` directory. ``key`` names the config
+    field."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "data file not found", field=key)

@@ -2,10 +2,10 @@
 
 The manifests under ``infra/`` and the KFP components share these values: every pod that asks for a
 GPU selects ``GPU_NODE_SELECTOR`` and tolerates ``GPU_TAINT`` (``GPU_TOLERATION``, for kfp-kubernetes'
-``add_toleration``); TrainJob pods also run at ``GPU_PRIORITY_CLASS``. ``trainjob`` renders the TrainJob that the pipeline's train step submits
-when ``train.num_nodes > 1``; the scheduling (selector, toleration, priority, the shared model
-volume) lives in the ClusterTrainingRuntime ``infra/gpu/training-runtime.yaml``, so the TrainJob
-uses only the ``trainer`` fields that are stable across Trainer releases.
+``add_toleration``); TrainJob pods also run at ``GPU_PRIORITY_CLASS``. ``trainjob`` renders the TrainJob that
+the pipeline's train step submits when ``train.num_nodes > 1``; the scheduling (selector, toleration, priority,
+the shared model volume) lives in the ClusterTrainingRuntime ``infra/gpu/training-runtime.yaml``, so the
+TrainJob uses only the ``trainer`` fields that are stable across Trainer releases.
 """
 
 from __future__ import annotations

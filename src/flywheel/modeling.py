@@ -2,9 +2,9 @@
 
 A *model directory* is either a plain Hugging Face directory (config, safetensors,
 tokenizer), a LoRA *adapter* directory (peft's adapter files, the tokenizer and a
-``flywheel-model.json`` with ``format: adapter`` and the ``base`` it applies to), or a *committee*: ``member-0/``, ``member-1/``, ... each a Hugging Face
-directory, plus ``flywheel-model.json``. A committee votes across independently
-seeded members (Lee et al., 2025) because one model's samples share its errors.
+``flywheel-model.json`` with ``format: adapter`` and the ``base`` it applies to), or a *committee*:
+``member-0/``, ``member-1/``, ... each a Hugging Face directory, plus ``flywheel-model.json``. A committee votes
+across independently seeded members (Lee et al., 2025) because one model's samples share its errors.
 """
 
 from __future__ import annotations

@@ -198,7 +198,8 @@ def html_report(report: dict) -> str:
                     f"<td>{c.get('samples_kept', 0)} / {c.get('samples_in', 0)}</td><td>{funnel}</td>"
                     f"<td>{thresholds}</td><td>{html.escape(r['decision']['reason'])}</td></tr>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>flywheel: {html.escape(report['name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}pre{{background:#f6f6f6;padding:1em}}</style></head>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}pre{{background:#f6f6f6;padding:1em}}</style></head>
 <body><h1>flywheel: {html.escape(report['name'])}</h1>
 <img alt="accuracy, label precision and yield per round; accuracy per bucket" src="data:image/png;base64,{png}">
 <h2>Rounds</h2><pre>{html.escape(table(report))}</pre>

@@ -289,7 +289,8 @@ def require(limits: Limits) -> None:
                              "(docs/code-tests-and-judge.md)", field="code.sandbox")
 
 
-def run_program(source: str, *, stdin: str = "", calls: list[str] | None = None, limits: Limits = Limits()) -> RunResult:
+def run_program(source: str, *, stdin: str = "", calls: list[str] | None = None,
+                limits: Limits = Limits()) -> RunResult:
     """Run ``source`` as a script fed ``stdin``, or (``calls`` given) import it and evaluate each call expression."""
     if limits.mode == "strict":
         require(limits)

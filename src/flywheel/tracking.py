@@ -327,8 +327,8 @@ class Tracker:
         try:
             self.client.get_registered_model(self.config.registered_model)
         except MlflowException:
-            self.client.create_registered_model(self.config.registered_model,
-                                                description="Candidates of the flywheel; alias 'champion' = current best.")
+            self.client.create_registered_model(self.config.registered_model, description=(
+                "Candidates of the flywheel; alias 'champion' = current best."))
 
     @_store_call
     def register_seed(self, parent_run_id: str, seed_dir: Path) -> str:

@@ -186,7 +186,8 @@ def _main() -> m.Template:
 
 def _round(config: FlywheelConfig, *, train_job: bool) -> m.Template:
     """One round, then itself for the next while the gate promotes and ``last`` is not reached. Each stage runs on
-    the image and pool of ``loop.device`` when it loads a model (``flywheel.machine_checks.on_gpu``), else on the CPU's."""
+    the image and pool of ``loop.device`` when it loads a model (``flywheel.machine_checks.on_gpu``), else on the
+    CPU's."""
     def stage(name: str) -> m.ParallelSteps:
         return m.ParallelSteps([m.WorkflowStep(name=name, template="gpu-stage" if on_gpu(config, name) else
                                                "cpu-stage", arguments=_args(stage=name, round=ROUND))])

@@ -384,4 +384,5 @@ def end_run(config_yaml: str, workspace: str, run_id: str, status: dsl.PipelineT
     return result
 
 
-GPU_COMPONENTS = (prepare, generate, train, evaluate)  # the specs name the CUDA image (a pipeline may place them on the CPU)
+# The specs name the CUDA image (a pipeline may place them on the CPU).
+GPU_COMPONENTS = (prepare, generate, train, evaluate)

@@ -194,7 +194,8 @@ def _import_seed(config: FlywheelConfig, uri: str, seeds_dir: Path) -> Path:
                 local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch,
                                                             tracking_uri=config.tracking.uri)
             except Exception as error:  # any store's error (S3, HTTP, MLflow) is one line about the URI
-                raise InputError(f"pipeline parameter seed_uri {uri}", f"cannot download: {one_line(error, 300)}") from None
+                raise InputError(f"pipeline parameter seed_uri {uri}",
+                                 f"cannot download: {one_line(error, 300)}") from None
             _copy_once(Path(local), target)
     return target
 

@@ -47,7 +47,8 @@ def score(eval_rows: list[dict], samples: list[dict], *, task) -> tuple[dict, di
     correct = [c for flags in buckets.values() for c in flags]
     metrics = {
         "accuracy": sum(correct) / len(correct) if correct else 0.0,
-        "buckets": {b: sum(flags) / len(flags) for b, flags in sorted(buckets.items(), key=lambda kv: bucket_key(kv[0]))},
+        "buckets": {b: sum(flags) / len(flags)
+                    for b, flags in sorted(buckets.items(), key=lambda kv: bucket_key(kv[0]))},
         "majority_ratio": sum(v["vote_share"] for v in votes) / len(votes) if votes else 0.0,
         "answer_entropy": sum(v["entropy"] for v in votes) / len(votes) if votes else 0.0,
         "mean_completion_tokens": sum(s["n_tokens"] for s in samples) / len(samples) if samples else 0.0,

@@ -217,7 +217,8 @@ ROUND = (
                   "the method's file (train.parquet, pairs.parquet or rl_prompts.parquet) or the round directory "
                   "holding it"),
         StagePath("init", _previous("champion"), "the champion: where train.init=champion starts"),
-        StagePath("base", lambda this, config: seed_model(config, this), "the seed: where train.init=base starts (default: --init)", required=False),
+        StagePath("base", lambda this, config: seed_model(config, this),
+                  "the seed: where train.init=base starts (default: --init)", required=False),
         StagePath("out", _this("candidate"), "candidate directory", output=True, directory=True),
     ), ("task", "train", "code"), True, _train),
     Stage("evaluate", "Score candidate and champion on the eval set, overall and per bucket.", (

@@ -86,7 +86,8 @@ class ReversedAddition(TaskBase):
             if low > high:
                 continue
             second = rng.randint(low, high)
-            for view in (f"{reverse_digits(total - second)}+{reverse_digits(second)}=", f"{reverse_digits(second)}+{reverse_digits(total - second)}="):
+            split_a, split_b = reverse_digits(total - second), reverse_digits(second)
+            for view in (f"{split_a}+{split_b}=", f"{split_b}+{split_a}="):
                 if view not in out and len(out) < count:
                     out.append(view)
         return out[:count]

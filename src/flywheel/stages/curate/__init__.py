@@ -148,7 +148,8 @@ def run_curate(round_dir: Path, config: CurateConfig, *, task, eval_path: Path |
         raise io.InputError(round_dir / FILES.samples, unvoted_error(missing),
                             row=pc.index(samples.column("prompt_id"), missing).as_py() + 1, field="prompt_id")
 
-    # Per sample, in row order (by prompt id, voter, sample index): does it vote with its prompt's majority, is it short enough.
+    # Per sample, in row order (by prompt id, voter, sample index): does it vote with its prompt's majority, is it
+    # short enough.
     completions = samples.column("completion").combine_chunks().take(pa.array(order))
     answers = samples.column("answer").combine_chunks().take(pa.array(order))
     n_tokens = samples.column("n_tokens").to_numpy()

@@ -51,8 +51,8 @@ def kept_label_precision(kept, kept_prompt, per_prompt, truth, task) -> float | 
     return correct / len(audited) if len(audited) else None
 
 
-# The reasons a sample of a kept prompt is dropped (codes 1..5 of ``sft_reasons`` and the filters after it; 0 is kept, and the prompts'
-# own reasons are numbered after these).
+# The reasons a sample of a kept prompt is dropped (codes 1..5 of ``sft_reasons`` and the filters after it; 0 is
+# kept, and the prompts' own reasons are numbered after these).
 SAMPLE_REASONS = ("", "vote:disagrees", "length:too_long", "dedup:exact", "cap:per_prompt", "dedup:near")
 DISAGREES, TOO_LONG, DUPLICATE, CAPPED, NEAR = 1, 2, 3, 4, 5
 

@@ -92,4 +92,5 @@ def train_grpo(model, tokenizer, rows: list[dict], *, config: TrainConfig, task,
 
 def check_grpo(config: TrainConfig) -> None:
     if config.batch_size % config.grpo.num_generations:
-        raise ConfigError("train.batch_size", "must be a multiple of train.grpo.num_generations (whole groups per step)")
+        raise ConfigError("train.batch_size",
+                          "must be a multiple of train.grpo.num_generations (whole groups per step)")

@@ -35,7 +35,8 @@ def reference_vote(samples: list[dict], truth: dict[str, str], is_correct, *, la
     for prompt_id in sorted(by_prompt):
         group = sorted(by_prompt[prompt_id], key=lambda s: (s["voter"], s["sample_idx"]))
         label = truth.get(prompt_id)
-        flipped = label_noise and random.Random(derive_seed("label-noise", noise_seed, prompt_id)).random() < label_noise
+        draw = random.Random(derive_seed("label-noise", noise_seed, prompt_id)).random()
+        flipped = label_noise and draw < label_noise
         if label is not None and flipped:
             label = winner(Counter(s["answer"] for s in group if not is_correct(s["answer"], label)))
         correct = [label is not None and is_correct(s["answer"], label) for s in group]
