@@ -49,6 +49,7 @@ def pytest_collection_modifyitems(items):
 
     items.sort(key=rank)
 
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one test file per core: one torch/OpenMP thread per worker (and per process a test

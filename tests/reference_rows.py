@@ -69,8 +69,6 @@ def vote_rows(samples: list[dict], *, min_answer_share: float = 0.0, weights: li
     return votes, agreement
 
 
-
-
 def audit_rows(votes: list[dict], truth: dict[str, str], is_correct, thresholds: list[float]) -> list[dict]:
     """Pseudo-label precision and yield at each vote-share threshold, against hidden truth.
 
@@ -90,8 +88,6 @@ def audit_rows(votes: list[dict], truth: dict[str, str], is_correct, thresholds:
             "precision": correct / len(kept) if kept else None,
         })
     return rows
-
-
 
 
 def curate_rows(prompts: list[dict], samples: list[dict], votes: list[dict], config: CurateConfig, *, task,
@@ -195,10 +191,8 @@ def rl_prompts(prompts: list[dict], votes: list[dict], config: CurateConfig, *, 
                         "round": round_index, "bucket": prompt.get("bucket"), "meta": prompt.get("meta")})
 
 
-
 def _distinct(texts) -> list[str]:
     return list(dict.fromkeys(texts))
-
 
 
 def agrees(task, answer: str | None, majority: str | None) -> bool:
@@ -227,7 +221,6 @@ def training_mix(new: list[dict], pool: list[dict], config: CurateConfig, *, see
     mix = list(new) + earlier
     rng.shuffle(mix)
     return mix
-
 
 
 def run_curate_rows(round_dir: Path, config: CurateConfig, *, task, eval_path: Path | list[Path], round_index: int,

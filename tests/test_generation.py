@@ -134,7 +134,6 @@ def _vllm_usable():
     return vllm_available()[0]
 
 
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not _vllm_usable(), reason="needs CUDA and vllm (the [gpu] extra)")
 def test_vllm_and_hf_write_the_same_sample_schema(tmp_path):

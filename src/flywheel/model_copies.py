@@ -12,7 +12,6 @@ import stat
 from pathlib import Path
 
 
-
 from flywheel.io import atomic_dir
 
 

@@ -120,6 +120,7 @@ def _is_type(value, expected: type) -> bool:
         return isinstance(value, (int, float))
     return isinstance(value, expected)
 
+
 def bucket_key(name: str) -> tuple:
     """Sort key for ``bucket`` values: numeric ones in numeric order ("2" before "10"), then the rest by name."""
     return (0, int(name), "") if name.isascii() and name.isdigit() else (1, 0, name)  # int("²") fails
@@ -145,6 +146,7 @@ SAMPLES = Schema("sample", (
     # null for plain sampling, whose cost is n_tokens
     Column("search_tokens", int, required=False, minimum=0),
 ), key=("prompt_id", "voter", "sample_idx"))
+
 
 def generated_tokens(samples: list[dict] | pa.Table) -> int:
     """Every token generate spent on ``samples`` (rows or an Arrow table): a searched sample's ``search_tokens``

@@ -51,26 +51,10 @@ from flywheel.config import CurateConfig, GenerateConfig
 from flywheel.experimental.process_rewards import run_process_rewards
 from flywheel.layout import FILES
 from flywheel.rng import derive_seed
-from flywheel.stages.curate.columns import (
-    SAMPLE_REASONS,
-    kept_label_precision,
-    near_duplicate_rows,
-    pairs_table,
-    rows_at,
-    sft_reasons,
-    shared_text_duplicates,
-    training_mix_table,
-)
-from flywheel.stages.curate.rules import (
-    NearDuplicates,
-    NgramIndex,
-    near_duplicates,
-    ngram_index,
-    ngrams,
-    prompt_reason,
-    rl_rows,
-    unvoted_error,
-)
+from flywheel.stages.curate.columns import (SAMPLE_REASONS, kept_label_precision, near_duplicate_rows, pairs_table,
+                                            rows_at, sft_reasons, shared_text_duplicates, training_mix_table)
+from flywheel.stages.curate.rules import (NearDuplicates, NgramIndex, near_duplicates, ngram_index, ngrams,
+                                          prompt_reason, rl_rows, unvoted_error)
 from flywheel.stages.curate.select import run_select
 from flywheel.stages.vote import audit_columns
 from flywheel.tasks.base import vote_key_of

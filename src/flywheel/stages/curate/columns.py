@@ -86,6 +86,7 @@ def sft_reasons(prompt_reason, prompt_of, agrees, short, completion_code, config
     reason[candidate] = np.where(first, np.where(kept_first, 0, CAPPED), np.where(kept_first, DUPLICATE, CAPPED))
     return reason
 
+
 def shared_text_duplicates(reason, text_code, prompt_of, completion_code) -> None:
     """``dedup:exact`` across prompts that share a text, on the rows still kept (reason 0): a (prompt text,
     completion) already kept by an earlier row (a prompt of the same text, earlier in id order) is dropped.

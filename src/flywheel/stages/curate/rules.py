@@ -74,7 +74,6 @@ def ngram_index(config: CurateConfig, eval_prompts) -> NgramIndex | None:
     return NgramIndex(eval_prompts, n=config.ngram_n, unit=config.ngram_unit) if config.ngram_decontaminate else None
 
 
-
 def rl_rows(prompt_verdicts, config: CurateConfig, *, task, eval_prompts: set[str], keep) -> tuple[list, Counter]:
     """The GRPO prompts (ReST-RL's reward-variance filter) among (prompt row, its verdict or None) in prompt-id
     order, and the drops by reason; ``keep(prompt, verdict)`` is what is listed for a kept prompt."""
@@ -102,7 +101,6 @@ def rl_rows(prompt_verdicts, config: CurateConfig, *, task, eval_prompts: set[st
     return kept, drops
 
 
-
 def prompt_reason(prompt: dict, verdict: dict, config: CurateConfig, task, eval_prompts: set[str],
                    index: NgramIndex | None = None, *, check_share: bool = True) -> str | None:
     if verdict["majority_answer"] is None:
@@ -118,7 +116,6 @@ def prompt_reason(prompt: dict, verdict: dict, config: CurateConfig, task, eval_
     if index is not None and index.contaminated(prompt["prompt"]):
         return "decontaminate:ngram"
     return None
-
 
 
 def unvoted_error(prompt_id: str) -> str:

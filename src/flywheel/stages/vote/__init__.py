@@ -44,22 +44,10 @@ from flywheel.config import VoteConfig
 from flywheel.layout import FILES
 from flywheel.registry import VOTE_METHODS
 from flywheel.stages.vote.count import NO_ANSWER, summary_of, vote, vote_summary, vote_table, winner
-from flywheel.stages.vote.labels import (
-    audit,
-    audit_columns,
-    check_labels,
-    pseudo_label_precision,
-    read_truth,
-    reference_vote,
-)
-from flywheel.stages.vote.weights import (
-    LOG_WEIGHT_FLOOR,
-    judge_weights,
-    pairwise_agreement,
-    reliability_weights,
-    sample_weights,
-    voter_reliability,
-)
+from flywheel.stages.vote.labels import (audit, audit_columns, check_labels, pseudo_label_precision, read_truth,
+                                         reference_vote)
+from flywheel.stages.vote.weights import (LOG_WEIGHT_FLOOR, judge_weights, pairwise_agreement, reliability_weights,
+                                          sample_weights, voter_reliability)
 from flywheel.tasks.base import vote_key_of
 
 # What the rest of the package and a user's extension import from here (docs/extending.md).

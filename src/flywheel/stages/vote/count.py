@@ -154,7 +154,6 @@ def vote_table(samples, *, weights=None, key=None, min_answer_share: float = 0.0
     return votes, agreement
 
 
-
 def vote_summary(votes: list[dict]) -> dict:
     """Label-free statistics of a vote (TTRL's ``majority_ratio``)."""
     return summary_of([v["vote_share"] for v in votes], [v["entropy"] for v in votes],

@@ -58,7 +58,6 @@ def reference_vote(samples: list[dict], truth: dict[str, str], is_correct, *, la
     return votes, agreement
 
 
-
 def audit(votes: list[dict], truth: dict[str, str], is_correct, thresholds: list[float]) -> list[dict]:
     """Pseudo-label precision and yield at each vote-share threshold, against hidden truth: ``audit_columns`` on
     vote rows and a dict of labels. Audit only: this never feeds training."""
