@@ -40,7 +40,7 @@ def one_round(config_path: str, overrides: list[str]) -> tuple[dict, object, flo
         prepare_seconds = time.perf_counter() - start
         tracker = Tracker(config.tracking)
         parent = tracker.start_loop(config, loop_key="bench")
-        tracker.register_seed(parent, RoundLayout(root, 0).champion)
+        tracker.registry.register_seed(parent, RoundLayout(root, 0).champion)
         run_round(config, root, 1, task=task)
         one = RoundLayout(root, 1)
         seconds = json.loads(one.timings.read_text())

@@ -13,15 +13,15 @@ SRC = ROOT / "src" / "flywheel"
 # their entries by importing the modules that register, by name, on first lookup: flywheel.registry.)
 LAYERS = [
     # "": the package (__version__; its API is lazy)
-    ["", "console", "cpu_kernels", "errors", "faults", "rng", "precision", "model_card"],
+    ["", "console", "cpu_kernels", "cron", "errors", "faults", "rng", "precision", "model_card"],
     ["registry", "schemas", "sandbox", "supervisor", "columnar", "workflow_ends", "tracking_store", "run_lock",
      "termination"],
     ["io", "layout", "tasks", "tasks.*", "model_copies"],
     ["modeling", "versioning", "data"],
     ["config"],
-    ["generation", "run_state", "infra", "export", "report"],
+    ["generation", "run_state", "infra", "export", "report", "round_metrics"],
     ["stages", "stages.*", "experimental", "experimental.*", "seed_model"],
-    ["mlflow_model", "machine_checks"],
+    ["mlflow_model", "machine_checks", "model_registry"],
     ["tracking", "loop", "status"],
     ["kubeflow", "kubeflow.*", "argo", "argo.*", "tool_commands", "cli"],  # the doors
 ]

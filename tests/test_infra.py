@@ -451,13 +451,11 @@ def test_the_runner_role_grants_what_the_kfp_backend_and_flywheel_do_in_a_step_p
     objects = [o for o in documents(INFRA / "base" / "runs" / "rbac.yaml")]
     role = next(o for o in objects if o["kind"] == "Role")
     binding = next(o for o in objects if o["kind"] == "RoleBinding")
-    from flywheel.kubeflow.pipelines import CONFIG_MAP, SECRET
-
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     # flywheel's account (`flywheel pipeline run|schedule`) and KFP's default (runs started from the UI)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": infra.RUN_NAMESPACE}
                                    for name in ("flywheel-pipeline-runner", "pipeline-runner")]
-    assert SECRET == "flywheel-s3" and CONFIG_MAP == "flywheel-cluster"
+    assert infra.S3_SECRET == "flywheel-s3" and infra.CLUSTER_CONFIG_MAP == "flywheel-cluster"
     assert _allows(role, *access), f"{role['metadata']['name']} does not allow {access}"
 
 
@@ -479,9 +477,7 @@ def test_the_volume_bootstrap_job_gives_the_pipeline_user_the_volume():
     for directory in ("runs", "scheduled", "seeds"):  # workspace roots of both pipelines, the staged seeds
         assert f"/models/{directory}" in script
     claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]]
-    from flywheel.kubeflow.pipelines import DEFAULT_PVC, MOUNT_PATH
-
-    assert claims == [DEFAULT_PVC] and pod["containers"][0]["volumeMounts"][0]["mountPath"] == MOUNT_PATH
+    assert claims == [infra.MODELS_PVC] and pod["containers"][0]["volumeMounts"][0]["mountPath"] == infra.MODELS_MOUNT
     assert "models-volume-init.yaml" in (INFRA / "base" / "models" / "kustomization.yaml").read_text()
     for door in ("base/runs", "argo"):  # both doors take the shared base whole
         assert "../models" in (INFRA / door / "kustomization.yaml").read_text().replace("../base/models", "../models")

@@ -58,7 +58,7 @@ def _tasks(pipeline: dict):
 
 def test_every_gpu_task_has_its_accelerator_toleration_node_selector_and_shm():
     from flywheel.kubeflow.components import GPU_IMAGE
-    from flywheel.kubeflow.pipelines import ACCELERATOR, GPU_NODE_SELECTOR, MOUNT_PATH
+    from flywheel.infra import GPU_NODE_SELECTOR, GPU_RESOURCE, MODELS_MOUNT
 
     for name in NAMES:
         pipeline, platform = _documents(COMPILED / f"{name}.yaml")
@@ -72,15 +72,15 @@ def test_every_gpu_task_has_its_accelerator_toleration_node_selector_and_shm():
             label = component["executorLabel"]
             container = executors[label]["container"]
             assert task.get("cachingOptions", {}).get("enableCache") is not True, f"{name}: {task_name} caches"
-            assert any(m["mountPath"] == MOUNT_PATH for m in k8s[label]["pvcMount"]), f"{task_name}: no volume"
+            assert any(m["mountPath"] == MODELS_MOUNT for m in k8s[label]["pvcMount"]), f"{task_name}: no volume"
             if container["image"] != GPU_IMAGE:
                 assert "accelerator" not in container.get("resources", {}), f"{task_name} asks for a GPU"
                 continue
             gpu_tasks.add(task_name.rsplit("-", 1)[0] if task_name[-1].isdigit() else task_name)
             accelerator = container["resources"]["accelerator"]
-            assert (accelerator["resourceType"], accelerator["resourceCount"]) == (ACCELERATOR, "1")
+            assert (accelerator["resourceType"], accelerator["resourceCount"]) == (GPU_RESOURCE, "1")
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[label]["tolerations"]
-            assert k8s[label]["nodeSelector"]["labels"] == {GPU_NODE_SELECTOR[0]: GPU_NODE_SELECTOR[1]}
+            assert k8s[label]["nodeSelector"]["labels"] == GPU_NODE_SELECTOR
             assert {"mountPath": "/dev/shm", "medium": "Memory"}.items() <= k8s[label]["emptyDirMounts"][0].items()
         # K1: the N-round pipeline's prepare scores the seed on loop.device (cuda), so it is a GPU task too.
         expected = {"generate", "train", "evaluate"} | ({"prepare"} if name == "flywheel" else set())
@@ -88,7 +88,7 @@ def test_every_gpu_task_has_its_accelerator_toleration_node_selector_and_shm():
 
 
 def test_side_effect_tasks_get_credentials_from_the_secret():
-    from flywheel.kubeflow.pipelines import SECRET
+    from flywheel.infra import S3_SECRET as SECRET
 
     pipeline, platform = _documents(COMPILED / "flywheel_round.yaml")
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -249,7 +249,8 @@ def test_the_declined_round_stops_the_pipeline_like_stop_on_decline(pipeline_and
 
 
 def test_pipeline_tracks_in_mlflow_and_moves_the_alias_only_on_promotion(pipeline_and_loop):
-    from flywheel.tracking import CHAMPION_ALIAS, Tracker
+    from flywheel.model_registry import CHAMPION_ALIAS
+    from flywheel.tracking import Tracker
 
     workspace, _, _, config, _ = pipeline_and_loop
     tracker = Tracker(config.tracking)
@@ -307,7 +308,8 @@ def test_round_pipeline_continues_from_the_mlflow_champion(tmp_path, tiny_seed):
     from kfp import local
 
     from flywheel.kubeflow.pipelines import make_flywheel_round
-    from flywheel.tracking import CHAMPION_ALIAS, Tracker
+    from flywheel.model_registry import CHAMPION_ALIAS
+    from flywheel.tracking import Tracker
 
     config = load_config(_smoke(), [f"seed.path={tiny_seed}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     workspace = tmp_path / "scheduled"

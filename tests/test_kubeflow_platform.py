@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from flywheel.config import dump_config, load_config
+from flywheel import infra
 from flywheel.infra import cluster_config
 from flywheel.errors import InputError
 from flywheel.kubeflow import pipelines
@@ -118,7 +119,7 @@ def test_committed_pipelines_run_on_the_gpu_with_the_in_cluster_mlflow():
     pipeline, _ = _documents(COMPILED / "flywheel.yaml")
     config = yaml.safe_load(pipeline["root"]["inputDefinitions"]["parameters"]["config_yaml"]["defaultValue"])
     assert config["loop"]["device"] == "cuda"
-    assert config["tracking"]["uri"] == pipelines.IN_CLUSTER_MLFLOW
+    assert config["tracking"]["uri"] == infra.IN_CLUSTER_MLFLOW
     assert config["seed"]["path"] == "seed/default" and (ROOT / "seed" / "default").is_dir()
     # -s wins over the cluster settings.
     assert pipelines.cluster_config(None, ["loop.device=cpu"]).loop.device == "cpu"
@@ -162,7 +163,7 @@ def test_image_pull_secrets_and_a_kueue_queue_from_the_config(tmp_path):
         assert [s["secretName"] for s in k8s[label]["imagePullSecret"]] == ["regcred"]
         labels = k8s[label].get("podMetadata", {}).get("labels", {})
         gpu = "accelerator" in executors[label]["container"]["resources"]
-        assert labels.get(pipelines.KUEUE_QUEUE_LABEL) == ("gpu-queue" if gpu else None), label
+        assert labels.get(infra.KUEUE_QUEUE_LABEL) == ("gpu-queue" if gpu else None), label
 
 
 def test_compiled_size_per_round_and_the_round_limit(tmp_path):
@@ -230,6 +231,19 @@ def test_every_step_that_loads_a_model_runs_where_its_device_is():
     assert not multi.on_gpu("train") and multi.on_gpu("prepare")  # the step submits a TrainJob and waits
 
 
+def test_a_pipeline_compiled_for_the_cpu_puts_no_step_on_the_cuda_image(tmp_path):
+    """A recipe with loop.device=cpu runs every step, prepare and the GPU steps' components included, on the CPU
+    image: the CUDA image's specs are only the components' defaults."""
+    from flywheel.kubeflow.components import GPU_IMAGE, IMAGE
+
+    pipeline, platform = _compile(tmp_path, cluster_config(None, ["loop.device=cpu"]), rounds=2)
+    containers = [e["container"] for e in pipeline["deploymentSpec"]["executors"].values()]
+    assert {c["image"] for c in containers} == {IMAGE} != {GPU_IMAGE}
+    assert not any("accelerator" in c.get("resources", {}) for c in containers)
+    assert not any(e.get("nodeSelector") for e in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+                   .values())
+
+
 def test_a_relative_seed_is_copied_from_the_image_onto_the_volume_once(tmp_path, tiny_seed, monkeypatch):
     home = tmp_path / "image"
     (home / "seed").mkdir(parents=True)
@@ -254,7 +268,7 @@ def test_a_seed_from_the_model_registry_or_a_path_uri(tmp_path, tiny_seed, monke
     config = load_config(None, [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.registered_model=base"])
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key="test")
-    version = tracker.register_seed(parent, tiny_seed)
+    version = tracker.registry.register_seed(parent, tiny_seed)
     seeds = tmp_path / "volume" / "seeds"
     for uri in ("models:/base@champion", f"models:/base/{version}", str(tiny_seed)):
         staged = Path(stage_seed(load_config(None, [f"tracking.uri={config.tracking.uri}"]), uri, seeds).seed.path)

@@ -7,7 +7,8 @@ import pytest
 from flywheel import io, schemas
 from flywheel.config import load_config
 from flywheel.loop import run_loop
-from flywheel.tracking import CHAMPION_ALIAS, Tracker
+from flywheel.model_registry import CHAMPION_ALIAS
+from flywheel.tracking import Tracker
 
 
 @pytest.fixture(scope="module")

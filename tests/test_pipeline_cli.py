@@ -8,7 +8,7 @@ import pytest
 
 from flywheel.cli import main
 from flywheel.errors import InputError
-from flywheel.kubeflow.cli import check_cron
+from flywheel.cron import check_cron
 from flywheel.kubeflow.pipelines import COMPONENT_NAMES
 
 COMPILED = Path(__file__).resolve().parents[1] / "pipelines" / "compiled"

@@ -10,7 +10,8 @@ import pytest
 
 from flywheel import io
 from flywheel.config import load_config
-from flywheel.tracking import CHAMPION_ALIAS, DECLINED, PROMOTED, STALE, Tracker, promotion_record
+from flywheel.model_registry import CHAMPION_ALIAS, DECLINED, PROMOTED, STALE, promotion_record
+from flywheel.tracking import Tracker
 from tests.conftest import mlflow_server
 
 
@@ -27,7 +28,7 @@ def _tracker(uri: str, model: str) -> Tracker:
 
 def _versions(tracker: Tracker, n: int) -> list[str]:
     """A registered model with ``n`` versions (empty sources: promotion never reads them); v1 is champion."""
-    tracker._ensure_registered_model()
+    tracker.registry.ensure()
     name = tracker.config.registered_model
     versions = [tracker.client.create_model_version(name, "s3://unused/model").version for _ in range(n)]
     tracker.client.set_registered_model_alias(name, CHAMPION_ALIAS, versions[0])
@@ -56,12 +57,12 @@ def test_two_promotions_from_one_champion_move_the_alias_once(server, trial):
     tracker = _tracker(server, f"race-{trial}")
     champion, first, second = _versions(tracker, 3)
     others = [_tracker(server, f"race-{trial}") for _ in range(2)]  # one client each, like two pods
-    results = _race([lambda: others[0].promote(first, started_from=champion, claim="loop-a:round-1"),
-                     lambda: others[1].promote(second, started_from=champion, claim="loop-b:round-4")])
+    results = _race([lambda: others[0].registry.promote(first, started_from=champion, claim="loop-a:round-1"),
+                     lambda: others[1].registry.promote(second, started_from=champion, claim="loop-b:round-4")])
     outcomes = sorted(outcome for outcome, _ in results)
     assert outcomes == [PROMOTED, STALE]
     winner = first if results[0][0] == PROMOTED else second
-    assert tracker.champion_version() == winner
+    assert tracker.registry.champion_version() == winner
     assert all(holder == winner for _, holder in results)
     # One record, out of the user's sight: no registered model besides the real one, no visible experiment.
     assert [m.name for m in tracker.client.search_registered_models(f"name LIKE 'race-{trial}%'")] == [
@@ -77,12 +78,12 @@ def test_two_promotions_from_one_champion_move_the_alias_once(server, trial):
 def test_a_round_from_a_champion_that_was_replaced_is_stale_and_moves_nothing(server):
     tracker = _tracker(server, "replaced")
     seed, newer, late = _versions(tracker, 3)
-    assert tracker.promote(newer, started_from=seed, claim="loop-a:round-1") == (PROMOTED, newer)
+    assert tracker.registry.promote(newer, started_from=seed, claim="loop-a:round-1") == (PROMOTED, newer)
     # A round that started from the seed before that promotion finishes later: stale.
-    assert tracker.promote(late, started_from=seed, claim="loop-b:round-1") == (STALE, newer)
+    assert tracker.registry.promote(late, started_from=seed, claim="loop-b:round-1") == (STALE, newer)
     # A lineage with no registered champion never moves the alias either.
-    assert tracker.promote(late, started_from=None, claim="loop-c:round-1") == (STALE, newer)
-    assert tracker.champion_version() == newer
+    assert tracker.registry.promote(late, started_from=None, claim="loop-c:round-1") == (STALE, newer)
+    assert tracker.registry.champion_version() == newer
 
 
 def test_a_round_killed_between_its_record_and_the_alias_move_finishes_its_own_claim(server):
@@ -92,10 +93,10 @@ def test_a_round_killed_between_its_record_and_the_alias_move_finishes_its_own_c
                                               tags={"flywheel.claim": "loop-a:round-2", "to_version": candidate})
     tracker.client.delete_experiment(record)
     # Someone else's round from the same seed cannot use that record (the alias is on its way to `candidate`) ...
-    assert tracker.promote(retried, started_from=seed, claim="loop-b:round-1") == (STALE, candidate)
+    assert tracker.registry.promote(retried, started_from=seed, claim="loop-b:round-1") == (STALE, candidate)
     # ... the round that wrote it, re-run (its candidate registered again as a new version), completes it.
-    assert tracker.promote(retried, started_from=seed, claim="loop-a:round-2") == (PROMOTED, retried)
-    assert tracker.champion_version() == retried
+    assert tracker.registry.promote(retried, started_from=seed, claim="loop-a:round-2") == (PROMOTED, retried)
+    assert tracker.registry.champion_version() == retried
     assert tracker.client.get_experiment(record).tags["to_version"] == retried
     assert tracker.client.get_experiment(record).lifecycle_stage == "deleted"
 
@@ -114,8 +115,8 @@ def test_two_tracked_rounds_from_one_champion_one_promoted_one_stale(server, tin
                                 "tracking.experiment=promotion"])
     trackers = [Tracker(config.tracking) for _ in range(3)]
     parent = trackers[0].start_loop(config, loop_key="kfp:/models/scheduled/a")
-    seed_version = trackers[0].register_seed(parent, tiny_seed)
-    assert trackers[0].champion_version() == seed_version
+    seed_version = trackers[0].registry.register_seed(parent, tiny_seed)
+    assert trackers[0].registry.champion_version() == seed_version
     parents = [parent, trackers[1].start_loop(config, loop_key="kfp:/models/scheduled/b")]
     rounds = [_round_dir(tmp_path / name, tiny_seed, promote=True) for name in ("a", "b")]
     results = _race([lambda i=i: trackers[i].log_round(parents[i], 5, rounds[i], config, f"md5-{i}",
@@ -124,7 +125,7 @@ def test_two_tracked_rounds_from_one_champion_one_promoted_one_stale(server, tin
     winner = next(r for r in results if r["promotion"] == PROMOTED)
     stale = next(r for r in results if r["promotion"] == STALE)
     client = trackers[2].client
-    assert trackers[2].champion_version() == winner["model_version"]
+    assert trackers[2].registry.champion_version() == winner["model_version"]
     assert stale["champion_version"] == winner["model_version"] and stale["started_from"] == seed_version
     assert client.get_model_version("scheduled", stale["model_version"]).tags["promotion"] == STALE
     assert client.get_model_version("scheduled", winner["model_version"]).tags["promotion"] == PROMOTED
@@ -141,8 +142,8 @@ def test_a_loop_never_replaces_a_champion_it_did_not_compete_against(server, tin
     tracker = Tracker(config.tracking)
     production = _versions(tracker, 1)[0]
     parent = tracker.start_loop(config, loop_key="kfp:/models/runs/experiment")
-    seed_version = tracker.register_seed(parent, tiny_seed)  # registered, but the alias already has a holder
-    assert tracker.champion_version() == production
+    seed_version = tracker.registry.register_seed(parent, tiny_seed)  # registered, but the alias already has a holder
+    assert tracker.registry.champion_version() == production
     result = tracker.log_round(parent, 1, _round_dir(tmp_path / "r1", tiny_seed, promote=True), config, "md5")
     assert (result["promotion"], result["started_from"], result["champion_version"]) == (STALE, seed_version,
                                                                                           production)
@@ -150,7 +151,7 @@ def test_a_loop_never_replaces_a_champion_it_did_not_compete_against(server, tin
     assert declined["promotion"] == DECLINED
     # Round 2's lineage is round 1's candidate: its gate promoted it for this loop, if not for the registry.
     assert tracker.lineage_version(parent, 2) == result["model_version"]
-    assert tracker.champion_version() == production
+    assert tracker.registry.champion_version() == production
 
 
 def test_a_round_logged_again_keeps_the_finished_run_and_replaces_a_partial_one(server, tiny_seed, tmp_path):
@@ -161,7 +162,7 @@ def test_a_round_logged_again_keeps_the_finished_run_and_replaces_a_partial_one(
                                 "tracking.experiment=promotion"])
     tracker = Tracker(config.tracking)
     parent = tracker.start_loop(config, loop_key="dvc:/relogged")
-    tracker.register_seed(parent, tiny_seed)
+    tracker.registry.register_seed(parent, tiny_seed)
     first = tracker.log_round(parent, 1, _round_dir(tmp_path / "a", tiny_seed, promote=True), config, "md5-a")
     again = tracker.log_round(parent, 1, _round_dir(tmp_path / "b", tiny_seed, promote=True), config, "md5-b")
     client = tracker.client

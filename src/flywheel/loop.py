@@ -142,7 +142,7 @@ def run_loop(config: FlywheelConfig, *, tracker=None, on_round=None, mode: str =
         try:
             if tracker is not None:
                 ledger.stage(0, "track", [run.tracking_record(0)], lambda: io.write_json(
-                    run.tracking_record(0), {"seed_version": tracker.register_seed(parent, zero.champion)}))
+                    run.tracking_record(0), {"seed_version": tracker.registry.register_seed(parent, zero.champion)}))
             for round_index in range(1, config.loop.rounds + 1):
                 decision = run_round(config, root, round_index, task=task, ledger=ledger)
                 if tracker is not None:

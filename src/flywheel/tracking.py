@@ -3,15 +3,13 @@
 The stages know nothing of MLflow. After each round, ``log_round`` reads what the
 round wrote (vote.json, curation.json, eval/metrics.json, decision.json, timings)
 and logs it, so ``flywheel run`` and ``dvc repro`` (its ``track`` stage) log the same
-things. The registered model's alias ``champion`` moves only when the gate promotes, and then by
-compare-and-swap (``promote``): only if it still names the version the round started from. A round
-whose gate promoted but whose alias had moved meanwhile (another run, an overlapping schedule) ends
-``stale``, with nothing moved.
+things. The registered model (``flywheel.model_registry``) gets each candidate as a version; its alias
+``champion`` moves only when the gate promotes, and then by compare-and-swap. ``round_metrics`` reads a
+round's numbers and digests; ``tracking_store`` says whether the store can be used at all.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -24,13 +22,11 @@ from pathlib import Path
 from flywheel.config import FlywheelConfig, TrackingConfig
 from flywheel.layout import FILES, RoundLayout, RunLayout
 from flywheel.modeling import read_model_meta
-from flywheel.tracking_store import local_dir, sqlite_file, check_reachable, check_writable, store_fault
+from flywheel.model_registry import CHAMPION_ALIAS, DECLINED, PROMOTED, STALE, ModelRegistry
+from flywheel.round_metrics import EVAL_METRICS, flatten, metric_key, output_digests, round_metrics
+from flywheel.tracking_store import StoreClient, check_reachable, check_writable, local_dir, sqlite_file, store_call
 from flywheel.workflow_ends import WorkflowEnd, workflow_end
 
-EVAL_METRICS = f"{FILES.eval_dir}/{FILES.metrics}"  # relative to the round, as MLflow's artifact path too
-CHAMPION_ALIAS = "champion"
-# Model version tag: the URI of the model directory inside the version's pyfunc (what a round continues from).
-FILES_TAG = "flywheel.files"
 LOOP_TAG = "flywheel.loop"
 # On a finished round run that a later run of the same round (under the same parent run) replaced: its id.
 SUPERSEDED_TAG = "flywheel.superseded_by"
@@ -41,24 +37,6 @@ DATA_DIGEST_TAG = "flywheel.data_digest"
 HOST_TAG, PID_TAG = "flywheel.host", "flywheel.pid"
 # Parent run tag: what ended the loop other than well (an error, a signal, a workflow's first failed step).
 ERROR_TAG = "flywheel.error"
-# The outcome of a round for the registry: the gate declined, promoted (alias moved), or promoted a candidate
-# of a champion that is no longer the alias holder (stale: nothing moved).
-PROMOTED, DECLINED, STALE = "promoted", "declined", "stale"
-
-
-def _flatten(prefix: str, value, out: dict) -> dict:
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
-    elif isinstance(value, bool):
-        out[prefix] = float(value)
-    elif isinstance(value, (int, float)) and value is not None:
-        out[prefix] = float(value)
-    return out
-
-
-def _mlflow_key(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
 
 def _data_digest(run) -> str | None:
@@ -67,11 +45,6 @@ def _data_digest(run) -> str | None:
         return run.data.tags[DATA_DIGEST_TAG]
     inputs = run.inputs.dataset_inputs if run.inputs is not None else []
     return inputs[0].dataset.digest if inputs else None
-
-
-def promotion_record(model: str, started_from: str) -> str:
-    """The name of the record that lets one promotion leave ``model``'s version ``started_from`` (``promote``)."""
-    return f".flywheel-promotion:{model}:from-v{started_from}"
 
 
 def _system_tags(tags: dict) -> dict:
@@ -89,55 +62,10 @@ def _ended_status(error: BaseException) -> str:
     return "KILLED" if isinstance(error, (KeyboardInterrupt, Terminated)) else "FAILED"
 
 
-def _store_call(method):
-    """A store that refuses a write (full, read-only) while ``method`` runs is one line naming the tracking URI and
-    the path, not MLflow's traceback (``store_fault``); every other error stays as it is."""
-    from flywheel.errors import InputError
-
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except InputError:
-            raise
-        except Exception as error:
-            fault = store_fault(self.config.uri, error)
-            if fault is None:
-                raise
-        # Raised here, outside the except: no chained context, so the run directory's disk-full rule
-        # (run_state.disk_full_is_one_line) does not take the store's disk for the run's.
-        raise fault
-
-    return call
-
-
-class _StoreClient:
-    """The MLflow client, with each store request whole: a SIGTERM during one is raised when it returns
-    (``run_state.termination_deferred``). Artifact transfers, which can take minutes and leave nothing half-done
-    in the store's database, can still be cut."""
-
-    def __init__(self, client):
-        self._client = client
-
-    def __getattr__(self, name: str):
-        from flywheel.termination import termination_deferred
-
-        value = getattr(self._client, name)
-        if not callable(value) or "artifact" in name:
-            return value
-
-        @functools.wraps(value)
-        def call(*args, **kwargs):
-            with termination_deferred():
-                return value(*args, **kwargs)
-
-        return call
-
-
 class Tracker:
     """Thin wrapper over the MLflow client; one instance per loop."""
 
-    @_store_call
+    @store_call
     def __init__(self, config: TrackingConfig):
         self.config = config
         check_reachable(config.uri)
@@ -145,19 +73,18 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        # How a registered model answers prompts (flywheel.mlflow_model), set by the loop's config.
-        self._serving = {"task": "addition", "max_new_tokens": 32}
         mlflow.set_tracking_uri(config.uri)
         mlflow.set_registry_uri(config.uri)
-        self.client = _StoreClient(mlflow.MlflowClient(config.uri, config.uri))
+        self.client = StoreClient(mlflow.MlflowClient(config.uri, config.uri))
         experiment = self.client.get_experiment_by_name(config.experiment)
         self.experiment_id = (experiment.experiment_id if experiment
                               else self.client.create_experiment(config.experiment))
         if sqlite_file(config.uri) or local_dir(config.uri):  # a server's artifact paths are its own to check
             experiment = experiment or self.client.get_experiment(self.experiment_id)
             check_writable(config.uri, artifacts=experiment.artifact_location)
+        self.registry = ModelRegistry(self.client, config, self.experiment_id)
 
-    @_store_call
+    @store_call
     def start_loop(self, config: FlywheelConfig, loop_key: str) -> str:
         """The parent run for ``loop_key`` (created once, found again on re-runs)."""
         self.use_config(config)
@@ -185,10 +112,10 @@ class Tracker:
         a prompt of the task as their input example."""
         from flywheel.mlflow_model import example_prompt
 
-        self._serving = {"task": config.task, "max_new_tokens": config.evaluate.max_new_tokens,
-                         "input_example": example_prompt(config.task)}
+        self.registry.serving = {"task": config.task, "max_new_tokens": config.evaluate.max_new_tokens,
+                                 "input_example": example_prompt(config.task)}
 
-    @_store_call
+    @store_call
     def continue_loop(self, config: FlywheelConfig, root: Path, *, resume: bool) -> str:
         """``flywheel run``'s parent run: a new one, or on ``--resume`` the one the run started (RUNNING again).
         Call it with the run directory's lock held: the runs an earlier, killed process of the directory left
@@ -255,15 +182,15 @@ class Tracker:
         except Exception:
             pass
 
-    @_store_call
+    @store_call
     def end_loop(self, run_id: str, summary: dict) -> None:
         from flywheel.termination import raise_if_terminated
 
-        self._log_batch(run_id, metrics=[(_mlflow_key(k), v, 0) for k, v in _flatten("", summary, {}).items()])
+        self._log_batch(run_id, metrics=[(metric_key(k), v, 0) for k, v in flatten("", summary, {}).items()])
         self.client.set_terminated(run_id)
         raise_if_terminated()  # a SIGTERM lost while it logged: the caller's fail_loop ends the run KILLED instead
 
-    @_store_call
+    @store_call
     def end_loop_of(self, loop_key: str, status: str, *, error: str | None = None) -> str | None:
         """End the parent run of ``loop_key`` as ``status``, and its round runs still RUNNING as ``status`` (FAILED
         where the parent FINISHED: a round left open then is a fault); ``error`` (what stopped it) as its
@@ -321,45 +248,6 @@ class Tracker:
             query += f" and tags.`flywheel.round` = '{round_index}'"
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
 
-    def _ensure_registered_model(self) -> None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.get_registered_model(self.config.registered_model)
-        except MlflowException:
-            self.client.create_registered_model(self.config.registered_model, description=(
-                "Candidates of the flywheel; alias 'champion' = current best."))
-
-    @_store_call
-    def register_seed(self, parent_run_id: str, seed_dir: Path) -> str:
-        """Register the seed as a version; it becomes the champion only if there is none yet."""
-        from mlflow.exceptions import MlflowException
-
-        self._ensure_registered_model()
-        for version in self.client.search_model_versions(f"run_id = '{parent_run_id}'"):
-            if version.tags.get("role") == "seed":  # registered before this run was interrupted and resumed
-                return version.version
-        from flywheel.mlflow_model import log_pyfunc  # MLflow's pyfunc: only where a run is tracked
-
-        model_id, source, files = log_pyfunc(self.client, parent_run_id, self.experiment_id, Path(seed_dir), "seed",
-                                             **self._serving)
-        version = self.client.create_model_version(self.config.registered_model, source, parent_run_id,
-                                                   tags={"role": "seed", FILES_TAG: files}, model_id=model_id)
-        try:
-            self.client.get_model_version_by_alias(self.config.registered_model, CHAMPION_ALIAS)
-        except MlflowException:
-            self.client.set_registered_model_alias(self.config.registered_model, CHAMPION_ALIAS, version.version)
-        return version.version
-
-    def champion_version(self) -> str | None:
-        """The version the ``champion`` alias names now (None: no alias yet)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_model_version_by_alias(self.config.registered_model, CHAMPION_ALIAS).version
-        except MlflowException:
-            return None
-
     def lineage_version(self, parent_run_id: str, round_index: int) -> str | None:
         """The version a loop's round ``round_index`` started from: the candidate of its last earlier round
         whose gate promoted, else the seed this loop registered (None if it registered none)."""
@@ -377,59 +265,7 @@ class Tracker:
                 return version.version
         return None
 
-    def promote(self, version: str, *, started_from: str | None, claim: str) -> tuple[str, str | None]:
-        """Move the ``champion`` alias to ``version`` only if it still names ``started_from``.
-
-        MLflow has no conditional alias update, so the swap is guarded by a record only one writer can
-        create: an MLflow experiment named ``.flywheel-promotion:<model>:from-v<started_from>`` (experiment
-        names are unique in every MLflow store, deleted ones included; a second create fails with
-        RESOURCE_ALREADY_EXISTS). The record is deleted as soon as it is made, so it never shows in the
-        user's experiments or models, while its name stays taken and its tags readable. The alias only
-        ever moves to a new version, so each version is left at most once and two rounds that started
-        from the same champion cannot both move it. ``claim`` names the round (loop run and round); a re-run
-        of the same round after a kill finishes its own claim. Returns (PROMOTED or STALE, the alias holder
-        after).
-        """
-        from mlflow.exceptions import MlflowException
-
-        name = self.config.registered_model
-        current = self.champion_version()
-        if started_from is None:  # a lineage with no registered champion (no seed version): never move
-            return STALE, current
-        record = promotion_record(name, started_from)
-        if current != started_from and self._record(record).get("flywheel.claim") != claim:
-            return STALE, current
-        try:
-            record_id = self.client.create_experiment(
-                record, tags={"flywheel.claim": claim, "from_version": str(started_from), "to_version": str(version),
-                              "mlflow.note.content": f"Promotion record: the '{CHAMPION_ALIAS}' alias of {name} "
-                                                     f"left v{started_from} for v{version}. Guards the "
-                                                     "compare-and-swap; do not delete permanently."})
-            self.client.delete_experiment(record_id)  # out of sight; the name stays taken
-        except MlflowException as error:
-            existing = self._record(record)
-            if error.error_code != "RESOURCE_ALREADY_EXISTS" or existing.get("flywheel.claim") != claim:
-                # Lost the race: the winner's version is (or is about to be) the alias holder.
-                return STALE, existing.get("to_version") or self.champion_version()
-            self._retarget(record, version)  # our own claim, interrupted before the alias moved
-        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-        return PROMOTED, version
-
-    def _record(self, name: str) -> dict:
-        """The tags of promotion record ``name`` ({} if there is none)."""
-        experiment = self.client.get_experiment_by_name(name)
-        return dict(experiment.tags) if experiment is not None else {}
-
-    def _retarget(self, name: str, version: str) -> None:
-        """Point our own promotion record at ``version`` (a deleted experiment takes tags only while restored)."""
-        record_id = self.client.get_experiment_by_name(name).experiment_id
-        self.client.restore_experiment(record_id)
-        try:
-            self.client.set_experiment_tag(record_id, "to_version", str(version))
-        finally:
-            self.client.delete_experiment(record_id)
-
-    @_store_call
+    @store_call
     def log_round(self, parent_run_id: str, round_index: int, round_dir: Path, config: FlywheelConfig,
                   data_digest: str, *, started_from: str | None = None) -> dict:
         """Nested run for a round: params per stage, metrics, the data digest, the candidate version, and the
@@ -481,7 +317,7 @@ class Tracker:
             for step, loss, learning_rate in metrics.get("loss_curve", []):
                 curves += [(f"train.member_{member}.loss", loss, step),
                            (f"train.member_{member}.learning_rate", learning_rate, step)]
-        metrics = [(_mlflow_key(key), value, round_index) for key, value in round_metrics(round_dir).items()]
+        metrics = [(metric_key(key), value, round_index) for key, value in round_metrics(round_dir).items()]
         self._log_batch(run_id, params=params, metrics=curves + metrics)
         self._log_batch(parent_run_id, metrics=metrics)
         # The round's data as the run's training dataset, in MLflow's public entities (what mlflow.log_input
@@ -497,32 +333,21 @@ class Tracker:
         for name in (FILES.vote_summary, FILES.curation, FILES.decision, EVAL_METRICS):
             if (round_dir / name).exists():
                 self.client.log_artifact(run_id, os.fspath(round_dir / name), os.path.dirname(name) or None)
-        self._ensure_registered_model()
-        from flywheel.mlflow_model import log_pyfunc
-
-        model_id, source, files = log_pyfunc(self.client, run_id, self.experiment_id, round_dir / FILES.candidate,
-                                             "candidate", **self._serving)
         decision = json.loads((round_dir / FILES.decision).read_text())
-        version = self.client.create_model_version(
-            self.config.registered_model, source, run_id,
-            tags={"round": str(round_index), "promoted": str(decision["promote"]).lower(),
-                  "data_digest": data_digest, FILES_TAG: files},
-            description=decision["reason"], model_id=model_id)
-        promotion, holder = DECLINED, self.champion_version()
-        if decision["promote"]:
-            promotion, holder = self.promote(version.version, started_from=started_from,
-                                             claim=f"{parent_run_id}:round-{round_index}")
-        self.client.set_model_version_tag(self.config.registered_model, version.version, "promotion", promotion)
+        version = self.registry.register_candidate(run_id, round_dir / FILES.candidate, decision,
+                                                   tags={"round": str(round_index), "data_digest": data_digest})
+        promotion, holder = self.registry.settle(version, promote=decision["promote"], started_from=started_from,
+                                                 claim=f"{parent_run_id}:round-{round_index}")
         self.client.set_tag(run_id, "flywheel.decision", "promote" if decision["promote"] else "decline")
         self.client.set_tag(run_id, "flywheel.promotion", promotion)
         self.client.set_tag(run_id, "flywheel.started_from", str(started_from))
         if promotion == STALE:
-            self.client.set_tag(run_id, "flywheel.stale", f"the gate promoted v{version.version}, but the "
+            self.client.set_tag(run_id, "flywheel.stale", f"the gate promoted v{version}, but the "
                                 f"'{CHAMPION_ALIAS}' alias names v{holder}, not v{started_from} that this round "
                                 "started from: nothing moved")
         self.client.set_terminated(run_id)
         raise_if_terminated()  # a SIGTERM lost while it logged: log_round ends the run KILLED instead
-        return {"run_id": run_id, "experiment_id": self.experiment_id, "model_version": version.version,
+        return {"run_id": run_id, "experiment_id": self.experiment_id, "model_version": version,
                 "promoted": decision["promote"],
                 "promotion": promotion, "started_from": started_from, "champion_version": holder}
 
@@ -575,7 +400,7 @@ def track_round(config: FlywheelConfig, root: str | Path, round_index: int, *, l
     parent = tracker.start_loop(config, loop_key=loop_key)
     tracker.client.update_run(parent, status="RUNNING")  # again, if an earlier `dvc repro` ended it
     if register_seed:
-        tracker.register_seed(parent, RoundLayout(root, 0).champion)
+        tracker.registry.register_seed(parent, RoundLayout(root, 0).champion)
     return log_round_files(tracker, parent, root, round_index, config, started_from=started_from, out=out)
 
 
@@ -597,20 +422,6 @@ def end_workspace_loop(config: FlywheelConfig, *, loop_key: str, workflow_status
     return {"parent_run_id": parent, "status": end.status, "first_failure": end.first_failure}
 
 
-def output_digests(round_dir: Path) -> dict[str, str]:
-    """DVC md5 of each output of a round (``samples.parquet``, ``candidate``, ``eval/metrics.json``, ...): the
-    value ``dvc.lock`` records for it. A model directory is one output; other directories list their files."""
-    from flywheel.versioning import digest
-
-    out = {}
-    for entry in sorted(p for p in Path(round_dir).iterdir() if not p.name.startswith(".")):
-        out[entry.name] = digest(entry)
-        if entry.is_dir() and not (entry / "flywheel-model.json").is_file():
-            for child in sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")):
-                out[f"{entry.name}/{child.name}"] = digest(child)
-    return out
-
-
 def git_commit() -> str | None:
     """The commit of the code that runs (the checkout flywheel is installed from), or None outside git."""
     here = Path(__file__).resolve().parent
@@ -619,18 +430,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def round_metrics(round_dir: Path) -> dict[str, float]:
-    """Every number a round wrote, flattened to ``stage.key`` (e.g. ``curate.drops.vote:low_share``)."""
-    out: dict[str, float] = {}
-    for stage, name in (("prompts", FILES.prompts_summary), ("vote", FILES.vote_summary), ("curate", FILES.curation),
-                        ("evaluate", EVAL_METRICS), ("gate", FILES.decision), ("time", FILES.timings)):
-        path = round_dir / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            if stage == "curate":  # the per-threshold audit table becomes one metric pair per threshold
-                for row in data.pop("thresholds", []):
-                    data[f"threshold_{row['threshold']}"] = {"yield": row["yield"], "precision": row["precision"]}
-            _flatten(stage, data, out)
-    return out

@@ -1,9 +1,11 @@
 """Whether an MLflow store can be used, asked before any work: a server that does not answer, or a store that
-cannot be written (full, read-only), is one line naming it, not MLflow's retries and traceback."""
+cannot be written (full, read-only), is one line naming it, not MLflow's retries and traceback. And how every
+request to it runs: whole under a SIGTERM (``StoreClient``), a refused write as one line (``store_call``)."""
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -118,3 +120,48 @@ def store_fault(uri: str, error: BaseException):
                           "(flywheel run --resume), or run with --no-track", field="tracking.uri")
     return InputError(uri, f"MLflow could not write {where}: it is read-only or not permitted; make it writable or "
                       "point tracking.uri elsewhere, or run with --no-track", field="tracking.uri")
+
+
+def store_call(method):
+    """A store that refuses a write (full, read-only) while ``method`` runs is one line naming the tracking URI and
+    the path, not MLflow's traceback (``store_fault``); every other error stays as it is."""
+    from flywheel.errors import InputError
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except InputError:
+            raise
+        except Exception as error:
+            fault = store_fault(self.config.uri, error)
+            if fault is None:
+                raise
+        # Raised here, outside the except: no chained context, so the run directory's disk-full rule
+        # (run_state.disk_full_is_one_line) does not take the store's disk for the run's.
+        raise fault
+
+    return call
+
+
+class StoreClient:
+    """The MLflow client, with each store request whole: a SIGTERM during one is raised when it returns
+    (``run_state.termination_deferred``). Artifact transfers, which can take minutes and leave nothing half-done
+    in the store's database, can still be cut."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        from flywheel.termination import termination_deferred
+
+        value = getattr(self._client, name)
+        if not callable(value) or "artifact" in name:
+            return value
+
+        @functools.wraps(value)
+        def call(*args, **kwargs):
+            with termination_deferred():
+                return value(*args, **kwargs)
+
+        return call

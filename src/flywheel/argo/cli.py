@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, config) -> int:
         raise InputError("--rounds", f"must be in 1..{workflows.MAX_ROUNDS_PER_WORKFLOW} (Argo stops template calls "
                          "nested 100 deep); schedule a few rounds per trigger for a longer run")
     if args.argo_command == "schedule":
-        from flywheel.kubeflow.cli import check_cron
+        from flywheel.cron import check_cron
 
         check_cron(args.cron)  # five fields, each in range: one line before anything is created
     from hera.workflows import WorkflowsService

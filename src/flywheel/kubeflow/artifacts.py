@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, load_config_text
-from flywheel.tracking import _flatten
+from flywheel.round_metrics import flatten
 
 
 def load(config_yaml: str, *, stage: str | None = None) -> FlywheelConfig:
@@ -64,5 +64,16 @@ def model_path(artifact) -> Path:
 
 def log_metrics(artifact, values: dict, prefix: str = "") -> None:
     """Every number in ``values`` (nested dicts flattened to dotted keys) as a scalar metric."""
-    for key, value in _flatten(prefix, values, {}).items():
+    for key, value in flatten(prefix, values, {}).items():
         artifact.log_metric(key, value)
+
+
+def run_stage(name: str, config: FlywheelConfig, round_index: int, this, given: dict, **extra) -> dict:
+    """Run stage ``name`` by its record (``flywheel.stages.records``) on round ``round_index``: its paths from the
+    round layout ``this`` (None: every path is ``given``), with ``given`` (the step's artifacts) in their place."""
+    from flywheel.stages.records import STAGES
+    from flywheel.tasks import load_task
+
+    stage = STAGES[name]
+    return stage.run(config, load_task(config.task, config.code), round_index, stage.paths_of(this, config, **given),
+                     **extra)

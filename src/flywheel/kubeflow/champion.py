@@ -54,7 +54,8 @@ def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from flywheel.tracking import CHAMPION_ALIAS, FILES_TAG, Tracker
+    from flywheel.model_registry import CHAMPION_ALIAS, FILES_TAG
+    from flywheel.tracking import Tracker
 
     tracker = Tracker(config.tracking)
     name = config.tracking.registered_model
@@ -62,7 +63,7 @@ def _download_champion(config: FlywheelConfig, root: Path, target: Path) -> str:
         version = tracker.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException:
         parent = tracker.start_loop(config, loop_key=loop_key(root))
-        tracker.register_seed(parent, check_seed(config))
+        tracker.registry.register_seed(parent, check_seed(config))
         version = tracker.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     with tempfile.TemporaryDirectory(prefix="flywheel-champion-") as scratch:
         # The model directory inside the version's pyfunc (older versions: the source is the directory).

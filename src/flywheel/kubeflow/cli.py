@@ -17,18 +17,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from flywheel.cron import check_cron
 from flywheel.errors import InputError, one_line
-
-# Standard 5-field cron: minute hour day-of-month month day-of-week, as (name, low, high, names).
-CRON_FIELDS = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day of month", 1, 31, ()),
-    ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
-    ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
-)
-_CRON_ITEM = re.compile(r"^(\*|\?|(\w+)(?:-(\w+))?)(?:/(\d+))?$")
-
 
 def add_parser(sub, common) -> None:
     """The ``pipeline`` subcommand group (``common`` adds -c/-s)."""
@@ -88,28 +78,6 @@ def _host(p) -> None:
     p.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
 
 
-def check_cron(expression: str) -> str:
-    """Validate a standard 5-field cron expression; return KFP's 6-field form (seconds first)."""
-    fields = expression.split()
-    if len(fields) != 5:
-        raise InputError("--cron", f"expected 5 fields (minute hour day-of-month month day-of-week), "
-                                   f"got {len(fields)} in {expression!r}")
-    for text, (name, low, high, names) in zip(fields, CRON_FIELDS):
-        for item in text.split(","):
-            match = _CRON_ITEM.match(item.upper())
-            if not match or (match.group(1) == "?" and name not in ("day of month", "day of week")):
-                raise InputError("--cron", f"{name} field {text!r} is not a cron field")
-            for bound in (match.group(2), match.group(3)):
-                if bound is None:
-                    continue
-                value = names.index(bound) + low if bound in names else int(bound) if bound.isdigit() else None
-                if value is None or not low <= value <= high:
-                    raise InputError("--cron", f"{name} field {text!r}: {bound} is outside {low}-{high}")
-            if match.group(4) is not None and int(match.group(4)) == 0:
-                raise InputError("--cron", f"{name} field {text!r}: step must be >= 1")
-    return "0 " + " ".join(fields)
-
-
 def run(args: argparse.Namespace, config) -> int:
     """``config`` is the recipe as it runs on the cluster (``pipelines.cluster_config``)."""
     from flywheel.kubeflow import pipelines
@@ -166,8 +134,8 @@ def run(args: argparse.Namespace, config) -> int:
 
 def run_arguments(args: argparse.Namespace, config) -> dict:
     """The pipeline parameters of a ``run`` or ``schedule``; a schedule's workspace is its own directory."""
+    from flywheel import infra
     from flywheel.config import dump_config
-    from flywheel.kubeflow import pipelines
 
     _positive(args.shards, "--shards")
     arguments = {"config_yaml": dump_config(config), "shards": args.shards, "dvc_remote": args.dvc_remote,
@@ -180,7 +148,7 @@ def run_arguments(args: argparse.Namespace, config) -> dict:
     else:
         _check_name(args.name)
         # Each schedule continues its own workspace: two schedules never write one round directory.
-        arguments["workspace"] = args.workspace or f"{pipelines.MOUNT_PATH}/scheduled/{args.name}"
+        arguments["workspace"] = args.workspace or f"{infra.MODELS_MOUNT}/scheduled/{args.name}"
     return arguments
 
 

@@ -106,13 +106,10 @@ def make_prompts(config_yaml: str, workspace: str, round_index: int, champion: I
                  prompts: Output[Dataset]):
     """The round's unlabeled prompts (``flywheel.stages.prompts.run_prompts``); the truth stays in audit.parquet."""
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.records import STAGES
-    from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="prompts")  # a GPU in this pod when TT-SI probes with the champion
-    this, stage = artifacts.layout(workspace, round_index), STAGES["prompts"]
-    summary = stage.run(config, load_task(config.task, config.code), round_index,
-                        stage.paths_of(this, config, champion=artifacts.model_path(champion)))
+    this = artifacts.layout(workspace, round_index)
+    summary = artifacts.run_stage("prompts", config, round_index, this, {"champion": artifacts.model_path(champion)})
     artifacts.publish_file(this.prompts, prompts)
     prompts.metadata.update({**summary, "round": round_index})
 
@@ -129,15 +126,11 @@ def generate(run_config: Input[Artifact], shard: int, shards: int, prompts: Inpu
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.records import STAGES
-    from flywheel.tasks import load_task
 
     config = artifacts.load(Path(run_config.path).read_text(), stage="generate")
     round_index = int(prompts.metadata["round"])
-    stage = STAGES["generate"]
-    paths = stage.paths_of(None, config, prompts=Path(prompts.path), model=artifacts.model_path(champion),
-                           out=Path(samples.path))
-    summary = stage.run(config, load_task(config.task, config.code), round_index, paths, shard=shard, shards=shards)
+    given = {"prompts": Path(prompts.path), "model": artifacts.model_path(champion), "out": Path(samples.path)}
+    summary = artifacts.run_stage("generate", config, round_index, None, given, shard=shard, shards=shards)
     samples.metadata.update({"round": round_index, "shard": shard, "shards": shards, **summary})
 
 
@@ -167,13 +160,11 @@ def vote(config_yaml: str, workspace: str, round_index: int, prompts: Input[Data
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.records import STAGES
-    from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="vote")  # a GPU in this pod when the vote loads the champion
-    this, stage = artifacts.layout(workspace, round_index), STAGES["vote"]
-    summary = stage.run(config, load_task(config.task, config.code), round_index, stage.paths_of(
-        this, config, samples=Path(samples.path), prompts=Path(prompts.path), model=artifacts.model_path(champion)))
+    this = artifacts.layout(workspace, round_index)
+    summary = artifacts.run_stage("vote", config, round_index, this, {
+        "samples": Path(samples.path), "prompts": Path(prompts.path), "model": artifacts.model_path(champion)})
     artifacts.publish_file(this.votes, votes)
     artifacts.log_metrics(vote_metrics, summary, "vote")
 
@@ -194,23 +185,20 @@ def curate(config_yaml: str, workspace: str, round_index: int, votes: Input[Data
     from flywheel import io, schemas
     from flywheel.kubeflow import artifacts
     from flywheel.report import vote_confusion
-    from flywheel.stages.records import STAGES
     from flywheel.stages.vote import read_truth
     from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="curate")  # a GPU in this pod when curate loads the champion
-    task = load_task(config.task, config.code)
-    this, stage = artifacts.layout(workspace, round_index), STAGES["curate"]
-    audit_path = this.audit
-    report = stage.run(config, task, round_index, stage.paths_of(
-        this, config, eval=Path(eval_set.path), model=artifacts.model_path(champion)))
+    this = artifacts.layout(workspace, round_index)
+    report = artifacts.run_stage("curate", config, round_index, this, {
+        "eval": Path(eval_set.path), "model": artifacts.model_path(champion)})
     # What train.method trains on: train.parquet (sft), pairs.parquet (dpo) or rl_prompts.parquet (grpo).
     artifacts.publish_file(this.train_data(config.train.method), train_set)
     report.pop("thresholds", None)
     artifacts.log_metrics(curate_metrics, report, "curate")
-    if audit_path.exists():
-        confusion = vote_confusion(io.read_rows(Path(votes.path), schemas.VOTES), read_truth(audit_path),
-                                   task.is_correct, config.curate.min_vote_share)
+    if this.audit.exists():
+        confusion = vote_confusion(io.read_rows(Path(votes.path), schemas.VOTES), read_truth(this.audit),
+                                   load_task(config.task, config.code).is_correct, config.curate.min_vote_share)
         vote_audit.log_confusion_matrix(confusion["categories"], confusion["matrix"])
 
 
@@ -224,8 +212,6 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
 
     from flywheel.kubeflow import artifacts
     from flywheel.layout import start_model
-    from flywheel.stages.records import STAGES
-    from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml)
     this = artifacts.layout(workspace, round_index)
@@ -254,9 +240,7 @@ def train(config_yaml: str, workspace: str, round_index: int, train_set: Input[D
         from flywheel.machine_checks import check_stage
 
         check_stage(config, "train", where="in this pod")
-        stage = STAGES["train"]
-        summary = stage.run(config, load_task(config.task, config.code), round_index,
-                            stage.paths_of(this, config, data=Path(train_set.path)))
+        summary = artifacts.run_stage("train", config, round_index, this, {"data": Path(train_set.path)})
     artifacts.publish_model(this.candidate, candidate, round=round_index, role="candidate",
                             train_rows=summary["train_rows"])
 
@@ -268,14 +252,11 @@ def evaluate(config_yaml: str, workspace: str, round_index: int, eval_set: Input
     from pathlib import Path
 
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.records import STAGES
-    from flywheel.tasks import load_task
 
     config = artifacts.load(config_yaml, stage="evaluate")
-    this, stage = artifacts.layout(workspace, round_index), STAGES["evaluate"]
-    metrics = stage.run(config, load_task(config.task, config.code), round_index, stage.paths_of(
-        this, config, eval=Path(eval_set.path), candidate=artifacts.model_path(candidate),
-        champion=artifacts.model_path(champion)))
+    metrics = artifacts.run_stage("evaluate", config, round_index, artifacts.layout(workspace, round_index), {
+        "eval": Path(eval_set.path), "candidate": artifacts.model_path(candidate),
+        "champion": artifacts.model_path(champion)})
     artifacts.log_metrics(eval_metrics, metrics)
 
 
@@ -289,12 +270,11 @@ def gate(config_yaml: str, workspace: str, round_index: int, candidate: Input[Mo
     alias moves in ``track``, through the same ``Tracker.log_round`` as ``flywheel run``.
     """
     from flywheel.kubeflow import artifacts
-    from flywheel.stages.records import STAGES
 
     config = artifacts.load(config_yaml)
-    this, stage = artifacts.layout(workspace, round_index), STAGES["gate"]
-    decision = stage.run(config, None, round_index, stage.paths_of(
-        this, config, candidate=artifacts.model_path(candidate), champion=artifacts.model_path(champion)))
+    this = artifacts.layout(workspace, round_index)
+    decision = artifacts.run_stage("gate", config, round_index, this, {
+        "candidate": artifacts.model_path(candidate), "champion": artifacts.model_path(champion)})
     artifacts.publish_model(this.champion, next_champion, round=round_index, promoted=decision["promote"])
     artifacts.log_metrics(gate_metrics, {k: decision[k] for k in (
         "promote", "delta", "p_value", "champion_accuracy", "candidate_accuracy", "only_champion_correct",

@@ -21,23 +21,10 @@ from kfp import compiler, dsl, kubernetes
 from flywheel import infra
 from flywheel.config import FlywheelConfig, KubeflowConfig, dump_config
 from flywheel.errors import InputError
-from flywheel.infra import GPU_RESOURCE
 from flywheel.kubeflow import components as c
 from flywheel.kubeflow.preflight import Knobs, Placement
 
-MOUNT_PATH = infra.MODELS_MOUNT  # the shared volume, at the same path as in the TrainJob runtime's pods
-# The names infra/ creates (flywheel.infra): the RWX model volume, the object-store Secret, the cluster ConfigMap.
-DEFAULT_PVC = infra.MODELS_PVC
-SECRET, SECRET_ENV = infra.S3_SECRET, infra.S3_SECRET_ENV
-CONFIG_MAP, CONFIG_MAP_ENV = infra.CLUSTER_CONFIG_MAP, infra.CLUSTER_CONFIG_MAP_ENV
-IN_CLUSTER_MLFLOW = infra.IN_CLUSTER_MLFLOW
-ACCELERATOR = GPU_RESOURCE
-GPU_TOLERATION = infra.GPU_TOLERATION
-GPU_NODE_SELECTOR = next(iter(infra.GPU_NODE_SELECTOR.items()))  # the label the GPU pool's nodes carry
-SHM_SIZE = infra.SHM_SIZE
-KUEUE_QUEUE_LABEL = infra.KUEUE_QUEUE_LABEL
 DEFAULT_ROUNDS = 3
-CLUSTER_SETTINGS = infra.CLUSTER_SETTINGS
 # Steps that may run again after a failure: every stage writes atomically, so a retry starts clean.
 # Never gate (it decides) or track (it moves the champion alias): a retry of those is a person's call.
 NOT_RETRIED = ("gate", "track")
@@ -52,24 +39,30 @@ COMPONENT_NAMES = ("preflight", "prepare", "resolve_champion", "plan_shards", "m
 cluster_config = infra.cluster_config  # every Kubernetes door runs the recipe as it runs on the cluster
 
 
-def _platform(task: dsl.PipelineTask, pvc_name, options: KubeflowConfig, *, step: str, gpu: bool = False,
-              secrets: bool = False) -> dsl.PipelineTask:
-    """Everything the cluster needs to know about one step: volume, resources, time limit, retries, GPU
-    scheduling, credentials. ``step`` is the step's kind (``generate``, ``gate``, ...)."""
-    task.set_caching_options(False)
-    kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=MOUNT_PATH)
+def _platform(task: dsl.PipelineTask, pvc_name, options: KubeflowConfig, *, step: str, label: str = "",
+              placement: Placement | None = None, secrets: bool = False) -> dsl.PipelineTask:
+    """Everything the cluster needs to know about one step: its name (``label`` + ``step``, the step's kind:
+    ``generate``, ``gate``, ...), volume, resources, time limit, retries, GPU scheduling, credentials.
+
+    ``placement``: a step that may load a model goes on the image and pool of ``loop.device`` when it does
+    (``Placement``, from ``flywheel.machine_checks.on_gpu``: one rule for every door), else on the CPU image."""
+    gpu = placement is not None and placement.on_gpu(step)
+    if placement is not None:
+        task.set_container_image(c.GPU_IMAGE if gpu else c.IMAGE)
+    task.set_display_name(f"{label}{step}").set_caching_options(False)
+    kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=infra.MODELS_MOUNT)
     if gpu:
         task.set_cpu_request(options.gpu_step_cpu).set_cpu_limit(options.gpu_step_cpu_limit)
         task.set_memory_request(options.gpu_step_memory).set_memory_limit(options.gpu_step_memory)
-        task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(1)
-        kubernetes.add_toleration(task, **GPU_TOLERATION)
-        kubernetes.add_node_selector(task, *GPU_NODE_SELECTOR)
+        task.set_accelerator_type(infra.GPU_RESOURCE).set_accelerator_limit(1)
+        kubernetes.add_toleration(task, **infra.GPU_TOLERATION)
+        kubernetes.add_node_selector(task, *next(iter(infra.GPU_NODE_SELECTOR.items())))
         # PyTorch data loaders and NCCL use shared memory; the container default (64 MiB) is too small.
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=SHM_SIZE)
+                                   size_limit=infra.SHM_SIZE)
         kubernetes.set_timeout(task, options.gpu_step_timeout_s)
         if options.kueue_queue:
-            kubernetes.add_pod_label(task, KUEUE_QUEUE_LABEL, options.kueue_queue)
+            kubernetes.add_pod_label(task, infra.KUEUE_QUEUE_LABEL, options.kueue_queue)
     else:
         task.set_cpu_request(options.cpu_step_cpu).set_cpu_limit(options.cpu_step_cpu_limit)
         task.set_memory_request(options.cpu_step_memory).set_memory_limit(options.cpu_step_memory)
@@ -79,10 +72,12 @@ def _platform(task: dsl.PipelineTask, pvc_name, options: KubeflowConfig, *, step
     if options.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(options.image_pull_secrets))
     if secrets:
-        kubernetes.use_secret_as_env(task, secret_name=SECRET, secret_key_to_env={k: k for k in SECRET_ENV},
-                                     optional=True)
-        kubernetes.use_config_map_as_env(task, config_map_name=CONFIG_MAP,
-                                         config_map_key_to_env={k: k for k in CONFIG_MAP_ENV}, optional=True)
+        # the names infra/ creates (flywheel.infra): the object-store Secret, the cluster ConfigMap
+        kubernetes.use_secret_as_env(task, secret_name=infra.S3_SECRET,
+                                     secret_key_to_env={k: k for k in infra.S3_SECRET_ENV}, optional=True)
+        kubernetes.use_config_map_as_env(task, config_map_name=infra.CLUSTER_CONFIG_MAP,
+                                         config_map_key_to_env={k: k for k in infra.CLUSTER_CONFIG_MAP_ENV},
+                                         optional=True)
     return task
 
 
@@ -96,14 +91,10 @@ def _round(*, config_yaml, run_config, workspace, round_index, champion, eval_se
     tracking concurrently with, or after, round r+1's)."""
 
     def named(task: dsl.PipelineTask, step: str, **platform) -> dsl.PipelineTask:
-        return _platform(task.set_display_name(f"{label}{step}"), pvc_name, options, step=step, **platform)
+        return _platform(task, pvc_name, options, step=step, label=label, **platform)
 
     def placed(task: dsl.PipelineTask, step: str, **platform) -> dsl.PipelineTask:
-        """A step that may load a model: the image and pool of ``loop.device`` when it does (``Placement``, from
-        ``flywheel.machine_checks.on_gpu``: one rule for every door), else the CPU image."""
-        on_gpu = placement.on_gpu(step)
-        task.set_container_image(c.GPU_IMAGE if on_gpu else c.IMAGE)
-        return named(task, step, gpu=on_gpu, **platform)
+        return named(task, step, placement=placement, **platform)
 
     common = {"config_yaml": config_yaml, "workspace": workspace, "round_index": round_index}
     # TT-SI probes the prompts with the champion
@@ -147,7 +138,7 @@ def _preflight(parameters: dict, *, options: KubeflowConfig, placement: Placemen
                        seed_uri=parameters["seed_uri"], dvc_remote=parameters["dvc_remote"],
                        compiled_knobs=compiled.to_json(), gpu_steps=placement.to_text(),
                        **{name: parameters[name] for name in Knobs.keys()})
-    _platform(task.set_display_name("preflight"), parameters["pvc_name"], options, step="preflight", secrets=True)
+    _platform(task, parameters["pvc_name"], options, step="preflight", secrets=True)
     return task.outputs["Output"], task.outputs["run_config"]
 
 
@@ -155,7 +146,7 @@ def _end_run(parameters: dict, *, options: KubeflowConfig, run_id) -> dsl.Pipeli
     """Every pipeline's exit task (``components.end_run``): ends the MLflow runs and deletes leftover TrainJobs as
     the run ended, however it ended. Retried: ending twice changes nothing."""
     task = c.end_run(config_yaml=parameters["config_yaml"], workspace=parameters["workspace"], run_id=run_id)
-    return _platform(task.set_display_name("end-run"), parameters["pvc_name"], options, step="end-run", secrets=True)
+    return _platform(task, parameters["pvc_name"], options, step="end-run", secrets=True)
 
 
 def _pipeline_config(options: KubeflowConfig) -> dsl.PipelineConfig:
@@ -197,6 +188,25 @@ def check_rounds(rounds: int) -> None:
                          "(flywheel pipeline schedule)")
 
 
+def _pipeline(body, *, name: str, doc: str, description: str, config: FlywheelConfig, default_workspace: str):
+    """A pipeline with the parameters both pipelines take (``PARAMETER_DOCS``), their defaults from ``config``;
+    ``body`` adds its tasks, given the parameters (KFP's placeholders) by name."""
+    knob = Knobs.of(config)
+
+    def pipeline(config_yaml: str = dump_config(config), workspace: str = default_workspace, seed_uri: str = "",
+                 shards: int = 4, dvc_remote: str = "", pvc_name: str = infra.MODELS_PVC,
+                 samples_per_prompt: int = knob.samples_per_prompt, temperature: float = knob.temperature,
+                 min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
+                 gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
+                 learning_rate: float = knob.learning_rate):
+        body(dict(locals()))
+
+    pipeline.__name__ = pipeline.__qualname__ = name.replace("-", "_")
+    pipeline.__doc__ = doc + "\n" + PARAMETER_DOCS
+    return dsl.pipeline(pipeline, name=name, description=description,
+                        pipeline_config=_pipeline_config(config.kubeflow))
+
+
 def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = None):
     """The ``flywheel`` pipeline with ``rounds`` rounds unrolled, its parameter defaults, resources and step
     placement from ``config`` (default: ``cluster_config()``)."""
@@ -204,35 +214,26 @@ def make_flywheel(rounds: int = DEFAULT_ROUNDS, config: FlywheelConfig | None = 
     options, placement, knob = config.kubeflow, Placement.of(config), Knobs.of(config)
     check_rounds(rounds)
 
-    def flywheel(config_yaml: str = dump_config(config), workspace: str = f"{MOUNT_PATH}/runs", seed_uri: str = "",
-                 shards: int = 4, dvc_remote: str = "", pvc_name: str = DEFAULT_PVC,
-                 samples_per_prompt: int = knob.samples_per_prompt, temperature: float = knob.temperature,
-                 min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
-                 gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
-                 learning_rate: float = knob.learning_rate):
+    def flywheel(parameters: dict) -> None:
         # No pipeline output: KFP returns none from inside an exit handler. The prepare step's output is the run's
         # workspace (<workspace>/<run id>).
-        parameters = dict(locals())
         with dsl.ExitHandler(_end_run(parameters, options=options, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
                              name="flywheel-run"):
             run_config, run_config_file = _preflight(parameters, options=options, placement=placement, compiled=knob)
             # The run's id as a task constant: the only place the backend substitutes {{$.pipeline_job_uuid}}.
             # prepare scores the seed: on the image and pool of loop.device (Placement)
-            prepared = c.prepare(config_yaml=run_config, workspace_root=workspace,
-                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-            if placement.on_gpu("prepare"):
-                prepared.set_container_image(c.GPU_IMAGE)
-            prepared = _platform(prepared.set_display_name("prepare"), pvc_name, options, step="prepare",
-                                 gpu=placement.on_gpu("prepare"))
-            here = prepared.outputs["Output"]
-            _unroll(1, rounds, config_yaml=run_config, workspace=here, champion=prepared.outputs["champion"],
-                    eval_set=prepared.outputs["eval_set"], shards=shards, dvc_remote=dvc_remote, pvc_name=pvc_name,
-                    options=options, placement=placement, run_config=run_config_file)
+            prepared = _platform(c.prepare(config_yaml=run_config, workspace_root=parameters["workspace"],
+                                           run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+                                 parameters["pvc_name"], options, step="prepare", placement=placement)
+            _unroll(1, rounds, config_yaml=run_config, workspace=prepared.outputs["Output"],
+                    champion=prepared.outputs["champion"], eval_set=prepared.outputs["eval_set"],
+                    shards=parameters["shards"], dvc_remote=parameters["dvc_remote"],
+                    pvc_name=parameters["pvc_name"], options=options, placement=placement, run_config=run_config_file)
 
-    flywheel.__doc__ = "The flywheel: seed evaluation, then up to N rounds.\n" + PARAMETER_DOCS
-    return dsl.pipeline(flywheel, name="flywheel", pipeline_config=_pipeline_config(options),
-                        description=f"Seed evaluation, then up to {rounds} rounds of generate, vote, curate, train, "
-                        "evaluate, gate; stops at the first round the gate declines.")
+    return _pipeline(flywheel, name="flywheel", config=config, default_workspace=f"{infra.MODELS_MOUNT}/runs",
+                     doc="The flywheel: seed evaluation, then up to N rounds.",
+                     description=f"Seed evaluation, then up to {rounds} rounds of generate, vote, curate, train, "
+                     "evaluate, gate; stops at the first round the gate declines.")
 
 
 def _unroll(index: int, rounds: int, *, champion, after=None, **shared) -> None:
@@ -248,31 +249,24 @@ def make_flywheel_round(config: FlywheelConfig | None = None):
     config = config or cluster_config()
     options, placement, knob = config.kubeflow, Placement.of(config), Knobs.of(config)
 
-    def flywheel_round(config_yaml: str = dump_config(config), workspace: str = f"{MOUNT_PATH}/scheduled",
-                       seed_uri: str = "", shards: int = 4, dvc_remote: str = "", pvc_name: str = DEFAULT_PVC,
-                       samples_per_prompt: int = knob.samples_per_prompt, temperature: float = knob.temperature,
-                       min_vote_share: float = knob.min_vote_share, gate_alpha: float = knob.gate_alpha,
-                       gate_min_gain: float = knob.gate_min_gain, train_steps: int = knob.train_steps,
-                       learning_rate: float = knob.learning_rate):
+    def flywheel_round(parameters: dict) -> None:
         # No pipeline output (KFP returns none from inside an exit handler): the track step's output says
         # promoted, declined or stale.
-        parameters = dict(locals())
+        workspace, pvc_name = parameters["workspace"], parameters["pvc_name"]
         with dsl.ExitHandler(_end_run(parameters, options=options, run_id=""), name="flywheel-round-run"):
             run_config, run_config_file = _preflight(parameters, options=options, placement=placement, compiled=knob)
-            resolved = _platform(c.resolve_champion(config_yaml=run_config, workspace=workspace)
-                                 .set_display_name("resolve-champion"), pvc_name, options, step="resolve-champion",
-                                 secrets=True)
+            resolved = _platform(c.resolve_champion(config_yaml=run_config, workspace=workspace), pvc_name, options,
+                                 step="resolve-champion", secrets=True)
             _round(config_yaml=run_config, workspace=workspace, round_index=resolved.outputs["Output"],
-                   champion=resolved.outputs["champion"], eval_set=resolved.outputs["eval_set"], shards=shards,
-                   dvc_remote=dvc_remote, pvc_name=pvc_name, options=options, placement=placement,
-                   register_seed=False, label="", run_config=run_config_file)
+                   champion=resolved.outputs["champion"], eval_set=resolved.outputs["eval_set"],
+                   shards=parameters["shards"], dvc_remote=parameters["dvc_remote"], pvc_name=pvc_name,
+                   options=options, placement=placement, register_seed=False, label="", run_config=run_config_file)
 
-    flywheel_round.__doc__ = ("One round; its track step returns promoted, declined or stale (the alias moved "
-                              "meanwhile).\n"
-                              + PARAMETER_DOCS)
-    return dsl.pipeline(flywheel_round, name="flywheel-round", pipeline_config=_pipeline_config(options),
-                        description="One flywheel round on a long-lived workspace, starting from the MLflow "
-                        "registered model's 'champion' alias (what a recurring run schedules).")
+    return _pipeline(flywheel_round, name="flywheel-round", config=config,
+                     default_workspace=f"{infra.MODELS_MOUNT}/scheduled",
+                     doc="One round; its track step returns promoted, declined or stale (the alias moved meanwhile).",
+                     description="One flywheel round on a long-lived workspace, starting from the MLflow registered "
+                     "model's 'champion' alias (what a recurring run schedules).")
 
 
 # The compiled N-round pipeline is about BASE_BYTES + rounds x ROUND_BYTES (tests/test_kubeflow.py measures

@@ -172,7 +172,7 @@ def _import_seed(config: FlywheelConfig, uri: str, seeds_dir: Path) -> Path:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from flywheel.tracking import FILES_TAG
+        from flywheel.model_registry import FILES_TAG
 
         name, alias, number = match.groups()
         client = MlflowClient(config.tracking.uri, config.tracking.uri)
