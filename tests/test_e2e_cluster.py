@@ -128,3 +128,41 @@ def test_webhooks_point_upstreams_configurations_at_the_node_and_keep_the_rest()
 
     with pytest.raises(SystemExit):
         webhooks.rewrite(rendered[:1], "https://x", b"", "p")
+
+
+def _make_room(tmp_path: Path, *, free_gib: int, imported: str | None):
+    """images.sh's make_room run alone, with df and ctr standing in for the disk and containerd."""
+    import os
+    import subprocess
+
+    function = re.search(r"^make_room\(\) \{.*?^\}", (CLUSTER / "images.sh").read_text(), re.S | re.M).group(0)
+    bin_dir, work = tmp_path / "bin", tmp_path / "images"
+    bin_dir.mkdir(parents=True)
+    work.mkdir()
+    (bin_dir / "df").write_text(f"#!/bin/sh\necho Avail\necho {free_gib * 2**30}\n")
+    (bin_dir / "ctr").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'ctr.log'}\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    with open(work / "flywheel-base-k1.tar", "wb") as layer:
+        layer.truncate(5 * 2**30 + 1)  # sparse: a 6 GB layer by its size
+    if imported is not None:
+        (work / "flywheel-cpu.imported").write_text(imported + "\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    script = f"{function}\nwork={work} home={tmp_path} version=0.1.0 containerd_sock=sock\nmake_room k1"
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True)
+    removed = (tmp_path / "ctr.log").read_text() if (tmp_path / "ctr.log").exists() else ""
+    return result, removed
+
+
+def test_the_image_is_written_only_where_the_disk_has_room_for_it(tmp_path):
+    """A disk filled by the import makes the kubelet delete pause and argoexec, which cannot be pulled again."""
+    # A new dependencies layer: the old image goes first, then archive + containerd's copy + snapshot (19 GB).
+    result, removed = _make_room(tmp_path / "new", free_gib=18, imported=None)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "18 GB free, the flywheel-cpu image needs about 19 GB" in result.stderr
+    assert "images rm --sync registry.example.com/flywheel/flywheel-cpu:0.1.0" in removed
+    assert _make_room(tmp_path / "roomy", free_gib=19, imported="k0-abc")[0].returncode == 0
+    # The same dependencies layer: only the archive (7 GB), and the old image stays.
+    result, removed = _make_room(tmp_path / "same", free_gib=7, imported="k1-abc")
+    assert result.returncode == 0 and removed == ""
+    assert _make_room(tmp_path / "full", free_gib=6, imported="k1-abc")[0].returncode == 2

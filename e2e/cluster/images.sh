@@ -126,6 +126,27 @@ fi
 }
 
 # --- flywheel-cpu: the source layer, and the image --------------------------------------------------------------
+# Room for the image before it is written: its archive, and where its dependencies layer is new to containerd, the
+# layer's copy in containerd and its unpacked snapshot (3x the layer). A disk that fills here is worse than a failed
+# build: at 100% the kubelet deletes every image no pod uses, pause and argoexec included, and those cannot be
+# pulled again, so the next pods wait forever. A new dependencies layer replaces the old image first.
+make_room() {  # make_room KEY: KEY is the dependencies layer's
+  local layer_gb need_gb free_gb
+  layer_gb=$(( $(stat -c %s "$work/flywheel-base-$1.tar") / 2**30 + 1 ))
+  need_gb=$(( layer_gb + 1 ))
+  if [[ $(cat "$work/flywheel-cpu.imported" 2>/dev/null || true) != "$1-"* ]]; then
+    ctr --address "$containerd_sock" -n k8s.io images rm --sync "registry.example.com/flywheel/flywheel-cpu:$version" \
+      "flywheel.local/flywheel-cpu:$version" >/dev/null 2>&1 || true
+    need_gb=$(( 3 * layer_gb + 1 ))
+  fi
+  free_gb=$(( $(df --output=avail -B1 "$home" | tail -1) / 2**30 ))
+  if (( free_gb < need_gb )); then
+    echo "images.sh: $home: $free_gb GB free, the flywheel-cpu image needs about $need_gb GB (its archive, and" \
+      "containerd's copy of a new dependencies layer, unpacked): free some, or set FLYWHEEL_E2E_HOME" >&2
+    exit 2
+  fi
+}
+
 flywheel_image() {
 mkdir -p "$stage/app/opt/flywheel" "$stage/app/home/flywheel"
 cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/src" "$repo/seed" "$stage/app/opt/flywheel/"
@@ -141,6 +162,7 @@ if [[ -f $work/flywheel-cpu.imported && $(cat "$work/flywheel-cpu.imported") == 
   log "flywheel-cpu: already imported"
   return
 fi
+make_room "$key"
 "$python" "$here/oci.py" --layer "$work/flywheel-base-$key.tar" --layer "$work/flywheel-app.tar" \
   --dockerfile "$repo/images/cpu.Dockerfile" --out "$work/flywheel-cpu.tar" \
   --tag "registry.example.com/flywheel/flywheel-cpu:$version" --tag "flywheel.local/flywheel-cpu:$version" >/dev/null
