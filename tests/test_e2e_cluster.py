@@ -166,3 +166,26 @@ def test_the_image_is_written_only_where_the_disk_has_room_for_it(tmp_path):
     result, removed = _make_room(tmp_path / "same", free_gib=7, imported="k1-abc")
     assert result.returncode == 0 and removed == ""
     assert _make_room(tmp_path / "full", free_gib=6, imported="k1-abc")[0].returncode == 2
+
+
+def test_a_new_cluster_waits_for_its_node_to_register(tmp_path):
+    """On a new etcd the kubelet registers the node a few seconds after it starts, and `kubectl wait` on an
+    object that is not there fails at once (NotFound): a cold `make cluster` stopped there (2026-12-07)."""
+    import subprocess
+
+    text = (CLUSTER / "cluster.sh").read_text()
+    functions = [re.search(rf"^{name}\(\) \{{.*?^\}}", text, re.S | re.M).group(0)
+                 for name in ("wait_for", "node_ready")]
+    registered_after = tmp_path / "gets"
+    # kubectl as the API server answers it: the node is NotFound for the first two reads, then there and Ready.
+    kubectl = f"""kubectl() {{
+  echo "$1" >> {registered_after}
+  if [[ $(grep -c get {registered_after}) -le 2 ]]; then echo 'Error from server (NotFound)' >&2; return 1; fi
+}}"""
+    script = "\n".join([
+        "log() { echo \"$*\" >&2; }", "die() { log \"$*\"; exit 1; }", kubectl, *functions,
+        "node=flywheel-e2e logs=/logs", "node_ready",
+    ])
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert registered_after.read_text().split() == ["get", "get", "get", "wait"]

@@ -260,6 +260,13 @@ EOF
 }
 EOF
   start coredns "$bin/coredns" -conf "$home/Corefile"
+  node_ready
+}
+
+node_ready() {
+  # On a new etcd the node exists only once the kubelet has registered it, and `kubectl wait` on an object
+  # that is not there fails at once (NotFound) instead of waiting: wait for the object, then for Ready.
+  wait_for 120 "the node $node's registration" kubectl get "node/$node"
   kubectl wait --for=condition=Ready "node/$node" --timeout=120s >/dev/null || die "node $node not Ready in 120s (logs: $logs)"
 }
 
