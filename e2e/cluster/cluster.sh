@@ -57,10 +57,18 @@ stop() {
   rm -f "$run/$name.pid"
   log "stopped $name"
 }
-wait_for() {  # wait_for SECONDS WHAT COMMAND...
-  local seconds=$1 what=$2; shift 2
-  for _ in $(seq "$((seconds * 2))"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+wait_for() {  # wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds
+  local seconds=$1 what=$2 end; shift 2
+  end=$((SECONDS + seconds))
+  while ((SECONDS < end)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
   die "$what did not come up within ${seconds}s (logs: $logs)"
+}
+wait_condition() {  # wait_condition SECONDS CONDITION OBJECT...: until every object exists and has the condition
+  # `kubectl wait` alone fails at once, instead of waiting, on an object that is not there yet (NotFound: the node
+  # before the kubelet registers it on a new etcd) or whose status has no conditions yet (a CRD just created:
+  # ".status.conditions accessor error"). Both stopped a cold `make cluster` (2026-12-07); warm ones never saw them.
+  local seconds=$1 condition=$2; shift 2
+  wait_for "$seconds" "$* ($condition)" kubectl wait --for=condition="$condition" --timeout=5s "$@"
 }
 
 kubectl() { in_ns "$bin/kubectl" --kubeconfig "$pki/admin.kubeconfig" "$@"; }
@@ -260,14 +268,7 @@ EOF
 }
 EOF
   start coredns "$bin/coredns" -conf "$home/Corefile"
-  node_ready
-}
-
-node_ready() {
-  # On a new etcd the node exists only once the kubelet has registered it, and `kubectl wait` on an object
-  # that is not there fails at once (NotFound) instead of waiting: wait for the object, then for Ready.
-  wait_for 120 "the node $node's registration" kubectl get "node/$node"
-  kubectl wait --for=condition=Ready "node/$node" --timeout=120s >/dev/null || die "node $node not Ready in 120s (logs: $logs)"
+  wait_condition 120 Ready "node/$node"
 }
 
 volume() {
@@ -328,9 +329,8 @@ trainer_up() {
   kubectl apply --server-side -k "$trainer_dir/manifests/base/crds" >/dev/null
   kubectl apply --server-side -f "$jobset_dir/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml" >/dev/null
   # The controllers watch these kinds from their start: served first, not just created.
-  kubectl wait --for=condition=Established --timeout=60s crd/jobsets.jobset.x-k8s.io \
-    crd/trainjobs.trainer.kubeflow.org crd/trainingruntimes.trainer.kubeflow.org \
-    crd/clustertrainingruntimes.trainer.kubeflow.org >/dev/null
+  wait_condition 60 Established crd/jobsets.jobset.x-k8s.io crd/trainjobs.trainer.kubeflow.org \
+    crd/trainingruntimes.trainer.kubeflow.org crd/clustertrainingruntimes.trainer.kubeflow.org
   cert webhooks flywheel-e2e-webhooks "" "IP:$node_ip"
   # Trainer reads its serving certificate from controller-runtime's default directory under TMPDIR.
   mkdir -p "$certs/k8s-webhook-server/serving-certs"
