@@ -200,3 +200,23 @@ def test_the_cluster_waits_for_objects_that_are_not_there_yet(tmp_path):
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", never], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr == "node/flywheel-e2e (Ready) did not come up within 2s (logs: /logs)\n"
+
+
+def test_down_unmounts_the_cluster_and_goes_on_when_nothing_is_mounted(tmp_path):
+    """`cluster.sh down` on a cluster that never ran a pod stopped at its unmount step (grep found nothing, and
+    set -e with pipefail ended the script), so `purge` deleted no state (2026-12-07)."""
+    import subprocess
+
+    function = re.search(r"^unmount_cluster\(\) \{.*?^\}", (CLUSTER / "cluster.sh").read_text(), re.S | re.M).group(0)
+    unmounted = tmp_path / "unmounted"
+    mounts = tmp_path / "mounts"
+    script = "\n".join([f'umount() {{ echo "$2" >> {unmounted}; }}', function, "home=/h run=/r",
+                        f"unmount_cluster {mounts}", "echo went on"])
+    mounts.write_text("proc /proc proc rw 0 0\n/dev/vda / ext4 rw 0 0\n")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True)
+    assert (result.returncode, result.stdout, unmounted.exists()) == (0, "went on\n", False), result.stderr
+    mounts.write_text("tmpfs /h/kubelet/pods/p/volumes/token tmpfs rw 0 0\nshm /r/containerd/sandbox/shm tmpfs rw 0 0\n"
+                      "tmpfs /h/kubelet/pods/p/volumes/token/deeper tmpfs rw 0 0\n/dev/vda / ext4 rw 0 0\n")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and unmounted.read_text().split() == [
+        "/r/containerd/sandbox/shm", "/h/kubelet/pods/p/volumes/token/deeper", "/h/kubelet/pods/p/volumes/token"]

@@ -407,10 +407,16 @@ down() {
   stop containerd
   # A shim whose task was killed lives on until its container is deleted: none may outlast the cluster.
   pkill -9 -f "containerd-shim-runc-v2 .*-address $containerd_sock" 2>/dev/null || true
-  # Mounts the kubelet made for volumes and service-account tokens, then the namespace with its iptables.
-  grep -o " $home/kubelet/[^ ]*\| $run/[^ ]*" /proc/mounts | sort -r | while read -r mount; do umount -l "$mount" || true; done
-  [[ -e /run/netns/$netns ]] && ip netns delete "$netns"
+  unmount_cluster
+  [[ -e /run/netns/$netns ]] && ip netns delete "$netns"  # with the cluster's iptables
   log "down"
+}
+
+unmount_cluster() {  # unmount_cluster [MOUNTS]: the mounts of the kubelet (volumes, tokens) and the pods, deepest first
+  # A cluster that never ran a pod has none: grep's "no match" must not end `down` there (set -e, pipefail), as it
+  # did until 2026-12-07, leaving the namespace and, under `purge`, all the state.
+  { grep -o " $home/kubelet/[^ ]*\| $run/[^ ]*" "${1:-/proc/mounts}" || true; } | sort -r \
+    | while read -r mount; do umount -l "$mount" || true; done
 }
 
 status() {
