@@ -415,7 +415,8 @@ down() {
 unmount_cluster() {  # unmount_cluster [MOUNTS]: the mounts of the kubelet (volumes, tokens) and the pods, deepest first
   # A cluster that never ran a pod has none: grep's "no match" must not end `down` there (set -e, pipefail), as it
   # did until 2026-12-07, leaving the namespace and, under `purge`, all the state.
-  { grep -o " $home/kubelet/[^ ]*\| $run/[^ ]*" "${1:-/proc/mounts}" || true; } | sort -r \
+  # The kubelet's root is a mount of its own too (a bind of itself, for mount propagation).
+  { grep -o " $home/kubelet\(/[^ ]*\)\? \| $run/[^ ]*" "${1:-/proc/mounts}" || true; } | sort -r \
     | while read -r mount; do umount -l "$mount" || true; done
 }
 
