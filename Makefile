@@ -59,7 +59,7 @@ smoke: setup
 	$(BIN)/flywheel run -c configs/smoke.yaml --restart
 
 ## cluster: a real single-node Kubernetes with Argo Workflows, built here from the Go module proxy and Debian's
-## packages (root; e2e/README.md): cold about 33 min, warm 15 s. Stop it with `make cluster-down`.
+## packages (root; e2e/README.md): cold about 18 min, warm 15 s. Stop it with `make cluster-down`.
 cluster: setup
 	e2e/cluster/cluster.sh up
 
