@@ -29,6 +29,26 @@ def test_params_yaml_is_the_default_config():
         assert getattr(params, section) == getattr(default, section), section
 
 
+def test_the_committee_budget_config_is_the_default_with_the_measured_overrides():
+    """docs/experiments.md section 8 measured it as `configs/default.yaml` plus these overrides; the file must stay
+    that recipe, and its seed must be the shipped committee of three whose member 0 is the default seed."""
+    import json
+
+    measured = load_config(ROOT / "configs" / "default.yaml", overrides=[
+        "seed.path=seed/committee", "seed.members=3", "loop.rounds=4", "generate.samples_per_prompt=4",
+        "generate.views=4", "train.steps=250"])
+    budget = load_config(ROOT / "configs" / "committee-budget.yaml")
+    for section in ("model", "seed", "prompts", "data", "code", "generate", "vote", "curate", "train", "evaluate",
+                    "gate"):
+        assert getattr(budget, section) == getattr(measured, section), section
+    assert budget.loop.rounds == measured.loop.rounds
+    committee = ROOT / "seed" / "committee"
+    assert json.loads((committee / "flywheel-model.json").read_text())["members"] == [
+        "member-0", "member-1", "member-2"]
+    default_member = ROOT / "seed" / "default" / "member-0" / "model.safetensors"
+    assert (committee / "member-0" / "model.safetensors").read_bytes() == default_member.read_bytes()
+
+
 def test_dotted_overrides_are_typed():
     config = load_config(None, ["train.steps=7", "curate.min_vote_share=1", "loop.progress=false",
                                 "train.learning_rate=1e-3"])
