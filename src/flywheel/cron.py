@@ -18,7 +18,6 @@ CRON_FIELDS = (
 _CRON_ITEM = re.compile(r"^(\*|\?|(\w+)(?:-(\w+))?)(?:/(\d+))?$")
 
 
-
 def check_cron(expression: str) -> str:
     """Validate a standard 5-field cron expression; return KFP's 6-field form (seconds first)."""
     fields = expression.split()

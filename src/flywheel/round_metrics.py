@@ -18,7 +18,7 @@ def flatten(prefix: str, value, out: dict) -> dict:
             flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
     elif isinstance(value, bool):
         out[prefix] = float(value)
-    elif isinstance(value, (int, float)) and value is not None:
+    elif isinstance(value, (int, float)):
         out[prefix] = float(value)
     return out
 
