@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 lock:
 	scripts/lock.sh
 
-## demo: the default flywheel (shipped seed, 5 rounds) on CPU; report in runs/default/
+## demo: the default flywheel (the shipped committee of three seeds, 4 rounds) on CPU; report in runs/default/
 demo: setup
 	$(BIN)/flywheel run -c configs/default.yaml --restart
 

@@ -205,7 +205,7 @@ def test_dvc_yaml_and_loop_rounds_cannot_disagree(tmp_path, monkeypatch, capsys)
     code = main(["prepare", "-c", str(ROOT / "params.yaml"), "-s", "loop.rounds=3", "--root", str(tmp_path / "d")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "dvc.yaml: field 'loop.rounds': unrolls 5 rounds (vars: rounds) but loop.rounds is 3" in err
+    assert "dvc.yaml: field 'loop.rounds': unrolls 4 rounds (vars: rounds) but loop.rounds is 3" in err
     assert not (tmp_path / "d").exists()
     shipped = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
