@@ -31,12 +31,13 @@ def test_params_yaml_is_the_default_config():
 
 def test_the_default_is_the_committee_measured_and_one_model_is_the_default_before_it():
     """docs/experiments.md section 8 measured the default as the one-model recipe of section 7 plus these
-    overrides: the two files must stay those recipes, and the default's seed the shipped committee of three
+    overrides (the vote's method last, in section 8's second table): the two files must stay those recipes, and the default's seed the shipped committee of three
     whose member 0 is the one-model seed."""
     import json
 
     committee_overrides = ["seed.path=seed/committee", "seed.members=3", "loop.rounds=4",
-                           "generate.samples_per_prompt=4", "generate.views=4", "train.steps=250"]
+                           "generate.samples_per_prompt=4", "generate.views=4", "train.steps=250",
+                           "vote.method=reliability"]
     measured = load_config(ROOT / "configs" / "one-model.yaml", overrides=committee_overrides)
     one_model = load_config(ROOT / "configs" / "one-model.yaml")
     default = load_config(ROOT / "configs" / "default.yaml")
@@ -45,7 +46,7 @@ def test_the_default_is_the_committee_measured_and_one_model_is_the_default_befo
         assert getattr(default, section) == getattr(measured, section), section
     assert default.loop.rounds == measured.loop.rounds == 4
     assert (one_model.seed.path, one_model.seed.members, one_model.loop.rounds) == ("seed/default", 1, 5)
-    assert (one_model.generate.views, one_model.train.steps) == (8, 400)
+    assert (one_model.generate.views, one_model.train.steps, one_model.vote.method) == (8, 400, "majority")
     assert one_model.tracking.registered_model != default.tracking.registered_model  # their champions apart
     committee = ROOT / "seed" / "committee"
     assert json.loads((committee / "flywheel-model.json").read_text())["members"] == [
