@@ -31,8 +31,8 @@ def test_params_yaml_is_the_default_config():
 
 def test_the_default_is_the_committee_measured_and_one_model_is_the_default_before_it():
     """docs/experiments.md section 8 measured the default as the one-model recipe of section 7 plus these
-    overrides (the vote's method last, in section 8's second table): the two files must stay those recipes, and the default's seed the shipped committee of three
-    whose member 0 is the one-model seed."""
+    overrides (the vote's method last, in section 8's second table): the two files must stay those recipes,
+    and the default's seed the shipped committee of three whose member 0 is the one-model seed."""
     import json
 
     committee_overrides = ["seed.path=seed/committee", "seed.members=3", "loop.rounds=4",
