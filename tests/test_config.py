@@ -7,6 +7,9 @@ from flywheel.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# The sections that make a recipe: all but loop (rounds, out_dir) and tracking, which each test checks as it needs.
+RECIPE_SECTIONS = ("model", "seed", "prompts", "data", "code", "generate", "vote", "curate", "train", "evaluate",
+                   "gate")
 
 
 def test_there_are_shipped_configs():
@@ -24,8 +27,7 @@ def test_params_yaml_is_the_default_config():
     # apart from where the loop writes.
     params = load_config(ROOT / "params.yaml")
     default = load_config(ROOT / "configs" / "default.yaml")
-    for section in ("model", "seed", "prompts", "data", "code", "generate", "vote", "curate", "train", "evaluate",
-                    "gate"):
+    for section in RECIPE_SECTIONS:
         assert getattr(params, section) == getattr(default, section), section
 
 
@@ -41,8 +43,7 @@ def test_the_default_is_the_committee_measured_and_one_model_is_the_default_befo
     measured = load_config(ROOT / "configs" / "one-model.yaml", overrides=committee_overrides)
     one_model = load_config(ROOT / "configs" / "one-model.yaml")
     default = load_config(ROOT / "configs" / "default.yaml")
-    for section in ("model", "seed", "prompts", "data", "code", "generate", "vote", "curate", "train", "evaluate",
-                    "gate"):
+    for section in RECIPE_SECTIONS:
         assert getattr(default, section) == getattr(measured, section), section
     assert default.loop.rounds == measured.loop.rounds == 4
     assert (one_model.seed.path, one_model.seed.members, one_model.loop.rounds) == ("seed/default", 1, 5)
